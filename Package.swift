@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+// kekd: a Kubernetes KMS v2 plugin. No package dependencies: Foundation, Dispatch and OpenSSL only.
+import PackageDescription
+
+
+let package = Package(
+    name: "kekd",
+    products: [
+        .executable(name: "kekd", targets: ["kekd"]),
+        .executable(name: "kekctl", targets: ["kekctl"]),
+    ],
+    targets: [
+        // System OpenSSL (libcrypto for AES-GCM/HKDF/HMAC/random, libssl for TLS to Vault).
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+
+        // Pure codecs and state machines: bytes in, values/bytes out, no I/O.
+        .target(name: "Protobuf"),
+        .target(name: "KMSProto", dependencies: ["Protobuf"]),
+        .target(name: "HPACK"),
+        .target(name: "HTTP2", dependencies: ["HPACK"]),
+        .target(name: "GRPC", dependencies: ["HTTP2"]),
+
+        // Crypto primitives over OpenSSL EVP.
+        .target(name: "Crypto", dependencies: ["COpenSSL"]),
+
+        // The KMS service, envelope format, key backends.
+        .target(name: "KMS", dependencies: ["KMSProto", "Crypto"]),
+        .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL"]),
+
+        // Observers of the service layer.
+        .target(name: "Audit", dependencies: ["Crypto"]),
+        .target(name: "Metrics"),
+
+        // The edge: sockets, threads, signals, the health endpoint.
+        .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics"]),
+        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto"]),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server"]),
+
+        .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
+        .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),
+        .testTarget(name: "HPACKTests", dependencies: ["HPACK"]),
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "HPACK"]),
+        .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
+        .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto"]),
+        .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics"]),
+    ]
+)

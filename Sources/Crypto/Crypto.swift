@@ -1,0 +1,187 @@
+// Thin, boring wrappers over OpenSSL EVP. Every function here is small on purpose: this is the code to review twice.
+import COpenSSL
+
+public enum CryptoError: Error, Equatable, CustomStringConvertible {
+    /// An OpenSSL call failed; the string names the call (never any key material).
+    case openSSL(String)
+    case invalidKeySize(Int)
+    case invalidNonceSize(Int)
+    /// AES-GCM tag check failed: wrong key, wrong AAD, or tampered bytes.
+    case authenticationFailed
+
+    public var description: String {
+        switch self {
+        case .openSSL(let call): return "OpenSSL \(call) failed"
+        case .invalidKeySize(let n): return "key must be 32 bytes, got \(n)"
+        case .invalidNonceSize(let n): return "nonce must be 12 bytes, got \(n)"
+        case .authenticationFailed: return "authentication failed"
+        }
+    }
+}
+
+/// The operating system's random source through OpenSSL's DRBG.
+public enum SecureRandom {
+    public static func bytes(_ count: Int) throws(CryptoError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        if count == 0 { return out }
+        let ok = out.withUnsafeMutableBytes { RAND_bytes($0.baseAddress!.assumingMemoryBound(to: UInt8.self), Int32(count)) }
+        guard ok == 1 else { throw .openSSL("RAND_bytes") }
+        return out
+    }
+}
+
+/// AES-256-GCM with 96-bit nonces and 128-bit tags.
+public enum AES256GCM {
+    public static let keySize = 32
+    public static let nonceSize = 12
+    public static let tagSize = 16
+
+    /// Returns ciphertext || tag.
+    public static func seal(key: [UInt8], nonce: [UInt8], plaintext: [UInt8], aad: [UInt8]) throws(CryptoError) -> [UInt8] {
+        guard key.count == keySize else { throw .invalidKeySize(key.count) }
+        guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
+        guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
+        defer { EVP_CIPHER_CTX_free(ctx) }
+        var out = [UInt8](repeating: 0, count: plaintext.count + tagSize)
+        var len: Int32 = 0
+        guard EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key, nonce) == 1 else { throw .openSSL("EVP_EncryptInit_ex") }
+        if !aad.isEmpty {
+            guard EVP_EncryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_EncryptUpdate(aad)") }
+        }
+        var written = 0
+        let ok: Bool = out.withUnsafeMutableBufferPointer { buf in
+            let base = buf.baseAddress!
+            if !plaintext.isEmpty {
+                guard EVP_EncryptUpdate(ctx, base, &len, plaintext, Int32(plaintext.count)) == 1 else { return false }
+                written = Int(len)
+            }
+            guard EVP_EncryptFinal_ex(ctx, base + written, &len) == 1 else { return false }
+            written += Int(len)
+            return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(tagSize), base + written) == 1
+        }
+        guard ok, written == plaintext.count else { throw .openSSL("EVP_Encrypt") }
+        return out
+    }
+
+    /// Opens ciphertext || tag; throws `.authenticationFailed` on any mismatch.
+    public static func open(key: [UInt8], nonce: [UInt8], sealed: [UInt8], aad: [UInt8]) throws(CryptoError) -> [UInt8] {
+        guard key.count == keySize else { throw .invalidKeySize(key.count) }
+        guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
+        guard sealed.count >= tagSize else { throw .authenticationFailed }
+        guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
+        defer { EVP_CIPHER_CTX_free(ctx) }
+        let bodyCount = sealed.count - tagSize
+        var out = [UInt8](repeating: 0, count: bodyCount)
+        var len: Int32 = 0
+        guard EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key, nonce) == 1 else { throw .openSSL("EVP_DecryptInit_ex") }
+        if !aad.isEmpty {
+            guard EVP_DecryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_DecryptUpdate(aad)") }
+        }
+        let ok: Bool = sealed.withUnsafeBufferPointer { input in
+            out.withUnsafeMutableBufferPointer { buf in
+                var written = 0
+                if bodyCount > 0 {
+                    guard EVP_DecryptUpdate(ctx, buf.baseAddress!, &len, input.baseAddress!, Int32(bodyCount)) == 1 else { return false }
+                    written = Int(len)
+                }
+                var tag = Array(input[bodyCount...])
+                guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), &tag) == 1 else { return false }
+                var scratch = [UInt8](repeating: 0, count: 16)
+                let final = bodyCount > 0
+                    ? EVP_DecryptFinal_ex(ctx, buf.baseAddress! + written, &len)
+                    : EVP_DecryptFinal_ex(ctx, &scratch, &len)
+                return final == 1
+            }
+        }
+        guard ok else {
+            wipe(&out)
+            throw .authenticationFailed
+        }
+        return out
+    }
+}
+
+public enum SHA256 {
+    public static let size = 32
+    public static func hash(_ data: [UInt8]) -> [UInt8] {
+        var md = [UInt8](repeating: 0, count: size)
+        var mdLen: UInt32 = 0
+        let ok = data.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, &md, &mdLen, EVP_sha256(), nil) }
+        precondition(ok == 1 && mdLen == 32, "EVP_Digest(SHA-256) cannot fail on valid input")
+        return md
+    }
+}
+
+public enum HMACSHA256 {
+    public static func mac(key: [UInt8], message: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 32)
+        var outLen = 0
+        let result = key.withUnsafeBytes { k in
+            message.withUnsafeBytes { m in
+                EVP_Q_mac(nil, "HMAC", nil, "SHA256", nil, k.baseAddress, k.count, m.baseAddress, m.count, &out, 32, &outLen)
+            }
+        }
+        precondition(result != nil && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
+        return out
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869), extract-then-expand.
+public enum HKDFSHA256 {
+    public static func derive(inputKey: [UInt8], salt: [UInt8], info: [UInt8], length: Int) throws(CryptoError) -> [UInt8] {
+        guard let ctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nil) else { throw .openSSL("EVP_PKEY_CTX_new_id(HKDF)") }
+        defer { EVP_PKEY_CTX_free(ctx) }
+        guard EVP_PKEY_derive_init(ctx) == 1,
+              EVP_PKEY_CTX_set_hkdf_md(ctx, EVP_sha256()) == 1,
+              EVP_PKEY_CTX_set1_hkdf_salt(ctx, salt, Int32(salt.count)) == 1,
+              EVP_PKEY_CTX_set1_hkdf_key(ctx, inputKey, Int32(inputKey.count)) == 1,
+              EVP_PKEY_CTX_add1_hkdf_info(ctx, info, Int32(info.count)) == 1
+        else { throw .openSSL("HKDF setup") }
+        var out = [UInt8](repeating: 0, count: length)
+        var outLen = length
+        guard EVP_PKEY_derive(ctx, &out, &outLen) == 1, outLen == length else { throw .openSSL("EVP_PKEY_derive") }
+        return out
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    if a.isEmpty { return true }
+    return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, a.count) == 0 } }
+}
+
+/// Overwrites the buffer with zeros in a way the optimiser will not remove.
+public func wipe(_ bytes: inout [UInt8]) {
+    let n = bytes.count
+    if n == 0 { return }
+    bytes.withUnsafeMutableBytes { OPENSSL_cleanse($0.baseAddress, n) }
+}
+
+/// Lowercase hex, for non-secret values (digests, ids).
+public func hexString(_ bytes: some Sequence<UInt8>) -> String {
+    let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xf)]) }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// A 256-bit key held in a reference type so it is wiped exactly once, when the last reference goes.
+public final class SymmetricKey: @unchecked Sendable {
+    // Immutable after init; only deinit writes to it.
+    public private(set) var bytes: [UInt8]
+    public init(bytes: [UInt8]) throws(CryptoError) {
+        guard bytes.count == AES256GCM.keySize else { throw .invalidKeySize(bytes.count) }
+        self.bytes = bytes
+    }
+    public static func random() throws(CryptoError) -> SymmetricKey { try SymmetricKey(bytes: SecureRandom.bytes(AES256GCM.keySize)) }
+    deinit { wipe(&bytes) }
+}
+
+/// OpenSSL's FIPS provider: loads it and makes it the default for all fetches, or reports why not.
+public enum FIPSMode {
+    public static func enable() throws(CryptoError) {
+        guard OSSL_PROVIDER_load(nil, "fips") != nil else { throw .openSSL("OSSL_PROVIDER_load(fips)") }
+        guard EVP_default_properties_enable_fips(nil, 1) == 1 else { throw .openSSL("EVP_default_properties_enable_fips") }
+    }
+}

@@ -1,0 +1,1 @@
+// GRPC target.

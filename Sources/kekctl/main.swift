@@ -1,0 +1,35 @@
+// kekctl: manage kekd's keys and probe a running plugin.
+import Foundation
+
+nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([String]) -> Int32)] = [
+    ("init", "create a new key file with one primary version", KeyCommands.initKeyFile),
+    ("rotate", "add a new primary version; the old one stays for decryption", KeyCommands.rotate),
+    ("list", "list key versions (never key bytes)", KeyCommands.list),
+    ("retire", "retire a key version", KeyCommands.retire),
+    ("prune", "drop retired key versions from the key file", KeyCommands.prune),
+    ("audit", "audit log tools: `kekctl audit verify PATH`", AuditCommands.run),
+    ("status", "call Status on a running kekd", ProbeCommands.status),
+    ("encrypt", "Encrypt stdin through a running kekd", ProbeCommands.encrypt),
+    ("decrypt", "Decrypt stdin through a running kekd", ProbeCommands.decrypt),
+]
+
+@MainActor func usage() -> String {
+    var s = "usage: kekctl COMMAND [flags]   (kekctl COMMAND --help for details)\n\ncommands:\n"
+    for c in subcommands { s += "  " + c.name.padding(toLength: 10, withPad: " ", startingAt: 0) + c.summary + "\n" }
+    return s
+}
+
+let argv = Array(CommandLine.arguments.dropFirst())
+guard let first = argv.first else {
+    FileHandle.standardError.write(Data(usage().utf8))
+    exit(ExitCode.usage)
+}
+if first == "--help" || first == "-h" || first == "help" {
+    print(usage())
+    exit(ExitCode.ok)
+}
+guard let command = subcommands.first(where: { $0.name == first }) else {
+    FileHandle.standardError.write(Data("kekctl: unknown command \(first)\n\n\(usage())".utf8))
+    exit(ExitCode.usage)
+}
+exit(command.run(Array(argv.dropFirst())))

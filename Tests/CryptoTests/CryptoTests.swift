@@ -1,0 +1,66 @@
+import Testing
+@testable import Crypto
+
+private func hex(_ s: String) -> [UInt8] {
+    var out: [UInt8] = []
+    var it = s.makeIterator()
+    while let a = it.next(), let b = it.next() { out.append(UInt8(String([a, b]), radix: 16)!) }
+    return out
+}
+
+@Test func gcmKnownAnswer() throws {
+    // NIST GCM test vector (gcmEncryptExtIV256, Count 0 with 16-byte PT).
+    let key = hex("31bdadd96698c204aa9ce1448ea94ae1fb4a9a0b3c9d773b51bb1822666b8f22")
+    let iv = hex("0d18e06c7c725ac9e362e1ce")
+    let pt = hex("2db5168e932556f8089a0622981d017d")
+    let sealed = try AES256GCM.seal(key: key, nonce: iv, plaintext: pt, aad: [])
+    #expect(hexString(sealed) == "fa4362189661d163fcd6a56d8bf0405a" + "d636ac1bbedd5cc3ee727dc2ab4a9489")
+    #expect(try AES256GCM.open(key: key, nonce: iv, sealed: sealed, aad: []) == pt)
+}
+
+@Test func gcmRejectsTamperWrongKeyAndWrongAAD() throws {
+    let key = try SecureRandom.bytes(32)
+    let nonce = try SecureRandom.bytes(12)
+    let pt = Array("secret seed".utf8)
+    let sealed = try AES256GCM.seal(key: key, nonce: nonce, plaintext: pt, aad: Array("aad".utf8))
+    for i in sealed.indices {
+        var t = sealed; t[i] ^= 0x01
+        #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: nonce, sealed: t, aad: Array("aad".utf8)) }
+    }
+    #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: nonce, sealed: sealed, aad: Array("aaD".utf8)) }
+    let other = try SecureRandom.bytes(32)
+    #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: other, nonce: nonce, sealed: sealed, aad: Array("aad".utf8)) }
+    #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: nonce, sealed: Array(sealed.prefix(10)), aad: []) }
+    #expect(throws: CryptoError.invalidKeySize(31)) { try AES256GCM.seal(key: Array(key.prefix(31)), nonce: nonce, plaintext: pt, aad: []) }
+}
+
+@Test func gcmEmptyPlaintext() throws {
+    let key = try SecureRandom.bytes(32), nonce = try SecureRandom.bytes(12)
+    let sealed = try AES256GCM.seal(key: key, nonce: nonce, plaintext: [], aad: [1, 2])
+    #expect(sealed.count == 16)
+    #expect(try AES256GCM.open(key: key, nonce: nonce, sealed: sealed, aad: [1, 2]) == [])
+}
+
+@Test func sha256AndHMACKnownAnswers() {
+    #expect(hexString(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    // RFC 4231 test case 2.
+    #expect(hexString(HMACSHA256.mac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
+            == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+}
+
+@Test func hkdfRFC5869Case1() throws {
+    let okm = try HKDFSHA256.derive(inputKey: [UInt8](repeating: 0x0b, count: 22), salt: hex("000102030405060708090a0b0c"),
+                                    info: hex("f0f1f2f3f4f5f6f7f8f9"), length: 42)
+    #expect(hexString(okm) == "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+}
+
+@Test func constantTimeCompareAndWipe() throws {
+    #expect(constantTimeEqual([1, 2, 3], [1, 2, 3]))
+    #expect(!constantTimeEqual([1, 2, 3], [1, 2, 4]))
+    #expect(!constantTimeEqual([1, 2], [1, 2, 3]))
+    var b: [UInt8] = [9, 9, 9]
+    wipe(&b)
+    #expect(b == [0, 0, 0])
+    let r1 = try SecureRandom.bytes(32), r2 = try SecureRandom.bytes(32)
+    #expect(r1 != r2)
+}
