@@ -106,8 +106,12 @@ extension HTTP2Connection {
         let fields: [HeaderField]
         do {
             fields = try decoder.decode(block[...])
+        } catch .headerListTooLarge {
+            // The block was fully decoded (the table is in sync): only this stream fails (§10.5.1).
+            rejectOversizedHeaderList(id, &events)
+            return
         } catch {
-            fail(.compressionError, "HPACK: \(error)", &events)
+            fail(.compressionError, "\(error)", &events)
             return
         }
         if role == .client {
@@ -159,6 +163,20 @@ extension HTTP2Connection {
         lastProcessedPeerStreamID = id
         consecutiveEmptyFrames = 0
         events.append(.headers(streamID: id, fields: fields, endStream: endStream))
+    }
+
+    /// A header list over SETTINGS_MAX_HEADER_LIST_SIZE: RST_STREAM(ENHANCE_YOUR_CALM), which gRPC clients report as
+    /// RESOURCE_EXHAUSTED. Stream-id rules still apply.
+    private func rejectOversizedHeaderList(_ id: UInt32, _ events: inout [HTTP2Event]) {
+        let reason = "header list larger than \(limits.maxHeaderListSize) bytes"
+        if streams[id] != nil {
+            streamError(id, .enhanceYourCalm, reason, surface: true, &events)
+        } else if role == .server && isPeerInitiated(id) && id > highestPeerStreamID {
+            highestPeerStreamID = id
+            streamError(id, .enhanceYourCalm, reason, surface: true, &events)
+        } else if isIdle(id) || (role == .server && !isPeerInitiated(id)) {
+            fail(.protocolError, "HEADERS on idle stream \(id)", &events)
+        }
     }
 
     /// HEADERS after the initial block on a peer-opened stream: trailers, which must end the stream (§8.1).

@@ -74,8 +74,8 @@ public final class HTTP2Connection {
                                      HTTP2Constants.maxWindowSize)
         connectionRecvWindow = connectionWindowTarget
         encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
-        // Until the peer acknowledges our SETTINGS it may still assume the default 4096-byte table.
-        decoder = HPACKDecoder(maxTableSize: max(4096, limits.headerTableSize), maxHeaderListSize: limits.maxHeaderListSize)
+        // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
+        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
         receivedPreface = role == .client
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))

@@ -246,6 +246,20 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
         #expect(isConnectionError(server.feed(bytes), .enhanceYourCalm))
     }
 
+    @Test func oversizedHeaderListIsStreamErrorAndHPACKStaysInSync() {
+        var limits = HTTP2Limits()
+        limits.maxHeaderListSize = 1000
+        var client = FakeClient()
+        let server = handshakenServer(limits)
+        let big = FakeClient.requestFields + [HeaderField(name: "x-big", value: String(repeating: "a", count: 2000))]
+        let events = server.feed(client.headers(1, big, endStream: true))
+        #expect(isStreamError(events, 1, .enhanceYourCalm))
+        #expect(rstCodes(server.outputFrames()) == [1: .enhanceYourCalm])
+        // The next request reuses dynamic-table entries the oversized block inserted.
+        #expect(server.feed(client.headers(3, endStream: true))
+                == [.headers(streamID: 3, fields: FakeClient.requestFields, endStream: true)])
+    }
+
     @Test func badHPACKIsCompressionError() {
         let server = handshakenServer()
         // 0xff ... : an indexed field with an index far past both tables / truncated integer.
