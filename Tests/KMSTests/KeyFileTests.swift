@@ -174,7 +174,7 @@ import Testing
     let folder = TempFolder()
     let path = folder.file("kek.json")
     try FileKeyBackend.initializeKeyFile(path: path)
-    let writers = 8, rotationsEach = 5
+    let writers = 8, rotationsEach = 25
     DispatchQueue.concurrentPerform(iterations: writers) { _ in
         for _ in 0..<rotationsEach {
             do { try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) in _ = try file.rotate() } }
