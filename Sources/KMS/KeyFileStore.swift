@@ -121,8 +121,10 @@ public enum KeyFileStore {
         var content = bytes
         defer { wipe(&content) }
         let folder = parentFolder(of: path)
+        let tempPrefix = "." + (path as NSString).lastPathComponent + ".tmp-"
+        removeStaleTempFiles(folder: folder, prefix: tempPrefix)
         let suffix = (try? SecureRandom.bytes(6)).map { hexString($0) } ?? String(getpid())
-        let tempPath = folder + "/." + (path as NSString).lastPathComponent + ".tmp-" + suffix
+        let tempPath = folder + "/" + tempPrefix + suffix
         let fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw KMSError(.internalError, "cannot create \(tempPath): \(errnoText(errno))") }
         var renamed = false
@@ -146,6 +148,13 @@ public enum KeyFileStore {
             renamed = true
         }
         try fsyncFolder(folder)
+    }
+
+    /// A writer killed between creating its temp file and renaming it leaves key material behind; the next writer,
+    /// holding the lock, removes it.
+    private static func removeStaleTempFiles(folder: String, prefix: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix(prefix) { unlink(folder + "/" + name) }
     }
 
     static func fsyncFolder(_ folder: String) throws(KMSError) {
