@@ -130,6 +130,10 @@ import Testing
     do { _ = try KeyFileStore.load(path: folder.path); Issue.record("loaded a folder") } catch {
         #expect(error.code == .failedPrecondition)
     }
+    #expect(mkfifo(folder.file("fifo"), 0o600) == 0)
+    do { _ = try KeyFileStore.load(path: folder.file("fifo")); Issue.record("loaded a FIFO") } catch {
+        #expect(error.message.contains("not a regular file"))
+    }
     try writeFile(folder.file("garbage"), Array("hello world, not a key".utf8))
     do { _ = try KeyFileStore.load(path: folder.file("garbage")); Issue.record("loaded garbage") } catch {
         #expect(error.message.contains("not a kekd key file"))
