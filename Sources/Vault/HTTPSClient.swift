@@ -79,6 +79,9 @@ public final class HTTPSClient: Sendable {
         self.tlsSettings = tls
         self.connectTimeout = connectTimeout
         self.maxIdle = maxIdle
+        // OpenSSL writes with write(2): a peer that closed would otherwise kill the process with SIGPIPE.
+        // kekd is a server and ignores SIGPIPE anyway; doing it here makes the client safe on its own.
+        _ = signal(SIGPIPE, SIG_IGN)
         if endpoint.secure { _ = try currentContext() }  // fail early on a bad CA file or client key
     }
 

@@ -66,8 +66,17 @@ final class TLSContext: @unchecked Sendable {
 
     init(settings: TLSSettings) throws(TransportError) {
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .tls(openSSLErrorText("SSL_CTX_new")) }
+        do {
+            try Self.configure(ctx, settings)
+        } catch {
+            SSL_CTX_free(ctx)
+            throw error
+        }
         self.ctx = ctx
         self.settings = settings
+    }
+
+    private static func configure(_ ctx: OpaquePointer, _ settings: TLSSettings) throws(TransportError) {
         _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_MIN_PROTO_VERSION, Int(TLS1_2_VERSION), nil)
         _ = SSL_CTX_ctrl(ctx, SSL_CTRL_MODE, Int(SSL_MODE_AUTO_RETRY), nil)
         if settings.insecureSkipVerify {
@@ -75,23 +84,17 @@ final class TLSContext: @unchecked Sendable {
         } else {
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
             if let ca = settings.caFile {
-                guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else {
-                    SSL_CTX_free(ctx)
-                    throw .tls(openSSLErrorText("cannot load CA file \(ca)"))
-                }
+                guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else { throw .tls(openSSLErrorText("cannot load CA file \(ca)")) }
             } else if SSL_CTX_set_default_verify_paths(ctx) != 1 {
-                SSL_CTX_free(ctx)
                 throw .tls(openSSLErrorText("cannot load system CA store"))
             }
         }
         if let cert = settings.clientCertFile {
             let key = settings.clientKeyFile ?? cert
             guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
-                SSL_CTX_free(ctx)
                 throw .tls(openSSLErrorText("cannot load client certificate \(cert)"))
             }
             guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
-                SSL_CTX_free(ctx)
                 throw .tls(openSSLErrorText("cannot load client key \(key) or it does not match the certificate"))
             }
         }

@@ -66,7 +66,13 @@ final class VaultClient: Sendable {
     func request(op: String, method: String, path: String, body: [String: Any]? = nil, token: String?,
                  deadline: Date) throws(VaultError) -> VaultReply {
         var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("X-Vault-Request", "true")]
-        if let token { headers.append(("X-Vault-Token", token)) }
+        if let token {
+            // A token is a header value: anything but visible ASCII would let a bad token file inject headers.
+            guard !token.isEmpty, token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+                throw VaultError(.permissionDenied, "Vault token contains characters a token cannot have")
+            }
+            headers.append(("X-Vault-Token", token))
+        }
         if let namespace, !namespace.isEmpty { headers.append(("X-Vault-Namespace", namespace)) }
         var payload: [UInt8] = []
         if let body {

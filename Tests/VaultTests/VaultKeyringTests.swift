@@ -130,6 +130,23 @@ import Testing
         #expect(ring.health().canEncrypt && second != first && second.hasSuffix("-v1") && first.hasSuffix("-v1"))
     }
 
+    @Test func localKEKIsRenewedAfterItsEncryptionLimitWithTheSameKeyID() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring(["vault-local-kek-max-encryptions": "5"])
+        defer { ring.close() }
+        let first = try (0..<5).map { _ in try ring.encrypt([1]) }
+        #expect(Set(first.map { $0.annotations[VaultKeyring.localKEKAnnotation] ?? [] }).count == 1)
+        let deadline = Date(timeIntervalSinceNow: 5)
+        var next = try ring.encrypt([2])
+        while next.annotations == first[0].annotations && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.02)
+            next = try ring.encrypt([2])
+        }
+        #expect(next.annotations != first[0].annotations, "a new local KEK after 5 encryptions")
+        #expect(next.keyID == first[0].keyID, "same Vault key version, same key_id")
+        for e in first + [next] { _ = try ring.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) }
+    }
+
     @Test func tamperedOrForeignInputIsRejectedBeforeVault() throws {
         let vault = try FakeVault()
         let ring = try vault.keyring()
