@@ -42,6 +42,8 @@ public struct HPACKDecoder: Sendable {
     private mutating func decode(_ bytes: UnsafeBufferPointer<UInt8>) throws(HPACKError) -> [HeaderField] {
         var reader = BlockReader(bytes)
         var fields: [HeaderField] = []
+        // Each field takes at least one octet; reserving avoids regrowth for typical (<= 16 field) requests.
+        fields.reserveCapacity(min(bytes.count, 16))
         var listSize = 0
         var tooLarge = false
         var atStart = true
