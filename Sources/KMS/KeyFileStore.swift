@@ -44,7 +44,7 @@ public enum KeyFileStore {
     /// Reads and fully validates a key file. Refuses files that are not regular, are accessible by group or others,
     /// are too large, corrupt, or break the state rules.
     public static func load(path: String) throws(KMSError) -> (file: KeyFile, fingerprint: FileFingerprint) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   // O_NONBLOCK: a FIFO in its place must not hang us
         guard fd >= 0 else {
             let err = errno
             if err == ENOENT { throw KMSError(.failedPrecondition, "key file \(path) does not exist (create one with `kekctl init --key-file \(path)`)") }
@@ -121,8 +121,10 @@ public enum KeyFileStore {
         var content = bytes
         defer { wipe(&content) }
         let folder = parentFolder(of: path)
+        let tempPrefix = "." + (path as NSString).lastPathComponent + ".tmp-"
+        removeStaleTempFiles(folder: folder, prefix: tempPrefix)
         let suffix = (try? SecureRandom.bytes(6)).map { hexString($0) } ?? String(getpid())
-        let tempPath = folder + "/." + (path as NSString).lastPathComponent + ".tmp-" + suffix
+        let tempPath = folder + "/" + tempPrefix + suffix
         let fd = open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw KMSError(.internalError, "cannot create \(tempPath): \(errnoText(errno))") }
         var renamed = false
@@ -146,6 +148,13 @@ public enum KeyFileStore {
             renamed = true
         }
         try fsyncFolder(folder)
+    }
+
+    /// A writer killed between creating its temp file and renaming it leaves key material behind; the next writer,
+    /// holding the lock, removes it.
+    private static func removeStaleTempFiles(folder: String, prefix: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return }
+        for name in names where name.hasPrefix(prefix) { unlink(folder + "/" + name) }
     }
 
     static func fsyncFolder(_ folder: String) throws(KMSError) {

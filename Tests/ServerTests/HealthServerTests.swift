@@ -283,6 +283,16 @@ final class CheckState: Sendable {
         }
     }
 
+    @Test func healthAddressFlagValuesParse() throws {
+        #expect(try HealthServer.parseAddress("127.0.0.1:8787") == ("127.0.0.1", 8787))
+        #expect(try HealthServer.parseAddress("[::1]:9000") == ("::1", 9000))
+        #expect(try HealthServer.parseAddress("localhost:0") == ("localhost", 0))
+        for bad in ["127.0.0.1", "127.0.0.1:", "127.0.0.1:65536", "::1:8787", "example.com:80", ":8787",
+                    "[::1:8787", "127.0.0.1:-1", "1.2.3:80"] {
+            #expect(throws: HealthServerError.self, "\(bad)") { try HealthServer.parseAddress(bad) }
+        }
+    }
+
     @Test func stopClosesTheListenerPromptlyEvenWithIdleClients() throws {
         let server = try Self.makeServer()
         let port = server.boundPort
