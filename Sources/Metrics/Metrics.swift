@@ -1,1 +1,220 @@
-// Metrics target.
+// kekd's metrics: recorded by the server on every call, rendered for Prometheus by the health endpoint.
+import Glibc
+import Synchronization
+
+/// Every figure kekd exports, under the `kekd_` prefix. Thread-safe; each observation is a few relaxed atomic
+/// adds (plus a short lock to find the slot of string-labelled backend and protocol-error series), with no
+/// allocation.
+public final class KekdMetrics: Sendable {
+    /// gRPC method labels. Anything else (unknown paths) is `other`: the raw path is unbounded cardinality.
+    static let ops = ["Status", "Encrypt", "Decrypt", "other"]
+    /// gRPC status code names, indexed by code number.
+    static let codes = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+                        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+                        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                        "UNAUTHENTICATED"]
+    static let unknownCodeIndex = 2
+
+    private let version: String
+    private let backendName: String
+    private let startTime: Double
+
+    private let requests = CounterBlock()           // slot op * codes.count + code
+    private let requestDurations = HistogramBlock() // series = op
+    private let inFlight = Atomic<Int>(0)
+    private let openConnections = Atomic<Int>(0)
+    private let connectionsAccepted = Atomic<UInt64>(0)
+    private let cacheHits = Atomic<UInt64>(0)
+    private let cacheMisses = Atomic<UInt64>(0)
+    private let protocolErrorKinds = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: ""))
+    private let protocolErrors = CounterBlock()
+    private let backendRequestLabels = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: "other"))
+    private let backendRequests = CounterBlock()
+    private let backendDurationLabels = LabelSlots(capacity: 15, overflow: LabelKey(first: "other", second: ""))
+    private let backendDurations = HistogramBlock()
+    private let keyID = Mutex<String>("")
+    private let auditStats = Mutex<(@Sendable () -> (written: Int, dropped: Int, queueDepth: Int))?>(nil)
+
+    public init(version: String, backend: String) {
+        self.version = version
+        self.backendName = backend
+        startTime = ProcessStats.startTimeSeconds() ?? Self.now()
+    }
+
+    // MARK: recording
+
+    public func callStarted(op: String) {
+        inFlight.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// `code` is a gRPC status code name (`OK`, `INVALID_ARGUMENT`, …) or its number; anything else counts as UNKNOWN.
+    public func callFinished(op: String, code: String, seconds: Double) {
+        inFlight.wrappingSubtract(1, ordering: .relaxed)
+        let opIndex = Self.opIndex(op)
+        requests.add(opIndex * Self.codes.count + Self.codeIndex(code))
+        requestDurations.observe(series: opIndex, seconds: seconds)
+    }
+
+    public func connectionOpened() {
+        openConnections.wrappingAdd(1, ordering: .relaxed)
+        connectionsAccepted.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    public func connectionClosed() {
+        openConnections.wrappingSubtract(1, ordering: .relaxed)
+    }
+
+    /// `kind` names the violation (e.g. `rapid_reset`, `flow_control`); at most 32 distinct kinds are kept apart.
+    public func protocolError(kind: String) {
+        protocolErrors.add(protocolErrorKinds.slot(kind))
+    }
+
+    /// One call to the key backend (`op` e.g. `encrypt`, `decrypt`, `read_key`; `result` e.g. `ok`, `error`).
+    public func backendCall(op: String, result: String, seconds: Double) {
+        backendRequests.add(backendRequestLabels.slot(op, result))
+        backendDurations.observe(series: backendDurationLabels.slot(op), seconds: seconds)
+    }
+
+    public func cache(hit: Bool) {
+        if hit {
+            cacheHits.wrappingAdd(1, ordering: .relaxed)
+        } else {
+            cacheMisses.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+
+    /// The current primary key_id; only this one is exported (`kekd_key_info{key_id} 1`).
+    public func setKeyID(_ keyID: String) {
+        self.keyID.withLock { $0 = keyID }
+    }
+
+    public func setAuditStatsProvider(_ f: @escaping @Sendable () -> (written: Int, dropped: Int, queueDepth: Int)) {
+        auditStats.withLock { $0 = f }
+    }
+
+    // MARK: rendering
+
+    public func render() -> String {
+        var w = PrometheusTextWriter()
+        renderCalls(&w)
+        renderConnections(&w)
+        renderBackend(&w)
+        renderAudit(&w)
+        renderProcess(&w)
+        return w.output
+    }
+
+    private func renderCalls(_ w: inout PrometheusTextWriter) {
+        w.family("kekd_grpc_requests_total", .counter, help: "gRPC calls finished, by method and status code.")
+        for (opIndex, op) in Self.ops.enumerated() {
+            for (codeIndex, code) in Self.codes.enumerated() {
+                let value = requests.value(opIndex * Self.codes.count + codeIndex)
+                // The OK series of the three KMS methods always exist so rate() works from the first scrape.
+                if value > 0 || (codeIndex == 0 && op != "other") {
+                    w.sample("kekd_grpc_requests_total", ["op": op, "code": code], value)
+                }
+            }
+        }
+        w.family("kekd_grpc_request_duration_seconds", .histogram, help: "gRPC call latency, by method.")
+        for (opIndex, op) in Self.ops.enumerated() {
+            let snapshot = requestDurations.snapshot(series: opIndex)
+            if snapshot.count > 0 || op != "other" {
+                w.histogram("kekd_grpc_request_duration_seconds", labelName: "op", labelValue: op, snapshot: snapshot)
+            }
+        }
+        w.family("kekd_grpc_requests_in_flight", .gauge, help: "gRPC calls started and not yet finished.")
+        w.sample("kekd_grpc_requests_in_flight", inFlight.load(ordering: .relaxed))
+    }
+
+    private func renderConnections(_ w: inout PrometheusTextWriter) {
+        w.family("kekd_connections", .gauge, help: "Open client connections on the KMS socket.")
+        w.sample("kekd_connections", openConnections.load(ordering: .relaxed))
+        // Not `kekd_connections_total`: OpenMetrics parsers name a counter's family without `_total`, which would
+        // collide with the `kekd_connections` gauge.
+        w.family("kekd_connections_accepted_total", .counter, help: "Client connections accepted on the KMS socket.")
+        w.sample("kekd_connections_accepted_total", connectionsAccepted.load(ordering: .relaxed))
+        w.family("kekd_http2_protocol_errors_total", .counter, help: "HTTP/2 protocol violations by peers, by kind.")
+        for (key, slot) in protocolErrorKinds.all() {
+            w.sample("kekd_http2_protocol_errors_total", ["kind": key.first], protocolErrors.value(slot))
+        }
+    }
+
+    private func renderBackend(_ w: inout PrometheusTextWriter) {
+        w.family("kekd_backend_requests_total", .counter, help: "Calls to the key backend, by operation and result.")
+        for (key, slot) in backendRequestLabels.all() {
+            w.sample("kekd_backend_requests_total", ["op": key.first, "result": key.second], backendRequests.value(slot))
+        }
+        w.family("kekd_backend_request_duration_seconds", .histogram, help: "Key backend call latency, by operation.")
+        for (key, slot) in backendDurationLabels.all() {
+            w.histogram("kekd_backend_request_duration_seconds", labelName: "op", labelValue: key.first,
+                        snapshot: backendDurations.snapshot(series: slot))
+        }
+        w.family("kekd_backend_cache_requests_total", .counter, help: "Lookups in the backend's key cache.")
+        w.sample("kekd_backend_cache_requests_total", ["result": "hit"], cacheHits.load(ordering: .relaxed))
+        w.sample("kekd_backend_cache_requests_total", ["result": "miss"], cacheMisses.load(ordering: .relaxed))
+        let currentKeyID = keyID.withLock { $0 }
+        w.family("kekd_key_info", .gauge, help: "The key_id kekd currently encrypts with (value always 1).")
+        if !currentKeyID.isEmpty {
+            w.sample("kekd_key_info", ["key_id": currentKeyID], 1)
+        }
+    }
+
+    private func renderAudit(_ w: inout PrometheusTextWriter) {
+        // Called outside the lock: the provider may take the audit log's own lock.
+        guard let provider = auditStats.withLock({ $0 }) else { return }
+        let stats = provider()
+        w.family("kekd_audit_records_total", .counter, help: "Audit records, by result.")
+        w.sample("kekd_audit_records_total", ["result": "written"], stats.written)
+        w.sample("kekd_audit_records_total", ["result": "dropped"], stats.dropped)
+        w.family("kekd_audit_queue_depth", .gauge, help: "Audit records waiting for the writer.")
+        w.sample("kekd_audit_queue_depth", stats.queueDepth)
+    }
+
+    private func renderProcess(_ w: inout PrometheusTextWriter) {
+        if let rss = ProcessStats.residentMemoryBytes() {
+            w.family("kekd_process_resident_memory_bytes", .gauge, help: "Resident set size of the kekd process.")
+            w.sample("kekd_process_resident_memory_bytes", rss)
+        }
+        if let fds = ProcessStats.openFileDescriptors() {
+            w.family("kekd_process_open_fds", .gauge, help: "Open file descriptors of the kekd process.")
+            w.sample("kekd_process_open_fds", fds)
+        }
+        w.family("kekd_process_start_time_seconds", .gauge, help: "Start time of the process, Unix seconds.")
+        w.sample("kekd_process_start_time_seconds", startTime)
+        w.family("kekd_build_info", .gauge, help: "kekd build: version, key backend, Swift language mode.")
+        w.sample("kekd_build_info", ["version": version, "backend": backendName, "swift": "6"], 1)
+    }
+
+    // MARK: label mapping
+
+    /// The method name or the full gRPC path. Dispatches on length first: a String `switch` tries each pattern
+    /// in turn, and every mismatch costs a byte comparison; an equal small string matches on its raw bits.
+    static func opIndex(_ op: String) -> Int {
+        let bytes = op.utf8
+        switch bytes.count {
+        case 6: return op == "Status" ? 0 : 3
+        case 7: return bytes.first == UInt8(ascii: "E") ? (op == "Encrypt" ? 1 : 3) : (op == "Decrypt" ? 2 : 3)
+        case 31: return op == "/v2.KeyManagementService/Status" ? 0 : 3
+        case 32:
+            if op == "/v2.KeyManagementService/Encrypt" { return 1 }
+            return op == "/v2.KeyManagementService/Decrypt" ? 2 : 3
+        default: return 3
+        }
+    }
+
+    static func codeIndex(_ code: String) -> Int {
+        switch code {
+        case "OK": return 0   // the common case, without touching the table
+        case "INVALID_ARGUMENT": return 3
+        default:
+            if let number = Int(code) { return codes.indices.contains(number) ? number : unknownCodeIndex }
+            return codes.firstIndex(of: code) ?? unknownCodeIndex
+        }
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
