@@ -106,7 +106,12 @@ final class TokenManager: Sendable {
 
     private func loginReply(path: String, body: [String: Any], at t: Double, generation: Int, deadline: Date) throws(VaultError) -> TokenState {
         let reply = try client.request(op: "login", method: "POST", path: path, body: body, token: nil, deadline: deadline)
-        guard reply.status == 200 else { throw VaultClient.error("\(method.name) login", reply) }
+        guard reply.status == 200 else {
+            var error = VaultClient.error("\(method.name) login", reply)
+            // Vault refuses bad credentials with 400 ("invalid role or secret ID"): that is a denial, not a bad request.
+            if error.code == .invalidArgument { error.code = .permissionDenied }
+            throw error
+        }
         guard let token = reply.auth["client_token"] as? String, !token.isEmpty else {
             throw VaultError(.unavailable, "Vault \(method.name) login returned no client_token")
         }

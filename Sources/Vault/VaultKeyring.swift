@@ -126,7 +126,7 @@ public final class VaultKeyring: Sendable {
             guard let active = s.active else {
                 return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (s.outage.map { ": \($0)" } ?? ""))
             }
-            let detail = s.outage.map { "ok; Vault unreachable, encrypting with the cached local KEK: \($0)" } ?? "ok"
+            let detail = s.outage.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
             return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
         }
     }

@@ -15,7 +15,8 @@ Control endpoints (not counted as Vault requests), under /_fake/:
   POST /_fake/reset_stats
   POST /_fake/config       {"rules": [{"path": "transit/decrypt", "status": 503, "count": 2, "delay_ms": 0,
                              "drop": false}], "delay_ms": 0, "sealed": false, "chunked": false,
-                             "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60}
+                             "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60,
+                             "secret_id": "new AppRole secret-id"}
   POST /_fake/token        {"ttl": 60, "max_ttl": 0, "renewable": true} -> {"token": "..."} (a new token)
   POST /_fake/revoke_all   revokes every token
 
@@ -129,6 +130,7 @@ class VaultState:
         self.by_op = {}
         self.connections = 0
         self.batch_items = 0
+        self.namespaces = set()
 
     def count(self, op):
         self.requests += 1
@@ -229,6 +231,7 @@ class Handler(BaseHTTPRequestHandler):
         path = path[len("/v1/"):]
         with state.lock:
             state.count(self._op(path))
+            state.namespaces.add(self.headers.get("X-Vault-Namespace") or "")
             rule = None
             for r in state.rules:
                 if r.get("count", 0) > 0 and path.startswith(r.get("path", "")):
@@ -388,13 +391,14 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             if what == "stats":
                 return self._send(200, {"requests": state.requests, "by_op": state.by_op,
-                                        "connections": state.connections, "batch_items": state.batch_items})
+                                        "connections": state.connections, "batch_items": state.batch_items,
+                                        "namespaces": sorted(state.namespaces)})
             if what == "reset_stats":
                 state.reset_stats()
                 return self._send(200, {})
             if what == "config":
                 for name in ("delay_ms", "sealed", "chunked", "approle_token_ttl", "approle_token_max_ttl",
-                             "cert_token_ttl"):
+                             "cert_token_ttl", "secret_id"):
                     if name in body:
                         setattr(state, name, body[name])
                 if "rules" in body:

@@ -170,6 +170,36 @@ import Testing
         try tokenRing.renewLocalKEK()
     }
 
+    @Test func mountsAndNamespaceAreConfigurable() throws {
+        let vault = try FakeVault(extraArguments: ["--transit-mount", "kms/transit", "--approle-mount", "kekd-approle", "--key", "k8s"])
+        let ring = try vault.keyring(["vault-transit-mount": "kms/transit", "vault-approle-mount": "kekd-approle",
+                                      "vault-namespace": "team-a/"], auth: "approle")
+        defer { ring.close() }
+        let e = try ring.encrypt([1, 2])
+        let cold = try vault.keyring(["vault-transit-mount": "kms/transit", "vault-approle-mount": "kekd-approle",
+                                      "vault-namespace": "team-a/"], auth: "approle")
+        defer { cold.close() }
+        #expect(try cold.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) == [1, 2])
+        #expect(try vault.stats().namespaces == ["team-a/"], "every request carries X-Vault-Namespace")
+    }
+
+    @Test func aRotatedSecretIDFileIsReadAtTheNextLogin() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring(auth: "approle")
+        defer { ring.close() }
+        try vault.call("config", ["secret_id": "rotated-secret-id"])
+        try vault.call("revoke_all")
+        do {
+            try ring.renewLocalKEK()
+            Issue.record("login with the old secret-id succeeded")
+        } catch {
+            #expect(error.code == .permissionDenied && error.message.contains("invalid role or secret ID"), "\(error.message)")
+        }
+        Thread.sleep(forTimeInterval: 0.02)
+        _ = FileManager.default.createFile(atPath: vault.string("secret_id_file"), contents: Data("rotated-secret-id\n".utf8))
+        try ring.renewLocalKEK()
+    }
+
     @Test func keepAliveReusesConnectionsAndChunkedBodiesWork() throws {
         let vault = try FakeVault()
         try vault.call("config", ["chunked": true])
