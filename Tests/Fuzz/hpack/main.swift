@@ -1,7 +1,8 @@
-// libFuzzer harness for the HPACK decoder. Not a SwiftPM target: it is compiled together with the HPACK sources
-// (same module, so no `import HPACK`):
-//   swiftc -O -sanitize=fuzzer,address -parse-as-library Sources/HPACK/*.swift Tests/Fuzz/hpack/main.swift \
-//       -o .build-fuzz/hpack
+// libFuzzer harness for the HPACK decoder. Not a SwiftPM target. Built by `scripts/fuzz hpack SECONDS` (HPACK as its
+// own module), or compiled together with the HPACK sources in one module:
+//   swiftc -O -sanitize=fuzzer,address -parse-as-library -use-ld=lld Sources/HPACK/*.swift \
+//       Tests/Fuzz/hpack/main.swift -o .build-fuzz/hpack
+// It uses only HPACK's public API, so both builds work.
 // Input layout: one configuration octet, then header blocks separated by the 3-octet marker FE FD FC.
 // All blocks go through one decoder, so the dynamic table carries over as on a connection.
 //
@@ -13,6 +14,10 @@
 //
 // Beyond "never crash", each decoded list is checked: re-encoded by HPACKEncoder and decoded by a fresh decoder, it
 // must come back unchanged; the table never exceeds its maximum; the list never exceeds maxHeaderListSize.
+
+#if canImport(HPACK)
+import HPACK
+#endif
 
 let marker: [UInt8] = [0xFE, 0xFD, 0xFC]
 
