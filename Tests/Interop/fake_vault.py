@@ -14,7 +14,7 @@ Control endpoints (not counted as Vault requests), under /_fake/:
   GET  /_fake/stats        request counters
   POST /_fake/reset_stats
   POST /_fake/config       {"rules": [{"path": "transit/decrypt", "status": 503, "count": 2, "delay_ms": 0,
-                             "drop": false}], "delay_ms": 0, "sealed": false, "chunked": false,
+                             "drop": false, "rate": 1.0}],   (count -1 = every request; rate = error rate) "delay_ms": 0, "sealed": false, "chunked": false,
                              "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60,
                              "secret_id": "new AppRole secret-id"}
   POST /_fake/token        {"ttl": 60, "max_ttl": 0, "renewable": true} -> {"token": "..."} (a new token)
@@ -28,6 +28,7 @@ import base64
 import datetime
 import json
 import os
+import random
 import secrets
 import ssl
 import sys
@@ -234,8 +235,10 @@ class Handler(BaseHTTPRequestHandler):
             state.namespaces.add(self.headers.get("X-Vault-Namespace") or "")
             rule = None
             for r in state.rules:
-                if r.get("count", 0) > 0 and path.startswith(r.get("path", "")):
-                    r["count"] -= 1
+                # count: how many requests the rule hits (-1 = all); rate: probability per request (error rate).
+                if r.get("count", 0) != 0 and path.startswith(r.get("path", "")) and random.random() < r.get("rate", 1.0):
+                    if r.get("count", 0) > 0:
+                        r["count"] -= 1
                     rule = dict(r)
                     break
             delay = state.delay_ms + (rule or {}).get("delay_ms", 0)
