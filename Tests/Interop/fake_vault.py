@@ -418,6 +418,61 @@ class Handler(BaseHTTPRequestHandler):
         return self._error(404, "unknown control endpoint")
 
 
+class FakeVaultProcess:
+    """Runs this script as a subprocess, for pytest files and the benchmark:
+
+        with FakeVaultProcess(tmp_dir) as vault:
+            flags = vault.kekd_flags()          # --vault-* flags for `kekd serve --backend vault`
+            vault.control("config", {"delay_ms": 5})
+            print(vault.stats()["requests"])
+    """
+
+    def __init__(self, directory, *extra_args, python=sys.executable):
+        import subprocess
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--dir", str(directory), *extra_args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("fake_vault.py exited before printing its address")
+        self.info = json.loads(line)
+        self._ssl = ssl.create_default_context(cafile=self.info["ca_pem"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - make sure it is gone
+                self.proc.kill()
+
+    def control(self, what, body=None):
+        import http.client
+        conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
+        conn.request("POST", "/_fake/" + what, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+        reply = conn.getresponse().read()
+        conn.close()
+        return json.loads(reply or b"{}")
+
+    def stats(self):
+        return self.control("stats")
+
+    def kekd_flags(self, auth="token"):
+        flags = ["--vault-addr", self.info["addr"], "--vault-key", self.info["key"], "--vault-ca-file", self.info["ca_pem"]]
+        if auth == "token":
+            return flags + ["--vault-token-file", self.info["token_file"]]
+        if auth == "approle":
+            return flags + ["--vault-approle-role-id-file", self.info["role_id_file"],
+                            "--vault-approle-secret-id-file", self.info["secret_id_file"]]
+        return flags + ["--vault-auth", "cert", "--vault-client-cert", self.info["client_pem"],
+                        "--vault-client-key", self.info["client_key"]]
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
