@@ -3,12 +3,17 @@ import Testing
 @testable import HTTP2
 
 @Suite struct DefenceTests {
-    @Test func rapidResetCrossesItsBudget() {
+    /// A server allowing 10 early resets among the last 100 streams.
+    static func rapidResetServer() -> HTTP2Connection {
         var limits = HTTP2Limits()
         limits.maxResetsPerWindow = 10
         limits.rapidResetWindow = 100
+        return handshakenServer(limits)
+    }
+
+    @Test func rapidResetCrossesItsBudget() {
         var client = FakeClient()
-        let server = handshakenServer(limits)
+        let server = Self.rapidResetServer()
         var id: UInt32 = 1
         for _ in 0..<10 {
             let events = server.feed(client.headers(id) + frameBytes(id, .rstStream(.cancel)))
@@ -21,11 +26,8 @@ import Testing
     }
 
     @Test func deadlineCancellationsWithTimesPassedInDoNotCount() {
-        var limits = HTTP2Limits()
-        limits.maxResetsPerWindow = 10
-        limits.rapidResetWindow = 100
         var client = FakeClient()
-        let server = handshakenServer(limits)
+        let server = Self.rapidResetServer()
         var now: UInt64 = 1_000_000_000
         var id: UInt32 = 1
         // A backend outage: every call is cancelled by the client at its 3 s deadline, never answered.
