@@ -236,5 +236,12 @@ import Testing
         defer { ring.close() }
         for _ in 0..<20 { try ring.renewLocalKEK() }
         #expect(ring.client.http.connectionsOpened == 1)
+        // A server that silently closes idle connections: the pool notices and reconnects, no call fails.
+        try vault.call("config", ["silent_close": true])
+        for _ in 0..<10 {
+            try ring.renewLocalKEK()
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(ring.client.http.connectionsOpened >= 10)
     }
 }
