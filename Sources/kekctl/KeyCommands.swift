@@ -1,8 +1,229 @@
-// Key lifecycle subcommands (owned by the key-lifecycle work). Placeholder until it lands.
+// Key lifecycle subcommands: init, rotate, list, retire, prune. Every write goes through KeyFileStore (locked,
+// atomic, mode 0600); nothing here ever prints key bytes.
+import Foundation
+import KMS
+
 enum KeyCommands {
-    static func initKeyFile(_ args: [String]) -> Int32 { printError("init: not built yet"); return ExitCode.failure }
-    static func rotate(_ args: [String]) -> Int32 { printError("rotate: not built yet"); return ExitCode.failure }
-    static func list(_ args: [String]) -> Int32 { printError("list: not built yet"); return ExitCode.failure }
-    static func retire(_ args: [String]) -> Int32 { printError("retire: not built yet"); return ExitCode.failure }
-    static func prune(_ args: [String]) -> Int32 { printError("prune: not built yet"); return ExitCode.failure }
+    static func initKeyFile(_ args: [String]) -> Int32 {
+        runCommand(args, help: """
+            usage: kekctl init --key-file PATH
+
+            Creates a new key file with one primary key version (32 random bytes), a random file id, mode 0600,
+            written atomically. Missing parent folders are created with mode 0700. Refuses to overwrite an existing file.
+            """) { args in
+            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            try FileKeyBackend.initializeKeyFile(path: path)
+            let file = try KeyFileStore.load(path: path).file
+            print("created \(path): version 1 primary, key_id \(file.keyID(forVersion: 1))")
+            return ExitCode.ok
+        }
+    }
+
+    static func rotate(_ args: [String]) -> Int32 {
+        runCommand(args, help: """
+            usage: kekctl rotate --key-file PATH
+
+            Adds a new primary key version and demotes the current primary to active (it still decrypts). A running
+            kekd picks the change up within a second (or on SIGHUP) and reports the new key_id in Status; kube-apiserver
+            then makes a new DEK seed. Prints the old and the new key_id.
+            """) { args in
+            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let (old, new, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) in
+                let (old, new) = try file.rotate()
+                return (old, new, file)
+            }
+            print("old key_id: \(file.keyID(forVersion: old.version)) (version \(old.version), now active)")
+            print("new key_id: \(file.keyID(forVersion: new.version)) (version \(new.version), primary)")
+            return ExitCode.ok
+        }
+    }
+
+    static func list(_ args: [String]) -> Int32 {
+        runCommand(args, help: """
+            usage: kekctl list --key-file PATH [--json] [--usage-file PATH]
+
+            Lists the key versions: version, state (primary | active | retired), key_id, creation time, and when each
+            was last used to encrypt/decrypt if kekd's usage file exists (default: usage.json next to the key file;
+            the data is this node's only). --json prints an array of objects with version, key_id, state, created and,
+            when known, last_used_encrypt and last_used_decrypt. Never prints key bytes.
+            """) { args in
+            let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file"], switchFlags: ["json"])
+            let path = try keyFilePath(arguments)
+            let file = try KeyFileStore.load(path: path).file
+            let usagePath = usageFilePath(arguments, keyFile: path)
+            var usage: [String: KeyUsage] = [:]
+            switch loadUsage(path: usagePath) {
+            case .missing: break
+            case .unreadable(let reason): printError("warning: ignoring usage file \(usagePath): \(reason)")
+            case .loaded(let records): usage = records
+            }
+            let rows = file.versions.sorted { $0.version > $1.version }.map { v in
+                (version: v, keyID: file.keyID(forVersion: v.version), usage: usage[file.keyID(forVersion: v.version)])
+            }
+            if arguments.has("json") {
+                let objects: [[String: Any]] = rows.map { row in
+                    var o: [String: Any] = ["version": Int(row.version.version), "key_id": row.keyID,
+                                            "state": row.version.state.rawValue, "created": row.version.created]
+                    if let d = row.usage?.lastDecrypt { o["last_used_decrypt"] = KeyFile.rfc3339(d) }
+                    if let e = row.usage?.lastEncrypt { o["last_used_encrypt"] = KeyFile.rfc3339(e) }
+                    return o
+                }
+                let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                let dash = "-"
+                print(columns(["VERSION", "STATE", "KEY_ID", "CREATED", "LAST_DECRYPT", "LAST_ENCRYPT"]))
+                for row in rows {
+                    print(columns([String(row.version.version), row.version.state.rawValue, row.keyID, row.version.created,
+                                   row.usage?.lastDecrypt.map(KeyFile.rfc3339) ?? dash,
+                                   row.usage?.lastEncrypt.map(KeyFile.rfc3339) ?? dash]))
+                }
+            }
+            return ExitCode.ok
+        }
+    }
+
+    static func retire(_ args: [String]) -> Int32 {
+        runCommand(args, help: """
+            usage: kekctl retire --key-file PATH --key-id ID [--unused-for 720h] [--force] [--usage-file PATH]
+
+            Retires a key version: kekd then refuses to decrypt its ciphertexts (FAILED_PRECONDITION). Refuses the
+            primary. When kekd's usage file exists (default: usage.json next to the key file), refuses a version that
+            decrypted anything within --unused-for (default 720h; units h, m, s, d) unless --force. The usage data is
+            this node's only: check every control-plane node (and re-encrypt all Secrets) before retiring.
+            """) { args in
+            let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file"], switchFlags: ["force"])
+            let path = try keyFilePath(arguments)
+            let keyID = try arguments.required("key-id")
+            let window = try parseDuration(arguments.value("unused-for") ?? "720h")
+            let force = arguments.has("force")
+            let usagePath = usageFilePath(arguments, keyFile: path)
+            let usage = loadUsage(path: usagePath)
+            let now = Date()
+            let outcome = try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) -> (version: UInt32, changed: Bool, note: String?) in
+                guard let version = file.version(withKeyID: keyID) else {
+                    throw KMSError(.failedPrecondition, "no key version with key_id \(keyID) in \(path) (see `kekctl list`)")
+                }
+                if version.state == .primary {
+                    throw KMSError(.failedPrecondition, "refusing to retire key version \(version.version) (key_id \(keyID)): it is the primary; rotate first")
+                }
+                if version.state == .retired { return (version.version, false, nil) }
+                var note: String?
+                switch usage {
+                case .missing:
+                    note = "no usage data at \(usagePath): cannot tell whether key_id \(keyID) still decrypts anything"
+                case .unreadable(let reason):
+                    guard force else {
+                        throw KMSError(.failedPrecondition, "usage file \(usagePath) is unreadable (\(reason)); fix it, or pass --force to retire without checking")
+                    }
+                    note = "usage file \(usagePath) is unreadable (\(reason)); retiring because of --force"
+                case .loaded(let records):
+                    if let last = records[keyID]?.lastDecrypt, now.timeIntervalSince(last) < window {
+                        guard force else {
+                            throw KMSError(.failedPrecondition, "refusing to retire key version \(version.version) (key_id \(keyID)): it decrypted something at "
+                                           + "\(KeyFile.rfc3339(last)), within --unused-for \(formatDuration(window)); re-encrypt the data first or pass --force")
+                        }
+                        note = "key_id \(keyID) decrypted something at \(KeyFile.rfc3339(last)); retiring because of --force"
+                    }
+                }
+                return (version.version, try file.retire(version: version.version), note)
+            }
+            if let note = outcome.note { printError("warning: " + note) }
+            if outcome.changed {
+                print("retired key version \(outcome.version) (key_id \(keyID)); its ciphertexts now fail to decrypt with FAILED_PRECONDITION")
+            } else {
+                print("key version \(outcome.version) (key_id \(keyID)) was already retired")
+            }
+            return ExitCode.ok
+        }
+    }
+
+    static func prune(_ args: [String]) -> Int32 {
+        runCommand(args, help: """
+            usage: kekctl prune --key-file PATH
+
+            Removes retired key versions from the key file for good: their ciphertexts can never be decrypted again.
+            """) { args in
+            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let (dropped, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) in (file.prune(), file) }
+            if dropped.isEmpty { print("nothing to prune: no retired key versions") }
+            for v in dropped { print("pruned key version \(v.version) (key_id \(file.keyID(forVersion: v.version)))") }
+            return ExitCode.ok
+        }
+    }
+
+    // MARK: Helpers
+
+    private static func keyFilePath(_ arguments: Arguments) throws(UsageError) -> String {
+        guard arguments.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(arguments.positionals[0])") }
+        return try arguments.required("key-file")
+    }
+
+    private static func usageFilePath(_ arguments: Arguments, keyFile: String) -> String {
+        if let path = arguments.value("usage-file") { return path }
+        let folder = (keyFile as NSString).deletingLastPathComponent
+        return (folder.isEmpty ? "." : folder) + "/usage.json"
+    }
+
+    private static func columns(_ fields: [String]) -> String {
+        let widths = [8, 8, 32, 21, 21, 0]
+        return zip(fields, widths).map { $1 == 0 ? $0 : $0.padding(toLength: max($1, $0.count), withPad: " ", startingAt: 0) }
+            .joined(separator: " ")
+    }
+
+    /// Go-style durations as the flag's default shows: one or more `<number><unit>` with units d, h, m, s.
+    static func parseDuration(_ text: String) throws(UsageError) -> TimeInterval {
+        let units: [Character: Double] = ["d": 86400, "h": 3600, "m": 60, "s": 1]
+        var total = 0.0, digits = ""
+        for c in text {
+            if c.isASCII && c.isNumber { digits.append(c); continue }
+            guard let unit = units[c], let n = Double(digits), digits.count <= 9 else {
+                throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)")
+            }
+            total += n * unit
+            digits = ""
+        }
+        guard digits.isEmpty, !text.isEmpty else { throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)") }
+        return total
+    }
+
+    private static func formatDuration(_ seconds: TimeInterval) -> String {
+        seconds.truncatingRemainder(dividingBy: 3600) == 0 ? "\(Int(seconds / 3600))h" : "\(Int(seconds))s"
+    }
+}
+
+/// When a key_id was last used, from kekd's usage file.
+struct KeyUsage {
+    var lastEncrypt: Date?
+    var lastDecrypt: Date?
+}
+
+enum UsageData {
+    case missing
+    case unreadable(String)
+    case loaded([String: KeyUsage])
+}
+
+/// Reads the usage file the audit log maintains: `{"keys":{"<key_id>":{"last_encrypt":"<RFC3339>","last_decrypt":"<RFC3339>"}}}`.
+func loadUsage(path: String) -> UsageData {
+    guard FileManager.default.fileExists(atPath: path) else { return .missing }
+    guard let data = FileManager.default.contents(atPath: path) else { return .unreadable("cannot read it") }
+    guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+          let keys = root["keys"] as? [String: Any] else {
+        return .unreadable("not a JSON object with a \"keys\" object")
+    }
+    var out: [String: KeyUsage] = [:]
+    for (keyID, value) in keys {
+        guard let record = value as? [String: Any] else { return .unreadable("entry for \(keyID) is not an object") }
+        func date(_ field: String) -> Date?? {
+            guard let raw = record[field], !(raw is NSNull) else { return .some(nil) }
+            guard let text = raw as? String, let d = KeyFile.parseRFC3339(text) else { return nil }
+            return .some(d)
+        }
+        guard let encrypt = date("last_encrypt"), let decrypt = date("last_decrypt") else {
+            return .unreadable("entry for \(keyID) has a time that is not RFC 3339")
+        }
+        out[keyID] = KeyUsage(lastEncrypt: encrypt, lastDecrypt: decrypt)
+    }
+    return .loaded(out)
 }

@@ -1,0 +1,114 @@
+// RFC 7541 section 6: encoding header blocks.
+
+/// Encodes the header blocks of one HTTP/2 connection direction; its dynamic table persists across blocks.
+/// Fields found in a table are sent as 1-octet indexed references; with `useIndexing`, every other field that fits
+/// is sent as a literal with incremental indexing so it can be referenced next time.
+public struct HPACKEncoder: Sendable {
+    private var table: DynamicTable
+    /// The largest table we are willing to keep, whatever the peer allows.
+    private let tableSizeCeiling: Int
+    private let useHuffman: Bool
+    private let useIndexing: Bool
+
+    // Every inserted entry gets a sequence number; the newest has insertCount - 1 and absolute index 62.
+    private var insertCount = 0
+    /// Newest live sequence number per field and per name, for lookups in O(1).
+    private var fieldSequence: [HeaderField: Int] = [:]
+    private var nameSequence: [String: Int] = [:]
+    /// Size updates owed at the start of the next block: the smallest size since the last block, then the final one.
+    private var pendingSizeUpdate: (smallest: Int, final: Int)?
+
+    /// `maxTableSize` is the table size both sides start with (HTTP/2: 4096) and the most this encoder will use.
+    public init(maxTableSize: Int = 4096, useHuffman: Bool = true, useIndexing: Bool = true) {
+        let size = max(0, maxTableSize)
+        table = DynamicTable(maxSize: size)
+        tableSizeCeiling = size
+        self.useHuffman = useHuffman
+        self.useIndexing = useIndexing
+    }
+
+    /// Current dynamic table maximum.
+    public var dynamicTableMaxSize: Int { table.maxSize }
+    /// Sum of the dynamic table's entry sizes (name + value + 32 each).
+    public var dynamicTableSize: Int { table.size }
+    /// The dynamic table's entries, newest (index 62) first.
+    public var dynamicTableEntries: [HeaderField] { table.fields }
+
+    /// The peer's SETTINGS_HEADER_TABLE_SIZE; the next block starts with a size update when it shrinks/changes.
+    /// The table never grows past the `maxTableSize` given at init.
+    public mutating func setMaxTableSize(_ size: Int) {
+        let newSize = min(max(0, size), tableSizeCeiling)
+        guard newSize != table.maxSize else { return }
+        evict(toFit: 0, within: newSize)
+        table.setMaxSize(newSize)
+        pendingSizeUpdate = (min(pendingSizeUpdate?.smallest ?? newSize, newSize), newSize)
+    }
+
+    public mutating func encode(_ headers: [HeaderField], into buffer: inout [UInt8]) {
+        if let update = pendingSizeUpdate {
+            if update.smallest < update.final {
+                appendInteger(update.smallest, prefixBits: 5, flags: 0x20, to: &buffer)
+            }
+            appendInteger(update.final, prefixBits: 5, flags: 0x20, to: &buffer)
+            pendingSizeUpdate = nil
+        }
+        for field in headers { encode(field, into: &buffer) }
+    }
+
+    private mutating func encode(_ field: HeaderField, into buffer: inout [UInt8]) {
+        if let index = StaticTable.fieldIndex[field] ?? dynamicIndex(fieldSequence[field]) {
+            appendInteger(index, prefixBits: 7, flags: 0x80, to: &buffer)
+            return
+        }
+        let nameIndex = StaticTable.nameIndex[field.name] ?? dynamicIndex(nameSequence[field.name]) ?? 0
+        let size = field.name.utf8.count + field.value.utf8.count + entryOverhead
+        if useIndexing && size <= table.maxSize {
+            appendInteger(nameIndex, prefixBits: 6, flags: 0x40, to: &buffer)
+            insert(field, size: size)
+        } else {
+            appendInteger(nameIndex, prefixBits: 4, flags: 0x00, to: &buffer)
+        }
+        if nameIndex == 0 { appendString(field.name, to: &buffer) }
+        appendString(field.value, to: &buffer)
+    }
+
+    /// The absolute index of a live sequence number.
+    private func dynamicIndex(_ sequence: Int?) -> Int? {
+        guard let sequence, sequence >= insertCount - table.count else { return nil }
+        return StaticTable.count + insertCount - sequence
+    }
+
+    private mutating func insert(_ field: HeaderField, size: Int) {
+        evict(toFit: size, within: table.maxSize)
+        table.appendAssumingRoom(TableEntry(field: field, nameOctets: field.name.utf8.count, size: size))
+        fieldSequence[field] = insertCount
+        nameSequence[field.name] = insertCount
+        insertCount += 1
+    }
+
+    /// Evicts oldest entries until `incoming` more octets fit in `maxSize`, dropping their lookup entries.
+    private mutating func evict(toFit incoming: Int, within maxSize: Int) {
+        while table.count > 0 && table.size + incoming > maxSize {
+            let sequence = insertCount - table.count
+            guard let evicted = table.removeOldest() else { return }
+            if fieldSequence[evicted.field] == sequence { fieldSequence[evicted.field] = nil }
+            if nameSequence[evicted.field.name] == sequence { nameSequence[evicted.field.name] = nil }
+        }
+    }
+
+    private func appendString(_ string: String, to buffer: inout [UInt8]) {
+        var string = string
+        string.withUTF8 { bytes in
+            if useHuffman {
+                let huffmanLength = Huffman.encodedLength(bytes)
+                if huffmanLength < bytes.count {
+                    appendInteger(huffmanLength, prefixBits: 7, flags: 0x80, to: &buffer)
+                    Huffman.encode(bytes, into: &buffer)
+                    return
+                }
+            }
+            appendInteger(bytes.count, prefixBits: 7, flags: 0x00, to: &buffer)
+            buffer.append(contentsOf: bytes)
+        }
+    }
+}

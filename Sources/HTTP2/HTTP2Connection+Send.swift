@@ -1,0 +1,157 @@
+// The send side: headers, DATA released by flow control fairly across streams, resets, pings and GOAWAY.
+import HPACK
+
+extension HTTP2Connection {
+    /// Response headers (server), request headers (client, on an id from `openStream()`), or trailers with
+    /// `endStream: true`. Trailers queued behind blocked DATA keep their place. Unknown or finished streams are ignored.
+    public func sendHeaders(streamID: UInt32, fields: [HeaderField], endStream: Bool) {
+        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
+              stream.state != .halfClosedLocal else { return }
+        if stream.state == .idle { stream.state = .open }
+        stream.headersSent = true
+        if endStream { stream.localEndQueued = true }
+        if stream.pending.isEmpty {
+            writeHeaders(stream, fields, endStream: endStream)
+        } else {
+            stream.pending.append(PendingOutbound(bytes: [], fields: fields, endStream: endStream))
+        }
+    }
+
+    /// Queues DATA; frames go out as the stream and connection windows allow, at most the peer's MAX_FRAME_SIZE
+    /// (never above 16384), END_STREAM on the last one. More than `maxQueuedOutputBytes` blocked → connection error
+    /// ENHANCE_YOUR_CALM (`didFail` turns true; the event comes with the next `receive`).
+    public func sendData(streamID: UInt32, bytes: [UInt8], endStream: Bool) {
+        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
+              stream.state == .open || stream.state == .halfClosedRemote else { return }
+        if bytes.isEmpty && !endStream { return }
+        if endStream { stream.localEndQueued = true }
+        // Fast path: nothing queued and the whole payload fits in one frame and both windows.
+        if stream.pending.isEmpty && bytes.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow) {
+            writeData(stream, bytes[...], endStream: endStream)
+            return
+        }
+        stream.pending.append(PendingOutbound(bytes: bytes, fields: nil, endStream: endStream))
+        queuedDataBytes += bytes.count
+        if !stream.inSendQueue {
+            stream.inSendQueue = true
+            sendQueue.append(streamID)
+        }
+        flushSendQueue()
+        if queuedDataBytes > limits.maxQueuedOutputBytes {
+            fail(.enhanceYourCalm, "peer does not read: too much output blocked by flow control", &deferredEvents)
+        }
+    }
+
+    /// Sends RST_STREAM and forgets the stream; late frames from the peer for it are ignored (§5.1 closed).
+    public func resetStream(streamID: UInt32, code: HTTP2ErrorCode) {
+        guard !failed, let stream = streams[streamID] else { return }
+        FrameWriter.appendRstStream(into: &output, streamID: streamID, code: code)
+        removeStream(stream)
+        closedQuietly.insert(streamID)
+    }
+
+    /// Client role: reserves the next odd stream id; send its headers before opening another (ids must appear in
+    /// increasing order). nil in the server role, after GOAWAY, when ids run out, or at the peer's
+    /// MAX_CONCURRENT_STREAMS (counting streams already reserved).
+    public func openStream() -> UInt32? {
+        guard role == .client, !isDraining, nextLocalStreamID <= UInt32(Int32.max),
+              streams.count < peerMaxConcurrentStreams else { return nil }
+        let id = nextLocalStreamID
+        nextLocalStreamID += 2
+        streams[id] = HTTP2Stream(id: id, state: .idle, sendWindow: peerInitialWindowSize, recvWindow: streamWindowTarget)
+        return id
+    }
+
+    public func ping(opaque: UInt64) {
+        guard !failed else { return }
+        FrameWriter.appendHeader(into: &output, length: 8, type: FrameType.ping.rawValue, flags: 0, streamID: 0)
+        FrameWriter.appendUInt64(opaque, into: &output)
+    }
+
+    /// First call: GOAWAY(2^31-1, NO_ERROR) — streams in flight still arrive. Second call: GOAWAY(last processed
+    /// stream, NO_ERROR); newer streams are then ignored. Existing streams finish normally.
+    public func beginGracefulShutdown() {
+        guard !failed else { return }
+        switch goAwaySent {
+        case .none:
+            writeGoAway(lastStreamID: UInt32(Int32.max), code: .noError, debug: "")
+            goAwaySent = .graceful
+        case .graceful:
+            goAway(code: .noError, debug: "")
+        case .final:
+            break
+        }
+    }
+
+    /// The final GOAWAY naming the last stream we processed; streams above it are ignored from now on.
+    public func goAway(code: HTTP2ErrorCode, debug: String) {
+        guard !failed else { return }
+        if case .final = goAwaySent { return }
+        writeGoAway(lastStreamID: lastProcessedPeerStreamID, code: code, debug: debug)
+        goAwaySent = .final(lastStreamID: lastProcessedPeerStreamID)
+    }
+
+    // MARK: - Writing
+
+    func writeHeaders(_ stream: HTTP2Stream, _ fields: [HeaderField], endStream: Bool) {
+        // Encoded at write time, so header blocks hit the wire in the order the HPACK encoder saw them.
+        headerScratch.removeAll(keepingCapacity: true)
+        encoder.encode(fields, into: &headerScratch)
+        FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: headerScratch[...],
+                                      endStream: endStream, maxFrameSize: sendFrameSize)
+        if endStream { closeLocal(stream) }
+    }
+
+    private func writeData(_ stream: HTTP2Stream, _ bytes: ArraySlice<UInt8>, endStream: Bool) {
+        FrameWriter.appendData(into: &output, streamID: stream.id, bytes: bytes, endStream: endStream)
+        stream.sendWindow -= bytes.count
+        connectionSendWindow -= bytes.count
+        if endStream { closeLocal(stream) }
+    }
+
+    /// Writes the next frame of `stream`'s queue if the windows allow; false if it is blocked.
+    private func writeNextChunk(_ stream: HTTP2Stream) -> Bool {
+        guard let head = stream.pending.first else { return false }
+        if let fields = head.fields {
+            stream.pending.removeFirst()
+            writeHeaders(stream, fields, endStream: head.endStream)
+            return true
+        }
+        let remaining = head.bytes.count - stream.pendingOffset
+        let n = min(remaining, stream.sendWindow, connectionSendWindow, sendFrameSize)
+        guard n > 0 || remaining == 0 else { return false }
+        let last = n == remaining
+        let start = stream.pendingOffset
+        if last {
+            stream.pending.removeFirst()
+            stream.pendingOffset = 0
+        } else {
+            stream.pendingOffset += n
+        }
+        queuedDataBytes -= n
+        writeData(stream, head.bytes[start..<(start + n)], endStream: last && head.endStream)
+        return true
+    }
+
+    /// Round-robin over streams with queued output, one frame per stream per round, until all are blocked or done.
+    func flushSendQueue() {
+        var progress = true
+        while progress && !sendQueue.isEmpty {
+            progress = false
+            var stillQueued: [UInt32] = []
+            for id in sendQueue {
+                guard let stream = streams[id] else { continue }
+                if writeNextChunk(stream) { progress = true }
+                if stream.pending.isEmpty || streams[id] == nil {
+                    stream.inSendQueue = false
+                } else if stream.sendWindow <= 0 && stream.pending.first?.fields == nil
+                            && (stream.pending.first?.bytes.count ?? 0) > stream.pendingOffset {
+                    stream.inSendQueue = false   // parked until a WINDOW_UPDATE or SETTINGS re-queues it
+                } else {
+                    stillQueued.append(id)
+                }
+            }
+            sendQueue = stillQueued
+        }
+    }
+}

@@ -1,0 +1,261 @@
+// The HTTP/2 connection state machine (RFC 9113): bytes in → events, calls → bytes out. No I/O, no clocks.
+// Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift.
+import HPACK
+
+/// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls.
+public final class HTTP2Connection {
+    public enum Role: Sendable { case server, client }
+
+    enum GoAwayState: Equatable { case none, graceful, final(lastStreamID: UInt32) }
+
+    /// A header block whose CONTINUATION frames are still arriving.
+    struct HeaderBlockInProgress {
+        var streamID: UInt32
+        var endStream: Bool
+        var priority: PriorityInfo?
+        var block: [UInt8]
+        var continuationCount: Int
+    }
+
+    public let role: Role
+    public let limits: HTTP2Limits
+
+    var reader = FrameReader()
+    var output: [UInt8] = []
+    var headerScratch: [UInt8] = []
+    var encoder: HPACKEncoder
+    var decoder: HPACKDecoder
+
+    var prefaceBytesMatched = 0
+    public internal(set) var receivedPreface: Bool
+    var sawPeerSettings = false
+    var failed = false
+    /// Events raised outside `receive` (a send that overflowed `maxQueuedOutputBytes`), reported by the next call.
+    var deferredEvents: [HTTP2Event] = []
+
+    // The peer's settings that shape what we send.
+    var peerMaxFrameSize = HTTP2Constants.defaultMaxFrameSize
+    var peerInitialWindowSize = HTTP2Constants.defaultWindowSize
+    var peerMaxConcurrentStreams = Int.max
+    var unackedSettings = 0
+    var ourSettingsAcked = false
+
+    // Flow control (§6.9).
+    var connectionSendWindow = HTTP2Constants.defaultWindowSize
+    var connectionRecvWindow: Int
+    var connectionRecvUnreturned = 0
+    let streamWindowTarget: Int
+    let connectionWindowTarget: Int
+    var queuedDataBytes = 0
+
+    // Streams.
+    var streams: [UInt32: HTTP2Stream] = [:]
+    var sendQueue: [UInt32] = []
+    var highestPeerStreamID: UInt32 = 0
+    var lastProcessedPeerStreamID: UInt32 = 0
+    var nextLocalStreamID: UInt32
+    var closedQuietly: RecentStreamSet
+    var headerBlock: HeaderBlockInProgress?
+
+    var goAwaySent = GoAwayState.none
+    var goAwayReceivedLastStreamID: UInt32?
+
+    // Abuse budgets.
+    var queuedControlFrames = 0
+    var consecutiveEmptyFrames = 0
+    var rapidResets: RapidResetTracker
+
+    /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
+    public init(role: Role, limits: HTTP2Limits = .init()) {
+        self.role = role
+        self.limits = limits
+        streamWindowTarget = min(max(limits.initialWindowSize, 0), HTTP2Constants.maxWindowSize)
+        connectionWindowTarget = min(max(limits.connectionWindowSize, HTTP2Constants.defaultWindowSize),
+                                     HTTP2Constants.maxWindowSize)
+        connectionRecvWindow = connectionWindowTarget
+        encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
+        // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
+        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
+        receivedPreface = role == .client
+        nextLocalStreamID = role == .client ? 1 : 2
+        closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
+        rapidResets = RapidResetTracker(window: limits.rapidResetWindow)
+        output.reserveCapacity(4096)
+        if role == .client { output.append(contentsOf: HTTP2Constants.clientPreface) }
+        var settings = [
+            HTTP2Setting(id: HTTP2Setting.initialWindowSize, value: UInt32(streamWindowTarget)),
+            HTTP2Setting(id: HTTP2Setting.maxHeaderListSize, value: UInt32(clamping: max(0, limits.maxHeaderListSize))),
+        ]
+        if role == .server {
+            settings.insert(HTTP2Setting(id: HTTP2Setting.maxConcurrentStreams,
+                                         value: UInt32(clamping: max(0, limits.maxConcurrentStreams))), at: 0)
+        } else {
+            settings.insert(HTTP2Setting(id: HTTP2Setting.enablePush, value: 0), at: 0)
+        }
+        if limits.headerTableSize != 4096 {
+            settings.append(HTTP2Setting(id: HTTP2Setting.headerTableSize, value: UInt32(clamping: max(0, limits.headerTableSize))))
+        }
+        Frame(streamID: 0, payload: .settings(settings, ack: false)).serialize(into: &output)
+        unackedSettings = 1
+        if connectionWindowTarget > HTTP2Constants.defaultWindowSize {
+            FrameWriter.appendWindowUpdate(into: &output, streamID: 0,
+                                           increment: UInt32(connectionWindowTarget - HTTP2Constants.defaultWindowSize))
+        }
+    }
+
+    // MARK: - Public state
+
+    public var hasOutput: Bool { !output.isEmpty }
+
+    /// Everything queued for the socket, in order. Also resets the queued-control-frame budget: the owner should call
+    /// it when the socket can take more bytes, so a peer that does not read cannot make us queue answers forever.
+    public func takeOutput() -> [UInt8] {
+        queuedControlFrames = 0
+        var taken: [UInt8] = []
+        taken.reserveCapacity(max(4096, output.count))
+        swap(&taken, &output)
+        return taken
+    }
+
+    public var openStreamCount: Int { streams.count }
+    /// GOAWAY sent or received, or the connection failed.
+    public var isDraining: Bool { failed || goAwaySent != .none || goAwayReceivedLastStreamID != nil }
+    /// A connection error queued GOAWAY: flush the output and close (set also by a failing send call).
+    public var didFail: Bool { failed }
+    /// DATA bytes waiting for the peer's flow-control windows.
+    public var queuedOutputBytes: Int { queuedDataBytes }
+    /// Size of the effective frames we send: the peer's MAX_FRAME_SIZE, never above 16384.
+    var sendFrameSize: Int { min(peerMaxFrameSize, HTTP2Constants.defaultMaxFrameSize) }
+
+    // MARK: - Input
+
+    /// Consumes bytes from the socket. Any split of the byte stream gives the same events.
+    public func receive(_ bytes: ArraySlice<UInt8>) -> [HTTP2Event] {
+        var events = deferredEvents
+        deferredEvents.removeAll()
+        guard !failed else { return events }
+        reader.append(bytes)
+        if !receivedPreface {
+            let expected = HTTP2Constants.clientPreface
+            let chunk = reader.takeRawBytes(upTo: expected.count - prefaceBytesMatched)
+            for byte in chunk {
+                guard byte == expected[prefaceBytesMatched] else {
+                    fail(.protocolError, "invalid connection preface", &events)
+                    return events
+                }
+                prefaceBytesMatched += 1
+            }
+            guard prefaceBytesMatched == expected.count else { return events }
+            receivedPreface = true
+        }
+        while !failed {
+            let frame: Frame?
+            do {
+                frame = try reader.nextFrame()
+            } catch {
+                switch error {
+                case let .connection(code, reason):
+                    fail(code, reason, &events)
+                case let .stream(id, code, reason):
+                    if headerBlock != nil {
+                        fail(.protocolError, "frame interleaved in a header block", &events)
+                    } else {
+                        streamError(id, code, reason, surface: streams[id] != nil, &events)
+                    }
+                }
+                continue
+            }
+            guard let frame else { break }
+            process(frame, &events)
+        }
+        if !failed { flushSendQueue() }
+        return events
+    }
+
+    // MARK: - Errors
+
+    /// Connection error (§5.4.1): GOAWAY with the last processed stream, then ignore all further input.
+    func fail(_ code: HTTP2ErrorCode, _ reason: String, _ events: inout [HTTP2Event]) {
+        guard !failed else { return }
+        failed = true
+        writeGoAway(lastStreamID: lastProcessedPeerStreamID, code: code, debug: reason)
+        for stream in streams.values { stream.pending.removeAll() }
+        streams.removeAll()
+        sendQueue.removeAll()
+        queuedDataBytes = 0
+        headerBlock = nil
+        reader = FrameReader()
+        events.append(.connectionError(code: code, reason: reason))
+    }
+
+    /// Stream error (§5.4.2): RST_STREAM, forget the stream, and drop its late frames quietly.
+    func streamError(_ id: UInt32, _ code: HTTP2ErrorCode, _ reason: String, surface: Bool,
+                     _ events: inout [HTTP2Event]) {
+        FrameWriter.appendRstStream(into: &output, streamID: id, code: code)
+        if let stream = streams[id] { removeStream(stream) }
+        closedQuietly.insert(id)
+        if surface { events.append(.streamError(streamID: id, code: code, reason: reason)) }
+        countControlFrame(&events)
+    }
+
+    /// Counts an answer the peer forced us to queue (PING ACK, SETTINGS ACK, RST_STREAM) against the flood budget.
+    func countControlFrame(_ events: inout [HTTP2Event]) {
+        queuedControlFrames += 1
+        if queuedControlFrames > limits.maxQueuedControlFrames {
+            fail(.enhanceYourCalm, "too many queued control frames", &events)
+        }
+    }
+
+    /// Counts a frame that made no progress (CVE-2019-9518 style floods).
+    func countEmptyFrame(_ events: inout [HTTP2Event]) {
+        consecutiveEmptyFrames += 1
+        if consecutiveEmptyFrames > limits.maxConsecutiveEmptyFrames {
+            fail(.enhanceYourCalm, "too many empty frames", &events)
+        }
+    }
+
+    func writeGoAway(lastStreamID: UInt32, code: HTTP2ErrorCode, debug: String) {
+        let debugBytes = Array(debug.utf8.prefix(128))
+        FrameWriter.appendHeader(into: &output, length: 8 + debugBytes.count, type: FrameType.goAway.rawValue,
+                                 flags: 0, streamID: 0)
+        FrameWriter.appendUInt32(lastStreamID & 0x7fff_ffff, into: &output)
+        FrameWriter.appendUInt32(code.rawValue, into: &output)
+        output.append(contentsOf: debugBytes)
+    }
+
+    // MARK: - Stream bookkeeping
+
+    func isPeerInitiated(_ id: UInt32) -> Bool { (id & 1 == 1) == (role == .server) }
+
+    /// Never-used stream ids (§5.1 idle); frames other than HEADERS/PRIORITY on them are a connection error.
+    func isIdle(_ id: UInt32) -> Bool {
+        isPeerInitiated(id) ? id > highestPeerStreamID : id >= nextLocalStreamID
+    }
+
+    func removeStream(_ stream: HTTP2Stream) {
+        if streams.removeValue(forKey: stream.id) == nil { return }
+        var remaining = 0
+        for (index, item) in stream.pending.enumerated() {
+            remaining += item.bytes.count - (index == 0 ? stream.pendingOffset : 0)
+        }
+        queuedDataBytes -= remaining
+        stream.pending.removeAll()
+        stream.pendingOffset = 0
+    }
+
+    func closeLocal(_ stream: HTTP2Stream) {
+        switch stream.state {
+        case .idle, .open: stream.state = .halfClosedLocal
+        case .halfClosedRemote: removeStream(stream)
+        case .halfClosedLocal: break
+        }
+    }
+
+    func closeRemote(_ stream: HTTP2Stream) {
+        switch stream.state {
+        case .idle, .open: stream.state = .halfClosedRemote
+        case .halfClosedLocal: removeStream(stream)
+        case .halfClosedRemote: break
+        }
+    }
+}

@@ -1,0 +1,228 @@
+// The local key backend: KEKs from a key file, followed live.
+//
+// Every call works on one immutable `KeySnapshot`, swapped whole under a lock, so the key_id Encrypt returns is the
+// key_id Status reports for that snapshot, and a call never sees half a reload. A changed file is validated fully
+// (checksum, state rules, and a sane succession from the current keys) before it takes effect; a broken one never
+// does, kekd keeps its keys and says why once on stderr.
+import Crypto
+import Dispatch
+import Foundation
+import Synchronization
+
+/// The keys one call works with.
+final class KeySnapshot: Sendable {
+    struct Entry: Sendable {
+        let version: UInt32
+        let state: KeyState
+        let keyID: String
+        let key: SymmetricKey
+    }
+    let fileID: [UInt8]
+    let auditSecret: [UInt8]
+    let primary: Entry
+    let entries: [UInt32: Entry]
+    let isLegacyFormat: Bool
+
+    init(_ file: KeyFile) throws(KMSError) {
+        try file.validate()
+        var entries: [UInt32: Entry] = [:]
+        var primary: Entry?
+        for v in file.versions {
+            let key: SymmetricKey
+            do { key = try SymmetricKey(bytes: v.key) } catch { throw KMSError(.failedPrecondition, "key version \(v.version): \(error)") }
+            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key)
+            entries[v.version] = entry
+            if v.state == .primary { primary = entry }
+        }
+        guard let primary else { throw KMSError(.failedPrecondition, "key file has no primary version") }
+        self.fileID = file.fileID
+        self.auditSecret = file.auditSecret
+        self.primary = primary
+        self.entries = entries
+        self.isLegacyFormat = file.isLegacyFormat
+    }
+
+    /// Why `next` may not replace `self`, or nil. A replacement keeps the file id and audit secret, never moves the
+    /// primary back to an older version (Status would report a key_id it already moved away from), and never
+    /// changes the bytes of a version both share (one key_id would name two keys).
+    func successionProblem(to next: KeySnapshot) -> String? {
+        if next.fileID != fileID {
+            return "the key file now has a different file id (recreated or replaced by another key file); restart kekd to switch key files deliberately"
+        }
+        if !constantTimeEqual(next.auditSecret, auditSecret) { return "the key file's audit secret changed" }
+        if next.primary.version < primary.version {
+            return "the primary would move back from key version \(primary.version) to \(next.primary.version)"
+        }
+        for (version, entry) in next.entries {
+            if let old = entries[version], !constantTimeEqual(old.key.bytes, entry.key.bytes) {
+                return "key version \(version) has different key bytes than before"
+            }
+        }
+        return nil
+    }
+
+    func sameStates(as other: KeySnapshot) -> Bool {
+        entries.count == other.entries.count && entries.allSatisfy { other.entries[$0.key]?.state == $0.value.state }
+    }
+}
+
+public final class FileKeyBackend: KeyBackend {
+    /// The one annotation Encrypt returns: the envelope format, under the project's domain. Bound as AAD.
+    public static let annotationKey = "local-kek.kekd.io"
+    public static let annotationValue: [UInt8] = Array("aes-256-gcm/\(Envelope.formatVersion)".utf8)
+
+    public let name = "file"
+    public let mayBlock = false
+    public let keyFilePath: String
+
+    private struct WatchState {
+        var fingerprint: FileFingerprint?
+        var lastProblem: String?
+    }
+    private let current: Mutex<KeySnapshot>
+    private let lastRejection = Mutex<String?>(nil)
+    /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
+    private let watch: Mutex<WatchState>
+    private let auditKey: [UInt8]
+    private let log: LogSink
+    private let stopSignal = DispatchSemaphore(value: 0)
+    private let closed = Atomic<Bool>(false)
+
+    /// Loads and validates the key file, failing with a clear message when it is missing, unreadable, accessible by
+    /// group/others, corrupt or invalid. Then polls it every `pollInterval` seconds (nil: only on `reload()`).
+    public init(keyFilePath: String, pollInterval: Double? = 1.0, log: @escaping LogSink = KMSLog.stderr) throws(KMSError) {
+        self.keyFilePath = keyFilePath
+        self.log = log
+        let loaded = try KeyFileStore.load(path: keyFilePath)
+        let snapshot = try KeySnapshot(loaded.file)
+        auditKey = try loaded.file.auditHMACKey()
+        current = Mutex(snapshot)
+        watch = Mutex(WatchState(fingerprint: loaded.fingerprint, lastProblem: nil))
+        if snapshot.isLegacyFormat {
+            log(KMSLog.line(level: "info", msg: "key file is in the first (single-key) format; `kekctl rotate` converts it",
+                            fields: [("path", keyFilePath), ("key_id", snapshot.primary.keyID)]))
+        }
+        if let pollInterval, pollInterval > 0 { startPolling(every: pollInterval) }
+    }
+
+    deinit { stopSignal.signal() }
+
+    // MARK: KeyBackend
+
+    public func status() -> BackendStatus {
+        let snapshot = current.withLock { $0 }
+        var detail = "key file \(keyFilePath): \(snapshot.entries.count) version(s), primary version \(snapshot.primary.version)"
+        if let rejection = lastRejection.withLock({ $0 }) { detail += "; last change rejected: \(rejection)" }
+        return BackendStatus(healthy: true, keyID: snapshot.primary.keyID, detail: detail)
+    }
+
+    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        let primary = current.withLock { $0 }.primary
+        let annotations = [Self.annotationKey: Self.annotationValue]
+        let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version,
+                                           keyID: primary.keyID, annotations: annotations)
+        return EncryptResult(ciphertext: ciphertext, keyID: primary.keyID, annotations: annotations)
+    }
+
+    /// The ciphertext names its key version; the key_id must be that version's key_id in this key file (else the
+    /// ciphertext is foreign, tampered or mismatched: INVALID_ARGUMENT). A version of this file that is retired or
+    /// no longer present is FAILED_PRECONDITION, naming the version.
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        let snapshot = current.withLock { $0 }
+        let version = try Envelope.keyVersion(of: ciphertext)
+        guard keyID == KeyFile.keyID(fileID: snapshot.fileID, version: version) else {
+            throw KMSError(.invalidArgument, "key_id does not match the ciphertext (foreign, tampered, or paired with another key_id)")
+        }
+        guard let entry = snapshot.entries[version] else {
+            throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is no longer in the key file (pruned)")
+        }
+        guard entry.state != .retired else {
+            throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is retired")
+        }
+        return try Envelope.open(ciphertext: ciphertext, key: entry.key, keyID: keyID, annotations: annotations)
+    }
+
+    /// HKDF-SHA256(input key: the key file's audit secret, salt: its file id, info: "kekd audit-chain hmac key v1"),
+    /// 32 bytes: stable across rotation and pruning (see `KeyFile.auditHMACKey`).
+    public func auditHMACKey() -> [UInt8]? { auditKey }
+
+    /// SIGHUP: re-read the file now, whether or not it looks changed; a rejection is always logged.
+    public func reload() {
+        watch.withLock { state in
+            state.fingerprint = KeyFileStore.fingerprint(path: keyFilePath)
+            state.lastProblem = nil
+            loadAndSwitch(&state)
+        }
+    }
+
+    public func close() {
+        if closed.exchange(true, ordering: .acquiringAndReleasing) == false { stopSignal.signal() }
+    }
+
+    // MARK: Static helpers for kekd and kekctl
+
+    /// Creates a new key file (one primary version, random file id, mode 0600, atomic); refuses to overwrite.
+    public static func initializeKeyFile(path: String) throws(KMSError) {
+        try KeyFileStore.create(path: path, file: KeyFile.generate())
+    }
+
+    /// The audit HMAC key `auditHMACKey()` returns for a backend on this key file, for `kekctl audit verify`.
+    public static func auditHMACKey(keyFilePath: String) throws(KMSError) -> [UInt8] {
+        try KeyFileStore.load(path: keyFilePath).file.auditHMACKey()
+    }
+
+    // MARK: Following the file
+
+    private func startPolling(every interval: Double) {
+        let signal = stopSignal
+        let thread = Thread { [weak self] in
+            while signal.wait(timeout: .now() + interval) == .timedOut {
+                guard let self else { return }
+                self.checkForChange()
+            }
+        }
+        thread.name = "kekd-key-file-watch"
+        thread.start()
+    }
+
+    /// One poll: reload when what the path points at (inode, size, times) changed since the last look.
+    func checkForChange() {
+        watch.withLock { state in
+            let seen = KeyFileStore.fingerprint(path: keyFilePath)
+            guard seen != state.fingerprint else { return }
+            state.fingerprint = seen
+            loadAndSwitch(&state)
+        }
+    }
+
+    private func loadAndSwitch(_ state: inout WatchState) {
+        let next: KeySnapshot
+        do {
+            next = try KeySnapshot(KeyFileStore.load(path: keyFilePath).file)
+        } catch {
+            reject(error.message, &state)
+            return
+        }
+        let previous = current.withLock { $0 }
+        if let problem = previous.successionProblem(to: next) {
+            reject(problem, &state)
+            return
+        }
+        state.lastProblem = nil
+        lastRejection.withLock { $0 = nil }
+        if next.primary.version == previous.primary.version && previous.sameStates(as: next) { return }
+        current.withLock { $0 = next }
+        log(KMSLog.line(level: "info", msg: "key file reloaded", fields: [
+            ("path", keyFilePath), ("key_id", next.primary.keyID), ("primary_version", String(next.primary.version)),
+            ("versions", String(next.entries.count)),
+        ]))
+    }
+
+    private func reject(_ problem: String, _ state: inout WatchState) {
+        lastRejection.withLock { $0 = problem }
+        guard state.lastProblem != problem else { return }
+        state.lastProblem = problem
+        log(KMSLog.line(level: "warn", msg: "key file change not applied, keeping the current keys: \(problem)",
+                        fields: [("path", keyFilePath)]))
+    }
+}

@@ -1,0 +1,325 @@
+// The local backend's key file: several KEK versions, a random file id, a format version and a checksum.
+//
+// On disk (JSON, mode 0600):
+//   {
+//     "kind": "kekd-key-file",
+//     "format_version": 1,
+//     "file_id": "<32 hex: 16 random bytes from `init`>",
+//     "audit_secret": "<base64: 32 bytes, the stable input of the audit-chain HMAC key>",
+//     "versions": [ {"version": 1, "state": "primary", "created": "<RFC 3339 UTC>", "key": "<base64: 32 bytes>"}, ... ],
+//     "checksum": "sha256:<hex of SHA-256 over the canonical content, see `canonicalContent`>"
+//   }
+// The checksum detects corruption (a flipped byte, truncation, a hand edit); it is not a MAC, the file's mode and
+// owner are what protect it.
+//
+// The first format (the wire issue's `--key-file`) is a single raw key: exactly 32 bytes, or 44 characters of base64
+// with an optional trailing newline. It loads as version 1, primary, with a file id derived from the key under its own
+// label (`legacyFileIDLabel`), so its key_id is stable across restarts and machines and can never collide with the
+// key_id of a file made by `init` (whose file id is random). The first `rotate`/`retire` rewrites it in the JSON
+// format, keeping that derived file id and an audit secret derived from the key (one-way, so pruning version 1 later
+// really removes the key).
+import Crypto
+import Foundation
+
+public enum KeyState: String, Sendable, Codable, CaseIterable {
+    /// Encrypts (exactly one per file) and decrypts.
+    case primary
+    /// Decrypts only.
+    case active
+    /// Kept in the file but refused: Decrypt fails with FAILED_PRECONDITION.
+    case retired
+}
+
+public struct KeyVersion: Sendable {
+    public var version: UInt32
+    public var state: KeyState
+    /// RFC 3339 UTC, e.g. "2026-11-25T13:40:00Z".
+    public var created: String
+    /// The 32-byte KEK. Never printed or logged.
+    public var key: [UInt8]
+}
+
+public struct KeyFile: Sendable, Equatable {
+    public static let kind = "kekd-key-file"
+    public static let currentFormatVersion = 1
+    public static let fileIDSize = 16
+    static let keyIDLabel = Array("kekd key_id v1\u{0}".utf8)
+    static let legacyFileIDLabel = Array("kekd legacy key file id v1\u{0}".utf8)
+    static let legacyAuditSecretLabel = Array("kekd legacy key file audit secret v1".utf8)
+    static let auditHMACInfo = Array("kekd audit-chain hmac key v1".utf8)
+
+    public var fileID: [UInt8]
+    public var auditSecret: [UInt8]
+    /// Sorted by version.
+    public var versions: [KeyVersion]
+    /// True when read from the first (single raw key) format; a write converts it.
+    public internal(set) var isLegacyFormat = false
+
+    /// key_id of a version: `kekd-v<version>-<24 hex>`, the hex being the first 12 bytes of
+    /// SHA-256("kekd key_id v1\0" || file id || version as UInt32 big-endian). Opaque to the apiserver, non-secret,
+    /// short, and different for every (file, version), so a recreated file never reuses a key_id.
+    public static func keyID(fileID: [UInt8], version: UInt32) -> String {
+        let digest = SHA256.hash(keyIDLabel + fileID + bigEndianBytes(version))
+        return "kekd-v\(version)-" + hexString(digest.prefix(12))
+    }
+
+    public func keyID(forVersion version: UInt32) -> String { Self.keyID(fileID: fileID, version: version) }
+
+    public var primary: KeyVersion? { versions.first { $0.state == .primary } }
+
+    public func version(withKeyID keyID: String) -> KeyVersion? {
+        versions.first { self.keyID(forVersion: $0.version) == keyID }
+    }
+
+    /// The audit chain's HMAC key: HKDF-SHA256(input key: audit secret, salt: file id,
+    /// info: "kekd audit-chain hmac key v1", 32 bytes). The audit secret is random at `init` and never changes with
+    /// rotation or pruning, so `kekctl audit verify --key-file` recomputes the same key for every log ever written
+    /// with this file.
+    public func auditHMACKey() throws(KMSError) -> [UInt8] {
+        do {
+            return try HKDFSHA256.derive(inputKey: auditSecret, salt: fileID, info: Self.auditHMACInfo, length: 32)
+        } catch {
+            throw KMSError(.internalError, "deriving the audit HMAC key: \(error)")
+        }
+    }
+
+    // MARK: Lifecycle operations
+
+    /// A new file: random file id, random audit secret, one primary version.
+    public static func generate(now: Date = Date()) throws(KMSError) -> KeyFile {
+        do {
+            return KeyFile(fileID: try SecureRandom.bytes(fileIDSize), auditSecret: try SecureRandom.bytes(32),
+                           versions: [KeyVersion(version: 1, state: .primary, created: rfc3339(now),
+                                                 key: try SecureRandom.bytes(AES256GCM.keySize))])
+        } catch {
+            throw KMSError(.internalError, "random key generation: \(error)")
+        }
+    }
+
+    /// Adds a new primary (highest version + 1) and demotes the old primary to active.
+    @discardableResult
+    public mutating func rotate(now: Date = Date()) throws(KMSError) -> (old: KeyVersion, new: KeyVersion) {
+        guard let oldIndex = versions.firstIndex(where: { $0.state == .primary }) else {
+            throw KMSError(.failedPrecondition, "key file has no primary version")
+        }
+        let highest = versions.map(\.version).max() ?? 0
+        guard highest < UInt32.max else { throw KMSError(.failedPrecondition, "key versions exhausted") }
+        let key: [UInt8]
+        do { key = try SecureRandom.bytes(AES256GCM.keySize) } catch {
+            throw KMSError(.internalError, "random key generation: \(error)")
+        }
+        versions[oldIndex].state = .active
+        let new = KeyVersion(version: highest + 1, state: .primary, created: Self.rfc3339(now), key: key)
+        versions.append(new)
+        return (versions[oldIndex], new)
+    }
+
+    /// Retires a version. Refuses the primary; returns false when it was already retired.
+    @discardableResult
+    public mutating func retire(version: UInt32) throws(KMSError) -> Bool {
+        guard let index = versions.firstIndex(where: { $0.version == version }) else {
+            throw KMSError(.failedPrecondition, "key version \(version) is not in the key file")
+        }
+        switch versions[index].state {
+        case .primary:
+            throw KMSError(.failedPrecondition, "refusing to retire key version \(version): it is the primary (rotate first)")
+        case .retired:
+            return false
+        case .active:
+            versions[index].state = .retired
+            return true
+        }
+    }
+
+    /// Drops retired versions and returns them.
+    public mutating func prune() -> [KeyVersion] {
+        let dropped = versions.filter { $0.state == .retired }
+        versions.removeAll { $0.state == .retired }
+        return dropped
+    }
+
+    // MARK: Validation
+
+    public static let maxVersions = 10_000
+
+    /// The rules every loaded or written file obeys.
+    public func validate() throws(KMSError) {
+        guard fileID.count == Self.fileIDSize else { throw KMSError(.failedPrecondition, "key file id must be \(Self.fileIDSize) bytes") }
+        guard auditSecret.count == 32 else { throw KMSError(.failedPrecondition, "key file audit_secret must be 32 bytes") }
+        guard !versions.isEmpty else { throw KMSError(.failedPrecondition, "key file has no key versions") }
+        guard versions.count <= Self.maxVersions else { throw KMSError(.failedPrecondition, "key file has more than \(Self.maxVersions) versions") }
+        var seen = Set<UInt32>()
+        for v in versions {
+            guard v.version >= 1 else { throw KMSError(.failedPrecondition, "key version numbers start at 1") }
+            guard seen.insert(v.version).inserted else { throw KMSError(.failedPrecondition, "key version \(v.version) appears twice") }
+            guard v.key.count == AES256GCM.keySize else {
+                throw KMSError(.failedPrecondition, "key version \(v.version) has a \(v.key.count)-byte key, expected \(AES256GCM.keySize)")
+            }
+            guard Self.parseRFC3339(v.created) != nil else {
+                throw KMSError(.failedPrecondition, "key version \(v.version) has an invalid creation time")
+            }
+        }
+        let primaries = versions.filter { $0.state == .primary }.count
+        guard primaries == 1 else {
+            throw KMSError(.failedPrecondition, "key file must have exactly one primary version, it has \(primaries)")
+        }
+    }
+
+    // MARK: Encoding
+
+    /// What the checksum covers: every field, in a fixed order, with the decoded keys re-encoded, so JSON whitespace
+    /// and key order do not matter but every value does.
+    func canonicalContent() -> [UInt8] {
+        var s = "\(Self.kind)\nformat_version=\(Self.currentFormatVersion)\nfile_id=\(hexString(fileID))\n"
+        s += "audit_secret=\(Data(auditSecret).base64EncodedString())\n"
+        for v in versions.sorted(by: { $0.version < $1.version }) {
+            s += "version=\(v.version)\tstate=\(v.state.rawValue)\tcreated=\(v.created)\tkey=\(Data(v.key).base64EncodedString())\n"
+        }
+        return Array(s.utf8)
+    }
+
+    func checksum() -> String { "sha256:" + hexString(SHA256.hash(canonicalContent())) }
+
+    /// The JSON file content. Every value is hex, base64, a number, a state name or an RFC 3339 time, so no escaping
+    /// is needed.
+    public func serialized() -> [UInt8] {
+        var s = "{\n  \"kind\": \"\(Self.kind)\",\n  \"format_version\": \(Self.currentFormatVersion),\n"
+        s += "  \"file_id\": \"\(hexString(fileID))\",\n"
+        s += "  \"audit_secret\": \"\(Data(auditSecret).base64EncodedString())\",\n  \"versions\": [\n"
+        let sorted = versions.sorted { $0.version < $1.version }
+        for (i, v) in sorted.enumerated() {
+            s += "    {\"version\": \(v.version), \"state\": \"\(v.state.rawValue)\", \"created\": \"\(v.created)\", "
+            s += "\"key\": \"\(Data(v.key).base64EncodedString())\"}" + (i == sorted.count - 1 ? "\n" : ",\n")
+        }
+        s += "  ],\n  \"checksum\": \"\(checksum())\"\n}\n"
+        return Array(s.utf8)
+    }
+
+    private struct StoredFile: Decodable {
+        var kind: String
+        var format_version: Int
+        var file_id: String
+        var audit_secret: String
+        var versions: [StoredVersion]
+        var checksum: String
+    }
+    private struct StoredVersion: Decodable {
+        var version: UInt32
+        var state: String
+        var created: String
+        var key: String
+    }
+
+    /// Parses either format. `legacyCreated` is the creation time given to a first-format key (the file's mtime).
+    public static func parse(_ bytes: [UInt8], legacyCreated: Date = Date(timeIntervalSince1970: 0)) throws(KMSError) -> KeyFile {
+        if let legacyKey = legacyKey(bytes) { return try fromLegacy(key: legacyKey, created: legacyCreated) }
+        guard bytes.first(where: { !isJSONSpace($0) }) == UInt8(ascii: "{") else {
+            throw KMSError(.failedPrecondition, "not a kekd key file (expected JSON, or a 32-byte key in the first format; got \(bytes.count) bytes)")
+        }
+        let stored: StoredFile
+        do { stored = try JSONDecoder().decode(StoredFile.self, from: Data(bytes)) } catch {
+            throw KMSError(.failedPrecondition, "key file is corrupt: not valid kekd key file JSON (\(describe(error)))")
+        }
+        guard stored.kind == kind else { throw KMSError(.failedPrecondition, "key file kind is \"\(stored.kind.prefix(40))\", expected \"\(kind)\"") }
+        guard stored.format_version == currentFormatVersion else {
+            throw KMSError(.failedPrecondition, "key file format_version \(stored.format_version) is not supported (this build reads \(currentFormatVersion))")
+        }
+        guard let fileID = decodeHex(stored.file_id), fileID.count == fileIDSize else {
+            throw KMSError(.failedPrecondition, "key file is corrupt: file_id is not \(fileIDSize * 2) hex digits")
+        }
+        guard let auditSecret = Data(base64Encoded: stored.audit_secret).map({ [UInt8]($0) }) else {
+            throw KMSError(.failedPrecondition, "key file is corrupt: audit_secret is not base64")
+        }
+        var versions: [KeyVersion] = []
+        for v in stored.versions {
+            guard let state = KeyState(rawValue: v.state) else {
+                throw KMSError(.failedPrecondition, "key file is corrupt: key version \(v.version) has unknown state \"\(v.state.prefix(20))\"")
+            }
+            guard let key = Data(base64Encoded: v.key).map({ [UInt8]($0) }) else {
+                throw KMSError(.failedPrecondition, "key file is corrupt: key version \(v.version) key is not base64")
+            }
+            versions.append(KeyVersion(version: v.version, state: state, created: v.created, key: key))
+        }
+        versions.sort { $0.version < $1.version }
+        let file = KeyFile(fileID: fileID, auditSecret: auditSecret, versions: versions)
+        guard constantTimeEqual(Array(file.checksum().utf8), Array(stored.checksum.utf8)) else {
+            throw KMSError(.failedPrecondition, "key file checksum mismatch: the file is corrupt or was edited by hand")
+        }
+        try file.validate()
+        return file
+    }
+
+    /// The first format's key, if `bytes` is one: 32 raw bytes, or 44 base64 characters and an optional newline.
+    static func legacyKey(_ bytes: [UInt8]) -> [UInt8]? {
+        if bytes.count == AES256GCM.keySize { return bytes }
+        var text = bytes
+        if text.last == UInt8(ascii: "\n") { text.removeLast() }
+        if text.last == UInt8(ascii: "\r") { text.removeLast() }
+        guard text.count == 44, let key = Data(base64Encoded: Data(text)), key.count == AES256GCM.keySize else { return nil }
+        return [UInt8](key)
+    }
+
+    static func fromLegacy(key: [UInt8], created: Date) throws(KMSError) -> KeyFile {
+        let fileID = Array(SHA256.hash(legacyFileIDLabel + key).prefix(fileIDSize))
+        let auditSecret: [UInt8]
+        do { auditSecret = try HKDFSHA256.derive(inputKey: key, salt: [], info: legacyAuditSecretLabel, length: 32) } catch {
+            throw KMSError(.internalError, "deriving the legacy audit secret: \(error)")
+        }
+        var file = KeyFile(fileID: fileID, auditSecret: auditSecret,
+                           versions: [KeyVersion(version: 1, state: .primary, created: rfc3339(created), key: key)])
+        file.isLegacyFormat = true
+        return file
+    }
+
+    public static func == (a: KeyFile, b: KeyFile) -> Bool {
+        a.fileID == b.fileID && constantTimeEqual(a.auditSecret, b.auditSecret) && a.versions.count == b.versions.count
+            && zip(a.versions, b.versions).allSatisfy {
+                $0.version == $1.version && $0.state == $1.state && $0.created == $1.created && constantTimeEqual($0.key, $1.key)
+            }
+    }
+
+    // MARK: Helpers
+
+    public static func rfc3339(_ date: Date) -> String { date.formatted(Date.ISO8601FormatStyle()) }
+
+    public static func parseRFC3339(_ text: String) -> Date? {
+        if let d = try? Date(text, strategy: Date.ISO8601FormatStyle()) { return d }
+        return try? Date(text, strategy: Date.ISO8601FormatStyle(includingFractionalSeconds: true))
+    }
+
+    private static func isJSONSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0a || c == 0x0d || c == 0x09 }
+
+    private static func decodeHex(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        guard chars.count % 2 == 0 else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            default: return nil
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    /// A short reason from a DecodingError, without echoing file content (which holds keys).
+    private static func describe(_ error: Error) -> String {
+        guard let decoding = error as? DecodingError else { return "syntax error" }
+        switch decoding {
+        case .keyNotFound(let key, _): return "missing field \(key.stringValue)"
+        case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx):
+            return "wrong type at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+        case .dataCorrupted(let ctx):
+            return ctx.codingPath.isEmpty ? "syntax error" : "bad value at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
+        @unknown default: return "syntax error"
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// KMSProto target.

@@ -1,0 +1,76 @@
+// The KMS v2 messages of Proto/kms/v2/api.proto (package v2), hand-coded over the Protobuf wire primitives.
+import Protobuf
+
+/// A message of the KMS v2 contract.
+public protocol ProtoMessage: Sendable, Equatable {
+    /// Decodes with proto3 semantics: absent fields are defaults, the last occurrence of a scalar field wins, map
+    /// entries merge (a later duplicate key wins), unknown fields are skipped, strings must be valid UTF-8.
+    init(serializedBytes: ArraySlice<UInt8>) throws(ProtobufError)
+    /// Deterministic encoding: default values omitted, fields in number order, map entries sorted by key bytes.
+    func serializedBytes() -> [UInt8]
+}
+
+extension ProtoMessage {
+    @inlinable
+    public init(serializedBytes bytes: [UInt8]) throws(ProtobufError) {
+        try self.init(serializedBytes: bytes[...])
+    }
+}
+
+/// `map<string, bytes>` fields: each entry is a length-delimited message `{1: key, 2: value}`.
+enum StringBytesMap {
+    /// Decodes one entry payload and merges it into `map`. A missing key or value means the empty default.
+    /// Invalid UTF-8 in the key is reported with the map's own field number.
+    static func mergeEntry(_ entry: ArraySlice<UInt8>, into map: inout [String: [UInt8]], field: Int) throws(ProtobufError) {
+        var reader = ProtobufReader(entry)
+        var key = ""
+        var value: ArraySlice<UInt8> = []
+        while let tag = try reader.readTag() {
+            switch (tag.fieldNumber, tag.wireType) {
+            case (1, .lengthDelimited): key = try reader.readString(field: field)
+            case (2, .lengthDelimited): value = try reader.readLengthDelimited()
+            default: try reader.skipField(tag.wireType)
+            }
+        }
+        map[key] = Array(value)
+    }
+
+    /// Entries sorted by the key's UTF-8 bytes (not `String` ordering, which is by Unicode scalars after
+    /// normalisation) so equal maps always encode to equal bytes.
+    static func sortedEntries(_ map: [String: [UInt8]]) -> [(key: String, value: [UInt8])] {
+        map.sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+    }
+
+    static func entryPayloadSize(key: String, value: [UInt8]) -> Int {
+        // Key and value are always written inside an entry, as Google's encoders do.
+        ProtobufWriter.lengthDelimitedFieldSize(field: 1, length: key.utf8.count)
+            + ProtobufWriter.lengthDelimitedFieldSize(field: 2, length: value.count)
+    }
+
+    static func encodedSize(_ entries: [(key: String, value: [UInt8])], field: Int) -> Int {
+        var size = 0
+        for entry in entries {
+            size += ProtobufWriter.lengthDelimitedFieldSize(field: field, length: entryPayloadSize(key: entry.key, value: entry.value))
+        }
+        return size
+    }
+
+    static func write(_ entries: [(key: String, value: [UInt8])], field: Int, into writer: inout ProtobufWriter) {
+        for entry in entries {
+            writer.writeLengthDelimitedHeader(field: field, length: entryPayloadSize(key: entry.key, value: entry.value))
+            writer.writeLengthDelimited(field: 1, entry.key.utf8)
+            writer.writeLengthDelimited(field: 2, entry.value)
+        }
+    }
+}
+
+/// Size and write helpers for proto3 singular `bytes`/`string` fields, which are omitted when empty.
+enum SingularField {
+    static func size(field: Int, length: Int) -> Int {
+        length == 0 ? 0 : ProtobufWriter.lengthDelimitedFieldSize(field: field, length: length)
+    }
+
+    static func write(field: Int, _ payload: some Collection<UInt8>, into writer: inout ProtobufWriter) {
+        if !payload.isEmpty { writer.writeLengthDelimited(field: field, payload) }
+    }
+}

@@ -1,0 +1,64 @@
+// Process figures read from /proc at scrape time (Linux).
+import Glibc
+
+enum ProcessStats {
+    /// Resident set size in bytes: the second field of /proc/self/statm (pages) times the page size.
+    static func residentMemoryBytes() -> Int? {
+        guard let text = readSmallFile("/proc/self/statm") else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count >= 2, let pages = Int(fields[1]) else { return nil }
+        let pageSize = sysconf(Int32(_SC_PAGESIZE))
+        guard pageSize > 0 else { return nil }
+        let (bytes, overflow) = pages.multipliedReportingOverflow(by: pageSize)
+        return overflow ? nil : bytes
+    }
+
+    /// Open file descriptors: entries of /proc/self/fd, minus the one the directory listing itself holds.
+    static func openFileDescriptors() -> Int? {
+        guard let dir = opendir("/proc/self/fd") else { return nil }
+        defer { closedir(dir) }
+        var count = 0
+        while let entry = readdir(dir) {
+            let isDot = withUnsafeBytes(of: entry.pointee.d_name) { name in
+                name[0] == UInt8(ascii: ".")
+            }
+            if !isDot { count += 1 }
+        }
+        return max(0, count - 1)
+    }
+
+    /// Process start as Unix time: field 22 of /proc/self/stat (clock ticks after boot) plus `btime` of /proc/stat.
+    static func startTimeSeconds() -> Double? {
+        guard let stat = readSmallFile("/proc/self/stat"),
+              let closingParen = stat.lastIndex(of: ")") else { return nil }
+        // The command name (field 2) may contain spaces; fields after it start with field 3 (state).
+        let rest = stat[stat.index(after: closingParen)...].split(separator: " ")
+        guard rest.count > 19, let ticks = Double(rest[19]) else { return nil }
+        guard let procStat = readSmallFile("/proc/stat", limit: 1 << 16) else { return nil }
+        var bootTime: Double?
+        for line in procStat.split(separator: "\n") where line.hasPrefix("btime ") {
+            bootTime = Double(line.dropFirst("btime ".count))
+        }
+        let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
+        guard let boot = bootTime, ticksPerSecond > 0 else { return nil }
+        return boot + ticks / ticksPerSecond
+    }
+
+    /// Reads a /proc file (whose size stat reports as 0) up to `limit` bytes.
+    static func readSmallFile(_ path: String, limit: Int = 4096) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: limit)
+        var filled = 0
+        while filled < limit {
+            let n = bytes.withUnsafeMutableBytes { buffer in
+                read(fd, buffer.baseAddress! + filled, limit - filled)
+            }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            filled += n
+        }
+        return String(decoding: bytes[..<filled], as: UTF8.self)
+    }
+}

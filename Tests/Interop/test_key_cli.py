@@ -1,0 +1,205 @@
+"""kekctl's key lifecycle subcommands, driven through the built binary: init, rotate, list, retire, prune, their exit
+codes (0 ok, 1 failure, 2 usage), refusals, file mode, the lock, and crash safety of rotate."""
+import base64
+import datetime
+import json
+import os
+import pathlib
+import random
+import signal
+import stat
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _bin_dir() -> pathlib.Path:
+    env = os.environ.get("KEKD_BIN_DIR")
+    if env:
+        return pathlib.Path(env)
+    out = subprocess.run(["swift", "build", "--show-bin-path"], cwd=ROOT, check=True, capture_output=True, text=True)
+    return pathlib.Path(out.stdout.strip())
+
+
+KEKCTL = str(_bin_dir() / "kekctl")
+
+
+def kekctl(*args, check=None):
+    proc = subprocess.run([KEKCTL, *args], capture_output=True, text=True, timeout=30)
+    if check is not None:
+        assert proc.returncode == check, f"kekctl {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def listed(path, *extra):
+    return json.loads(kekctl("list", "--key-file", path, "--json", *extra, check=0).stdout)
+
+
+def rfc3339(delta: datetime.timedelta) -> str:
+    return (datetime.datetime.now(datetime.timezone.utc) - delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = str(tmp_path / "keys" / "kek.json")
+    kekctl("init", "--key-file", path, check=0)
+    return path
+
+
+def test_init_creates_a_private_file_and_refuses_to_overwrite(tmp_path):
+    path = str(tmp_path / "a" / "b" / "kek.json")
+    out = kekctl("init", "--key-file", path, check=0).stdout
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    versions = listed(path)
+    assert [(v["version"], v["state"]) for v in versions] == [(1, "primary")]
+    assert versions[0]["key_id"] in out
+    before = pathlib.Path(path).read_bytes()
+    again = kekctl("init", "--key-file", path, check=1)
+    assert "refusing to overwrite" in again.stderr
+    assert pathlib.Path(path).read_bytes() == before
+    # Two inits never share a key_id.
+    other = str(tmp_path / "other.json")
+    kekctl("init", "--key-file", other, check=0)
+    assert listed(other)[0]["key_id"] != versions[0]["key_id"]
+
+
+@pytest.mark.parametrize("command", ["init", "rotate", "list", "retire", "prune"])
+def test_usage_errors_and_help(command, key_file):
+    helped = kekctl(command, "--help", check=0)
+    assert helped.stdout.startswith(f"usage: kekctl {command}")
+    assert kekctl(command, check=2).stderr.startswith("kekctl: --key-file is required")
+    assert kekctl(command, "--key-file", key_file, "--bogus", check=2).returncode == 2
+    assert kekctl(command, "--key-file", key_file, "stray", check=2).returncode == 2
+
+
+def test_rotate_list_retire_prune(key_file):
+    v1 = listed(key_file)[0]["key_id"]
+    out = kekctl("rotate", "--key-file", key_file, check=0).stdout
+    versions = listed(key_file)
+    assert [(v["version"], v["state"]) for v in versions] == [(2, "primary"), (1, "active")]
+    v2 = versions[0]["key_id"]
+    assert f"old key_id: {v1}" in out and f"new key_id: {v2}" in out
+    for v in versions:
+        assert set(v) == {"version", "key_id", "state", "created"}
+        datetime.datetime.strptime(v["created"], "%Y-%m-%dT%H:%M:%SZ")
+
+    refused = kekctl("retire", "--key-file", key_file, "--key-id", v2, check=1)
+    assert "primary" in refused.stderr
+    unknown = kekctl("retire", "--key-file", key_file, "--key-id", "kekd-v9-000000000000000000000000", check=1)
+    assert "no key version" in unknown.stderr
+
+    retired = kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0)
+    assert "no usage data" in retired.stderr   # says so when it cannot check
+    assert [v["state"] for v in listed(key_file)] == ["primary", "retired"]
+    assert "already retired" in kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0).stdout
+
+    pruned = kekctl("prune", "--key-file", key_file, check=0).stdout
+    assert v1 in pruned
+    assert [v["key_id"] for v in listed(key_file)] == [v2]
+    assert "nothing to prune" in kekctl("prune", "--key-file", key_file, check=0).stdout
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+
+
+def test_list_never_prints_key_bytes(key_file):
+    kekctl("rotate", "--key-file", key_file, check=0)
+    content = json.loads(pathlib.Path(key_file).read_text())
+    secrets = [v["key"] for v in content["versions"]] + [content["audit_secret"]]
+    outputs = [kekctl("list", "--key-file", key_file, check=0), kekctl("list", "--key-file", key_file, "--json", check=0),
+               kekctl("rotate", "--key-file", key_file, check=0)]
+    for proc in outputs:
+        for secret in secrets:
+            assert secret not in proc.stdout + proc.stderr
+            assert base64.b64decode(secret).hex() not in proc.stdout + proc.stderr
+
+
+def test_retire_consults_usage_data(key_file, tmp_path):
+    old = listed(key_file)[0]["key_id"]
+    kekctl("rotate", "--key-file", key_file, check=0)
+    usage = pathlib.Path(key_file).parent / "usage.json"   # the default location
+    usage.write_text(json.dumps({"keys": {old: {"last_encrypt": rfc3339(datetime.timedelta(days=3)),
+                                                 "last_decrypt": rfc3339(datetime.timedelta(hours=2))}}}))
+    by_id = {v["key_id"]: v for v in listed(key_file)}
+    assert "last_used_decrypt" in by_id[old] and "last_used_encrypt" in by_id[old]
+    assert "last_used_decrypt" not in [k for v in by_id.values() if v["key_id"] != old for k in v]
+
+    refused = kekctl("retire", "--key-file", key_file, "--key-id", old, check=1)
+    assert "decrypted something" in refused.stderr and "--force" in refused.stderr
+    assert listed(key_file)[1]["state"] == "active"
+    # Outside a shorter window it may go.
+    kekctl("retire", "--key-file", key_file, "--key-id", old, "--unused-for", "1h", check=0)
+    assert listed(key_file)[1]["state"] == "retired"
+
+    kekctl("rotate", "--key-file", key_file, check=0)
+    second = listed(key_file)[1]["key_id"]
+    other_usage = tmp_path / "elsewhere.json"
+    other_usage.write_text(json.dumps({"keys": {second: {"last_decrypt": rfc3339(datetime.timedelta(minutes=5))}}}))
+    kekctl("retire", "--key-file", key_file, "--key-id", second, "--usage-file", str(other_usage), check=1)
+    forced = kekctl("retire", "--key-file", key_file, "--key-id", second, "--usage-file", str(other_usage), "--force", check=0)
+    assert "--force" in forced.stderr
+    assert kekctl("retire", "--key-file", key_file, "--key-id", second, "--unused-for", "banana", check=2).returncode == 2
+
+
+def test_broken_usage_file_blocks_retire_unless_forced(key_file):
+    old = listed(key_file)[0]["key_id"]
+    kekctl("rotate", "--key-file", key_file, check=0)
+    (pathlib.Path(key_file).parent / "usage.json").write_text("{not json")
+    assert "unreadable" in kekctl("retire", "--key-file", key_file, "--key-id", old, check=1).stderr
+    kekctl("retire", "--key-file", key_file, "--key-id", old, "--force", check=0)
+    assert "ignoring usage file" in kekctl("list", "--key-file", key_file, check=0).stderr
+
+
+def test_bad_key_files_fail_with_a_clear_message(key_file, tmp_path):
+    os.chmod(key_file, 0o644)
+    assert "chmod 600" in kekctl("list", "--key-file", key_file, check=1).stderr
+    assert "chmod 600" in kekctl("rotate", "--key-file", key_file, check=1).stderr
+    os.chmod(key_file, 0o600)
+    data = bytearray(pathlib.Path(key_file).read_bytes())
+    i = data.index(b'"key": "') + 10
+    data[i] = ord("A") if data[i] != ord("A") else ord("B")
+    pathlib.Path(key_file).write_bytes(bytes(data))
+    assert "checksum" in kekctl("list", "--key-file", key_file, check=1).stderr
+    assert "checksum" in kekctl("rotate", "--key-file", key_file, check=1).stderr
+    assert pathlib.Path(key_file).read_bytes() == bytes(data)   # a failed rotate writes nothing
+    assert "does not exist" in kekctl("list", "--key-file", str(tmp_path / "missing"), check=1).stderr
+
+
+def test_first_format_key_file_loads_and_converts(tmp_path):
+    path = tmp_path / "legacy.key"
+    path.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    os.chmod(path, 0o600)
+    before = listed(str(path))
+    assert [(v["version"], v["state"]) for v in before] == [(1, "primary")]
+    kekctl("rotate", "--key-file", str(path), check=0)
+    after = listed(str(path))
+    assert [(v["version"], v["state"]) for v in after] == [(2, "primary"), (1, "active")]
+    assert after[1]["key_id"] == before[0]["key_id"]   # ciphertexts under the first format keep their key_id
+    assert json.loads(path.read_text())["kind"] == "kekd-key-file"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_concurrent_kekctl_runs_are_serialised(key_file):
+    procs = [subprocess.Popen([KEKCTL, "rotate", "--key-file", key_file], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             for _ in range(12)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    versions = listed(key_file)
+    assert len(versions) == 13 and versions[0]["version"] == 13   # no lost update
+
+
+def test_killed_rotate_leaves_the_old_or_the_new_file(key_file):
+    rng = random.Random(1234)
+    expected = 1
+    for _ in range(60):
+        p = subprocess.Popen([KEKCTL, "rotate", "--key-file", key_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0, 0.06))   # a rotate takes ~45 ms here: kills land before, during and after the write
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        count = len(listed(key_file))   # exits 0 only for a complete, valid file
+        assert count in (expected, expected + 1)
+        expected = count
+    kekctl("rotate", "--key-file", key_file, check=0)   # a completed write removes what killed writers left
+    assert [n for n in os.listdir(os.path.dirname(key_file)) if ".tmp-" in n] == []

@@ -1,0 +1,229 @@
+import Dispatch
+import Foundation
+import Synchronization
+import Testing
+@testable import Metrics
+
+@Suite struct ExpositionFormatTests {
+    static let requiredFamilies = [
+        "kekd_grpc_requests_total": "counter", "kekd_grpc_request_duration_seconds": "histogram",
+        "kekd_grpc_requests_in_flight": "gauge", "kekd_connections": "gauge", "kekd_connections_total": "counter",
+        "kekd_http2_protocol_errors_total": "counter", "kekd_backend_requests_total": "counter",
+        "kekd_backend_request_duration_seconds": "histogram", "kekd_backend_cache_requests_total": "counter",
+        "kekd_key_info": "gauge", "kekd_audit_records_total": "counter", "kekd_audit_queue_depth": "gauge",
+        "kekd_process_resident_memory_bytes": "gauge", "kekd_process_open_fds": "gauge",
+        "kekd_build_info": "gauge", "kekd_process_start_time_seconds": "gauge",
+    ]
+
+    static func busyMetrics() -> KekdMetrics {
+        let m = KekdMetrics(version: "0.1.0", backend: "file")
+        m.callStarted(op: "Encrypt")
+        m.callFinished(op: "Encrypt", code: "OK", seconds: 0.000_03)
+        m.callStarted(op: "Decrypt")
+        m.callFinished(op: "Decrypt", code: "INVALID_ARGUMENT", seconds: 0.002)
+        m.callStarted(op: "Status")
+        m.connectionOpened()
+        m.protocolError(kind: "rapid_reset")
+        m.backendCall(op: "encrypt", result: "ok", seconds: 0.000_01)
+        m.cache(hit: true)
+        m.cache(hit: false)
+        m.cache(hit: false)
+        m.setKeyID("kek-1")
+        m.setAuditStatsProvider { (written: 7, dropped: 2, queueDepth: 3) }
+        return m
+    }
+
+    @Test func everyLineIsStrictlyWellFormed() throws {
+        let parsed = try ExpositionParser.parse(Self.busyMetrics().render())
+        for (family, type) in Self.requiredFamilies {
+            #expect(parsed.types[family] == type, "family \(family)")
+            #expect(parsed.helps[family].map { !$0.isEmpty } == true, "help of \(family)")
+        }
+        #expect(parsed.types.keys.allSatisfy { $0.hasPrefix("kekd_") })
+    }
+
+    @Test func valuesReflectObservations() throws {
+        let p = try ExpositionParser.parse(Self.busyMetrics().render())
+        #expect(p.value("kekd_grpc_requests_total", ["op": "Encrypt", "code": "OK"]) == 1)
+        #expect(p.value("kekd_grpc_requests_total", ["op": "Decrypt", "code": "INVALID_ARGUMENT"]) == 1)
+        #expect(p.value("kekd_grpc_requests_total", ["op": "Status", "code": "OK"]) == 0)   // pre-declared
+        #expect(p.value("kekd_grpc_requests_in_flight") == 1)   // Status started, never finished
+        #expect(p.value("kekd_connections") == 1)
+        #expect(p.value("kekd_connections_total") == 1)
+        #expect(p.value("kekd_http2_protocol_errors_total", ["kind": "rapid_reset"]) == 1)
+        #expect(p.value("kekd_backend_requests_total", ["op": "encrypt", "result": "ok"]) == 1)
+        #expect(p.value("kekd_backend_request_duration_seconds_count", ["op": "encrypt"]) == 1)
+        #expect(p.value("kekd_backend_cache_requests_total", ["result": "hit"]) == 1)
+        #expect(p.value("kekd_backend_cache_requests_total", ["result": "miss"]) == 2)
+        #expect(p.value("kekd_key_info", ["key_id": "kek-1"]) == 1)
+        #expect(p.value("kekd_audit_records_total", ["result": "written"]) == 7)
+        #expect(p.value("kekd_audit_records_total", ["result": "dropped"]) == 2)
+        #expect(p.value("kekd_audit_queue_depth") == 3)
+        #expect(p.value("kekd_build_info", ["version": "0.1.0", "backend": "file", "swift": "6"]) == 1)
+    }
+
+    @Test func onlyTheCurrentKeyIsExported() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        #expect(try ExpositionParser.parse(m.render()).values("kekd_key_info").isEmpty)
+        m.setKeyID("old")
+        m.setKeyID("new")
+        let p = try ExpositionParser.parse(m.render())
+        #expect(p.values("kekd_key_info").count == 1)
+        #expect(p.value("kekd_key_info", ["key_id": "new"]) == 1)
+    }
+
+    @Test func histogramBucketsAreCumulativeMonotoneAndPlaceValuesCorrectly() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        let observations = [0.000_005, 0.000_01, 0.000_3, 0.000_3, 0.04, 2.9, 3.5, 100]
+        for s in observations {
+            m.callStarted(op: "Decrypt")
+            m.callFinished(op: "Decrypt", code: "OK", seconds: s)
+        }
+        let p = try ExpositionParser.parse(m.render())
+        let buckets = p.samples
+            .filter { $0.name == "kekd_grpc_request_duration_seconds_bucket" && $0.labels["op"] == "Decrypt" }
+        let bounds = buckets.compactMap { ExpositionParser.parseNumber($0.labels["le"] ?? "") }
+        #expect(bounds.first == 0.000_01)
+        #expect(bounds.last == .infinity)
+        #expect(bounds.contains(3))
+        #expect(zip(bounds, bounds.dropFirst()).allSatisfy { $0 < $1 }, "le strictly increasing")
+        let counts = buckets.map(\.value)
+        #expect(zip(counts, counts.dropFirst()).allSatisfy { $0 <= $1 }, "cumulative counts never decrease")
+        // Upper bounds are inclusive: 10 µs falls in le="1e-05".
+        for bound in bounds {
+            let expected = Double(observations.filter { $0 <= bound }.count)
+            #expect(buckets.first { ExpositionParser.parseNumber($0.labels["le"] ?? "") == bound }?.value == expected,
+                    "bucket le=\(bound)")
+        }
+        #expect(p.value("kekd_grpc_request_duration_seconds_count", ["op": "Decrypt"]) == Double(observations.count))
+        let sum = try #require(p.value("kekd_grpc_request_duration_seconds_sum", ["op": "Decrypt"]))
+        #expect(abs(sum - observations.reduce(0, +)) < 1e-6)
+    }
+
+    @Test func labelValuesAreEscaped() throws {
+        let m = KekdMetrics(version: "v\"1\\", backend: "file")
+        let awkward = "a\"b\\c\nd"
+        m.setKeyID(awkward)
+        let text = m.render()
+        #expect(text.contains(#"kekd_key_info{key_id="a\"b\\c\nd"} 1"#))
+        let p = try ExpositionParser.parse(text)
+        #expect(p.value("kekd_key_info", ["key_id": awkward]) == 1)
+        #expect(p.value("kekd_build_info", ["version": "v\"1\\", "backend": "file", "swift": "6"]) == 1)
+    }
+
+    @Test func helpTextEscapesBackslashAndNewline() {
+        #expect(PrometheusTextWriter.escapeHelp("a\\b\nc\"") == "a\\\\b\\nc\"")
+    }
+
+    @Test func opLabelIsBoundedAndCodesAreNamed() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        for path in ["/v1beta1.KeyManagementService/Encrypt", "/x/\(UUID().uuidString)", "/v2.KeyManagementService/Decrypt"] {
+            m.callStarted(op: path)
+            m.callFinished(op: path, code: "12", seconds: 0.001)
+        }
+        m.callStarted(op: "Encrypt")
+        m.callFinished(op: "Encrypt", code: "NOT_A_CODE", seconds: 0.001)
+        let p = try ExpositionParser.parse(m.render())
+        #expect(Set(p.samples.compactMap { $0.labels["op"] }).isSubset(of: ["Status", "Encrypt", "Decrypt", "other"]))
+        #expect(p.value("kekd_grpc_requests_total", ["op": "other", "code": "UNIMPLEMENTED"]) == 2)
+        #expect(p.value("kekd_grpc_requests_total", ["op": "Decrypt", "code": "UNIMPLEMENTED"]) == 1)
+        #expect(p.value("kekd_grpc_requests_total", ["op": "Encrypt", "code": "UNKNOWN"]) == 1)
+    }
+
+    @Test func stringLabelledSeriesHaveBoundedCardinality() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        for i in 0..<100 { m.protocolError(kind: "kind_\(i)") }
+        m.protocolError(kind: String(repeating: "x", count: 10_000))
+        let p = try ExpositionParser.parse(m.render())
+        let series = p.samples.filter { $0.name == "kekd_http2_protocol_errors_total" }
+        #expect(series.count <= 33)
+        #expect(series.map(\.value).reduce(0, +) == 101)
+        #expect(series.allSatisfy { ($0.labels["kind"]?.count ?? 0) <= 64 })
+    }
+
+    @Test func processFiguresComeFromProc() throws {
+        let p = try ExpositionParser.parse(KekdMetrics(version: "1", backend: "file").render())
+        let rss = try #require(p.value("kekd_process_resident_memory_bytes"))
+        #expect(rss > 1_000_000 && rss < 8e9)
+        let fds = try #require(p.value("kekd_process_open_fds"))
+        #expect(fds >= 3)   // stdin, stdout, stderr at least
+        let start = try #require(p.value("kekd_process_start_time_seconds"))
+        let now = Date().timeIntervalSince1970
+        #expect(start <= now + 1 && start > now - 86_400 * 30)
+    }
+
+    @Test func openFileDescriptorCountFollowsOpens() throws {
+        let before = try #require(ProcessStats.openFileDescriptors())
+        let fds = (0..<5).map { _ in open("/dev/null", O_RDONLY) }
+        defer { fds.forEach { close($0) } }
+        #expect(try #require(ProcessStats.openFileDescriptors()) >= before + 5)
+    }
+
+    @Test func valuesAreFormattedAsPrometheusFloats() {
+        #expect(PrometheusTextWriter.formatValue(1) == "1")
+        #expect(PrometheusTextWriter.formatValue(0.25) == "0.25")
+        #expect(PrometheusTextWriter.formatValue(.infinity) == "+Inf")
+        #expect(PrometheusTextWriter.formatValue(.nan) == "NaN")
+        #expect(Double(PrometheusTextWriter.formatValue(0.000_025)) == 0.000_025)
+    }
+}
+
+@Suite struct ConcurrencyTests {
+    @Test func manyThreadsObservingGiveExactTotals() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        let threads = 8, perThread = 20_000
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let op = ["Status", "Encrypt", "Decrypt", "/bogus"][t % 4]
+            for i in 0..<perThread {
+                m.callStarted(op: op)
+                m.callFinished(op: op, code: i % 10 == 0 ? "UNAVAILABLE" : "OK", seconds: Double(i % 7) * 0.001)
+                m.backendCall(op: t % 2 == 0 ? "encrypt" : "decrypt", result: "ok", seconds: 0.000_02)
+                m.cache(hit: i % 2 == 0)
+                if i % 100 == 0 {
+                    m.connectionOpened()
+                    m.connectionClosed()
+                    m.protocolError(kind: "k\(t)")
+                }
+            }
+        }
+        let p = try ExpositionParser.parse(m.render())
+        let perOp = Double(threads / 4 * perThread)
+        for op in ["Status", "Encrypt", "Decrypt", "other"] {
+            #expect(p.value("kekd_grpc_requests_total", ["op": op, "code": "OK"]) == perOp * 0.9)
+            #expect(p.value("kekd_grpc_requests_total", ["op": op, "code": "UNAVAILABLE"]) == perOp * 0.1)
+            #expect(p.value("kekd_grpc_request_duration_seconds_count", ["op": op]) == perOp)
+            #expect(p.value("kekd_grpc_request_duration_seconds_bucket", ["op": op, "le": "+Inf"]) == perOp)
+        }
+        #expect(p.value("kekd_grpc_requests_in_flight") == 0)
+        #expect(p.value("kekd_connections") == 0)
+        #expect(p.value("kekd_connections_total") == Double(threads * perThread / 100))
+        #expect(p.value("kekd_backend_requests_total", ["op": "encrypt", "result": "ok"]) == Double(threads / 2 * perThread))
+        #expect(p.value("kekd_backend_cache_requests_total", ["result": "hit"]) == Double(threads * perThread / 2))
+        #expect(p.values("kekd_http2_protocol_errors_total").reduce(0, +) == Double(threads * perThread / 100))
+    }
+
+    @Test func renderingWhileObservingIsConsistent() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        let done = StopFlag()
+        let writer = Thread {
+            var i = 0
+            while !done.value.load(ordering: .relaxed) {
+                m.callStarted(op: "Encrypt")
+                m.callFinished(op: "Encrypt", code: "OK", seconds: Double(i % 50) * 0.0001)
+                i += 1
+            }
+        }
+        writer.start()
+        defer { done.value.store(true, ordering: .relaxed) }
+        for _ in 0..<50 {
+            let p = try ExpositionParser.parse(m.render())
+            let buckets = p.values("kekd_grpc_request_duration_seconds_bucket", where: ["op": "Encrypt"])
+            #expect(zip(buckets, buckets.dropFirst()).allSatisfy { $0 <= $1 })
+            #expect(buckets.last == p.value("kekd_grpc_request_duration_seconds_count", ["op": "Encrypt"]))
+        }
+    }
+}
+
+final class StopFlag: Sendable {
+    let value = Atomic(false)
+}
