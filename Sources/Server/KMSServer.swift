@@ -41,6 +41,7 @@ public final class KMSServer: @unchecked Sendable {
     /// Calls run on the pool when they may block; otherwise inline on the connection's reader thread.
     let runInline: Bool
     let backendSlots: DispatchSemaphore
+    let workers: WorkerPool
 
     private let state = Mutex(State())
     private struct State {
@@ -61,6 +62,7 @@ public final class KMSServer: @unchecked Sendable {
         self.backendName = service.backend.name
         self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
         self.backendSlots = DispatchSemaphore(value: configuration.maxInFlightBackendCalls)
+        self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
     }
 
     public var isListening: Bool { state.withLock { $0.listener != nil && !$0.shuttingDown } }

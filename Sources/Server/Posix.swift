@@ -15,10 +15,12 @@ public struct PeerCredentials: Sendable, Equatable {
     public var gid: UInt32
 
     public static func of(socket fd: Int32) -> PeerCredentials? {
-        var cred = ucred()
-        var len = socklen_t(MemoryLayout<ucred>.size)
-        guard getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 else { return nil }
-        return PeerCredentials(pid: cred.pid, uid: cred.uid, gid: cred.gid)
+        // struct ucred {pid_t pid; uid_t uid; gid_t gid;} — Glibc hides it behind _GNU_SOURCE, so mirror it here.
+        var cred: (Int32, UInt32, UInt32) = (0, 0, 0)
+        var len = socklen_t(MemoryLayout<(Int32, UInt32, UInt32)>.size)
+        let soPeerCred: Int32 = 17  // SO_PEERCRED on Linux
+        guard getsockopt(fd, SOL_SOCKET, soPeerCred, &cred, &len) == 0, len == 12 else { return nil }
+        return PeerCredentials(pid: cred.0, uid: cred.1, gid: cred.2)
     }
 }
 

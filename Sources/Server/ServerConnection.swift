@@ -149,7 +149,7 @@ final class ServerConnection: @unchecked Sendable {
             return
         }
         pendingWork += 1
-        DispatchQueue.global().async { [self] in
+        server.workers.submit { [self] in
             let outcome = server.dispatcher.handle(path: request.path, message: request.message)
             lock.lock()
             pendingWork -= 1

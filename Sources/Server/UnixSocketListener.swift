@@ -53,8 +53,11 @@ final class UnixSocketListener: @unchecked Sendable {
     /// Blocks for the next connection; nil once the listener is shut down.
     func accept() -> Int32? {
         while true {
-            let client = Glibc.accept4(fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
-            if client >= 0 { return client }
+            let client = Glibc.accept(fd, nil, nil)
+            if client >= 0 {
+                _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+                return client
+            }
             switch errno {
             case EINTR, ECONNABORTED: continue
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:

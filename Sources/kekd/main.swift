@@ -43,11 +43,11 @@ exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {
-    let valueFlags: Set<String> = ["listen", "socket-mode", "allowed-uids", "backend", "key-file", "state-dir",
+    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "backend", "key-file", "state-dir",
         "status-version", "health-addr", "audit-log", "audit-mode", "audit-max-size", "audit-max-files",
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
-        "log-level"].union(VaultConfiguration.flagNames)
+        "log-level"]).union(VaultConfiguration.flagNames)
     let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
@@ -174,7 +174,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     let status = backend.status()
     metrics.setKeyID(status.keyID)
     logger.info("kekd started", ["version": kekdVersion, "backend": backend.name, "key_id": status.keyID, "socket": socket,
-                                 "health": health.map { "\($0.host):\($0.port)" } ?? "off", "audit_mode": audit.stats.mode])
+                                 "health": health.map { "\($0.host):\($0.port)" } ?? "off", "audit_mode": audit.configuration.mode.rawValue])
 
     // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.
     while true {

@@ -122,6 +122,27 @@ def kekd_factory(tmp_path):
     yield start
     for k in started:
         k.stop()
+        assert_no_key_material_written(k)
+
+
+def assert_no_key_material_written(k):
+    """Whatever kekd wrote (audit, usage data, stdout, stderr) must not contain its own key bytes in any encoding."""
+    import base64
+    import json
+    try:
+        key_file = json.load(open(k.key_file))
+    except (OSError, ValueError):
+        return
+    keys = [base64.b64decode(v["key"]) for v in key_file.get("versions", []) if "key" in v]
+    if key_file.get("audit_secret"):
+        keys.append(base64.b64decode(key_file["audit_secret"]))
+    written = b""
+    for p in sorted(k.dir.iterdir()):
+        if p.is_file() and p.name not in ("kek.json",) and not p.name.startswith("kek.json"):
+            written += p.read_bytes()
+    for key in keys:
+        for form in (key, key.hex().encode(), base64.b64encode(key)):
+            assert form not in written, f"key material found in kekd output under {k.dir}"
 
 
 @pytest.fixture

@@ -43,6 +43,23 @@ private func startServer(_ backend: FakeBackend, configure: (inout ServerConfigu
 private let decryptPath = "/v2.KeyManagementService/Decrypt"
 private let statusPath = "/v2.KeyManagementService/Status"
 
+/// Sends every queued call on a raw connection and collects responses until `count` arrived or 5 s passed.
+private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: Int) -> [UInt32: (GRPCResponse, Date)] {
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    var done: [UInt32: (GRPCResponse, Date)] = [:]
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    let t0 = Date()
+    while done.count < count && Date().timeIntervalSince(t0) < 5 {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { break }
+        for event in conn.receive(buffer[0..<n]) {
+            if case let .response(id, r) = event { done[id] = (r, Date()) }
+        }
+        if conn.http2.hasOutput { _ = Posix.writeAll(fd, conn.http2.takeOutput()) }
+    }
+    return done
+}
+
 @Test func statusOverTheSocket() throws {
     let server = try startServer(FakeBackend(mayBlock: false))
     defer { server.shutdown() }
@@ -92,20 +109,11 @@ private let statusPath = "/v2.KeyManagementService/Status"
     let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:])
     let slowID = try #require(conn.startCall(path: decryptPath, message: slow.serializedBytes()))
     let fastID = try #require(conn.startCall(path: statusPath, message: []))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
     let t0 = Date()
-    var done: [UInt32: Date] = [:]
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    while done.count < 2 && Date().timeIntervalSince(t0) < 5 {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { break }
-        for event in conn.receive(buffer[0..<n]) {
-            if case let .response(id, r) = event { #expect(r.status == .ok); done[id] = Date() }
-        }
-        if conn.http2.hasOutput { _ = Posix.writeAll(fd, conn.http2.takeOutput()) }
-    }
-    let fast = try #require(done[fastID]).timeIntervalSince(t0)
-    let slowTime = try #require(done[slowID]).timeIntervalSince(t0)
+    let done = exchange(conn, fd: fd, expecting: 2)
+    #expect(done.values.allSatisfy { $0.0.status == .ok })
+    let fast = try #require(done[fastID]).1.timeIntervalSince(t0)
+    let slowTime = try #require(done[slowID]).1.timeIntervalSince(t0)
     #expect(fast < 0.3)
     #expect(slowTime >= 0.9)
 }
@@ -126,16 +134,7 @@ private let statusPath = "/v2.KeyManagementService/Status"
     let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
     let first = try #require(conn.startCall(path: decryptPath, message: slow))
     let second = try #require(conn.startCall(path: decryptPath, message: slow))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
-    var results: [UInt32: GRPCStatusCode] = [:]
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    let t0 = Date()
-    while results.count < 2 && Date().timeIntervalSince(t0) < 5 {
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { break }
-        for event in conn.receive(buffer[0..<n]) { if case let .response(id, r) = event { results[id] = r.status.code } }
-        if conn.http2.hasOutput { _ = Posix.writeAll(fd, conn.http2.takeOutput()) }
-    }
+    let results = exchange(conn, fd: fd, expecting: 2).mapValues { $0.0.status.code }
     #expect(results[first] == .ok)
     #expect(results[second] == .resourceExhausted)
 }
