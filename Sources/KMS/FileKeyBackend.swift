@@ -130,10 +130,12 @@ public final class FileKeyBackend: KeyBackend {
     public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
         let snapshot = current.withLock { $0 }
         let version = try Envelope.keyVersion(of: ciphertext)
-        guard keyID == KeyFile.keyID(fileID: snapshot.fileID, version: version) else {
+        let known = snapshot.entries[version]
+        // key_ids are derived, so a version no longer in the file is still recognised as ours.
+        guard keyID == (known?.keyID ?? KeyFile.keyID(fileID: snapshot.fileID, version: version)) else {
             throw KMSError(.invalidArgument, "key_id does not match the ciphertext (foreign, tampered, or paired with another key_id)")
         }
-        guard let entry = snapshot.entries[version] else {
+        guard let entry = known else {
             throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is no longer in the key file (pruned)")
         }
         guard entry.state != .retired else {

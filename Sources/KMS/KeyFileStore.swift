@@ -44,7 +44,7 @@ public enum KeyFileStore {
     /// Reads and fully validates a key file. Refuses files that are not regular, are accessible by group or others,
     /// are too large, corrupt, or break the state rules.
     public static func load(path: String) throws(KMSError) -> (file: KeyFile, fingerprint: FileFingerprint) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   // O_NONBLOCK: a FIFO in its place must not hang us
         guard fd >= 0 else {
             let err = errno
             if err == ENOENT { throw KMSError(.failedPrecondition, "key file \(path) does not exist (create one with `kekctl init --key-file \(path)`)") }

@@ -3,7 +3,8 @@ import Glibc
 import Synchronization
 
 /// Every figure kekd exports, under the `kekd_` prefix. Thread-safe; each observation is a few relaxed atomic
-/// adds (plus one short lock for the string-labelled backend and protocol-error series), with no allocation.
+/// adds (plus a short lock to find the slot of string-labelled backend and protocol-error series), with no
+/// allocation.
 public final class KekdMetrics: Sendable {
     /// gRPC method labels. Anything else (unknown paths) is `other`: the raw path is unbounded cardinality.
     static let ops = ["Status", "Encrypt", "Decrypt", "other"]
@@ -18,28 +19,25 @@ public final class KekdMetrics: Sendable {
     private let backendName: String
     private let startTime: Double
 
-    private let requests: [[Counter]]          // [op][code]
-    private let requestDurations: [Histogram]  // [op]
+    private let requests = CounterBlock()           // slot op * codes.count + code
+    private let requestDurations = HistogramBlock() // series = op
     private let inFlight = Atomic<Int>(0)
     private let openConnections = Atomic<Int>(0)
-    private let connectionsTotal = Counter()
-    private let protocolErrors = BoundedSeries<Counter>(capacity: 32, overflow: LabelKey(first: "other", second: "")) {
-        Counter()
-    }
-    private let backendRequests = BoundedSeries<Counter>(
-        capacity: 32, overflow: LabelKey(first: "other", second: "other")) { Counter() }
-    private let backendDurations = BoundedSeries<Histogram>(
-        capacity: 8, overflow: LabelKey(first: "other", second: "")) { Histogram(.latency) }
-    private let cacheHits = Counter()
-    private let cacheMisses = Counter()
+    private let connectionsAccepted = Atomic<UInt64>(0)
+    private let cacheHits = Atomic<UInt64>(0)
+    private let cacheMisses = Atomic<UInt64>(0)
+    private let protocolErrorKinds = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: ""))
+    private let protocolErrors = CounterBlock()
+    private let backendRequestLabels = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: "other"))
+    private let backendRequests = CounterBlock()
+    private let backendDurationLabels = LabelSlots(capacity: 15, overflow: LabelKey(first: "other", second: ""))
+    private let backendDurations = HistogramBlock()
     private let keyID = Mutex<String>("")
     private let auditStats = Mutex<(@Sendable () -> (written: Int, dropped: Int, queueDepth: Int))?>(nil)
 
     public init(version: String, backend: String) {
         self.version = version
         self.backendName = backend
-        requests = Self.ops.map { _ in Self.codes.map { _ in Counter() } }
-        requestDurations = Self.ops.map { _ in Histogram(.latency) }
         startTime = ProcessStats.startTimeSeconds() ?? Self.now()
     }
 
@@ -53,13 +51,13 @@ public final class KekdMetrics: Sendable {
     public func callFinished(op: String, code: String, seconds: Double) {
         inFlight.wrappingSubtract(1, ordering: .relaxed)
         let opIndex = Self.opIndex(op)
-        requests[opIndex][Self.codeIndex(code)].add()
-        requestDurations[opIndex].observe(seconds: seconds)
+        requests.add(opIndex * Self.codes.count + Self.codeIndex(code))
+        requestDurations.observe(series: opIndex, seconds: seconds)
     }
 
     public func connectionOpened() {
         openConnections.wrappingAdd(1, ordering: .relaxed)
-        connectionsTotal.add()
+        connectionsAccepted.wrappingAdd(1, ordering: .relaxed)
     }
 
     public func connectionClosed() {
@@ -68,17 +66,21 @@ public final class KekdMetrics: Sendable {
 
     /// `kind` names the violation (e.g. `rapid_reset`, `flow_control`); at most 32 distinct kinds are kept apart.
     public func protocolError(kind: String) {
-        protocolErrors.series(kind).add()
+        protocolErrors.add(protocolErrorKinds.slot(kind))
     }
 
     /// One call to the key backend (`op` e.g. `encrypt`, `decrypt`, `read_key`; `result` e.g. `ok`, `error`).
     public func backendCall(op: String, result: String, seconds: Double) {
-        backendRequests.series(op, result).add()
-        backendDurations.series(op).observe(seconds: seconds)
+        backendRequests.add(backendRequestLabels.slot(op, result))
+        backendDurations.observe(series: backendDurationLabels.slot(op), seconds: seconds)
     }
 
     public func cache(hit: Bool) {
-        (hit ? cacheHits : cacheMisses).add()
+        if hit {
+            cacheHits.wrappingAdd(1, ordering: .relaxed)
+        } else {
+            cacheMisses.wrappingAdd(1, ordering: .relaxed)
+        }
     }
 
     /// The current primary key_id; only this one is exported (`kekd_key_info{key_id} 1`).
@@ -106,7 +108,7 @@ public final class KekdMetrics: Sendable {
         w.family("kekd_grpc_requests_total", .counter, help: "gRPC calls finished, by method and status code.")
         for (opIndex, op) in Self.ops.enumerated() {
             for (codeIndex, code) in Self.codes.enumerated() {
-                let value = requests[opIndex][codeIndex].value
+                let value = requests.value(opIndex * Self.codes.count + codeIndex)
                 // The OK series of the three KMS methods always exist so rate() works from the first scrape.
                 if value > 0 || (codeIndex == 0 && op != "other") {
                     w.sample("kekd_grpc_requests_total", ["op": op, "code": code], value)
@@ -115,10 +117,9 @@ public final class KekdMetrics: Sendable {
         }
         w.family("kekd_grpc_request_duration_seconds", .histogram, help: "gRPC call latency, by method.")
         for (opIndex, op) in Self.ops.enumerated() {
-            let snapshot = requestDurations[opIndex].snapshot()
+            let snapshot = requestDurations.snapshot(series: opIndex)
             if snapshot.count > 0 || op != "other" {
-                w.histogram("kekd_grpc_request_duration_seconds", labelName: "op", labelValue: op,
-                            buckets: .latency, snapshot: snapshot)
+                w.histogram("kekd_grpc_request_duration_seconds", labelName: "op", labelValue: op, snapshot: snapshot)
             }
         }
         w.family("kekd_grpc_requests_in_flight", .gauge, help: "gRPC calls started and not yet finished.")
@@ -128,27 +129,29 @@ public final class KekdMetrics: Sendable {
     private func renderConnections(_ w: inout PrometheusTextWriter) {
         w.family("kekd_connections", .gauge, help: "Open client connections on the KMS socket.")
         w.sample("kekd_connections", openConnections.load(ordering: .relaxed))
-        w.family("kekd_connections_total", .counter, help: "Client connections accepted on the KMS socket.")
-        w.sample("kekd_connections_total", connectionsTotal.value)
+        // Not `kekd_connections_total`: OpenMetrics parsers name a counter's family without `_total`, which would
+        // collide with the `kekd_connections` gauge.
+        w.family("kekd_connections_accepted_total", .counter, help: "Client connections accepted on the KMS socket.")
+        w.sample("kekd_connections_accepted_total", connectionsAccepted.load(ordering: .relaxed))
         w.family("kekd_http2_protocol_errors_total", .counter, help: "HTTP/2 protocol violations by peers, by kind.")
-        for (key, counter) in protocolErrors.all() {
-            w.sample("kekd_http2_protocol_errors_total", ["kind": key.first], counter.value)
+        for (key, slot) in protocolErrorKinds.all() {
+            w.sample("kekd_http2_protocol_errors_total", ["kind": key.first], protocolErrors.value(slot))
         }
     }
 
     private func renderBackend(_ w: inout PrometheusTextWriter) {
         w.family("kekd_backend_requests_total", .counter, help: "Calls to the key backend, by operation and result.")
-        for (key, counter) in backendRequests.all() {
-            w.sample("kekd_backend_requests_total", ["op": key.first, "result": key.second], counter.value)
+        for (key, slot) in backendRequestLabels.all() {
+            w.sample("kekd_backend_requests_total", ["op": key.first, "result": key.second], backendRequests.value(slot))
         }
         w.family("kekd_backend_request_duration_seconds", .histogram, help: "Key backend call latency, by operation.")
-        for (key, histogram) in backendDurations.all() {
+        for (key, slot) in backendDurationLabels.all() {
             w.histogram("kekd_backend_request_duration_seconds", labelName: "op", labelValue: key.first,
-                        buckets: histogram.buckets, snapshot: histogram.snapshot())
+                        snapshot: backendDurations.snapshot(series: slot))
         }
         w.family("kekd_backend_cache_requests_total", .counter, help: "Lookups in the backend's key cache.")
-        w.sample("kekd_backend_cache_requests_total", ["result": "hit"], cacheHits.value)
-        w.sample("kekd_backend_cache_requests_total", ["result": "miss"], cacheMisses.value)
+        w.sample("kekd_backend_cache_requests_total", ["result": "hit"], cacheHits.load(ordering: .relaxed))
+        w.sample("kekd_backend_cache_requests_total", ["result": "miss"], cacheMisses.load(ordering: .relaxed))
         let currentKeyID = keyID.withLock { $0 }
         w.family("kekd_key_info", .gauge, help: "The key_id kekd currently encrypts with (value always 1).")
         if !currentKeyID.isEmpty {
@@ -184,20 +187,29 @@ public final class KekdMetrics: Sendable {
 
     // MARK: label mapping
 
+    /// The method name or the full gRPC path. Dispatches on length first: a String `switch` tries each pattern
+    /// in turn, and every mismatch costs a byte comparison; an equal small string matches on its raw bits.
     static func opIndex(_ op: String) -> Int {
-        switch op {
-        case "Status", "/v2.KeyManagementService/Status": 0
-        case "Encrypt", "/v2.KeyManagementService/Encrypt": 1
-        case "Decrypt", "/v2.KeyManagementService/Decrypt": 2
-        default: 3
+        let bytes = op.utf8
+        switch bytes.count {
+        case 6: return op == "Status" ? 0 : 3
+        case 7: return bytes.first == UInt8(ascii: "E") ? (op == "Encrypt" ? 1 : 3) : (op == "Decrypt" ? 2 : 3)
+        case 31: return op == "/v2.KeyManagementService/Status" ? 0 : 3
+        case 32:
+            if op == "/v2.KeyManagementService/Encrypt" { return 1 }
+            return op == "/v2.KeyManagementService/Decrypt" ? 2 : 3
+        default: return 3
         }
     }
 
     static func codeIndex(_ code: String) -> Int {
-        if let number = Int(code) {
-            return codes.indices.contains(number) ? number : unknownCodeIndex
+        switch code {
+        case "OK": return 0   // the common case, without touching the table
+        case "INVALID_ARGUMENT": return 3
+        default:
+            if let number = Int(code) { return codes.indices.contains(number) ? number : unknownCodeIndex }
+            return codes.firstIndex(of: code) ?? unknownCodeIndex
         }
-        return codes.firstIndex(of: code) ?? unknownCodeIndex
     }
 
     static func now() -> Double {

@@ -1,52 +1,50 @@
-// Lock-free counters and histograms, and a bounded map from label values to them.
+// Fixed-size blocks of atomic counters and histograms, and a bounded map from label values to slots.
+// Storage is inline (InlineArray of Atomic), allocated once: an observation is a few relaxed atomic adds with no
+// allocation and no reference counting on shared objects (which would bounce cache lines between threads).
 import Synchronization
 
-/// A monotonically increasing counter. A class so it can live in arrays and dictionaries (an `Atomic` itself
-/// is non-copyable); allocated once per series, never per observation.
-final class Counter: Sendable {
-    private let count = Atomic<UInt64>(0)
+/// Counters addressed by slot number.
+final class CounterBlock: Sendable {
+    static let capacity = 72
+    private let values: InlineArray<72, Atomic<UInt64>>
 
-    func add(_ n: UInt64 = 1) { count.wrappingAdd(n, ordering: .relaxed) }
-    var value: UInt64 { count.load(ordering: .relaxed) }
+    init() { values = InlineArray { _ in Atomic(0) } }
+
+    func add(_ slot: Int, _ n: UInt64 = 1) { values[slot].wrappingAdd(n, ordering: .relaxed) }
+    func value(_ slot: Int) -> UInt64 { values[slot].load(ordering: .relaxed) }
 }
 
-/// Bucket layout of a histogram: strictly increasing finite upper bounds; +Inf is implicit.
-struct HistogramBuckets: Sendable {
-    let upperBounds: [Double]
-
-    /// 10 µs .. 5 s: local AES-GCM calls land in the first buckets, Vault round trips in the middle,
-    /// and the apiserver's 3 s KMS timeout has a bucket edge of its own.
-    static let latency = HistogramBuckets(upperBounds: [
+/// Latency histograms addressed by series number, all with the same buckets: 10 µs .. 5 s, so local AES-GCM calls
+/// land in the first buckets, Vault round trips in the middle, and the apiserver's 3 s KMS timeout has an edge.
+/// Buckets are stored non-cumulatively (one atomic add per observation) and summed at render time, so `_count`
+/// always equals the `+Inf` bucket. The sum is kept in integer nanoseconds: exact, and one atomic add.
+final class HistogramBlock: Sendable {
+    static let slotsPerSeries = 20          // upperBounds.count + the +Inf overflow
+    static let capacity = 16                // series
+    private static let bounds: InlineArray<19, Double> = [
         0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
         0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5,
-    ])
-}
+    ]
+    static var upperBounds: [Double] { bounds.indices.map { bounds[$0] } }
+    private let counts: InlineArray<320, Atomic<UInt64>>   // capacity * slotsPerSeries
+    private let sumNanos: InlineArray<16, Atomic<UInt64>>
 
-/// A histogram of durations in seconds. Buckets are stored non-cumulatively (one atomic add per observation)
-/// and made cumulative at render time, so `_count` always equals the `+Inf` bucket. The sum is kept in
-/// integer nanoseconds: exact, and an atomic integer add instead of a compare-and-swap loop on a Double.
-final class Histogram: Sendable {
-    let buckets: HistogramBuckets
-    private let counts: [Counter]          // upperBounds.count + 1 (the last is the +Inf overflow)
-    private let sumNanos = Atomic<UInt64>(0)
-
-    init(_ buckets: HistogramBuckets) {
-        self.buckets = buckets
-        counts = (0...buckets.upperBounds.count).map { _ in Counter() }
+    init() {
+        counts = InlineArray { _ in Atomic(0) }
+        sumNanos = InlineArray { _ in Atomic(0) }
     }
 
-    func observe(seconds: Double) {
+    func observe(series: Int, seconds: Double) {
         // NaN and negative durations (a clock step) count as zero rather than corrupting the sum.
         let s = seconds.isNaN || seconds < 0 ? 0 : seconds
-        let bounds = buckets.upperBounds
-        var index = bounds.count
-        for i in bounds.indices where s <= bounds[i] {
-            index = i
+        var bucket = Self.bounds.count
+        for i in Self.bounds.indices where s <= Self.bounds[i] {
+            bucket = i
             break
         }
-        counts[index].add()
+        counts[series * Self.slotsPerSeries + bucket].wrappingAdd(1, ordering: .relaxed)
         let nanos = s >= 1.8e10 ? UInt64(1.8e19) : UInt64(s * 1e9)   // clamp: no conversion trap on huge values
-        sumNanos.wrappingAdd(nanos, ordering: .relaxed)
+        sumNanos[series].wrappingAdd(nanos, ordering: .relaxed)
     }
 
     struct Snapshot: Sendable {
@@ -55,15 +53,16 @@ final class Histogram: Sendable {
         var count: UInt64 { cumulative.last ?? 0 }
     }
 
-    func snapshot() -> Snapshot {
+    func snapshot(series: Int) -> Snapshot {
         var running: UInt64 = 0
         var cumulative: [UInt64] = []
-        cumulative.reserveCapacity(counts.count)
-        for c in counts {
-            running &+= c.value
+        cumulative.reserveCapacity(Self.slotsPerSeries)
+        for slot in 0..<Self.slotsPerSeries {
+            running &+= counts[series * Self.slotsPerSeries + slot].load(ordering: .relaxed)
             cumulative.append(running)
         }
-        return Snapshot(cumulative: cumulative, sumSeconds: Double(sumNanos.load(ordering: .relaxed)) / 1e9)
+        return Snapshot(cumulative: cumulative,
+                        sumSeconds: Double(sumNanos[series].load(ordering: .relaxed)) / 1e9)
     }
 }
 
@@ -77,37 +76,42 @@ struct LabelKey: Hashable, Sendable, Comparable {
     }
 }
 
-/// Series keyed by caller-supplied label values, with bounded cardinality: after `capacity` distinct keys,
-/// new keys share one `overflow` series, so a caller passing unexpected strings cannot grow memory or the
-/// scrape without bound. Values are truncated to `maxValueLength` characters for the same reason.
-final class BoundedSeries<Series: AnyObject & Sendable>: Sendable {
-    private let table = Mutex<[LabelKey: Series]>([:])
+/// Assigns slots to caller-supplied label values, with bounded cardinality: after `capacity` distinct keys, new
+/// keys share one `overflow` slot, so a caller passing unexpected strings cannot grow memory or the scrape.
+/// Values are cut to `maxValueLength` characters for the same reason. The lookup is a short linear scan of small
+/// strings under a lock: cheaper than hashing for the handful of keys a backend uses.
+final class LabelSlots: Sendable {
+    static let maxValueLength = 64
+    private let keys = Mutex<[LabelKey]>([])
     private let capacity: Int
     private let overflow: LabelKey
-    private let make: @Sendable () -> Series
-    static var maxValueLength: Int { 64 }
 
-    init(capacity: Int, overflow: LabelKey, make: @escaping @Sendable () -> Series) {
+    /// `capacity` + 1 (the overflow slot) must fit the block the slots index.
+    init(capacity: Int, overflow: LabelKey) {
         self.capacity = capacity
         self.overflow = overflow
-        self.make = make
     }
 
-    func series(_ first: String, _ second: String = "") -> Series {
+    func slot(_ first: String, _ second: String = "") -> Int {
+        let found = keys.withLock { keys -> Int? in
+            for i in keys.indices where keys[i].first == first && keys[i].second == second { return i }
+            return nil
+        }
+        if let found { return found }
         let key = LabelKey(first: Self.bounded(first), second: Self.bounded(second))
-        return table.withLock { table in
-            if let existing = table[key] { return existing }
-            let target = table.count < capacity ? key : overflow
-            if let existing = table[target] { return existing }
-            let created = make()
-            table[target] = created
-            return created
+        return keys.withLock { keys in
+            if let i = keys.firstIndex(of: key) { return i }    // a cut value, or another thread was first
+            let target = keys.count < capacity ? key : overflow
+            if let i = keys.firstIndex(of: target) { return i }
+            keys.append(target)
+            return keys.count - 1
         }
     }
 
-    /// All series, sorted by label values so the exposition is stable between scrapes.
-    func all() -> [(key: LabelKey, series: Series)] {
-        table.withLock { table in table.map { (key: $0.key, series: $0.value) } }.sorted { $0.key < $1.key }
+    /// Every key with its slot, sorted by label values so the exposition is stable between scrapes.
+    func all() -> [(key: LabelKey, slot: Int)] {
+        keys.withLock { keys in keys.enumerated().map { (key: $0.element, slot: $0.offset) } }
+            .sorted { $0.key < $1.key }
     }
 
     private static func bounded(_ value: String) -> String {

@@ -40,9 +40,9 @@ struct PrometheusTextWriter {
     /// `name_bucket{…,le="…"}` per bound and `+Inf`, then `name_sum` and `name_count`.
     /// `labelName`/`labelValue` is the histogram's one label (empty name: none).
     mutating func histogram(_ name: String, labelName: String, labelValue: String,
-                            buckets: HistogramBuckets, snapshot: Histogram.Snapshot) {
+                            snapshot: HistogramBlock.Snapshot) {
         let labelPrefix = labelName.isEmpty ? "" : "\(labelName)=\"\(Self.escapeLabelValue(labelValue))\","
-        let bounds = buckets.upperBounds.map(Self.formatValue) + ["+Inf"]
+        let bounds = HistogramBlock.upperBounds.map(Self.formatValue) + ["+Inf"]
         for (bound, count) in zip(bounds, snapshot.cumulative) {
             output += "\(name)_bucket{\(labelPrefix)le=\"\(bound)\"} \(count)\n"
         }

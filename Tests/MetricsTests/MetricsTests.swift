@@ -7,7 +7,7 @@ import Testing
 @Suite struct ExpositionFormatTests {
     static let requiredFamilies = [
         "kekd_grpc_requests_total": "counter", "kekd_grpc_request_duration_seconds": "histogram",
-        "kekd_grpc_requests_in_flight": "gauge", "kekd_connections": "gauge", "kekd_connections_total": "counter",
+        "kekd_grpc_requests_in_flight": "gauge", "kekd_connections": "gauge", "kekd_connections_accepted_total": "counter",
         "kekd_http2_protocol_errors_total": "counter", "kekd_backend_requests_total": "counter",
         "kekd_backend_request_duration_seconds": "histogram", "kekd_backend_cache_requests_total": "counter",
         "kekd_key_info": "gauge", "kekd_audit_records_total": "counter", "kekd_audit_queue_depth": "gauge",
@@ -40,6 +40,11 @@ import Testing
             #expect(parsed.helps[family].map { !$0.isEmpty } == true, "help of \(family)")
         }
         #expect(parsed.types.keys.allSatisfy { $0.hasPrefix("kekd_") })
+        // OpenMetrics parsers drop a counter's `_total`: that name must not be another family's.
+        for (name, type) in parsed.types where type == "counter" {
+            #expect(name.hasSuffix("_total"), "counter \(name)")
+            #expect(parsed.types[String(name.dropLast("_total".count))] == nil, "\(name) collides")
+        }
     }
 
     @Test func valuesReflectObservations() throws {
@@ -49,7 +54,7 @@ import Testing
         #expect(p.value("kekd_grpc_requests_total", ["op": "Status", "code": "OK"]) == 0)   // pre-declared
         #expect(p.value("kekd_grpc_requests_in_flight") == 1)   // Status started, never finished
         #expect(p.value("kekd_connections") == 1)
-        #expect(p.value("kekd_connections_total") == 1)
+        #expect(p.value("kekd_connections_accepted_total") == 1)
         #expect(p.value("kekd_http2_protocol_errors_total", ["kind": "rapid_reset"]) == 1)
         #expect(p.value("kekd_backend_requests_total", ["op": "encrypt", "result": "ok"]) == 1)
         #expect(p.value("kekd_backend_request_duration_seconds_count", ["op": "encrypt"]) == 1)
@@ -196,7 +201,7 @@ import Testing
         }
         #expect(p.value("kekd_grpc_requests_in_flight") == 0)
         #expect(p.value("kekd_connections") == 0)
-        #expect(p.value("kekd_connections_total") == Double(threads * perThread / 100))
+        #expect(p.value("kekd_connections_accepted_total") == Double(threads * perThread / 100))
         #expect(p.value("kekd_backend_requests_total", ["op": "encrypt", "result": "ok"]) == Double(threads / 2 * perThread))
         #expect(p.value("kekd_backend_cache_requests_total", ["result": "hit"]) == Double(threads * perThread / 2))
         #expect(p.values("kekd_http2_protocol_errors_total").reduce(0, +) == Double(threads * perThread / 100))

@@ -1,0 +1,194 @@
+// HTTP/1.1 over TLS with keep-alive and a small pool of idle connections. One attempt per `send`; retries, backoff
+// and the circuit breaker live in `VaultHTTP`, which knows which statuses are worth retrying.
+import Foundation
+import Synchronization
+
+public struct HTTPRequest: Sendable {
+    public var method: String
+    /// Absolute path with query, e.g. "/v1/transit/keys/k".
+    public var path: String
+    public var headers: [(name: String, value: String)]
+    public var body: [UInt8]
+    public init(method: String, path: String, headers: [(name: String, value: String)] = [], body: [UInt8] = []) {
+        self.method = method; self.path = path; self.headers = headers; self.body = body
+    }
+}
+
+/// Where the client connects: parsed from `https://host:port` (or `http://` in explicit insecure test mode).
+public struct Endpoint: Sendable, Equatable {
+    public var secure: Bool
+    public var host: String
+    public var port: UInt16
+
+    /// Parses scheme://host[:port][/]; IPv6 literals in brackets. No user-info, path, query or fragment.
+    public init(url: String) throws(VaultError) {
+        let lower = url.lowercased()
+        let rest: Substring
+        if lower.hasPrefix("https://") { secure = true; rest = url.dropFirst(8) }
+        else if lower.hasPrefix("http://") { secure = false; rest = url.dropFirst(7) }
+        else { throw VaultError(.invalidArgument, "Vault address must start with https:// (got \(url))") }
+        var hostPort = rest
+        if hostPort.hasSuffix("/") { hostPort = hostPort.dropLast() }
+        guard !hostPort.isEmpty, !hostPort.contains("/"), !hostPort.contains("@"), !hostPort.contains("?"), !hostPort.contains("#") else {
+            throw VaultError(.invalidArgument, "Vault address must be scheme://host[:port] (got \(url))")
+        }
+        var portText: Substring? = nil
+        if hostPort.hasPrefix("[") {
+            guard let close = hostPort.firstIndex(of: "]") else { throw VaultError(.invalidArgument, "bad IPv6 address in \(url)") }
+            host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
+            let after = hostPort[hostPort.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { throw VaultError(.invalidArgument, "bad address \(url)") }
+                portText = after.dropFirst()
+            }
+        } else if let colon = hostPort.lastIndex(of: ":") {
+            host = String(hostPort[..<colon])
+            portText = hostPort[hostPort.index(after: colon)...]
+        } else {
+            host = String(hostPort)
+        }
+        guard !host.isEmpty else { throw VaultError(.invalidArgument, "Vault address has no host (\(url))") }
+        if let portText {
+            guard let p = HTTPResponseParser.parseDecimal(String(portText)), p > 0, p <= 65535 else {
+                throw VaultError(.invalidArgument, "bad port in Vault address \(url)")
+            }
+            port = UInt16(p)
+        } else {
+            port = secure ? 443 : 80
+        }
+    }
+
+    var hostHeader: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return (port == (secure ? 443 : 80)) ? h : "\(h):\(port)"
+    }
+}
+
+public final class HTTPSClient: Sendable {
+    public let endpoint: Endpoint
+    public let connectTimeout: Double
+    private let tlsSettings: TLSSettings
+    private let maxIdle: Int
+    private let idle = Mutex<[TLSConnection]>([])
+    private let context = Mutex<(stamps: [FileStamp?], ctx: TLSContext)?>(nil)
+    /// Connections opened so far (for tests and metrics: proves reuse).
+    private let opened = Atomic<Int>(0)
+
+    public init(endpoint: Endpoint, tls: TLSSettings, connectTimeout: Double = 1.0, maxIdle: Int = 8) throws(TransportError) {
+        self.endpoint = endpoint
+        self.tlsSettings = tls
+        self.connectTimeout = connectTimeout
+        self.maxIdle = maxIdle
+        if endpoint.secure { _ = try currentContext() }  // fail early on a bad CA file or client key
+    }
+
+    public var connectionsOpened: Int { opened.load(ordering: .relaxed) }
+
+    /// Drops idle connections and forces the TLS context to be rebuilt from its files on next use.
+    public func reset() {
+        idle.withLock { $0.removeAll() }
+        context.withLock { $0 = nil }
+    }
+
+    /// The TLS context, rebuilt when the CA, client certificate or key file changed on disk.
+    private func currentContext() throws(TransportError) -> TLSContext {
+        let stamps = [tlsSettings.caFile, tlsSettings.clientCertFile, tlsSettings.clientKeyFile].map { $0.flatMap(FileStamp.of) }
+        if let current = context.withLock({ $0 }), current.stamps == stamps { return current.ctx }
+        let ctx = try TLSContext(settings: tlsSettings)
+        let replaced = context.withLock { c -> Bool in
+            let had = c != nil
+            c = (stamps, ctx)
+            return had
+        }
+        if replaced { idle.withLock { $0.removeAll() } }  // old connections hold the old client certificate
+        return ctx
+    }
+
+    private func checkout(deadline: Date) throws(TransportError) -> (TLSConnection, reused: Bool) {
+        while let conn = idle.withLock({ $0.popLast() }) {
+            if !conn.looksStale() { return (conn, true) }
+        }
+        let connectDeadline = min(deadline, Date(timeIntervalSinceNow: connectTimeout))
+        let conn: TLSConnection
+        if endpoint.secure {
+            conn = try TLSConnection.open(host: endpoint.host, port: endpoint.port, context: try currentContext(), connectDeadline: connectDeadline)
+        } else {
+            conn = try TLSConnection.openPlain(host: endpoint.host, port: endpoint.port, connectDeadline: connectDeadline)
+        }
+        opened.add(1, ordering: .relaxed)
+        return (conn, false)
+    }
+
+    private func checkin(_ conn: TLSConnection) {
+        guard !conn.isBroken else { return }
+        idle.withLock { pool in
+            if pool.count < maxIdle { pool.append(conn) }
+        }
+    }
+
+    /// One request/response exchange. A reused keep-alive connection that turns out closed before any response
+    /// byte arrived is replaced by a fresh one once (the request never reached the server in that case).
+    public func send(_ request: HTTPRequest, deadline: Date) throws(TransportError) -> HTTPResponse {
+        let bytes = serialize(request)
+        var allowStaleRetry = true
+        while true {
+            let (conn, reused) = try checkout(deadline: deadline)
+            let response: HTTPResponse
+            do {
+                try conn.write(bytes, deadline: deadline)
+                response = try readResponse(conn, isHEAD: request.method == "HEAD", deadline: deadline)
+            } catch let error where reused && allowStaleRetry && error.isStaleConnectionSign {
+                allowStaleRetry = false
+                continue
+            }
+            if response.keepAlive { checkin(conn) }
+            return response
+        }
+    }
+
+    private func readResponse(_ conn: TLSConnection, isHEAD: Bool, deadline: Date) throws(TransportError) -> HTTPResponse {
+        var buffer: [UInt8] = []
+        var atEOF = false
+        while true {
+            let outcome: HTTPParseOutcome
+            do {
+                outcome = try HTTPResponseParser.parse(buffer[...], atEOF: atEOF, requestWasHEAD: isHEAD)
+            } catch {
+                conn.markBroken()
+                throw .protocolError(error.description)
+            }
+            switch outcome {
+            case .complete(let response, let consumed):
+                if consumed < buffer.count { conn.markBroken() }  // bytes we did not ask for: do not reuse
+                return response
+            case .needMore:
+                do {
+                    buffer += try conn.read(deadline: deadline)
+                } catch .closed {
+                    if buffer.isEmpty { throw .closed }  // nothing arrived: the request may be replayed
+                    atEOF = true
+                }
+            }
+        }
+    }
+
+    private func serialize(_ request: HTTPRequest) -> [UInt8] {
+        var head = "\(request.method) \(request.path) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\n"
+        for (name, value) in request.headers { head += "\(name): \(value)\r\n" }
+        if !request.body.isEmpty || request.method == "POST" || request.method == "PUT" {
+            head += "Content-Length: \(request.body.count)\r\n"
+        }
+        head += "\r\n"
+        return Array(head.utf8) + request.body
+    }
+}
+
+extension TransportError {
+    /// What a keep-alive connection the server already closed looks like on the next request.
+    var isStaleConnectionSign: Bool {
+        switch self {
+        case .closed, .connect: return true
+        default: return false
+        }
+    }
+}

@@ -1,0 +1,100 @@
+// The three Transit calls kekd makes: read the key's metadata, encrypt a local KEK under an explicit version, and
+// decrypt wrapped local KEKs in batches.
+import Foundation
+
+public struct TransitKeyInfo: Sendable, Equatable {
+    public var latestVersion: Int
+    /// Version → creation time (unix seconds) as Vault reports it.
+    public var versionCreated: [Int: Int64]
+    public var minDecryptionVersion: Int
+    public var minEncryptionVersion: Int
+    public var supportsEncryption: Bool
+    public var type: String
+}
+
+final class TransitAPI: Sendable {
+    let client: VaultClient
+    let tokens: TokenManager
+    let mount: String
+    let keyName: String
+    let requestTimeout: Double
+
+    init(client: VaultClient, tokens: TokenManager, mount: String, keyName: String, requestTimeout: Double) {
+        self.client = client; self.tokens = tokens; self.mount = mount; self.keyName = keyName
+        self.requestTimeout = requestTimeout
+    }
+
+    private func call(_ op: String, _ method: String, _ path: String, _ body: [String: Any]?, deadline: Date) throws(VaultError) -> VaultReply {
+        try tokens.withToken(deadline: deadline) { (token: String) throws(VaultError) -> VaultReply in
+            try client.request(op: op, method: method, path: path, body: body, token: token, deadline: deadline)
+        }
+    }
+
+    func readKey(deadline: Date) throws(VaultError) -> TransitKeyInfo {
+        let reply = try call("read_key", "GET", "\(mount)/keys/\(keyName)", nil, deadline: deadline)
+        guard reply.status == 200 else {
+            var error = VaultClient.error("read key \(keyName)", reply)
+            if reply.status == 404 { error.message = "Vault transit key \(mount)/\(keyName) does not exist" }
+            throw error
+        }
+        let data = reply.data
+        guard let latest = jsonInt(data["latest_version"]), latest > 0 else {
+            throw VaultError(.unavailable, "Vault key read: no latest_version")
+        }
+        var created: [Int: Int64] = [:]
+        for (version, value) in data["keys"] as? [String: Any] ?? [:] {
+            guard let v = Int(version) else { continue }
+            if let seconds = jsonInt(value) { created[v] = Int64(seconds) }
+            else if let object = value as? [String: Any], let text = object["creation_time"] as? String { created[v] = Self.unixTime(text) }
+            else if let text = value as? String { created[v] = Self.unixTime(text) }
+        }
+        return TransitKeyInfo(latestVersion: latest, versionCreated: created,
+                              minDecryptionVersion: jsonInt(data["min_decryption_version"]) ?? 1,
+                              minEncryptionVersion: jsonInt(data["min_encryption_version"]) ?? 0,
+                              supportsEncryption: data["supports_encryption"] as? Bool ?? true,
+                              type: data["type"] as? String ?? "")
+    }
+
+    /// RFC 3339 → unix seconds; 0 when unparsable (still deterministic for the key_id).
+    static func unixTime(_ text: String) -> Int64 {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970) }
+        f.formatOptions = [.withInternetDateTime]
+        return f.date(from: text).map { Int64($0.timeIntervalSince1970) } ?? 0
+    }
+
+    /// Encrypts `plaintext` under exactly `keyVersion`; returns Vault's `vault:vN:...` ciphertext.
+    func encrypt(_ plaintext: [UInt8], keyVersion: Int, deadline: Date) throws(VaultError) -> String {
+        let body: [String: Any] = ["plaintext": Data(plaintext).base64EncodedString(), "key_version": keyVersion]
+        let reply = try call("encrypt", "POST", "\(mount)/encrypt/\(keyName)", body, deadline: deadline)
+        guard reply.status == 200 else { throw VaultClient.error("encrypt", reply) }
+        guard let ciphertext = reply.data["ciphertext"] as? String, ciphertext.hasPrefix("vault:v\(keyVersion):") else {
+            throw VaultError(.unavailable, "Vault encrypt returned no ciphertext for version \(keyVersion)")
+        }
+        return ciphertext
+    }
+
+    /// Decrypts many ciphertexts in one request. Per-item failures come back as per-item errors.
+    func decryptBatch(_ ciphertexts: [String], deadline: Date) throws(VaultError) -> [Result<[UInt8], VaultError>] {
+        let body: [String: Any] = ["batch_input": ciphertexts.map { ["ciphertext": $0] }]
+        let reply = try call("decrypt", "POST", "\(mount)/decrypt/\(keyName)", body, deadline: deadline)
+        // Vault answers 400 when any item failed but still lists every item's result.
+        guard reply.status == 200 || reply.status == 400, let results = reply.data["batch_results"] as? [Any] else {
+            throw VaultClient.error("decrypt", reply)
+        }
+        guard results.count == ciphertexts.count else {
+            throw VaultError(.unavailable, "Vault decrypt returned \(results.count) results for \(ciphertexts.count) inputs")
+        }
+        return results.map { item in
+            let object = item as? [String: Any] ?? [:]
+            if let error = object["error"] as? String, !error.isEmpty {
+                return .failure(VaultError(.invalidArgument, "Vault decrypt: \(String(error.prefix(200)))"))
+            }
+            guard let text = object["plaintext"] as? String, let bytes = Data(base64Encoded: text) else {
+                return .failure(VaultError(.invalidArgument, "Vault decrypt returned no plaintext"))
+            }
+            return .success([UInt8](bytes))
+        }
+    }
+}

@@ -1,0 +1,120 @@
+// Decrypt-storm protection. Unwrapped local KEKs live in a bounded LRU cache keyed by their Vault-wrapped form;
+// misses go through `UnwrapBatcher`, which gives concurrent misses for the same wrapped key one shared Vault call
+// and sends misses for different keys that pile up meanwhile as one `batch_input` decrypt.
+import Crypto
+import Foundation
+import Synchronization
+
+/// Bounded LRU of wrapped local KEK → unwrapped key.
+final class LocalKEKCache: Sendable {
+    private struct Inner {
+        var entries: [String: (key: SymmetricKey, lastUse: UInt64)] = [:]
+        var clock: UInt64 = 0
+    }
+    private let inner = Mutex(Inner())
+    let capacity: Int
+
+    init(capacity: Int) { self.capacity = max(1, capacity) }
+
+    func get(_ wrapped: String) -> SymmetricKey? {
+        inner.withLock { s in
+            guard let entry = s.entries[wrapped] else { return nil }
+            s.clock &+= 1
+            s.entries[wrapped] = (entry.key, s.clock)
+            return entry.key
+        }
+    }
+
+    func put(_ wrapped: String, _ key: SymmetricKey) {
+        inner.withLock { s in
+            s.clock &+= 1
+            s.entries[wrapped] = (key, s.clock)
+            // Evict the least recently used (linear scan: only on a miss that overflows, bounded by capacity).
+            while s.entries.count > capacity, let oldest = s.entries.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
+                s.entries[oldest] = nil
+            }
+        }
+    }
+
+    var count: Int { inner.withLock { $0.entries.count } }
+}
+
+final class UnwrapBatcher: @unchecked Sendable {
+    // All mutable state below is guarded by `cond`.
+    private final class Pending { var result: Result<SymmetricKey, VaultError>? }
+    private let cond = NSCondition()
+    private var pending: [String: Pending] = [:]
+    private var queue: [String] = []
+    private var leaderActive = false
+
+    private let cache: LocalKEKCache
+    /// Unwraps a batch with one Vault call; returns one result per input, in order.
+    private let unwrapMany: @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]
+    private let window: Double
+    private let maxBatch: Int
+    /// Vault calls made (one per batch), for tests and metrics.
+    let batches = Atomic<Int>(0)
+
+    init(cache: LocalKEKCache, window: Double = 0.002, maxBatch: Int = 128,
+         unwrapMany: @escaping @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]) {
+        self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
+    }
+
+    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`.
+    func unwrap(_ wrapped: String, deadline: Date) throws(VaultError) -> SymmetricKey {
+        cond.lock()
+        if let key = cache.get(wrapped) { cond.unlock(); return key }
+        let entry: Pending
+        if let existing = pending[wrapped] {
+            entry = existing
+        } else {
+            entry = Pending()
+            pending[wrapped] = entry
+            queue.append(wrapped)
+        }
+        while true {
+            if let result = entry.result {
+                cond.unlock()
+                return try result.get()
+            }
+            if !leaderActive && !queue.isEmpty {
+                // Lead one batch; whoever is still waiting afterwards leads the next one.
+                leaderActive = true
+                cond.unlock()
+                runOneBatch()
+                cond.lock()
+                leaderActive = false
+                cond.broadcast()
+                continue
+            }
+            if !cond.wait(until: deadline) && entry.result == nil {
+                cond.unlock()
+                throw VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK")
+            }
+        }
+    }
+
+    private func runOneBatch() {
+        if window > 0 { Thread.sleep(forTimeInterval: window) }  // let concurrent misses join this batch
+        cond.lock()
+        let batch = Array(queue.prefix(maxBatch))
+        queue.removeFirst(batch.count)
+        cond.unlock()
+        guard !batch.isEmpty else { return }
+        batches.add(1, ordering: .relaxed)
+        var results = unwrapMany(batch)
+        if results.count != batch.count {
+            results = Array(repeating: .failure(VaultError(.internalError, "unwrap result count mismatch")), count: batch.count)
+        }
+        for (wrapped, result) in zip(batch, results) {
+            if case .success(let key) = result { cache.put(wrapped, key) }
+        }
+        cond.lock()
+        for (wrapped, result) in zip(batch, results) {
+            pending[wrapped]?.result = result
+            pending[wrapped] = nil
+        }
+        cond.broadcast()
+        cond.unlock()
+    }
+}

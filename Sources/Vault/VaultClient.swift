@@ -1,0 +1,159 @@
+// Vault's HTTP API: JSON requests, retries with backoff + jitter, the circuit breaker, and the status-code → error
+// mapping. Authentication is layered on top by `TokenManager`.
+import Foundation
+
+/// Error codes of this target; the backend maps them 1:1 onto KMSErrorCode (same gRPC numbers).
+public enum VaultErrorCode: Int, Sendable {
+    case invalidArgument = 3, permissionDenied = 7, resourceExhausted = 8, failedPrecondition = 9
+    case internalError = 13, unavailable = 14, dataLoss = 15
+}
+
+public struct VaultError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var code: VaultErrorCode
+    public var message: String
+    public init(_ code: VaultErrorCode, _ message: String) { self.code = code; self.message = message }
+    public var description: String { message }
+}
+
+/// A Vault reply: status and decoded JSON object (empty for 204 or a non-JSON body).
+struct VaultReply: @unchecked Sendable {  // JSON values are immutable Foundation objects once decoded
+    var status: Int
+    var json: [String: Any]
+
+    var data: [String: Any] { json["data"] as? [String: Any] ?? [:] }
+    var auth: [String: Any] { json["auth"] as? [String: Any] ?? [:] }
+    /// Vault's `{"errors": [...]}` joined and bounded (Vault's messages hold no secrets; ours never echo tokens).
+    var errorText: String {
+        let errors = (json["errors"] as? [Any])?.compactMap { $0 as? String } ?? []
+        let text = errors.isEmpty ? "HTTP \(status)" : errors.joined(separator: "; ")
+        return String(text.prefix(300))
+    }
+}
+
+/// Reads a JSON number (Int, Double or numeric string) as Int.
+func jsonInt(_ value: Any?) -> Int? {
+    switch value {
+    case let n as Int: return n
+    case let d as Double where d.isFinite && abs(d) < 1e15: return Int(d)
+    case let n as NSNumber: return n.intValue
+    case let s as String: return Int(s)
+    default: return nil
+    }
+}
+
+/// Per-call hook for metrics: operation, result ("ok" or an error code name), seconds.
+public typealias BackendCallHook = @Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void
+
+final class VaultClient: Sendable {
+    let http: HTTPSClient
+    let breaker: CircuitBreaker
+    let backoff: Backoff
+    /// Per-attempt bound; the caller's overall deadline bounds all attempts together.
+    let requestTimeout: Double
+    let namespace: String?
+    let onCall: BackendCallHook?
+
+    init(http: HTTPSClient, breaker: CircuitBreaker, backoff: Backoff, requestTimeout: Double,
+         namespace: String?, onCall: BackendCallHook?) {
+        self.http = http; self.breaker = breaker; self.backoff = backoff
+        self.requestTimeout = requestTimeout; self.namespace = namespace; self.onCall = onCall
+    }
+
+    static func isRetryable(status: Int) -> Bool { status == 412 || status == 429 || (500...599).contains(status) }
+
+    /// Sends one logical request, retrying transient failures within `deadline`. Returns the final reply, whatever
+    /// its status (callers decide what a 4xx means); throws only when no reply could be had.
+    func request(op: String, method: String, path: String, body: [String: Any]? = nil, token: String?,
+                 deadline: Date) throws(VaultError) -> VaultReply {
+        var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("X-Vault-Request", "true")]
+        if let token { headers.append(("X-Vault-Token", token)) }
+        if let namespace, !namespace.isEmpty { headers.append(("X-Vault-Namespace", namespace)) }
+        var payload: [UInt8] = []
+        if let body {
+            guard let data = try? JSONSerialization.data(withJSONObject: body) else { throw VaultError(.internalError, "cannot encode \(op) request") }
+            payload = [UInt8](data)
+            headers.append(("Content-Type", "application/json"))
+        }
+        let request = HTTPRequest(method: method, path: "/v1/" + path, headers: headers, body: payload)
+        let started = Date()
+        // The breaker is consulted once per call: an open breaker fails the call at once; a half-open one lets this
+        // call (with its retries) be the trial.
+        guard breaker.allow() else {
+            let error = VaultError(.unavailable, "Vault unreachable, failing fast (circuit open)")
+            report(op, error.code, started)
+            throw error
+        }
+        var attempt = 0
+        var lastProblem = ""
+        while true {
+            attempt += 1
+            let attemptDeadline = min(deadline, Date(timeIntervalSinceNow: requestTimeout))
+            var retryable = true
+            do {
+                let response = try http.send(request, deadline: attemptDeadline)
+                breaker.recordSuccess()
+                let json = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
+                let reply = VaultReply(status: response.status, json: json)
+                if !Self.isRetryable(status: response.status) {
+                    report(op, response.status < 300 ? nil : Self.code(forStatus: response.status), started)
+                    return reply
+                }
+                if attempt >= backoff.maxAttempts || !sleepBeforeRetry(attempt, deadline: deadline) {
+                    report(op, .unavailable, started)
+                    return reply
+                }
+                continue
+            } catch {
+                if case .certificateVerification = error { retryable = false }
+                lastProblem = "Vault \(op): \(error.description)"
+            }
+            if !retryable || attempt >= backoff.maxAttempts || !sleepBeforeRetry(attempt, deadline: deadline) {
+                // Only a call that got no reply at all trips the breaker: the next calls then fail fast instead of
+                // each waiting for its own timeout.
+                breaker.recordFailure()
+                report(op, .unavailable, started)
+                throw VaultError(.unavailable, lastProblem)
+            }
+        }
+    }
+
+    /// Sleeps the jittered backoff; false when that would pass the deadline.
+    private func sleepBeforeRetry(_ attempt: Int, deadline: Date) -> Bool {
+        let delay = backoff.delay(retry: attempt)
+        guard Date(timeIntervalSinceNow: delay + 0.05) < deadline else { return false }
+        if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+        return true
+    }
+
+    private func report(_ op: String, _ code: VaultErrorCode?, _ started: Date) {
+        onCall?(op, code.map(Self.name) ?? "ok", Date().timeIntervalSince(started))
+    }
+
+    static func name(_ code: VaultErrorCode) -> String {
+        switch code {
+        case .invalidArgument: return "INVALID_ARGUMENT"
+        case .permissionDenied: return "PERMISSION_DENIED"
+        case .resourceExhausted: return "RESOURCE_EXHAUSTED"
+        case .failedPrecondition: return "FAILED_PRECONDITION"
+        case .internalError: return "INTERNAL"
+        case .unavailable: return "UNAVAILABLE"
+        case .dataLoss: return "DATA_LOSS"
+        }
+    }
+
+    /// Vault status → error code (prior-art notes 4.5).
+    static func code(forStatus status: Int) -> VaultErrorCode {
+        switch status {
+        case 400: return .invalidArgument
+        case 401, 403: return .permissionDenied
+        case 404: return .failedPrecondition
+        case 412, 429, 500...599: return .unavailable
+        default: return .failedPrecondition
+        }
+    }
+
+    /// Turns a non-2xx reply into an error with Vault's message.
+    static func error(_ op: String, _ reply: VaultReply) -> VaultError {
+        VaultError(code(forStatus: reply.status), "Vault \(op): \(reply.errorText)")
+    }
+}

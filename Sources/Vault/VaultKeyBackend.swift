@@ -1,0 +1,79 @@
+// The KMS-facing adapter: `KeyBackend` over `VaultKeyring`, with Vault errors mapped onto KMS error codes.
+import Foundation
+import KMS
+
+public final class VaultKeyBackend: KeyBackend {
+    public let keyring: VaultKeyring
+
+    /// Builds the backend and starts its background loop (token upkeep, key polling). Network problems do not
+    /// throw: the backend keeps retrying and Status reports them. Throws only for a configuration that cannot work
+    /// (e.g. an unreadable CA file or a client key that does not match its certificate).
+    /// - Parameters:
+    ///   - onBackendCall: one call per Vault request: op (`login`, `lookup_self`, `renew_self`, `read_key`,
+    ///     `encrypt`, `decrypt`), result (`ok` or a gRPC code name), seconds including retries.
+    ///   - onCache: one call per Decrypt: whether the local KEK was cached.
+    ///   - log: JSON log lines (outage begins/ends, new local KEK); default stderr.
+    public init(configuration: VaultConfiguration,
+                onBackendCall: (@Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void)? = nil,
+                onCache: (@Sendable (_ hit: Bool) -> Void)? = nil,
+                log: LogSink? = nil) throws(KMSError) {
+        let sink = log ?? KMSLog.stderr
+        do {
+            keyring = try VaultKeyring(configuration: configuration, onBackendCall: onBackendCall, onCache: onCache,
+                                       log: { message in sink(KMSLog.line(level: "info", msg: message, fields: [("backend", "vault")])) })
+        } catch {
+            throw Self.kmsError(error)
+        }
+    }
+
+    /// Waits (at most `timeout` seconds) until a local KEK is ready; kekd can call this before serving.
+    public func waitUntilReady(timeout: Double) -> Bool { keyring.waitUntilReady(timeout: timeout) }
+
+    public var name: String { "vault" }
+    public var mayBlock: Bool { true }
+
+    public func status() -> BackendStatus {
+        let health = keyring.health()
+        // An empty key_id when we cannot encrypt makes the apiserver's probe fail instead of extending its write DEK.
+        return BackendStatus(healthy: health.canEncrypt, keyID: health.canEncrypt ? health.keyID : "", detail: health.detail)
+    }
+
+    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        do {
+            let envelope = try keyring.encrypt(plaintext)
+            return EncryptResult(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
+        } catch {
+            throw Self.kmsError(error)
+        }
+    }
+
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        do {
+            return try keyring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations)
+        } catch {
+            throw Self.kmsError(error)
+        }
+    }
+
+    /// The local KEK changes with rotation and Vault never hands out stable key material, so there is nothing to
+    /// derive a long-lived audit key from.
+    public func auditHMACKey() -> [UInt8]? { nil }
+
+    public func reload() { keyring.reload() }
+
+    public func close() { keyring.close() }
+
+    static func kmsError(_ error: VaultError) -> KMSError {
+        let code: KMSErrorCode
+        switch error.code {
+        case .invalidArgument: code = .invalidArgument
+        case .permissionDenied: code = .permissionDenied
+        case .resourceExhausted: code = .resourceExhausted
+        case .failedPrecondition: code = .failedPrecondition
+        case .internalError: code = .internalError
+        case .unavailable: code = .unavailable
+        case .dataLoss: code = .dataLoss
+        }
+        return KMSError(code, error.message)
+    }
+}

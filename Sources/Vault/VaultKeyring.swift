@@ -1,0 +1,374 @@
+// The local-KEK hierarchy over Vault Transit. A random 256-bit local KEK is wrapped once by Transit (explicit
+// key_version) and kept in memory; Encrypt seals the apiserver's DEK seed with it locally and ships the wrapped
+// local KEK in an annotation, so Encrypt never calls Vault. Decrypt finds the local KEK in the cache or asks Vault
+// (batched). A background loop renews the token, polls the key's latest version and renews the local KEK.
+import Crypto
+import Foundation
+import Synchronization
+
+/// The local KEK in use for Encrypt, with everything Status and Encrypt must agree on.
+final class ActiveKEK: Sendable {
+    let key: SymmetricKey
+    let wrapped: String
+    let keyID: String
+    let vaultVersion: Int
+    let vaultCreated: Int64
+    let createdAt: Double
+    let encryptions = Atomic<Int>(0)
+
+    init(key: SymmetricKey, wrapped: String, keyID: String, vaultVersion: Int, vaultCreated: Int64, createdAt: Double) {
+        self.key = key; self.wrapped = wrapped; self.keyID = keyID
+        self.vaultVersion = vaultVersion; self.vaultCreated = vaultCreated; self.createdAt = createdAt
+    }
+}
+
+public struct VaultEnvelope: Sendable {
+    public var ciphertext: [UInt8]
+    public var keyID: String
+    public var annotations: [String: [UInt8]]
+}
+
+public final class VaultKeyring: Sendable {
+    /// Annotation carrying the Vault-wrapped local KEK (`vault:vN:...`).
+    public static let localKEKAnnotation = "local-kek.kekd.io"
+    static let formatVersion: UInt8 = 1
+    static let nonceSize = AES256GCM.nonceSize
+    static let maxWrappedSize = 512
+    /// Hard stop for one local KEK: well below the 2^32 random-nonce bound; the background loop renews far earlier.
+    static let hardEncryptionLimit = 1 << 31
+
+    struct State {
+        var active: ActiveKEK?
+        var keyInfo: TransitKeyInfo?
+        /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
+        var blocked: String?
+        /// Last Vault problem seen by the background loop (outage), nil when healthy.
+        var outage: String?
+        var nextPoll: Double = 0
+    }
+
+    public let configuration: VaultConfiguration
+    let client: VaultClient
+    let tokens: TokenManager
+    let transit: TransitAPI
+    let cache: LocalKEKCache
+    let batcher: UnwrapBatcher
+    private let state = Mutex(State())
+    private let onCache: (@Sendable (Bool) -> Void)?
+    private let log: @Sendable (String) -> Void
+    private let now: @Sendable () -> Double
+    private let stopped = Atomic<Bool>(false)
+    private let wake = NSCondition()
+    private let loopDone = DispatchSemaphore(value: 0)
+    private let tick: Double
+
+    public init(configuration: VaultConfiguration,
+                onBackendCall: BackendCallHook? = nil,
+                onCache: (@Sendable (Bool) -> Void)? = nil,
+                log: (@Sendable (String) -> Void)? = nil,
+                maintenanceTick: Double = 1.0,
+                startBackground: Bool = true) throws(VaultError) {
+        self.configuration = configuration
+        self.onCache = onCache
+        self.log = log ?? { message in FileHandle.standardError.write(Data("kekd vault: \(message)\n".utf8)) }
+        self.now = { Date().timeIntervalSince1970 }
+        self.tick = maintenanceTick
+        var tls = configuration.tls
+        tls.insecureSkipVerify = false
+        let http: HTTPSClient
+        do { http = try HTTPSClient(endpoint: configuration.endpoint, tls: tls, connectTimeout: configuration.connectTimeout) }
+        catch { throw VaultError(.invalidArgument, "Vault TLS setup: \(error.description)") }
+        client = VaultClient(http: http, breaker: CircuitBreaker(), backoff: Backoff(), requestTimeout: configuration.requestTimeout,
+                             namespace: configuration.namespace, onCall: onBackendCall)
+        tokens = TokenManager(method: configuration.auth, client: client)
+        transit = TransitAPI(client: client, tokens: tokens, mount: configuration.transitMount, keyName: configuration.keyName,
+                             requestTimeout: configuration.requestTimeout)
+        let cache = LocalKEKCache(capacity: configuration.cacheSize)
+        self.cache = cache
+        let transit = self.transit
+        let timeout = configuration.requestTimeout
+        batcher = UnwrapBatcher(cache: cache) { wrapped in
+            Self.unwrapBatch(wrapped, transit: transit, deadline: Date(timeIntervalSinceNow: timeout))
+        }
+        if startBackground {
+            Thread.detachNewThread { [self] in self.maintenanceLoop() }
+        } else {
+            loopDone.signal()
+        }
+    }
+
+    // MARK: key_id
+
+    /// Opaque, non-secret, and never reused: a recreated key has a different creation time for its versions.
+    static func keyID(config: VaultConfiguration, version: Int, created: Int64) -> String {
+        let endpoint = config.endpoint
+        let fields = ["kekd-vault-key-id-v1", endpoint.secure ? "https" : "http", endpoint.host.lowercased(), String(endpoint.port),
+                      config.namespace ?? "", config.transitMount, config.keyName, String(created), String(version)]
+        var input: [UInt8] = []
+        for field in fields { input += Array(field.utf8) + [0] }
+        return "kekd-vault-" + hexString(SHA256.hash(input).prefix(16)) + "-v\(version)"
+    }
+
+    // MARK: Status / Encrypt / Decrypt
+
+    public struct Health: Sendable, Equatable {
+        public var canEncrypt: Bool
+        public var keyID: String
+        public var detail: String
+    }
+
+    /// Cached state only; never I/O.
+    public func health() -> Health {
+        state.withLock { s in
+            if let blocked = s.blocked { return Health(canEncrypt: false, keyID: s.active?.keyID ?? "", detail: blocked) }
+            guard let active = s.active else {
+                return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (s.outage.map { ": \($0)" } ?? ""))
+            }
+            let detail = s.outage.map { "ok; Vault unreachable, encrypting with the cached local KEK: \($0)" } ?? "ok"
+            return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
+        }
+    }
+
+    /// Seals the DEK (seed) under the active local KEK. Never calls Vault.
+    public func encrypt(_ plaintext: [UInt8]) throws(VaultError) -> VaultEnvelope {
+        let (activeOrNil, blocked) = state.withLock { ($0.active, $0.blocked) }
+        if let blocked { throw VaultError(.failedPrecondition, blocked) }
+        guard let active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
+        let used = active.encryptions.add(1, ordering: .relaxed).newValue
+        guard used <= Self.hardEncryptionLimit else { throw VaultError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
+        if used >= configuration.localKEKMaxEncryptions { wakeMaintenance() }
+        let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
+        do {
+            let nonce = try SecureRandom.bytes(Self.nonceSize)
+            let sealed = try AES256GCM.seal(key: active.key.bytes, nonce: nonce, plaintext: plaintext,
+                                            aad: Self.aad(keyID: active.keyID, annotations: annotations))
+            return VaultEnvelope(ciphertext: [Self.formatVersion] + nonce + sealed, keyID: active.keyID, annotations: annotations)
+        } catch {
+            throw VaultError(.internalError, "local encryption failed: \(error.description)")
+        }
+    }
+
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]]) throws(VaultError) -> [UInt8] {
+        let minimum = 1 + Self.nonceSize + AES256GCM.tagSize
+        guard ciphertext.count >= minimum, ciphertext[0] == Self.formatVersion else {
+            throw VaultError(.invalidArgument, "ciphertext is not a kekd Vault envelope")
+        }
+        guard let wrappedBytes = annotations[Self.localKEKAnnotation] else {
+            throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) missing")
+        }
+        guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
+            throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
+        }
+        guard keyID == (try expectedKeyID(version: version)) else {
+            throw VaultError(.invalidArgument, "unknown key_id (not made by this Vault key)")
+        }
+        let key: SymmetricKey
+        if let cached = cache.get(wrapped) {
+            onCache?(true)
+            key = cached
+        } else {
+            onCache?(false)
+            key = try batcher.unwrap(wrapped, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+        }
+        let nonce = Array(ciphertext[1...Self.nonceSize])
+        let sealed = Array(ciphertext[(1 + Self.nonceSize)...])
+        do {
+            return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: Self.aad(keyID: keyID, annotations: annotations))
+        } catch {
+            throw VaultError(.dataLoss, "ciphertext or annotations failed authentication")
+        }
+    }
+
+    /// The key_id for a Vault key version, from cached key metadata; refreshes it once if the version is new to us
+    /// (another node may have seen a rotation first).
+    private func expectedKeyID(version: Int) throws(VaultError) -> String {
+        for attempt in 0..<2 {
+            if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
+                return Self.keyID(config: configuration, version: version, created: created)
+            }
+            if attempt == 0 { try refreshKeyInfo() }
+        }
+        throw VaultError(.invalidArgument, "Vault key \(configuration.keyName) has no version \(version)")
+    }
+
+    private func refreshKeyInfo() throws(VaultError) {
+        let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+        state.withLock { $0.keyInfo = info }
+    }
+
+    /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).
+    static func aad(keyID: String, annotations: [String: [UInt8]]) -> [UInt8] {
+        var out = Array("kekd-vault-envelope-v1".utf8)
+        func put(_ bytes: [UInt8]) {
+            let n = UInt32(truncatingIfNeeded: bytes.count)
+            out += [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + bytes
+        }
+        put(Array(keyID.utf8))
+        for name in annotations.keys.sorted() {
+            put(Array(name.utf8))
+            put(annotations[name] ?? [])
+        }
+        return out
+    }
+
+    /// `vault:v<N>:<base64>` with sane bounds, or nil.
+    static func parseWrapped(_ bytes: [UInt8]) -> (String, Int)? {
+        guard bytes.count <= maxWrappedSize, bytes.count > 9, bytes.starts(with: Array("vault:v".utf8)) else { return nil }
+        let rest = bytes.dropFirst(7)
+        guard let colon = rest.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let digits = rest[rest.startIndex..<colon]
+        guard (1...9).contains(digits.count), digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        let version = digits.reduce(0) { $0 * 10 + Int($1 - 48) }
+        let body = rest[(colon + 1)...]
+        let base64: (UInt8) -> Bool = { ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || ($0 >= 48 && $0 <= 57) || $0 == 43 || $0 == 47 || $0 == 61 }
+        guard version > 0, !body.isEmpty, body.allSatisfy(base64) else { return nil }
+        return (String(decoding: bytes, as: UTF8.self), version)
+    }
+
+    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+        do {
+            return try transit.decryptBatch(wrapped, deadline: deadline).map { result in
+                result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
+                    var bytes = plain
+                    defer { wipe(&bytes) }
+                    guard let key = try? SymmetricKey(bytes: bytes) else {
+                        return .failure(VaultError(.invalidArgument, "Vault-wrapped local KEK has the wrong size"))
+                    }
+                    return .success(key)
+                }
+            }
+        } catch {
+            return Array(repeating: .failure(error), count: wrapped.count)
+        }
+    }
+
+    // MARK: Background maintenance
+
+    /// Waits until a local KEK exists (or Vault says it cannot), at most `timeout` seconds.
+    public func waitUntilReady(timeout: Double) -> Bool {
+        let end = Date(timeIntervalSinceNow: timeout)
+        while Date() < end {
+            if state.withLock({ $0.active != nil && $0.blocked == nil }) { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return state.withLock { $0.active != nil && $0.blocked == nil }
+    }
+
+    func wakeMaintenance() {
+        wake.lock(); wake.signal(); wake.unlock()
+    }
+
+    /// SIGHUP: re-read credential and TLS files now.
+    public func reload() {
+        client.http.reset()
+        tokens.invalidate()
+        wakeMaintenance()
+    }
+
+    public func close() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        wakeMaintenance()
+        _ = loopDone.wait(timeout: .now() + 5)
+        client.http.reset()
+    }
+
+    private func maintenanceLoop() {
+        while !stopped.load(ordering: .relaxed) {
+            maintain()
+            wake.lock()
+            if !stopped.load(ordering: .relaxed) { _ = wake.wait(until: Date(timeIntervalSinceNow: tick)) }
+            wake.unlock()
+        }
+        loopDone.signal()
+    }
+
+    /// One maintenance step (also callable from tests): token upkeep, key poll, local KEK renewal.
+    func maintain() {
+        let deadline = Date(timeIntervalSinceNow: configuration.requestTimeout)
+        if tokens.currentState != nil, let error = tokens.maintain(deadline: deadline) {
+            noteProblem("token upkeep: \(error.message)")
+        }
+        let t = now()
+        let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
+        let overused = active.map { $0.encryptions.load(ordering: .relaxed) >= configuration.localKEKMaxEncryptions
+            || t - $0.createdAt >= configuration.localKEKMaxAge } ?? false
+        guard due || overused else { return }
+        do {
+            let info = try transit.readKey(deadline: deadline)
+            let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
+            state.withLock { s in
+                s.keyInfo = info
+                s.nextPoll = t + configuration.keyPollInterval
+                // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
+                // never shows the key_id of a deleted key again.
+                if !info.supportsEncryption { s.blocked = "Vault key \(configuration.keyName) does not support encryption" }
+                else if reason == nil { s.blocked = nil }
+            }
+            if let reason { try installNewKEK(info: info, reason: reason) }
+            clearProblem()
+        } catch {
+            if error.code == .failedPrecondition {
+                // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
+                state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
+            }
+            noteProblem(error.message)
+        }
+    }
+
+    /// Why a new local KEK is needed, or nil. Moves only forward: a lower version of the same key (a stale read)
+    /// is ignored, while a recreated key (different creation time) or a higher version is followed.
+    static func needsNewKEK(active: ActiveKEK?, info: TransitKeyInfo, config: VaultConfiguration, now: Double) -> String? {
+        guard let active else { return "first local KEK" }
+        if info.latestVersion > active.vaultVersion { return "Vault key rotated to version \(info.latestVersion)" }
+        if let created = info.versionCreated[active.vaultVersion], created != active.vaultCreated { return "Vault key was recreated" }
+        if info.versionCreated[active.vaultVersion] == nil && !info.versionCreated.isEmpty { return "Vault key version \(active.vaultVersion) disappeared" }
+        if active.encryptions.load(ordering: .relaxed) >= config.localKEKMaxEncryptions { return "local KEK reached its encryption limit" }
+        if now - active.createdAt >= config.localKEKMaxAge { return "local KEK reached its maximum age" }
+        return nil
+    }
+
+    /// Makes a new local KEK under the latest known Vault version now (tests; operators get it via the limits).
+    func renewLocalKEK() throws(VaultError) {
+        guard let info = state.withLock({ $0.keyInfo }) else { throw VaultError(.unavailable, "Vault key not read yet") }
+        try installNewKEK(info: info, reason: "requested")
+    }
+
+    private func installNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
+        let version = info.latestVersion
+        let key: SymmetricKey
+        do { key = try SymmetricKey.random() } catch { throw VaultError(.internalError, "cannot generate local KEK: \(error.description)") }
+        let wrapped = try transit.encrypt(key.bytes, keyVersion: version, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+        let created = info.versionCreated[version] ?? 0
+        let fresh = ActiveKEK(key: key, wrapped: wrapped, keyID: Self.keyID(config: configuration, version: version, created: created),
+                              vaultVersion: version, vaultCreated: created, createdAt: now())
+        cache.put(wrapped, key)
+        let previous = state.withLock { s -> String? in
+            let old = s.active?.keyID
+            s.active = fresh
+            s.blocked = nil
+            return old
+        }
+        if previous != fresh.keyID { log("new local KEK (\(reason)); key_id \(fresh.keyID)") }
+    }
+
+    private func noteProblem(_ message: String) {
+        let first = state.withLock { s -> Bool in
+            let was = s.outage
+            s.outage = message
+            return was == nil
+        }
+        if first { log("Vault problem: \(message)") }
+    }
+
+    private func clearProblem() {
+        let had = state.withLock { s -> Bool in
+            let was = s.outage != nil
+            s.outage = nil
+            return was
+        }
+        if had { log("Vault reachable again") }
+    }
+
+    /// Counts for tests: Vault decrypt batches, logins, renewals, TLS connections.
+    var decryptBatches: Int { batcher.batches.load(ordering: .relaxed) }
+}

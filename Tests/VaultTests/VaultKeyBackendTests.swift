@@ -1,0 +1,67 @@
+import Foundation
+import KMS
+import Synchronization
+import Testing
+@testable import Vault
+
+@Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py"))
+struct VaultKeyBackendTests {
+    private func backend(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token",
+                         calls: Counter? = nil) throws -> VaultKeyBackend {
+        let config = try VaultConfiguration.parse(vault.flags(extra, auth: auth))
+        let b = try VaultKeyBackend(configuration: config, onBackendCall: { _, _, _ in calls?.add() }, log: { _ in })
+        #expect(b.waitUntilReady(timeout: 10), "\(b.status().detail)")
+        return b
+    }
+
+    @Test func statusEncryptDecryptThroughTheKeyBackendProtocol() throws {
+        let vault = try FakeVault()
+        let calls = Counter()
+        let b: any KeyBackend = try backend(vault, calls: calls)
+        defer { b.close() }
+        #expect(b.name == "vault" && b.mayBlock && b.auditHMACKey() == nil)
+        let status = b.status()
+        #expect(status.healthy && status.detail == "ok" && !status.keyID.isEmpty)
+        let seed = (0..<32).map { UInt8($0) }
+        let before = calls.value
+        let result = try b.encrypt(plaintext: seed, uid: "u1")
+        #expect(calls.value == before, "Encrypt never calls Vault")
+        #expect(result.keyID == status.keyID)
+        #expect(try b.decrypt(ciphertext: result.ciphertext, keyID: result.keyID, annotations: result.annotations, uid: "u2") == seed)
+        #expect(throws: KMSError(.invalidArgument, "unknown key_id (not made by this Vault key)")) {
+            try b.decrypt(ciphertext: result.ciphertext, keyID: "other", annotations: result.annotations, uid: "u3")
+        }
+    }
+
+    @Test func vaultDenialAfterReloginIsPermissionDenied() throws {
+        let vault = try FakeVault()
+        let writer = try backend(vault)
+        defer { writer.close() }
+        let e = try writer.encrypt(plaintext: [1, 2, 3], uid: "u")
+        let reader = try backend(vault, auth: "approle")
+        defer { reader.close() }
+        try vault.call("config", ["rules": [["path": "transit/decrypt", "status": 403, "count": 2]]])
+        do {
+            _ = try reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations, uid: "u")
+            Issue.record("decrypt succeeded")
+        } catch {
+            #expect(error.code == .permissionDenied)
+        }
+        #expect(try vault.stats().byOp["login"] == 2, "exactly one re-login before giving up")
+        // The next attempt works again.
+        #expect(try reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations, uid: "u") == [1, 2, 3])
+    }
+}
+
+@Suite struct VaultKeyBackendOfflineTests {
+    @Test func unreachableVaultAtStartReportsUnhealthyWithoutKeyID() throws {
+        let files = TempFiles()
+        let config = try VaultConfiguration.parse(["vault-addr": "https://127.0.0.1:1", "vault-key": "k",
+                                                   "vault-token-file": files.write("t", "x")])
+        let b = try VaultKeyBackend(configuration: config, log: { _ in })
+        defer { b.close() }
+        #expect(!b.waitUntilReady(timeout: 0.5))
+        #expect(!b.status().healthy && b.status().keyID.isEmpty)
+        #expect(throws: KMSError.self) { try b.encrypt(plaintext: [1], uid: "u") }
+    }
+}

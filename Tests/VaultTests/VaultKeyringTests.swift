@@ -1,0 +1,151 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import Vault
+
+@Suite struct VaultEnvelopeTests {
+    @Test func wrappedKEKAnnotationIsParsedStrictly() {
+        #expect(VaultKeyring.parseWrapped(Array("vault:v12:QUJD".utf8))?.1 == 12)
+        for bad in ["vault:v0:QUJD", "vault:v:QUJD", "vault:v1:", "vault:v1:QU JD", "vault:vx:QUJD", "vaulT:v1:QUJD",
+                    "vault:v1234567890:QUJD", "vault:v1:" + String(repeating: "A", count: 600)] {
+            #expect(VaultKeyring.parseWrapped(Array(bad.utf8)) == nil, "\(bad.prefix(30))")
+        }
+    }
+
+    @Test func aadIsUnambiguous() {
+        let a = VaultKeyring.aad(keyID: "k", annotations: ["a.io": [1, 2], "b.io": [3]])
+        #expect(a == VaultKeyring.aad(keyID: "k", annotations: ["b.io": [3], "a.io": [1, 2]]))
+        #expect(a != VaultKeyring.aad(keyID: "k", annotations: ["a.io": [1], "b.io": [2, 3]]))
+        #expect(a != VaultKeyring.aad(keyID: "k2", annotations: ["a.io": [1, 2], "b.io": [3]]))
+    }
+
+    @Test func keyIDDependsOnEveryIdentityField() throws {
+        let base = try VaultConfiguration(address: "https://vault:8200", keyName: "k", auth: .tokenFile(path: "/t"))
+        var ns = base; ns.namespace = "team/"
+        var mount = base; mount.transitMount = "transit2"
+        var addr = base; addr.endpoint = try Endpoint(url: "https://vault2:8200")
+        let ids = [VaultKeyring.keyID(config: base, version: 1, created: 100), VaultKeyring.keyID(config: base, version: 2, created: 100),
+                   VaultKeyring.keyID(config: base, version: 1, created: 101), VaultKeyring.keyID(config: ns, version: 1, created: 100),
+                   VaultKeyring.keyID(config: mount, version: 1, created: 100), VaultKeyring.keyID(config: addr, version: 1, created: 100)]
+        #expect(Set(ids).count == ids.count)
+        #expect(ids.allSatisfy { $0.utf8.count <= 64 && $0.hasPrefix("kekd-vault-") })
+        #expect(ids[0] == VaultKeyring.keyID(config: base, version: 1, created: 100))
+    }
+}
+
+/// The hierarchy against fake_vault.py: call counts, storms, rotation, recreation, tampering.
+@Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct VaultKeyringTests {
+    @Test func encryptAndStatusMakeZeroVaultCalls() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring()
+        defer { ring.close() }
+        try vault.resetStats()
+        var envelopes: [VaultEnvelope] = []
+        for i in 0..<1000 { envelopes.append(try ring.encrypt(Array(repeating: UInt8(i & 0xff), count: 32))) }
+        for _ in 0..<1000 { #expect(ring.health().canEncrypt) }
+        for e in envelopes.prefix(100) { _ = try ring.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) }
+        #expect(try vault.stats().requests == 0)
+        #expect(envelopes[0].ciphertext.count <= 1024 && envelopes[0].keyID.utf8.count <= 1024)
+        #expect(envelopes[0].annotations.keys.sorted() == [VaultKeyring.localKEKAnnotation])
+    }
+
+    @Test func coldDecryptStormIsBatchedAndSingleFlighted() throws {
+        let vault = try FakeVault()
+        let writer = try vault.keyring()
+        defer { writer.close() }
+        var envelopes: [(VaultEnvelope, [UInt8])] = []
+        for i in 0..<50 {
+            try writer.renewLocalKEK()
+            let seed = (0..<32).map { UInt8(truncatingIfNeeded: $0 * 7 + i) }
+            envelopes.append((try writer.encrypt(seed), seed))
+        }
+        let inputs = envelopes
+        let hits = Counter(), misses = Counter()
+        let reader = try vault.keyring(onCache: { hit in (hit ? hits : misses).add() })
+        defer { reader.close() }
+        try vault.resetStats()
+        let threads = 200, perThread = 10
+        let failures = Counter()
+        let start = DispatchSemaphore(value: 0), done = DispatchGroup()
+        for t in 0..<threads {
+            done.enter()
+            Thread.detachNewThread {
+                start.wait()
+                for k in 0..<perThread {
+                    let (e, seed) = inputs[(t * perThread + k) % inputs.count]
+                    let plain = try? reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations)
+                    if plain != seed { failures.add() }
+                }
+                done.leave()
+            }
+        }
+        for _ in 0..<threads { start.signal() }
+        #expect(done.wait(timeout: .now() + 30) == .success)
+        let stats = try vault.stats()
+        let decryptCalls = stats.byOp["decrypt"] ?? 0
+        print("decrypt storm: \(threads * perThread) Decrypts of 50 cold local KEKs -> \(stats.requests) Vault requests (\(decryptCalls) decrypt)")
+        #expect(failures.value == 0)
+        #expect(decryptCalls >= 1 && decryptCalls <= 10)
+        #expect(stats.requests <= 12)
+        #expect(hits.value + misses.value == threads * perThread)
+    }
+
+    @Test func vaultRotationChangesKeyIDAndOldCiphertextsStillDecrypt() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring(["vault-key-poll-interval": "100ms"])
+        defer { ring.close() }
+        let before = ring.health().keyID
+        let old = try ring.encrypt(Array(repeating: 9, count: 32))
+        #expect(try vault.vault("POST", "transit/keys/kekd/rotate") == 204)
+        let deadline = Date(timeIntervalSinceNow: 5)
+        while ring.health().keyID == before && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        let after = ring.health().keyID
+        #expect(after != before && after.hasSuffix("-v2") && before.hasSuffix("-v1"))
+        let new = try ring.encrypt(Array(repeating: 8, count: 32))
+        #expect(new.keyID == after)
+        let cold = try vault.keyring()
+        defer { cold.close() }
+        #expect(try cold.decrypt(ciphertext: old.ciphertext, keyID: old.keyID, annotations: old.annotations) == Array(repeating: 9, count: 32))
+        #expect(try cold.decrypt(ciphertext: new.ciphertext, keyID: new.keyID, annotations: new.annotations) == Array(repeating: 8, count: 32))
+        #expect(try ring.decrypt(ciphertext: old.ciphertext, keyID: old.keyID, annotations: old.annotations) == Array(repeating: 9, count: 32))
+    }
+
+    @Test func deletedKeyStopsEncryptionAndARecreatedKeyGetsANewKeyID() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring(["vault-key-poll-interval": "100ms"])
+        defer { ring.close() }
+        let first = ring.health().keyID
+        let old = try ring.encrypt(Array(repeating: 5, count: 32))
+        #expect(try vault.vault("DELETE", "transit/keys/kekd") == 204)
+        var deadline = Date(timeIntervalSinceNow: 5)
+        while ring.health().canEncrypt && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(!ring.health().canEncrypt && ring.health().detail.contains("does not exist"))
+        #expect(throws: VaultError.self) { try ring.encrypt([1]) }
+        // Cached local KEKs still decrypt what was written before.
+        #expect(try ring.decrypt(ciphertext: old.ciphertext, keyID: old.keyID, annotations: old.annotations) == Array(repeating: 5, count: 32))
+        #expect(try vault.vault("POST", "transit/keys/kekd") == 204)
+        deadline = Date(timeIntervalSinceNow: 5)
+        while !ring.health().canEncrypt && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        let second = ring.health().keyID
+        #expect(ring.health().canEncrypt && second != first && second.hasSuffix("-v1") && first.hasSuffix("-v1"))
+    }
+
+    @Test func tamperedOrForeignInputIsRejectedBeforeVault() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring()
+        defer { ring.close() }
+        let e = try ring.encrypt(Array(repeating: 4, count: 32))
+        try vault.resetStats()
+        func code(_ ciphertext: [UInt8], _ keyID: String, _ annotations: [String: [UInt8]]) -> VaultErrorCode? {
+            do { _ = try ring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations); return nil } catch { return error.code }
+        }
+        var flipped = e.ciphertext; flipped[flipped.count - 1] ^= 1
+        #expect(code(flipped, e.keyID, e.annotations) == .dataLoss)
+        #expect(code(Array(e.ciphertext.prefix(10)), e.keyID, e.annotations) == .invalidArgument)
+        #expect(code(e.ciphertext, e.keyID + "x", e.annotations) == .invalidArgument)
+        #expect(code(e.ciphertext, e.keyID, [:]) == .invalidArgument)
+        #expect(code(e.ciphertext, e.keyID, e.annotations.merging(["extra.kekd.io": [1]]) { $1 }) == .dataLoss)
+        #expect(code(e.ciphertext, e.keyID, [VaultKeyring.localKEKAnnotation: Array("not-vault".utf8)]) == .invalidArgument)
+        #expect(try vault.stats().requests == 0)
+    }
+}

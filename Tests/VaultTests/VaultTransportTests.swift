@@ -1,0 +1,175 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import Vault
+
+/// TLS, auth, retries and the breaker against fake_vault.py over real TLS.
+@Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct VaultTransportTests {
+    /// A keyring whose background loop is off, so a test drives `maintain()` itself.
+    private func manualKeyring(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token") throws -> VaultKeyring {
+        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _ in }, startBackground: false)
+    }
+
+    @Test func eachAuthMethodRoundTrips() throws {
+        let vault = try FakeVault()
+        for auth in ["token", "approle", "cert"] {
+            let ring = try vault.keyring(auth: auth)
+            defer { ring.close() }
+            let seed = Array(0..<32).map { UInt8($0) }
+            let envelope = try ring.encrypt(seed)
+            // A second, cold keyring must ask Vault to unwrap.
+            let cold = try vault.keyring(auth: auth)
+            defer { cold.close() }
+            #expect(try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations) == seed, "\(auth)")
+        }
+        let stats = try vault.stats()
+        #expect(stats.byOp["login"] == 4, "two AppRole and two cert logins")
+    }
+
+    @Test func certLoginWithoutAClientCertificateIsRefused() throws {
+        let vault = try FakeVault()
+        var config = try VaultConfiguration.parse(vault.flags(auth: "cert"))
+        config.tls.clientCertFile = nil
+        config.tls.clientKeyFile = nil
+        let ring = try VaultKeyring(configuration: config, log: { _ in }, startBackground: false)
+        ring.maintain()
+        #expect(!ring.health().canEncrypt)
+        #expect(ring.health().detail.contains("client certificate must be supplied"))
+    }
+
+    @Test func wrongCAAndWrongHostNameAreRefused() throws {
+        let vault = try FakeVault()
+        let wrongCA = try manualKeyring(vault, ["vault-ca-file": vault.string("other_ca_pem")])
+        wrongCA.maintain()
+        #expect(!wrongCA.health().canEncrypt)
+        #expect(wrongCA.health().detail.contains("certificate verification failed"), "\(wrongCA.health().detail)")
+        let wrongName = try manualKeyring(vault, ["vault-tls-server-name": "vault.other.example"])
+        wrongName.maintain()
+        #expect(wrongName.health().detail.contains("certificate verification failed"), "\(wrongName.health().detail)")
+        #expect(try vault.stats().requests == 0, "no request may reach an unverified server")
+        // The same server by a name its certificate carries is fine.
+        let byName = try manualKeyring(vault, ["vault-addr": vault.string("localhost_addr")])
+        byName.maintain()
+        #expect(byName.health().canEncrypt, "\(byName.health().detail)")
+    }
+
+    @Test func retriesTransientErrorsThenSucceeds() throws {
+        let vault = try FakeVault()
+        try vault.call("config", ["rules": [["path": "transit/keys", "status": 503, "count": 2],
+                                            ["path": "auth/token/lookup-self", "drop": true, "count": 1]]])
+        let ring = try manualKeyring(vault)
+        ring.maintain()
+        #expect(ring.health().canEncrypt, "\(ring.health().detail)")
+        let stats = try vault.stats()
+        #expect(stats.byOp["read_key"] == 3 && stats.byOp["lookup_self"] == 2)
+    }
+
+    @Test func doesNotRetryOtherClientErrors() throws {
+        let vault = try FakeVault()
+        let warm = try vault.keyring()
+        defer { warm.close() }
+        let envelope = try warm.encrypt(Array(repeating: 7, count: 32))
+        let cold = try vault.keyring()
+        defer { cold.close() }
+        try vault.call("config", ["rules": [["path": "transit/decrypt", "status": 400, "count": 5]]])
+        try vault.resetStats()
+        #expect(throws: VaultError.self) {
+            try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
+        }
+        do {
+            _ = try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
+        } catch {
+            #expect(error.code == .invalidArgument)
+        }
+        #expect(try vault.stats().byOp["decrypt"] == 2, "one request per Decrypt, no retries")
+    }
+
+    @Test func outageCostsOneTimeoutThenFailsFastAndRecovers() throws {
+        let vault = try FakeVault()
+        let warm = try vault.keyring()
+        defer { warm.close() }
+        let foreign = try (0..<2).map { _ in
+            try warm.renewLocalKEK()
+            return try warm.encrypt(Array(repeating: 1, count: 32))
+        }
+        let ring = try vault.keyring(["vault-request-timeout": "1s"])
+        defer { ring.close() }
+        let own = try ring.encrypt(Array(repeating: 2, count: 32))
+        let keyID = ring.health().keyID
+        try vault.call("config", ["delay_ms": 4000])  // Vault hangs
+
+        var started = Date()
+        #expect(throws: VaultError.self) { try ring.decrypt(ciphertext: foreign[0].ciphertext, keyID: foreign[0].keyID, annotations: foreign[0].annotations) }
+        let first = Date().timeIntervalSince(started)
+        #expect(first >= 0.9 && first < 2.0, "first miss waits one request timeout (\(first)s)")
+        started = Date()
+        do {
+            _ = try ring.decrypt(ciphertext: foreign[1].ciphertext, keyID: foreign[1].keyID, annotations: foreign[1].annotations)
+            Issue.record("decrypt during outage succeeded")
+        } catch {
+            #expect(error.code == .unavailable)
+        }
+        #expect(Date().timeIntervalSince(started) < 0.3, "second miss fails fast")
+        // Encrypt, cached Decrypt and Status keep working.
+        let during = try ring.encrypt(Array(repeating: 3, count: 32))
+        #expect(during.keyID == keyID && ring.health().canEncrypt && ring.health().keyID == keyID)
+        #expect(try ring.decrypt(ciphertext: own.ciphertext, keyID: own.keyID, annotations: own.annotations) == Array(repeating: 2, count: 32))
+
+        try vault.call("config", ["delay_ms": 0])
+        let deadline = Date(timeIntervalSinceNow: 10)
+        var recovered: [UInt8]? = nil
+        while recovered == nil && Date() < deadline {
+            recovered = try? ring.decrypt(ciphertext: foreign[1].ciphertext, keyID: foreign[1].keyID, annotations: foreign[1].annotations)
+            if recovered == nil { Thread.sleep(forTimeInterval: 0.2) }
+        }
+        #expect(recovered == Array(repeating: 1, count: 32), "no restart needed after Vault returns")
+    }
+
+    @Test func renewsAtTwoThirdsTTLAndLogsInAgainAtMaxTTL() throws {
+        let vault = try FakeVault()
+        try vault.call("config", ["approle_token_ttl": 3, "approle_token_max_ttl": 4])
+        let ring = try vault.keyring(auth: "approle")
+        defer { ring.close() }
+        let t0 = Date()
+        while ring.tokens.renewals.load(ordering: .relaxed) == 0 && Date().timeIntervalSince(t0) < 5 { Thread.sleep(forTimeInterval: 0.05) }
+        let renewedAfter = Date().timeIntervalSince(t0)
+        #expect(renewedAfter > 1.5 && renewedAfter < 2.8, "renewal near 2/3 of a 3 s TTL, was \(renewedAfter)s")
+        // Renewal is capped at the max TTL (4 s), so the keyring logs in again before the token dies.
+        while ring.tokens.logins.load(ordering: .relaxed) < 2 && Date().timeIntervalSince(t0) < 3.5 { Thread.sleep(forTimeInterval: 0.02) }
+        #expect(ring.tokens.logins.load(ordering: .relaxed) == 2)
+        Thread.sleep(forTimeInterval: 2.5)  // past the first token's max TTL
+        try ring.renewLocalKEK()  // a Vault call with whatever token is current
+        #expect(ring.health().canEncrypt)
+    }
+
+    @Test func logsInAgainAfterRevocationButTokenFileGivesPermissionDenied() throws {
+        let vault = try FakeVault()
+        let approle = try vault.keyring(auth: "approle")
+        defer { approle.close() }
+        let tokenRing = try vault.keyring(auth: "token")
+        defer { tokenRing.close() }
+        try vault.call("revoke_all")
+        try approle.renewLocalKEK()
+        #expect(approle.tokens.logins.load(ordering: .relaxed) == 2)
+        do {
+            try tokenRing.renewLocalKEK()
+            Issue.record("revoked file token still worked")
+        } catch {
+            #expect(error.code == .permissionDenied)
+        }
+        // The operator writes a new token into the file: picked up without a restart.
+        let fresh = try vault.call("token", ["ttl": 0])["token"] as? String ?? ""
+        Thread.sleep(forTimeInterval: 0.02)
+        _ = FileManager.default.createFile(atPath: vault.string("token_file"), contents: Data((fresh + "\n").utf8))
+        try tokenRing.renewLocalKEK()
+    }
+
+    @Test func keepAliveReusesConnectionsAndChunkedBodiesWork() throws {
+        let vault = try FakeVault()
+        try vault.call("config", ["chunked": true])
+        let ring = try vault.keyring()
+        defer { ring.close() }
+        for _ in 0..<20 { try ring.renewLocalKEK() }
+        #expect(ring.client.http.connectionsOpened == 1)
+    }
+}
