@@ -99,12 +99,14 @@ class Kekd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.stdout.close()
-        self.stderr.close()
+        if not self.stdout.closed:
+            self.stdout.close()
+            self.stderr.close()
         return self.proc.returncode
 
     def stderr_text(self) -> str:
-        self.stderr.flush()
+        if not self.stderr.closed:
+            self.stderr.flush()
         return (self.dir / "kekd.stderr").read_text(errors="replace")
 
 
