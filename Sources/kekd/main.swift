@@ -141,7 +141,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         let usagePath = path == "-" ? "\(stateDir)/usage.json" : ((path as NSString).deletingLastPathComponent.isEmpty ? "usage.json" : (path as NSString).deletingLastPathComponent + "/usage.json")
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
-                                               hmacKey: hmacKey, queueCapacity: 65_536, usageFilePath: usagePath)
+                                               hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath)
         wipe(&hmacKey)
         audit = try AuditLog(configuration: configuration)
         server.auditBlocksCalls = auditMode == .failClosed
