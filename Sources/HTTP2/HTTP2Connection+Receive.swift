@@ -20,6 +20,10 @@ extension HTTP2Connection {
             handleData(frame.streamID, bytes, endStream: endStream,
                        flowControlled: bytes.count + (padding.map { $0 + 1 } ?? 0), &events)
         case let .headers(block, endStream, endHeaders, priority, _):
+            guard block.count <= limits.maxHeaderBlockBytes else {
+                fail(.enhanceYourCalm, "header block too large", &events)
+                return
+            }
             if endHeaders {
                 handleHeaderBlock(frame.streamID, block, endStream: endStream, priority: priority, &events)
             } else {
@@ -127,7 +131,11 @@ extension HTTP2Connection {
             return
         }
         if id <= highestPeerStreamID {
-            if !closedQuietly.contains(id) { fail(.streamClosed, "HEADERS on closed stream \(id)", &events) }
+            if recentlyClosed.contains(id) && !closedQuietly.contains(id) {
+                fail(.streamClosed, "HEADERS on closed stream \(id)", &events)
+            } else if !closedQuietly.contains(id) {
+                fail(.protocolError, "stream id \(id) is not above the last one (\(highestPeerStreamID))", &events)
+            }
             return
         }
         highestPeerStreamID = id
@@ -159,6 +167,7 @@ extension HTTP2Connection {
         stream.headersReceived = true
         stream.expectedContentLength = contentLength
         stream.openSequence = rapidResets.streamOpened()
+        stream.openedAt = clock
         streams[id] = stream
         lastProcessedPeerStreamID = id
         consecutiveEmptyFrames = 0
@@ -348,12 +357,13 @@ extension HTTP2Connection {
 
     private func handleRstStream(_ id: UInt32, _ code: HTTP2ErrorCode, _ events: inout [HTTP2Event]) {
         guard let stream = streams[id], stream.state != .idle else {
-            if isIdle(id) { fail(.protocolError, "RST_STREAM on idle stream \(id)", &events) }
+            if isIdle(id) || streams[id] != nil { fail(.protocolError, "RST_STREAM on idle stream \(id)", &events) }
             return   // closed: late RST_STREAM is fine
         }
         removeStream(stream)
         events.append(.streamReset(streamID: id, code: code))
-        if isPeerInitiated(id) && !stream.headersSent {
+        if isPeerInitiated(id) && !stream.headersSent
+            && clock &- stream.openedAt <= limits.rapidResetMaxStreamAgeNanos {
             let resets = rapidResets.earlyReset(sequence: stream.openSequence)
             if resets > limits.maxResetsPerWindow {
                 fail(.enhanceYourCalm, "too many streams reset before an answer", &events)

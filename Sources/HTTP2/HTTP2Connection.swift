@@ -2,8 +2,9 @@
 // Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift.
 import HPACK
 
-/// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls.
-public final class HTTP2Connection {
+/// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls (e.g. under its
+/// connection lock); it is marked Sendable only so it can be handed between threads under that discipline.
+public final class HTTP2Connection: @unchecked Sendable {
     public enum Role: Sendable { case server, client }
 
     enum GoAwayState: Equatable { case none, graceful, final(lastStreamID: UInt32) }
@@ -55,6 +56,8 @@ public final class HTTP2Connection {
     var lastProcessedPeerStreamID: UInt32 = 0
     var nextLocalStreamID: UInt32
     var closedQuietly: RecentStreamSet
+    /// Streams that were open and closed lately: a new HEADERS on one is STREAM_CLOSED rather than a bad stream id.
+    var recentlyClosed: RecentStreamSet
     var headerBlock: HeaderBlockInProgress?
 
     var goAwaySent = GoAwayState.none
@@ -64,6 +67,8 @@ public final class HTTP2Connection {
     var queuedControlFrames = 0
     var consecutiveEmptyFrames = 0
     var rapidResets: RapidResetTracker
+    /// Last time passed to `receive(_:now:)`, 0 if the owner passes none.
+    var clock: UInt64 = 0
 
     /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
     public init(role: Role, limits: HTTP2Limits = .init()) {
@@ -79,6 +84,7 @@ public final class HTTP2Connection {
         receivedPreface = role == .client
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
+        recentlyClosed = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
         rapidResets = RapidResetTracker(window: limits.rapidResetWindow)
         output.reserveCapacity(4096)
         if role == .client { output.append(contentsOf: HTTP2Constants.clientPreface) }
@@ -122,12 +128,22 @@ public final class HTTP2Connection {
     public var isDraining: Bool { failed || goAwaySent != .none || goAwayReceivedLastStreamID != nil }
     /// A connection error queued GOAWAY: flush the output and close (set also by a failing send call).
     public var didFail: Bool { failed }
+    /// Our SETTINGS were sent and not yet acknowledged (RFC 9113 §6.5.3 lets the owner time this out with
+    /// `goAway(code: .settingsTimeout, ...)`).
+    public var isAwaitingSettingsAck: Bool { unackedSettings > 0 }
     /// DATA bytes waiting for the peer's flow-control windows.
     public var queuedOutputBytes: Int { queuedDataBytes }
     /// Size of the effective frames we send: the peer's MAX_FRAME_SIZE, never above 16384.
     var sendFrameSize: Int { min(peerMaxFrameSize, HTTP2Constants.defaultMaxFrameSize) }
 
     // MARK: - Input
+
+    /// Consumes bytes from the socket with the owner's monotonic clock (nanoseconds), which sharpens the
+    /// rapid-reset defence (see `HTTP2Limits.rapidResetMaxStreamAgeNanos`).
+    public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [HTTP2Event] {
+        clock = now
+        return receive(bytes)
+    }
 
     /// Consumes bytes from the socket. Any split of the byte stream gives the same events.
     public func receive(_ bytes: ArraySlice<UInt8>) -> [HTTP2Event] {
@@ -234,6 +250,7 @@ public final class HTTP2Connection {
 
     func removeStream(_ stream: HTTP2Stream) {
         if streams.removeValue(forKey: stream.id) == nil { return }
+        recentlyClosed.insert(stream.id)
         var remaining = 0
         for (index, item) in stream.pending.enumerated() {
             remaining += item.bytes.count - (index == 0 ? stream.pendingOffset : 0)

@@ -25,7 +25,7 @@ public enum HealthServerError: Error, Equatable, Sendable, CustomStringConvertib
 
     public var description: String {
         switch self {
-        case .invalidAddress(let host): "health address \(host) is not an IPv4 or IPv6 literal"
+        case .invalidAddress(let address): "health address \(address) is not HOST:PORT with an IPv4 or [IPv6] literal"
         case .socketFailed(let op, let code): "health endpoint \(op) failed: \(String(cString: strerror(code)))"
         case .alreadyStarted: "health server was already started"
         }
@@ -77,6 +77,22 @@ public final class HealthServer: Sendable {
         self.metrics = metrics
         self.checks = checks
         self.limits = limits
+    }
+
+    /// Splits a `--health-addr` value: `127.0.0.1:8787`, `[::1]:8787`, `localhost:8787`. The host must be an IP
+    /// literal (or `localhost`); the port 0...65535 (0 picks a free one).
+    public static func parseAddress(_ text: String) throws(HealthServerError) -> (host: String, port: UInt16) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+            throw .invalidAddress(text)
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") {
+            host = String(host.dropFirst().dropLast())
+        } else if host.contains(":") {
+            throw .invalidAddress(text)   // an IPv6 literal needs brackets: [::1]:8787
+        }
+        _ = try HealthListenAddress(host: host, port: port)
+        return (host, port)
     }
 
     /// The port actually bound (differs from the requested one when that was 0); 0 before `start()`.

@@ -45,6 +45,8 @@ public final class VaultKeyring: Sendable {
         /// Last Vault problem seen by the background loop (outage), nil when healthy.
         var outage: String?
         var nextPoll: Double = 0
+        /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
+        var lastForcedRead: Double = -1e9
     }
 
     public let configuration: VaultConfiguration
@@ -124,7 +126,7 @@ public final class VaultKeyring: Sendable {
             guard let active = s.active else {
                 return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (s.outage.map { ": \($0)" } ?? ""))
             }
-            let detail = s.outage.map { "ok; Vault unreachable, encrypting with the cached local KEK: \($0)" } ?? "ok"
+            let detail = s.outage.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
             return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
         }
     }
@@ -186,7 +188,14 @@ public final class VaultKeyring: Sendable {
             if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
                 return Self.keyID(config: configuration, version: version, created: created)
             }
-            if attempt == 0 { try refreshKeyInfo() }
+            // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
+            let t = now()
+            let allowed = state.withLock { s -> Bool in
+                guard t - s.lastForcedRead >= 1 else { return false }
+                s.lastForcedRead = t
+                return true
+            }
+            if attempt == 0 && allowed { try refreshKeyInfo() }
         }
         throw VaultError(.invalidArgument, "Vault key \(configuration.keyName) has no version \(version)")
     }

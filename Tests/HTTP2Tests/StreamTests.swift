@@ -39,11 +39,19 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
         #expect(isConnectionError(server.feed(client.headers(2)), .protocolError))
     }
 
-    @Test func decreasingStreamIDIsConnectionError() {
+    @Test func decreasingStreamIDIsProtocolError() {
         var client = FakeClient()
         let server = handshakenServer()
         _ = server.feed(client.headers(5, endStream: true))
-        #expect(isConnectionError(server.feed(client.headers(3)), .streamClosed))
+        #expect(isConnectionError(server.feed(client.headers(3)), .protocolError))
+    }
+
+    @Test func headersOnClosedStreamIsStreamClosed() {
+        var client = FakeClient()
+        let server = handshakenServer()
+        _ = server.feed(client.headers(1))
+        _ = server.feed(frameBytes(1, .rstStream(.cancel)))
+        #expect(isConnectionError(server.feed(client.headers(1)), .streamClosed))
     }
 
     @Test func dataOnIdleStreamIsProtocolError() {

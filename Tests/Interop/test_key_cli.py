@@ -39,7 +39,9 @@ def listed(path, *extra):
 
 
 def rfc3339(delta: datetime.timedelta) -> str:
-    return (datetime.datetime.now(datetime.timezone.utc) - delta).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """As the audit log writes usage times: nanosecond fraction, Z."""
+    t = datetime.datetime.now(datetime.timezone.utc) - delta
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond * 1000:09d}Z"
 
 
 @pytest.fixture

@@ -184,6 +184,16 @@ def test_host_folders_are_mounted(pod, kekd):
     assert not audit.get("readOnly", False)
     assert vols[audit["name"]]["hostPath"] == {"path": posixpath.dirname(audit_file), "type": "DirectoryOrCreate"}
 
+    state = mount_for(kekd, "/var/lib/kekd/usage.json")
+    assert state["mountPath"] == "/var/lib/kekd" and not state.get("readOnly", False)
+    assert vols[state["name"]]["hostPath"] == {"path": "/var/lib/kekd", "type": "DirectoryOrCreate"}
+
+    # Every folder kekd writes on the host is handed to its uid by the init container.
+    uid = kekd["securityContext"]["runAsUser"]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["command"][:2] == ["chown", f"{uid}:{uid}"]
+    assert set(init["command"][2:]) == {SOCKET_DIR, posixpath.dirname(audit_file), "/var/lib/kekd"}
+
     # Every mount refers to a declared volume, every volume is used.
     used = {m["name"] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
             for m in c.get("volumeMounts", [])}

@@ -223,3 +223,23 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
 }
 
 import Synchronization
+
+@Test func everyTamperedByteThroughTheBackendIsInvalidArgument() throws {
+    // Including the key version bytes: an edited version never passes as "unknown key version".
+    let folder = TempFolder()
+    let (backend, path) = try makeBackend(folder, poll: nil)
+    defer { backend.close() }
+    try rotate(path)
+    backend.reload()
+    let sealed = try backend.encrypt(plaintext: Array(repeating: 0x11, count: 32), uid: "u")
+    for index in sealed.ciphertext.indices {
+        for flip: UInt8 in [0x01, 0x02, 0x80] {
+            var tampered = sealed.ciphertext
+            tampered[index] ^= flip
+            do {
+                _ = try backend.decrypt(ciphertext: tampered, keyID: sealed.keyID, annotations: sealed.annotations, uid: "u")
+                Issue.record("byte \(index) ^ \(flip) decrypted")
+            } catch { #expect(error.code == .invalidArgument, "byte \(index): \(error.message)") }
+        }
+    }
+}

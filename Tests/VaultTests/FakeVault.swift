@@ -54,9 +54,10 @@ final class FakeVault: @unchecked Sendable {
     }
 
     /// Vault API call counters: total and per operation.
-    func stats() throws -> (requests: Int, byOp: [String: Int], connections: Int) {
+    func stats() throws -> (requests: Int, byOp: [String: Int], connections: Int, namespaces: [String]) {
         let s = try call("stats")
-        return (s["requests"] as? Int ?? -1, s["by_op"] as? [String: Int] ?? [:], s["connections"] as? Int ?? -1)
+        return (s["requests"] as? Int ?? -1, s["by_op"] as? [String: Int] ?? [:], s["connections"] as? Int ?? -1,
+                s["namespaces"] as? [String] ?? [])
     }
 
     func resetStats() throws { try call("reset_stats") }

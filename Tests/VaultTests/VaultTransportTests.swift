@@ -64,6 +64,35 @@ import Testing
         #expect(stats.byOp["read_key"] == 3 && stats.byOp["lookup_self"] == 2)
     }
 
+    @Test func aSealedVaultIsRetriedWithinTheDeadlineThenUnavailable() throws {
+        let vault = try FakeVault()
+        let warm = try vault.keyring()
+        defer { warm.close() }
+        let envelope = try warm.encrypt([4, 2])
+        let cold = try vault.keyring()
+        defer { cold.close() }
+        try vault.call("config", ["sealed": true])
+        try vault.resetStats()
+        let started = Date()
+        do {
+            _ = try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
+            Issue.record("decrypt from a sealed Vault succeeded")
+        } catch {
+            #expect(error.code == .unavailable && error.message.contains("sealed"), "\(error.message)")
+        }
+        #expect(Date().timeIntervalSince(started) < 2, "backoff stays inside the deadline")
+        #expect(try vault.stats().byOp["decrypt"] == 3, "three attempts with backoff")
+        try vault.call("config", ["sealed": false, "rules": [["path": "transit/decrypt", "status": 429, "count": -1, "rate": 0.3]]])
+        // With a 30 % error rate, retries make nearly every call succeed (a call fails only if 3 attempts do: 2.7 %).
+        var ok = 0
+        for _ in 0..<10 {
+            let fresh = try vault.keyring()
+            if (try? fresh.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)) == [4, 2] { ok += 1 }
+            fresh.close()
+        }
+        #expect(ok >= 7)
+    }
+
     @Test func doesNotRetryOtherClientErrors() throws {
         let vault = try FakeVault()
         let warm = try vault.keyring()
@@ -137,9 +166,15 @@ import Testing
         // Renewal is capped at the max TTL (4 s), so the keyring logs in again before the token dies.
         while ring.tokens.logins.load(ordering: .relaxed) < 2 && Date().timeIntervalSince(t0) < 3.5 { Thread.sleep(forTimeInterval: 0.02) }
         #expect(ring.tokens.logins.load(ordering: .relaxed) == 2)
-        Thread.sleep(forTimeInterval: 2.5)  // past the first token's max TTL
-        try ring.renewLocalKEK()  // a Vault call with whatever token is current
-        #expect(ring.health().canEncrypt)
+        // Calls keep succeeding past the first token's max TTL (4 s): no failed call across renew and re-login.
+        var calls = 0
+        while Date().timeIntervalSince(t0) < 5 {
+            try ring.renewLocalKEK()  // a Vault encrypt with whatever token is current
+            calls += 1
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(calls > 10 && ring.health().canEncrypt)
+        #expect(ring.tokens.logins.load(ordering: .relaxed) >= 3)
     }
 
     @Test func logsInAgainAfterRevocationButTokenFileGivesPermissionDenied() throws {
@@ -164,6 +199,36 @@ import Testing
         try tokenRing.renewLocalKEK()
     }
 
+    @Test func mountsAndNamespaceAreConfigurable() throws {
+        let vault = try FakeVault(extraArguments: ["--transit-mount", "kms/transit", "--approle-mount", "kekd-approle", "--key", "k8s"])
+        let ring = try vault.keyring(["vault-transit-mount": "kms/transit", "vault-approle-mount": "kekd-approle",
+                                      "vault-namespace": "team-a/"], auth: "approle")
+        defer { ring.close() }
+        let e = try ring.encrypt([1, 2])
+        let cold = try vault.keyring(["vault-transit-mount": "kms/transit", "vault-approle-mount": "kekd-approle",
+                                      "vault-namespace": "team-a/"], auth: "approle")
+        defer { cold.close() }
+        #expect(try cold.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) == [1, 2])
+        #expect(try vault.stats().namespaces == ["team-a/"], "every request carries X-Vault-Namespace")
+    }
+
+    @Test func aRotatedSecretIDFileIsReadAtTheNextLogin() throws {
+        let vault = try FakeVault()
+        let ring = try vault.keyring(auth: "approle")
+        defer { ring.close() }
+        try vault.call("config", ["secret_id": "rotated-secret-id"])
+        try vault.call("revoke_all")
+        do {
+            try ring.renewLocalKEK()
+            Issue.record("login with the old secret-id succeeded")
+        } catch {
+            #expect(error.code == .permissionDenied && error.message.contains("invalid role or secret ID"), "\(error.message)")
+        }
+        Thread.sleep(forTimeInterval: 0.02)
+        _ = FileManager.default.createFile(atPath: vault.string("secret_id_file"), contents: Data("rotated-secret-id\n".utf8))
+        try ring.renewLocalKEK()
+    }
+
     @Test func keepAliveReusesConnectionsAndChunkedBodiesWork() throws {
         let vault = try FakeVault()
         try vault.call("config", ["chunked": true])
@@ -171,5 +236,12 @@ import Testing
         defer { ring.close() }
         for _ in 0..<20 { try ring.renewLocalKEK() }
         #expect(ring.client.http.connectionsOpened == 1)
+        // A server that silently closes idle connections: the pool notices and reconnects, no call fails.
+        try vault.call("config", ["silent_close": true])
+        for _ in 0..<10 {
+            try ring.renewLocalKEK()
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(ring.client.http.connectionsOpened >= 10)
     }
 }
