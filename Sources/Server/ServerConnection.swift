@@ -86,7 +86,9 @@ final class ServerConnection: @unchecked Sendable {
                 case .call(let request):
                     handle(request, arrived: now)
                 case let .rejected(streamID, path, status):
-                    server.metrics?.callFinished(op: KMSMethod(rawValue: path)?.op ?? "other", code: status.code.name, seconds: 0)
+                    let metricsOp = KMSMethod(rawValue: path)?.op ?? "other"
+                    server.metrics?.callStarted(op: metricsOp)  // every finished call was started: in-flight stays exact
+                    server.metrics?.callFinished(op: metricsOp, code: status.code.name, seconds: 0)
                     let outcome = CallOutcome(op: KMSMethod.op(forPath: path), status: status)
                     _ = server.audit?.record(auditEvent(outcome, streamID: streamID, arrived: now, finished: now))
                 case .cancelled:
