@@ -9,6 +9,9 @@ public struct HPACKDecoder: Sendable {
     private var sizeUpdateRequired = false
     public let maxHeaderListSize: Int
 
+    /// `maxTableSize` is the table size at the start of the connection, which is also the first limit. For HTTP/2
+    /// keep the protocol's 4096 here even when advertising less, and call `setMaxTableSizeLimit` once the peer has
+    /// acknowledged our SETTINGS (until then the peer may still use 4096).
     public init(maxTableSize: Int = 4096, maxHeaderListSize: Int = 16384) {
         let size = max(0, maxTableSize)
         table = DynamicTable(maxSize: size)
@@ -103,6 +106,8 @@ public struct HPACKDecoder: Sendable {
                 }
             }
         }
+        // An empty block is still "the first header block following the change" (RFC 7541 section 4.2).
+        if sizeUpdateRequired { throw .missingSizeUpdate }
         if tooLarge { throw .headerListTooLarge(limit: maxHeaderListSize) }
         return fields
     }

@@ -56,11 +56,14 @@ public struct HPACKEncoder: Sendable {
     }
 
     private mutating func encode(_ field: HeaderField, into buffer: inout [UInt8]) {
-        if let index = StaticTable.fieldIndex[field] ?? dynamicIndex(fieldSequence[field]) {
+        // One hash of the name finds static matches; the dynamic table is searched only when it holds anything.
+        let staticName = StaticTable.nameIndex[field.name]
+        if let index = staticName.flatMap({ StaticTable.index(of: field, from: $0) })
+            ?? (table.count > 0 ? dynamicIndex(fieldSequence[field]) : nil) {
             appendInteger(index, prefixBits: 7, flags: 0x80, to: &buffer)
             return
         }
-        let nameIndex = StaticTable.nameIndex[field.name] ?? dynamicIndex(nameSequence[field.name]) ?? 0
+        let nameIndex = staticName ?? (table.count > 0 ? dynamicIndex(nameSequence[field.name]) : nil) ?? 0
         let size = field.name.utf8.count + field.value.utf8.count + entryOverhead
         if useIndexing && size <= table.maxSize {
             appendInteger(nameIndex, prefixBits: 6, flags: 0x40, to: &buffer)

@@ -25,12 +25,15 @@ enum StaticTable {
         TableEntry(field: $0, nameOctets: $0.name.utf8.count, size: $0.name.utf8.count + $0.value.utf8.count + entryOverhead)
     }
 
-    /// Full name/value match -> lowest index.
-    static let fieldIndex: [HeaderField: Int] = {
-        var map: [HeaderField: Int] = [:]
-        for (offset, field) in entries.enumerated() where map[field] == nil { map[field] = offset + 1 }
-        return map
-    }()
+    /// The index of a full name/value match, scanning the entries that share the name found at `nameIndex`.
+    static func index(of field: HeaderField, from nameIndex: Int) -> Int? {
+        var index = nameIndex
+        while index <= count && entries[index - 1].name == field.name {
+            if entries[index - 1].value == field.value { return index }
+            index += 1
+        }
+        return nil
+    }
 
     /// Name match -> lowest index.
     static let nameIndex: [String: Int] = {

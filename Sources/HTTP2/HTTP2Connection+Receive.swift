@@ -167,6 +167,7 @@ extension HTTP2Connection {
         stream.headersReceived = true
         stream.expectedContentLength = contentLength
         stream.openSequence = rapidResets.streamOpened()
+        stream.openedAt = clock
         streams[id] = stream
         lastProcessedPeerStreamID = id
         consecutiveEmptyFrames = 0
@@ -361,7 +362,8 @@ extension HTTP2Connection {
         }
         removeStream(stream)
         events.append(.streamReset(streamID: id, code: code))
-        if isPeerInitiated(id) && !stream.headersSent {
+        if isPeerInitiated(id) && !stream.headersSent
+            && clock &- stream.openedAt <= limits.rapidResetMaxStreamAgeNanos {
             let resets = rapidResets.earlyReset(sequence: stream.openSequence)
             if resets > limits.maxResetsPerWindow {
                 fail(.enhanceYourCalm, "too many streams reset before an answer", &events)

@@ -67,6 +67,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var queuedControlFrames = 0
     var consecutiveEmptyFrames = 0
     var rapidResets: RapidResetTracker
+    /// Last time passed to `receive(_:now:)`, 0 if the owner passes none.
+    var clock: UInt64 = 0
 
     /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
     public init(role: Role, limits: HTTP2Limits = .init()) {
@@ -135,6 +137,13 @@ public final class HTTP2Connection: @unchecked Sendable {
     var sendFrameSize: Int { min(peerMaxFrameSize, HTTP2Constants.defaultMaxFrameSize) }
 
     // MARK: - Input
+
+    /// Consumes bytes from the socket with the owner's monotonic clock (nanoseconds), which sharpens the
+    /// rapid-reset defence (see `HTTP2Limits.rapidResetMaxStreamAgeNanos`).
+    public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [HTTP2Event] {
+        clock = now
+        return receive(bytes)
+    }
 
     /// Consumes bytes from the socket. Any split of the byte stream gives the same events.
     public func receive(_ bytes: ArraySlice<UInt8>) -> [HTTP2Event] {

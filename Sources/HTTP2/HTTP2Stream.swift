@@ -34,6 +34,8 @@ final class HTTP2Stream {
     var inSendQueue = false
     /// Position among the streams the peer opened, for the rapid-reset sliding count.
     var openSequence = 0
+    /// The owner's clock when the stream opened (0 when no times are passed in).
+    var openedAt: UInt64 = 0
     /// Declared content-length and DATA bytes seen so far (§8.1.1).
     var expectedContentLength: Int?
     var receivedDataBytes = 0

@@ -69,6 +69,10 @@ public struct HTTP2Limits: Sendable {
     public var maxResetsPerWindow: Int = 200
     /// The sliding count of peer-opened streams `maxResetsPerWindow` applies to.
     public var rapidResetWindow: Int = 1000
+    /// When the owner passes times (`receive(_:now:)`), only resets arriving within this many nanoseconds of the
+    /// stream's opening count as rapid: a client cancelling at its deadline (seconds, e.g. while a KMS backend is
+    /// down) is then not mistaken for the attack. Without times every reset before an answer counts.
+    public var rapidResetMaxStreamAgeNanos: UInt64 = 500_000_000
     /// Control frames we queue in answer to the peer (PING ACK, SETTINGS ACK, RST_STREAM for its errors or refused
     /// streams) that may sit in our output before `takeOutput()` takes them; more → GOAWAY(ENHANCE_YOUR_CALM)
     /// (PING/SETTINGS/RST floods against a peer that does not read, CVE-2019-9512/9515).

@@ -48,15 +48,26 @@ public enum HeaderValidation {
                 }
             } else {
                 seenRegular = true
-                try checkRegularName(name, field.name)
-                if field.name == "te" && field.value != "trailers" {
-                    throw MalformedHeaders("te other than trailers")
-                }
-                if field.name == "content-length" {
+                try checkRegularName(name)
+                // Only names of these lengths need a closer look (te, upgrade, connection/keep-alive,
+                // content-length, proxy-connection, transfer-encoding): keeps the common path to one byte scan.
+                switch name.count {
+                case 2:
+                    if field.name == "te" && field.value != "trailers" { throw MalformedHeaders("te other than trailers") }
+                case 7, 10, 16, 17:
+                    switch field.name {
+                    case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+                        throw MalformedHeaders("connection-specific field \(field.name)")
+                    default:
+                        break
+                    }
+                case 14 where field.name == "content-length":
                     guard let n = parseContentLength(field.value), contentLength == nil || contentLength == n else {
                         throw MalformedHeaders("invalid content-length")
                     }
                     contentLength = n
+                default:
+                    break
                 }
             }
             try checkValue(field.value.utf8)
@@ -77,18 +88,12 @@ public enum HeaderValidation {
         return contentLength
     }
 
-    private static func checkRegularName(_ name: String.UTF8View, _ text: String) throws(MalformedHeaders) {
+    private static func checkRegularName(_ name: String.UTF8View) throws(MalformedHeaders) {
         for byte in name {
             // §8.2.1: no uppercase, no controls/space, no DEL or non-ASCII; ':' only leads pseudo-headers.
             if byte <= 0x20 || byte >= 0x7f || (byte >= 0x41 && byte <= 0x5a) || byte == UInt8(ascii: ":") {
                 throw MalformedHeaders("invalid field name")
             }
-        }
-        switch text {
-        case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-            throw MalformedHeaders("connection-specific field \(text)")
-        default:
-            break
         }
     }
 

@@ -57,7 +57,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
 public struct HTTPParserLimits: Sendable {
     public var maxHeaderBytes = 16 * 1024
     public var maxHeaderCount = 100
-    public var maxBodyBytes = 4 * 1024 * 1024
+    /// Vault replies kekd asks for are a few KiB (a 128-item batch decrypt is ~15 KiB).
+    public var maxBodyBytes = 1024 * 1024
     public init() {}
 }
 

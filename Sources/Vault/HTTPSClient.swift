@@ -1,5 +1,6 @@
 // HTTP/1.1 over TLS with keep-alive and a small pool of idle connections. One attempt per `send`; retries, backoff
 // and the circuit breaker live in `VaultHTTP`, which knows which statuses are worth retrying.
+import Crypto
 import Foundation
 import Synchronization
 
@@ -132,7 +133,9 @@ public final class HTTPSClient: Sendable {
     /// One request/response exchange. A reused keep-alive connection that turns out closed before any response
     /// byte arrived is replaced by a fresh one once (the request never reached the server in that case).
     public func send(_ request: HTTPRequest, deadline: Date) throws(TransportError) -> HTTPResponse {
-        let bytes = serialize(request)
+        // Requests and replies can carry key material (a local KEK to wrap, unwrapped KEKs): wipe our copies.
+        var bytes = serialize(request)
+        defer { wipe(&bytes) }
         var allowStaleRetry = true
         while true {
             let (conn, reused) = try checkout(deadline: deadline)
@@ -151,6 +154,7 @@ public final class HTTPSClient: Sendable {
 
     private func readResponse(_ conn: TLSConnection, isHEAD: Bool, deadline: Date) throws(TransportError) -> HTTPResponse {
         var buffer: [UInt8] = []
+        defer { wipe(&buffer) }
         var atEOF = false
         while true {
             let outcome: HTTPParseOutcome

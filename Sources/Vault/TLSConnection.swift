@@ -249,23 +249,66 @@ final class TLSConnection: @unchecked Sendable {
     }
 
     /// Non-blocking connect to each resolved address in turn, all within the deadline.
-    private static func connectTCP(host: String, port: UInt16, deadline: Date) throws(TransportError) -> Int32 {
+    /// One resolved address, copied out of getaddrinfo's list.
+    struct ResolvedAddress: @unchecked Sendable {  // plain bytes
+        var family: Int32
+        var storage: sockaddr_storage
+        var length: socklen_t
+    }
+
+    /// getaddrinfo, copying the list out. `numericOnly` never touches DNS.
+    private static func lookup(host: String, port: UInt16, numericOnly: Bool) -> Result<[ResolvedAddress], TransportError> {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>? = nil
-        let rc = getaddrinfo(host, String(port), &hints, &result)
-        guard rc == 0, let first = result else { throw .resolve("\(host): \(String(cString: gai_strerror(rc)))") }
-        defer { freeaddrinfo(result) }
-        var lastError = TransportError.connect("\(host):\(port): no address")
-        var cursor: UnsafeMutablePointer<addrinfo>? = first
+        hints.ai_flags = numericOnly ? AI_NUMERICHOST : 0
+        var list: UnsafeMutablePointer<addrinfo>? = nil
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, list != nil else { return .failure(.resolve("\(host): \(String(cString: gai_strerror(rc)))")) }
+        defer { freeaddrinfo(list) }
+        var out: [ResolvedAddress] = []
+        var cursor = list
         while let ai = cursor {
+            var storage = sockaddr_storage()
+            let length = min(Int(ai.pointee.ai_addrlen), MemoryLayout<sockaddr_storage>.size)
+            withUnsafeMutableBytes(of: &storage) { dst in
+                dst.copyMemory(from: UnsafeRawBufferPointer(start: ai.pointee.ai_addr, count: length))
+            }
+            out.append(ResolvedAddress(family: ai.pointee.ai_family, storage: storage, length: socklen_t(length)))
             cursor = ai.pointee.ai_next
-            let fd = socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        }
+        return .success(out)
+    }
+
+    /// getaddrinfo has no timeout of its own (a dead DNS server can block it for many seconds), so names are
+    /// resolved on their own thread and the caller stops waiting at the deadline. IP literals resolve inline.
+    static func resolve(host: String, port: UInt16, deadline: Date) throws(TransportError) -> [ResolvedAddress] {
+        if isIPAddress(host) { return try lookup(host: host, port: port, numericOnly: true).get() }
+        // Written by the resolver thread before it signals; read only after the signal.
+        final class Box: @unchecked Sendable { var result: Result<[ResolvedAddress], TransportError>? }
+        let box = Box()
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            box.result = lookup(host: host, port: port, numericOnly: false)
+            done.signal()
+        }
+        let remaining = max(0, deadline.timeIntervalSinceNow)
+        guard done.wait(timeout: .now() + remaining) == .success, let result = box.result else { throw .timeout("resolve \(host)") }
+        return try result.get()
+    }
+
+    private static func connectTCP(host: String, port: UInt16, deadline: Date) throws(TransportError) -> Int32 {
+        let addresses = try resolve(host: host, port: port, deadline: deadline)
+        var lastError = TransportError.connect("\(host):\(port): no address")
+        for var address in addresses {
+            let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             if fd < 0 { lastError = .connect("socket: \(String(cString: strerror(errno)))"); continue }
             var one: Int32 = 1
             _ = setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            if connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen) == 0 { return fd }
+            let rc = withUnsafePointer(to: &address.storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, address.length) }
+            }
+            if rc == 0 { return fd }
             guard errno == EINPROGRESS else {
                 lastError = .connect("\(host):\(port): \(String(cString: strerror(errno)))")
                 Glibc.close(fd); continue

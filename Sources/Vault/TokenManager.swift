@@ -38,6 +38,7 @@ final class TokenManager: Sendable {
     /// Serialises logins so a burst of callers with no token causes one login, not one each.
     private let loginLock = NSLock()
     private let generationCounter = Atomic<Int>(0)
+    private let lastDenialLogin = Mutex<Double>(-1e9)
     private let now: @Sendable () -> Double
     /// Counts for tests and metrics.
     let logins = Atomic<Int>(0)
@@ -126,10 +127,14 @@ final class TokenManager: Sendable {
                           renewAt: ttlValue.map { t + $0 * 2 / 3 }, generation: generation)
     }
 
+    private func credentialFilesChanged() -> Bool {
+        [tokenFile, roleIDFile, secretIDFile].contains { $0?.changed() ?? false }
+    }
+
     /// Background step: re-read a changed token/secret file, renew at 2/3 TTL, re-login when renewal is refused or
     /// the token is near its max TTL. Errors are returned for logging; the caller keeps going.
     func maintain(deadline: Date) -> VaultError? {
-        let credentialsChanged = [tokenFile, roleIDFile, secretIDFile].contains { $0?.changed() ?? false }
+        let credentialsChanged = credentialFilesChanged()
         guard let s = state.withLock({ $0 }) else {
             do { try obtain(replacing: nil, deadline: deadline) } catch { return error }
             return nil
@@ -179,10 +184,30 @@ final class TokenManager: Sendable {
 
     /// Runs `body` with the current token; on 403 obtains a new token once and retries, then gives up with
     /// PERMISSION_DENIED.
+    /// A policy that denies an operation would otherwise cost a login per call: one 403-driven login per 5 s, unless
+    /// the credential files changed since they were last read.
     func withToken(deadline: Date, _ body: (String) throws(VaultError) -> VaultReply) throws(VaultError) -> VaultReply {
         let (token, generation) = try token(deadline: deadline)
         let reply = try body(token)
         guard reply.status == 403 else { return reply }
+        // Another thread may already have replaced the token (background renewal, a changed token file), or be
+        // doing so right now: wait for any login in progress, then look.
+        loginLock.lock()
+        let latest = state.withLock { $0 }
+        loginLock.unlock()
+        if let current = latest, current.generation != generation {
+            let again = try body(current.token)
+            if again.status == 403 { throw VaultError(.permissionDenied, "Vault denied the request: \(again.errorText)") }
+            return again
+        }
+        let t = now()
+        let filesChanged = credentialFilesChanged()
+        let mayLogin = lastDenialLogin.withLock { last -> Bool in
+            guard t - last >= 5 || filesChanged else { return false }
+            last = t
+            return true
+        }
+        guard mayLogin else { throw VaultError(.permissionDenied, "Vault denied the request: \(reply.errorText)") }
         let (fresh, _) = try obtain(replacing: generation, deadline: deadline)
         let again = try body(fresh)
         if again.status == 403 { throw VaultError(.permissionDenied, "Vault denied the request after re-authenticating: \(again.errorText)") }

@@ -1,5 +1,6 @@
 // Vault's HTTP API: JSON requests, retries with backoff + jitter, the circuit breaker, and the status-code → error
 // mapping. Authentication is layered on top by `TokenManager`.
+import Crypto
 import Foundation
 
 /// Error codes of this target; the backend maps them 1:1 onto KMSErrorCode (same gRPC numbers).
@@ -80,7 +81,9 @@ final class VaultClient: Sendable {
             payload = [UInt8](data)
             headers.append(("Content-Type", "application/json"))
         }
-        let request = HTTPRequest(method: method, path: "/v1/" + path, headers: headers, body: payload)
+        var request = HTTPRequest(method: method, path: "/v1/" + path, headers: headers, body: payload)
+        payload = []  // so the buffer below is the only reference and is wiped in place
+        defer { wipe(&request.body) }
         let started = Date()
         // The breaker is consulted once per call: an open breaker fails the call at once; a half-open one lets this
         // call (with its retries) be the trial.
@@ -96,7 +99,8 @@ final class VaultClient: Sendable {
             let attemptDeadline = min(deadline, Date(timeIntervalSinceNow: requestTimeout))
             var retryable = true
             do {
-                let response = try http.send(request, deadline: attemptDeadline)
+                var response = try http.send(request, deadline: attemptDeadline)
+                defer { wipe(&response.body) }
                 breaker.recordSuccess()
                 let json = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
                 let reply = VaultReply(status: response.status, json: json)

@@ -1,4 +1,72 @@
-// `kekctl audit ...` (owned by the audit work). Placeholder until it lands.
+// `kekctl audit verify`: checks an audit log's HMAC chain (and its rotated predecessors).
+import Audit
+import Crypto
+import Foundation
+import KMS
+
 enum AuditCommands {
-    static func run(_ args: [String]) -> Int32 { printError("audit: not built yet"); return ExitCode.failure }
+    static let help = """
+        usage: kekctl audit verify PATH (--audit-hmac-key-file F | --key-file F)
+
+        Verifies the audit log PATH and its rotated predecessors (PATH.1, PATH.2, ..., oldest first) as one
+        chain: every line a chained record, seq without gaps or reordering, every chain value correct, and each
+        file linked to the one before it. Prints a one-line summary and exits 0, or names the first broken,
+        missing or reordered record (file:line: reason) and exits 1. Exit 2 on usage errors.
+
+        The chain key is the one kekd used:
+          --audit-hmac-key-file F  the file given to kekd's --audit-hmac-key-file: 32 or more raw bytes, or
+                                   hex (64+ digits) or base64 text of 32 or more bytes; must be mode 0600/0400
+          --key-file F             the local backend's key file (the chain key is derived from it with HKDF)
+        """
+
+    static func run(_ args: [String]) -> Int32 {
+        guard let sub = args.first else {
+            printError("audit: missing subcommand\n\n\(help)")
+            return ExitCode.usage
+        }
+        switch sub {
+        case "verify": return verify(Array(args.dropFirst()))
+        case "--help", "-h", "help":
+            print(help)
+            return ExitCode.ok
+        default:
+            printError("audit: unknown subcommand \(sub)\n\n\(help)")
+            return ExitCode.usage
+        }
+    }
+
+    static func verify(_ args: [String]) -> Int32 {
+        runCommand(args, help: help) { args in
+            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file"])
+            guard parsed.positionals.count == 1, let path = parsed.positionals.first else {
+                throw UsageError(message: "audit verify needs exactly one PATH")
+            }
+            var key = try hmacKey(parsed)
+            defer { wipe(&key) }
+            let report = AuditVerifier.verify(path: path, hmacKey: key)
+            if report.ok {
+                print(report.summary)
+                return ExitCode.ok
+            }
+            printError(report.summary)
+            return ExitCode.failure
+        }
+    }
+
+    private static func hmacKey(_ parsed: Arguments) throws -> [UInt8] {
+        switch (parsed.value("audit-hmac-key-file"), parsed.value("key-file")) {
+        case (let file?, nil):
+            return try AuditHMACKeyFile.load(path: file)
+        case (nil, let keyFile?):
+            do {
+                return try FileKeyBackend.auditHMACKey(keyFilePath: keyFile)
+            } catch {
+                throw AuditError("cannot derive the audit HMAC key from \(keyFile): \(error.message)")
+            }
+        case (.some, .some):
+            throw UsageError(message: "give either --audit-hmac-key-file or --key-file, not both")
+        case (nil, nil):
+            throw UsageError(message: "the chain key is needed: --audit-hmac-key-file F or --key-file F")
+        }
+    }
 }

@@ -3,12 +3,17 @@ import Testing
 @testable import HTTP2
 
 @Suite struct DefenceTests {
-    @Test func rapidResetCrossesItsBudget() {
+    /// A server allowing 10 early resets among the last 100 streams.
+    static func rapidResetServer() -> HTTP2Connection {
         var limits = HTTP2Limits()
         limits.maxResetsPerWindow = 10
         limits.rapidResetWindow = 100
+        return handshakenServer(limits)
+    }
+
+    @Test func rapidResetCrossesItsBudget() {
         var client = FakeClient()
-        let server = handshakenServer(limits)
+        let server = Self.rapidResetServer()
         var id: UInt32 = 1
         for _ in 0..<10 {
             let events = server.feed(client.headers(id) + frameBytes(id, .rstStream(.cancel)))
@@ -18,6 +23,30 @@ import Testing
         let events = server.feed(client.headers(id) + frameBytes(id, .rstStream(.cancel)))
         #expect(isConnectionError(events, .enhanceYourCalm))
         #expect(goAwayCode(server.outputFrames()) == .enhanceYourCalm)
+    }
+
+    @Test func deadlineCancellationsWithTimesPassedInDoNotCount() {
+        var client = FakeClient()
+        let server = Self.rapidResetServer()
+        var now: UInt64 = 1_000_000_000
+        var id: UInt32 = 1
+        // A backend outage: every call is cancelled by the client at its 3 s deadline, never answered.
+        for _ in 0..<50 {
+            _ = server.receive(client.headers(id, endStream: true)[...], now: now)
+            now += 3_000_000_000
+            #expect(!isConnectionError(server.receive(frameBytes(id, .rstStream(.cancel))[...], now: now), .enhanceYourCalm))
+            id += 2
+        }
+        // Immediate resets still trip the defence.
+        var tripped = false
+        for _ in 0..<11 {
+            let events = server.receive((client.headers(id, endStream: true) + frameBytes(id, .rstStream(.cancel)))[...],
+                                        now: now)
+            tripped = tripped || isConnectionError(events, .enhanceYourCalm)
+            id += 2
+            now += 1000
+        }
+        #expect(tripped)
     }
 
     @Test func resetsAfterAnAnswerAndOldResetsDoNotCount() {

@@ -14,9 +14,9 @@ Control endpoints (not counted as Vault requests), under /_fake/:
   GET  /_fake/stats        request counters
   POST /_fake/reset_stats
   POST /_fake/config       {"rules": [{"path": "transit/decrypt", "status": 503, "count": 2, "delay_ms": 0,
-                             "drop": false}], "delay_ms": 0, "sealed": false, "chunked": false,
+                             "drop": false, "rate": 1.0}],   (count -1 = every request; rate = error rate) "delay_ms": 0, "sealed": false, "chunked": false,
                              "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60,
-                             "secret_id": "new AppRole secret-id"}
+                             "secret_id": "new AppRole secret-id", "silent_close": false}
   POST /_fake/token        {"ttl": 60, "max_ttl": 0, "renewable": true} -> {"token": "..."} (a new token)
   POST /_fake/revoke_all   revokes every token
 
@@ -28,6 +28,7 @@ import base64
 import datetime
 import json
 import os
+import random
 import secrets
 import ssl
 import sys
@@ -118,6 +119,7 @@ class VaultState:
         self.delay_ms = 0
         self.sealed = False
         self.chunked = False
+        self.silent_close = False  # close every connection after its response, without "Connection: close"
         self.role_id = "role-" + secrets.token_hex(8)
         self.secret_id = "secret-" + secrets.token_hex(16)
         self.approle_token_ttl = 60
@@ -202,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body:
                 self.wfile.write(body)
+        if self.server.state.silent_close:
+            self.close_connection = True
 
     def _error(self, status, *messages):
         self._send(status, {"errors": list(messages)})
@@ -234,8 +238,10 @@ class Handler(BaseHTTPRequestHandler):
             state.namespaces.add(self.headers.get("X-Vault-Namespace") or "")
             rule = None
             for r in state.rules:
-                if r.get("count", 0) > 0 and path.startswith(r.get("path", "")):
-                    r["count"] -= 1
+                # count: how many requests the rule hits (-1 = all); rate: probability per request (error rate).
+                if r.get("count", 0) != 0 and path.startswith(r.get("path", "")) and random.random() < r.get("rate", 1.0):
+                    if r.get("count", 0) > 0:
+                        r["count"] -= 1
                     rule = dict(r)
                     break
             delay = state.delay_ms + (rule or {}).get("delay_ms", 0)
@@ -397,7 +403,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.reset_stats()
                 return self._send(200, {})
             if what == "config":
-                for name in ("delay_ms", "sealed", "chunked", "approle_token_ttl", "approle_token_max_ttl",
+                for name in ("delay_ms", "sealed", "chunked", "silent_close", "approle_token_ttl", "approle_token_max_ttl",
                              "cert_token_ttl", "secret_id"):
                     if name in body:
                         setattr(state, name, body[name])
@@ -413,6 +419,61 @@ class Handler(BaseHTTPRequestHandler):
                     info["revoked"] = True
                 return self._send(200, {})
         return self._error(404, "unknown control endpoint")
+
+
+class FakeVaultProcess:
+    """Runs this script as a subprocess, for pytest files and the benchmark:
+
+        with FakeVaultProcess(tmp_dir) as vault:
+            flags = vault.kekd_flags()          # --vault-* flags for `kekd serve --backend vault`
+            vault.control("config", {"delay_ms": 5})
+            print(vault.stats()["requests"])
+    """
+
+    def __init__(self, directory, *extra_args, python=sys.executable):
+        import subprocess
+        self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--dir", str(directory), *extra_args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("fake_vault.py exited before printing its address")
+        self.info = json.loads(line)
+        self._ssl = ssl.create_default_context(cafile=self.info["ca_pem"])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:  # noqa: BLE001 - make sure it is gone
+                self.proc.kill()
+
+    def control(self, what, body=None):
+        import http.client
+        conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
+        conn.request("POST", "/_fake/" + what, body=json.dumps(body or {}), headers={"Content-Type": "application/json"})
+        reply = conn.getresponse().read()
+        conn.close()
+        return json.loads(reply or b"{}")
+
+    def stats(self):
+        return self.control("stats")
+
+    def kekd_flags(self, auth="token"):
+        flags = ["--vault-addr", self.info["addr"], "--vault-key", self.info["key"], "--vault-ca-file", self.info["ca_pem"]]
+        if auth == "token":
+            return flags + ["--vault-token-file", self.info["token_file"]]
+        if auth == "approle":
+            return flags + ["--vault-approle-role-id-file", self.info["role_id_file"],
+                            "--vault-approle-secret-id-file", self.info["secret_id_file"]]
+        return flags + ["--vault-auth", "cert", "--vault-client-cert", self.info["client_pem"],
+                        "--vault-client-key", self.info["client_key"]]
 
 
 def main():

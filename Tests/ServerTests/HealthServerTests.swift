@@ -224,7 +224,7 @@ final class CheckState: Sendable {
         slow.send("GET /li")
         let started = Date()
         #expect(try Self.get(server, "/livez").status == 200)
-        #expect(Date().timeIntervalSince(started) < 0.5)
+        #expect(Date().timeIntervalSince(started) < 0.9)   // a blocked server would answer only after the 1 s timeout
         // Trickling bytes does not extend the deadline: the whole head must arrive within it.
         slow.send("v")
         Thread.sleep(forTimeInterval: 0.4)
@@ -247,9 +247,14 @@ final class CheckState: Sendable {
         extra.close()
         idle.forEach { $0.close() }
         // Once the idle ones are gone, the server serves again.
+        // (Polled without #require: a connection still refused by the cap must not record an issue.)
         var status = 0
         for _ in 0..<50 where status != 200 {
-            status = (try? Self.get(server, "/livez").status) ?? 0
+            if let client = try? RawClient(port: server.boundPort) {
+                client.send("GET /livez HTTP/1.1\r\n\r\n")
+                status = client.readAll().flatMap(HTTPReply.init)?.status ?? 0
+                client.close()
+            }
             if status != 200 { Thread.sleep(forTimeInterval: 0.05) }
         }
         #expect(status == 200)

@@ -57,6 +57,21 @@ private final class SilentListener {
         #expect(Date().timeIntervalSince(started) < 1.0)
     }
 
+    @Test func nameResolutionIsBoundedByTheDeadline() {
+        let started = Date()
+        do {
+            _ = try TLSConnection.resolve(host: "kekd-test.invalid", port: 8200, deadline: Date(timeIntervalSinceNow: 0.5))
+            Issue.record("an .invalid name resolved")
+        } catch {
+            switch error {
+            case .resolve, .timeout: break
+            default: Issue.record("unexpected \(error)")
+            }
+        }
+        #expect(Date().timeIntervalSince(started) < 1.0)
+        #expect((try? TLSConnection.resolve(host: "::1", port: 1, deadline: Date()))?.first?.family == AF_INET6)
+    }
+
     @Test func badCAFileFailsAtConstruction() {
         #expect(throws: TransportError.self) {
             try HTTPSClient(endpoint: try Endpoint(url: "https://127.0.0.1:1"), tls: TLSSettings(caFile: "/nonexistent/ca.pem"))

@@ -64,6 +64,35 @@ import Testing
         #expect(stats.byOp["read_key"] == 3 && stats.byOp["lookup_self"] == 2)
     }
 
+    @Test func aSealedVaultIsRetriedWithinTheDeadlineThenUnavailable() throws {
+        let vault = try FakeVault()
+        let warm = try vault.keyring()
+        defer { warm.close() }
+        let envelope = try warm.encrypt([4, 2])
+        let cold = try vault.keyring()
+        defer { cold.close() }
+        try vault.call("config", ["sealed": true])
+        try vault.resetStats()
+        let started = Date()
+        do {
+            _ = try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
+            Issue.record("decrypt from a sealed Vault succeeded")
+        } catch {
+            #expect(error.code == .unavailable && error.message.contains("sealed"), "\(error.message)")
+        }
+        #expect(Date().timeIntervalSince(started) < 2, "backoff stays inside the deadline")
+        #expect(try vault.stats().byOp["decrypt"] == 3, "three attempts with backoff")
+        try vault.call("config", ["sealed": false, "rules": [["path": "transit/decrypt", "status": 429, "count": -1, "rate": 0.3]]])
+        // With a 30 % error rate, retries make nearly every call succeed (a call fails only if 3 attempts do: 2.7 %).
+        var ok = 0
+        for _ in 0..<10 {
+            let fresh = try vault.keyring()
+            if (try? fresh.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)) == [4, 2] { ok += 1 }
+            fresh.close()
+        }
+        #expect(ok >= 7)
+    }
+
     @Test func doesNotRetryOtherClientErrors() throws {
         let vault = try FakeVault()
         let warm = try vault.keyring()
@@ -207,5 +236,12 @@ import Testing
         defer { ring.close() }
         for _ in 0..<20 { try ring.renewLocalKEK() }
         #expect(ring.client.http.connectionsOpened == 1)
+        // A server that silently closes idle connections: the pool notices and reconnects, no call fails.
+        try vault.call("config", ["silent_close": true])
+        for _ in 0..<10 {
+            try ring.renewLocalKEK()
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(ring.client.http.connectionsOpened >= 10)
     }
 }

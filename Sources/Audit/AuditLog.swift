@@ -1,0 +1,158 @@
+// The audit log: callers enqueue events into a bounded queue; one writer thread turns them into chained lines,
+// writes each batch with one write(2) and, in fail-closed mode, one fdatasync (group commit).
+import Foundation
+import Synchronization
+
+/// A fail-closed caller's slot: set by the writer under the queue lock once the record's fate is known.
+final class RecordWaiter: @unchecked Sendable {
+    var done = false
+    var ok = false
+}
+
+struct QueuedRecord {
+    var event: AuditEvent
+    var waiter: RecordWaiter?
+}
+
+/// What callers and the writer share; every field is guarded by `lock`.
+final class AuditQueue: @unchecked Sendable {
+    let lock = MonitorLock()
+    /// Wakes the writer (new records, reopen, close).
+    let writerWake = MonitorCondition()
+    /// Wakes callers (queue room, records done, writer finished).
+    let callerWake = MonitorCondition()
+    var pending: [QueuedRecord] = []
+    var writerIdle = false
+    var closing = false
+    /// True until the writer thread starts (so close() after a failed init returns at once) and after it ends.
+    var writerDone = true
+    var reopenRequested = false
+    var callersWaitingForRoom = 0
+    /// best-effort drops on a full queue since the writer last looked, and the key usage they carried.
+    var droppedSinceLastBatch = 0
+    var droppedUsage: [String: KeyUsageRecord] = [:]
+
+    /// The caller holds `lock`.
+    func wakeWriterIfIdle() {
+        if writerIdle {
+            writerIdle = false
+            writerWake.signal()
+        }
+    }
+}
+
+/// Counters readable from any thread.
+final class AuditCounters: Sendable {
+    let written = Atomic<Int>(0)
+    let dropped = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+    let writable = Atomic<Bool>(true)
+    let lastError = Mutex<String?>(nil)
+
+    func fail(_ message: String) {
+        writable.store(false, ordering: .relaxed)
+        lastError.withLock { $0 = message }
+    }
+}
+
+public final class AuditLog: Sendable {
+    public let configuration: AuditConfiguration
+    private let queue = AuditQueue()
+    private let counters = AuditCounters()
+
+    /// Opens the sink (throwing when it cannot be opened), continues the chain of an existing file, and starts
+    /// the writer thread.
+    public init(configuration: AuditConfiguration) throws {
+        guard configuration.hmacKey.count >= 16 else { throw AuditError("audit HMAC key must be at least 16 bytes") }
+        guard configuration.queueCapacity >= 1 else { throw AuditError("audit queue capacity must be at least 1") }
+        guard configuration.maxSize >= 0, configuration.maxFiles >= 0 else {
+            throw AuditError("audit max size and max files must not be negative")
+        }
+        guard configuration.usageFlushInterval > 0 else { throw AuditError("usage flush interval must be positive") }
+        self.configuration = configuration
+        let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters)
+        queue.pending.reserveCapacity(min(configuration.queueCapacity, 1 << 16))
+        let thread = Thread { writer.run() }
+        thread.name = "kekd-audit-writer"
+        queue.writerDone = false
+        thread.start()
+    }
+
+    deinit { close() }
+
+    /// best-effort: enqueue, never block, return true (a drop is counted and reported). fail-closed: block until
+    /// the record is written and flushed (fsync batched across concurrent callers); false if it could not be.
+    public func record(_ event: AuditEvent) -> Bool {
+        let q = queue
+        q.lock.lock()
+        if configuration.mode == .bestEffort {
+            if q.closing || q.pending.count >= configuration.queueCapacity {
+                q.droppedSinceLastBatch += 1
+                if configuration.usageFilePath != nil, let (keyID, usage) = KeyUsageTracker.usage(of: event) {
+                    q.droppedUsage[keyID, default: KeyUsageRecord()].merge(usage)
+                }
+                q.wakeWriterIfIdle()
+                q.lock.unlock()
+                counters.dropped.add(1, ordering: .relaxed)
+                return true
+            }
+            q.pending.append(QueuedRecord(event: event, waiter: nil))
+            q.wakeWriterIfIdle()
+            q.lock.unlock()
+            return true
+        }
+        while q.pending.count >= configuration.queueCapacity && !q.closing {
+            q.callersWaitingForRoom += 1
+            q.callerWake.wait(q.lock)
+            q.callersWaitingForRoom -= 1
+        }
+        if q.closing {
+            q.lock.unlock()
+            counters.failed.add(1, ordering: .relaxed)
+            return false
+        }
+        let waiter = RecordWaiter()
+        q.pending.append(QueuedRecord(event: event, waiter: waiter))
+        q.wakeWriterIfIdle()
+        while !waiter.done { q.callerWake.wait(q.lock) }
+        let ok = waiter.ok
+        q.lock.unlock()
+        return ok
+    }
+
+    /// SIGHUP: reopen the path (after an external rotation). Asynchronous; the next batch goes to the new file.
+    public func reopen() {
+        queue.lock.lock()
+        queue.reopenRequested = true
+        queue.writerIdle = false
+        queue.writerWake.signal()
+        queue.lock.unlock()
+    }
+
+    public var stats: AuditStats {
+        queue.lock.lock()
+        let depth = queue.pending.count
+        queue.lock.unlock()
+        return AuditStats(written: counters.written.load(ordering: .relaxed),
+                          dropped: counters.dropped.load(ordering: .relaxed),
+                          failed: counters.failed.load(ordering: .relaxed),
+                          queueDepth: depth,
+                          lastError: counters.lastError.withLock { $0 })
+    }
+
+    /// False after the last write, sync or open failed, until one succeeds (for /readyz).
+    public var isWritable: Bool { counters.writable.load(ordering: .relaxed) }
+
+    /// Writes everything queued, flushes the usage file, stops the writer. Later records are refused
+    /// (fail-closed) or counted as dropped (best-effort). Idempotent.
+    public func close() {
+        let q = queue
+        q.lock.lock()
+        q.closing = true
+        q.writerIdle = false
+        q.writerWake.signal()
+        q.callerWake.broadcast()
+        while !q.writerDone { q.callerWake.wait(q.lock) }
+        q.lock.unlock()
+    }
+}

@@ -1,0 +1,174 @@
+// The line format and the chain, shared by the writer and the verifier.
+//
+// A line is   BODY,"chain":"<64 hex>"}\n   where BODY is the record's JSON object without its closing brace:
+//   {"seq":N[,"prev_chain":"<64 hex>"][,"dropped_before":K],"time":"…","op":"…","uid":…,"key_id":…,"backend":"…",
+//    "outcome":"…"[,"message":"…"],"latency_us":N,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":N
+//    [,"ciphertext_sha256":"<16 hex>"]
+// chain(N) = HMAC-SHA256(hmacKey, chain(N-1) as 32 raw bytes || BODY || "}")   — i.e. over the exact bytes of the
+// record serialised without its chain field. chain(0) is 32 zero bytes (the first record ever, seq 1).
+// The first record written to every newly opened file carries prev_chain = chain(N-1), so each file (a rotated
+// one, or one whose predecessors were deleted) verifies on its own, and the link between files is checked.
+// Fields are always in this order; strings use AuditJSON's escaping (pure ASCII), so the bytes are deterministic.
+import Crypto
+import Foundation
+
+enum AuditRecordFormat {
+    static let chainSize = 32
+    static let genesisChain = [UInt8](repeating: 0, count: chainSize)
+    private static let chainKey = Array(",\"chain\":\"".utf8)
+    private static let seqPrefix = Array("{\"seq\":".utf8)
+    /// `,"chain":"` + 64 hex + `"}`
+    static let chainSuffixLength = 10 + 2 * chainSize + 2
+
+    // Caps on caller-supplied text so one line stays small (the raw :path and messages come from outside).
+    static let maxOpScalars = 256
+    static let maxIDScalars = 256
+    static let maxMessageScalars = 1024
+    static let maxShortScalars = 64
+
+    /// The record's JSON object without its closing brace (see the format above).
+    static func body(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(512)
+        out.append(contentsOf: seqPrefix)
+        AuditJSON.appendInteger(seq, to: &out)
+        if let prevChain {
+            AuditJSON.appendKey("prev_chain", to: &out)
+            AuditJSON.appendHex(prevChain, to: &out)
+        }
+        if droppedBefore > 0 {
+            AuditJSON.appendKey("dropped_before", to: &out)
+            AuditJSON.appendInteger(droppedBefore, to: &out)
+        }
+        AuditJSON.appendKey("time", to: &out)
+        out.append(0x22)
+        RFC3339.append(event.time, to: &out)
+        out.append(0x22)
+        AuditJSON.appendKey("op", to: &out)
+        AuditJSON.appendString(event.op, maxScalars: maxOpScalars, to: &out)
+        AuditJSON.appendKey("uid", to: &out)
+        appendOptionalString(event.uid, maxScalars: maxIDScalars, to: &out)
+        AuditJSON.appendKey("key_id", to: &out)
+        appendOptionalString(event.keyID, maxScalars: maxIDScalars, to: &out)
+        AuditJSON.appendKey("backend", to: &out)
+        AuditJSON.appendString(event.backend, maxScalars: maxShortScalars, to: &out)
+        AuditJSON.appendKey("outcome", to: &out)
+        AuditJSON.appendString(event.outcome, maxScalars: maxShortScalars, to: &out)
+        if let message = event.message {
+            AuditJSON.appendKey("message", to: &out)
+            AuditJSON.appendString(message, maxScalars: maxMessageScalars, to: &out)
+        }
+        AuditJSON.appendKey("latency_us", to: &out)
+        AuditJSON.appendInteger(event.latencyMicros, to: &out)
+        AuditJSON.appendKey("peer", to: &out)
+        if let peer = event.peer {
+            out.append(0x7B)
+            AuditJSON.appendKey("pid", to: &out, first: true)
+            AuditJSON.appendInteger(peer.pid, to: &out)
+            AuditJSON.appendKey("uid", to: &out)
+            AuditJSON.appendInteger(peer.uid, to: &out)
+            AuditJSON.appendKey("gid", to: &out)
+            AuditJSON.appendInteger(peer.gid, to: &out)
+            out.append(0x7D)
+        } else {
+            out.append(contentsOf: Array("null".utf8))
+        }
+        AuditJSON.appendKey("connection", to: &out)
+        AuditJSON.appendInteger(event.connection, to: &out)
+        AuditJSON.appendKey("stream", to: &out)
+        AuditJSON.appendInteger(event.stream, to: &out)
+        if let ciphertext = event.ciphertext {
+            AuditJSON.appendKey("ciphertext_sha256", to: &out)
+            AuditJSON.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
+        }
+        return out
+    }
+
+    private static func appendOptionalString(_ s: String?, maxScalars: Int, to out: inout [UInt8]) {
+        if let s { AuditJSON.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: Array("null".utf8)) }
+    }
+
+    static func chain(key: [UInt8], previous: [UInt8], body: some Collection<UInt8>) -> [UInt8] {
+        var message = previous
+        message.reserveCapacity(previous.count + body.count + 1)
+        message.append(contentsOf: body)
+        message.append(0x7D)
+        return HMACSHA256.mac(key: key, message: message)
+    }
+
+    /// The full line: body + chain field + "}\n".
+    static func appendLine(body: [UInt8], chain: [UInt8], to out: inout [UInt8]) {
+        out.append(contentsOf: body)
+        out.append(contentsOf: chainKey)
+        AuditJSON.appendHexDigits(chain, to: &out)
+        out.append(contentsOf: [0x22, 0x7D])
+        out.append(0x0A)
+    }
+}
+
+/// The chain fields of one line, as found by `AuditLineParser`. Only seq/prev_chain/dropped_before are read
+/// structurally; the rest of the body is covered by the MAC.
+struct ParsedAuditLine: Equatable {
+    var seq: UInt64
+    var prevChain: [UInt8]?
+    var droppedBefore: UInt64
+    var chain: [UInt8]
+    /// BODY: the record without its chain field and closing brace (the MAC covers BODY + "}").
+    var body: ArraySlice<UInt8>
+}
+
+/// Reads the chain fields of a line without trusting anything in it: any byte sequence yields a value or nil,
+/// never a trap.
+enum AuditLineParser {
+    static func parse(_ line: ArraySlice<UInt8>) -> ParsedAuditLine? {
+        let suffix = AuditRecordFormat.chainSuffixLength
+        guard line.count > suffix + 8 else { return nil }
+        let bodyEnd = line.endIndex - suffix
+        guard line[bodyEnd..<(bodyEnd + 10)].elementsEqual(",\"chain\":\"".utf8),
+              line[(line.endIndex - 2)...].elementsEqual("\"}".utf8),
+              let chain = AuditJSON.decodeHex(line[(bodyEnd + 10)..<(line.endIndex - 2)], count: AuditRecordFormat.chainSize)
+        else { return nil }
+        let body = line[line.startIndex..<bodyEnd]
+        var cursor = body.startIndex
+        guard consume("{\"seq\":", body, &cursor), let seq = unsignedInteger(body, &cursor) else { return nil }
+        var prevChain: [UInt8]? = nil
+        if consume(",\"prev_chain\":\"", body, &cursor) {
+            let end = cursor + 2 * AuditRecordFormat.chainSize
+            guard end < body.endIndex, body[end] == 0x22,
+                  let value = AuditJSON.decodeHex(body[cursor..<end], count: AuditRecordFormat.chainSize)
+            else { return nil }
+            prevChain = value
+            cursor = end + 1
+        }
+        var dropped: UInt64 = 0
+        if consume(",\"dropped_before\":", body, &cursor) {
+            guard let value = unsignedInteger(body, &cursor) else { return nil }
+            dropped = value
+        }
+        guard consume(",\"time\":", body, &cursor) else { return nil }
+        return ParsedAuditLine(seq: seq, prevChain: prevChain, droppedBefore: dropped, chain: chain, body: body)
+    }
+
+    private static func consume(_ literal: String, _ bytes: ArraySlice<UInt8>, _ cursor: inout Int) -> Bool {
+        let lit = literal.utf8
+        guard bytes.endIndex - cursor >= lit.count, bytes[cursor..<(cursor + lit.count)].elementsEqual(lit) else { return false }
+        cursor += lit.count
+        return true
+    }
+
+    /// 1–20 decimal digits without a leading zero (except "0"), no overflow.
+    private static func unsignedInteger(_ bytes: ArraySlice<UInt8>, _ cursor: inout Int) -> UInt64? {
+        let start = cursor
+        var value: UInt64 = 0
+        while cursor < bytes.endIndex, bytes[cursor] >= 0x30, bytes[cursor] <= 0x39 {
+            let (m, o1) = value.multipliedReportingOverflow(by: 10)
+            let (s, o2) = m.addingReportingOverflow(UInt64(bytes[cursor] - 0x30))
+            guard !o1, !o2 else { return nil }
+            value = s
+            cursor += 1
+        }
+        let count = cursor - start
+        guard count > 0, !(count > 1 && bytes[start] == 0x30) else { return nil }
+        return value
+    }
+}

@@ -1,0 +1,229 @@
+// The writer thread: batches, the chain, rotation, failure rollback, loss reports, key usage.
+import Crypto
+import Foundation
+
+/// The chain position after the last record in the sink.
+struct ChainState {
+    var seq: UInt64 = 0
+    var chain: [UInt8] = AuditRecordFormat.genesisChain
+    /// Records lost since the last written one; the next written record reports them as dropped_before.
+    var unreportedDrops: UInt64 = 0
+}
+
+/// Owned by the writer thread after init; nothing else touches it.
+final class AuditWriter: @unchecked Sendable {
+    private let configuration: AuditConfiguration
+    private let queue: AuditQueue
+    private let counters: AuditCounters
+    private let sink: AuditSink
+    private var state = ChainState()
+    private var usage: KeyUsageTracker
+    /// One write(2) per batch, but never more than this many bytes in memory at once.
+    private let maxWriteBytes = 4 << 20
+    private var lossSinceLastLog = 0
+    private var lastLossLog = 0.0
+
+    init(configuration: AuditConfiguration, queue: AuditQueue, counters: AuditCounters) throws {
+        self.configuration = configuration
+        self.queue = queue
+        self.counters = counters
+        sink = AuditSink(path: configuration.path, maxSize: configuration.maxSize, maxFiles: configuration.maxFiles)
+        try sink.open()
+        usage = KeyUsageTracker(path: configuration.usageFilePath)
+        // Continue the chain of the file we append to, or of its rotated predecessor when it is new.
+        let last = !sink.isRegularFile ? nil
+            : sink.size > 0 ? AuditSink.lastRecord(path: configuration.path)
+            : AuditSink.lastRecord(path: configuration.path + ".1")
+        if let last {
+            state.seq = last.seq
+            state.chain = last.chain
+        } else if sink.size > 0 {
+            AuditDiagnostics.log("existing audit log ends without a recognisable record; starting a new chain",
+                                 fields: [("path", configuration.path)])
+        }
+    }
+
+    func run() {
+        var batch: [QueuedRecord] = []
+        var nextUsageFlush = monotonicSeconds() + configuration.usageFlushInterval
+        while true {
+            queue.lock.lock()
+            while queue.pending.isEmpty && !queue.closing && !queue.reopenRequested && queue.droppedSinceLastBatch == 0 {
+                queue.writerIdle = true
+                if usage.dirty {
+                    let remaining = nextUsageFlush - monotonicSeconds()
+                    if remaining <= 0 { break }
+                    queue.writerWake.wait(queue.lock, seconds: remaining)
+                } else {
+                    queue.writerWake.wait(queue.lock)
+                }
+            }
+            queue.writerIdle = false
+            swap(&batch, &queue.pending)
+            let queueDrops = queue.droppedSinceLastBatch
+            queue.droppedSinceLastBatch = 0
+            let droppedUsage = queue.droppedUsage
+            if !droppedUsage.isEmpty { queue.droppedUsage = [:] }
+            let reopen = queue.reopenRequested
+            queue.reopenRequested = false
+            let finishing = queue.closing && batch.isEmpty
+            if queue.callersWaitingForRoom > 0 { queue.callerWake.broadcast() }
+            queue.lock.unlock()
+
+            for (keyID, record) in droppedUsage { usage.merge(keyID, record) }
+            if queueDrops > 0 {
+                state.unreportedDrops += UInt64(queueDrops)
+                noteLoss(queueDrops, reason: "queue full")
+            }
+            if reopen { reopenSink() }
+            if !batch.isEmpty {
+                let results = write(batch)
+                if configuration.mode == .failClosed {
+                    queue.lock.lock()
+                    for (item, ok) in zip(batch, results) {
+                        item.waiter?.ok = ok
+                        item.waiter?.done = true
+                    }
+                    queue.callerWake.broadcast()
+                    queue.lock.unlock()
+                }
+                batch.removeAll(keepingCapacity: true)
+            }
+            if monotonicSeconds() >= nextUsageFlush {
+                usage.flush()
+                nextUsageFlush = monotonicSeconds() + configuration.usageFlushInterval
+            }
+            if finishing { break }
+        }
+        usage.flush()
+        if state.unreportedDrops > 0 {
+            AuditDiagnostics.log("audit log closed with unreported lost records",
+                                 fields: [("lost", String(state.unreportedDrops)), ("path", configuration.path)])
+        }
+        sink.close()
+        queue.lock.lock()
+        queue.writerDone = true
+        queue.callerWake.broadcast()
+        queue.lock.unlock()
+    }
+
+    private func reopenSink() {
+        do {
+            try sink.open()
+        } catch {
+            counters.fail(error.message)
+            AuditDiagnostics.log("cannot reopen audit log", fields: [("error", error.message)])
+        }
+    }
+
+    /// A line for `event` at the next chain position, and the state after it (not yet applied).
+    private func encode(_ event: AuditEvent) -> (line: [UInt8], next: ChainState) {
+        let seq = state.seq + 1
+        let body = AuditRecordFormat.body(of: event, seq: seq, prevChain: sink.openedNewFile ? state.chain : nil,
+                                          droppedBefore: state.unreportedDrops)
+        let chain = AuditRecordFormat.chain(key: configuration.hmacKey, previous: state.chain, body: body)
+        var line = [UInt8]()
+        line.reserveCapacity(body.count + AuditRecordFormat.chainSuffixLength + 1)
+        AuditRecordFormat.appendLine(body: body, chain: chain, to: &line)
+        return (line, ChainState(seq: seq, chain: chain, unreportedDrops: 0))
+    }
+
+    /// Writes the batch in as few segments as rotation and the memory cap allow; returns each record's fate.
+    private func write(_ batch: [QueuedRecord]) -> [Bool] {
+        var results = [Bool](repeating: false, count: batch.count)
+        for item in batch { usage.note(item.event) }
+        if !sink.isOpen || !sink.pathStillNamesOpenFile() {
+            do {
+                try sink.open()
+            } catch {
+                lose(batch.count, error: error.message)
+                return results
+            }
+        }
+        var segment = Segment(start: 0, checkpoint: state, openedNewFile: sink.openedNewFile, fileSize: sink.size)
+        var buffer = [UInt8]()
+        var index = 0
+        while index < batch.count {
+            var (line, next) = encode(batch[index].event)
+            let rotate = sink.needsRotation(pending: buffer.count, adding: line.count)
+            if rotate || buffer.count + line.count > maxWriteBytes {
+                commit(&segment, upTo: index, buffer: buffer, results: &results)
+                buffer.removeAll(keepingCapacity: true)
+                if sink.needsRotation(pending: 0, adding: line.count) {
+                    do {
+                        try sink.rotate()
+                    } catch {
+                        lose(batch.count - index, error: error.message)
+                        return results
+                    }
+                }
+                segment = Segment(start: index, checkpoint: state, openedNewFile: sink.openedNewFile, fileSize: sink.size)
+                (line, next) = encode(batch[index].event)
+            }
+            buffer.append(contentsOf: line)
+            state = next
+            sink.openedNewFile = false
+            index += 1
+        }
+        commit(&segment, upTo: batch.count, buffer: buffer, results: &results)
+        return results
+    }
+
+    private struct Segment {
+        var start: Int
+        var checkpoint: ChainState
+        var openedNewFile: Bool
+        var fileSize: Int64
+    }
+
+    /// Writes (and in fail-closed mode syncs) one segment. On failure the file is cut back and the chain rolled
+    /// back, so the chain in memory always matches the last record in the file.
+    private func commit(_ segment: inout Segment, upTo end: Int, buffer: [UInt8], results: inout [Bool]) {
+        let count = end - segment.start
+        guard count > 0 else { return }
+        var error = sink.write(buffer)
+        if error == nil && configuration.mode == .failClosed { error = sink.sync() }
+        guard let error else {
+            for i in segment.start..<end { results[i] = true }
+            counters.written.add(count, ordering: .relaxed)
+            counters.writable.store(true, ordering: .relaxed)
+            return
+        }
+        if !sink.truncate(to: segment.fileSize) && sink.isRegularFile {
+            // The file may now end in a partial or unsynced record; the next record carries prev_chain so the
+            // verifier can show exactly where the failure was.
+            sink.openedNewFile = true
+        } else {
+            sink.openedNewFile = segment.openedNewFile
+        }
+        state = segment.checkpoint
+        lose(count, error: "cannot write audit log \(configuration.path): \(POSIXFile.errorText(error))")
+    }
+
+    /// Records that did not reach the sink: refused (fail-closed) or dropped and reported (best-effort).
+    private func lose(_ count: Int, error: String) {
+        counters.fail(error)
+        if configuration.mode == .failClosed {
+            counters.failed.add(count, ordering: .relaxed)
+        } else {
+            counters.dropped.add(count, ordering: .relaxed)
+            state.unreportedDrops += UInt64(count)
+        }
+        noteLoss(count, reason: error)
+    }
+
+    /// A loud stderr line, at most one per second (the counts in it and in dropped_before are exact).
+    private func noteLoss(_ count: Int, reason: String) {
+        lossSinceLastLog += count
+        let now = monotonicSeconds()
+        guard now - lastLossLog >= 1 else { return }
+        lastLossLog = now
+        let message = configuration.mode == .failClosed
+            ? "audit records could not be written; their calls were refused"
+            : "audit records dropped"
+        AuditDiagnostics.log(message, fields: [("count", String(lossSinceLastLog)), ("reason", reason),
+                                               ("total_dropped", String(counters.dropped.load(ordering: .relaxed))),
+                                               ("total_failed", String(counters.failed.load(ordering: .relaxed)))])
+        lossSinceLastLog = 0
+    }
+}

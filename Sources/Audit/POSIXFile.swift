@@ -1,0 +1,102 @@
+// Small POSIX helpers: whole-buffer writes, atomic replacement, reading a file, errno text.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+enum POSIXFile {
+    static func errorText(_ code: Int32) -> String { String(cString: strerror(code)) }
+
+    /// Writes every byte (retrying short writes and EINTR); returns errno on failure.
+    static func writeAll(fd: Int32, _ bytes: [UInt8]) -> Int32? {
+        bytes.withUnsafeBytes { raw -> Int32? in
+            guard let base = raw.baseAddress else { return nil }
+            var offset = 0
+            while offset < raw.count {
+                let n = Glibc.write(fd, base + offset, raw.count - offset)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                if n == 0 { return EIO }
+                offset += n
+            }
+            return nil
+        }
+    }
+
+    static func directory(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        let dir = String(path[..<slash])
+        return dir.isEmpty ? "/" : dir
+    }
+
+    /// fsync of a folder, so a rename or create in it is durable. Returns errno on failure.
+    @discardableResult
+    static func syncDirectory(_ dir: String) -> Int32? {
+        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return errno }
+        defer { close(fd) }
+        return fsync(fd) == 0 ? nil : errno
+    }
+
+    /// Replaces `path` atomically: temp file in the same folder (mode `mode`), fsync, rename, fsync the folder.
+    static func atomicWrite(path: String, bytes: [UInt8], mode: mode_t = 0o600) throws(AuditError) {
+        let dir = directory(of: path)
+        let temp = path + ".tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw AuditError("cannot create \(temp): \(errorText(errno))") }
+        var failure: String? = nil
+        if fchmod(fd, mode) != 0 { failure = "fchmod: \(errorText(errno))" }
+        if failure == nil, let e = writeAll(fd: fd, bytes) { failure = "write: \(errorText(e))" }
+        if failure == nil, fsync(fd) != 0 { failure = "fsync: \(errorText(errno))" }
+        close(fd)
+        if failure == nil, rename(temp, path) != 0 { failure = "rename: \(errorText(errno))" }
+        if let failure {
+            unlink(temp)
+            throw AuditError("cannot write \(path): \(failure)")
+        }
+        if let e = syncDirectory(dir) { throw AuditError("cannot fsync \(dir): \(errorText(e))") }
+    }
+
+    /// The whole file, or an error naming the path.
+    static func read(path: String, limit: Int = Int.max) throws(AuditError) -> [UInt8] {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AuditError("cannot open \(path): \(errorText(errno))") }
+        defer { close(fd) }
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw AuditError("cannot read \(path): \(errorText(errno))")
+            }
+            if n == 0 { return out }
+            out.append(contentsOf: chunk[0..<n])
+            if out.count > limit { throw AuditError("\(path) is larger than \(limit) bytes") }
+        }
+    }
+}
+
+/// A JSON log line on stderr for conditions an operator must see (dropped or unwritable audit records).
+enum AuditDiagnostics {
+    static func log(_ message: String, fields: [(String, String)] = []) {
+        var out = [UInt8]()
+        out.append(0x7B)
+        AuditJSON.appendKey("time", to: &out, first: true)
+        AuditJSON.appendString(RFC3339.format(Date()), to: &out)
+        AuditJSON.appendKey("level", to: &out)
+        AuditJSON.appendString("error", to: &out)
+        AuditJSON.appendKey("component", to: &out)
+        AuditJSON.appendString("audit", to: &out)
+        AuditJSON.appendKey("msg", to: &out)
+        AuditJSON.appendString(message, to: &out)
+        for (key, value) in fields {
+            AuditJSON.appendKey(key, to: &out)
+            AuditJSON.appendString(value, to: &out)
+        }
+        out.append(contentsOf: [0x7D, 0x0A])
+        _ = POSIXFile.writeAll(fd: 2, out)
+    }
+}

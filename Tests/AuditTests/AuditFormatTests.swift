@@ -1,0 +1,158 @@
+// JSON escaping, RFC 3339 times, the line parser, the secret-free event type.
+@testable import Audit
+import Crypto
+import Foundation
+import Testing
+
+@Suite struct AuditFormatTests {
+    private func encoded(_ s: String) -> String {
+        var out = [UInt8]()
+        AuditJSON.appendString(s, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test func escapesQuotesBackslashAndNamedControls() {
+        #expect(encoded("a\"b\\c") == #""a\"b\\c""#)
+        #expect(encoded("\u{8}\u{C}\n\r\t") == #""\b\f\n\r\t""#)
+        #expect(encoded("\u{0}\u{1}\u{1F}\u{7F}") == #""\u0000\u0001\u001f\u007f""#)
+    }
+
+    @Test func escapesEveryControlCharacterAndNonASCII() throws {
+        var all = ""
+        for v in 0..<0x20 { all.unicodeScalars.append(Unicode.Scalar(UInt8(v))) }
+        all += "\u{7F}\u{80}\u{9F}é中\u{2028}\u{2029}😀\u{10FFFF}\"\\/ plain"
+        let text = encoded(all)
+        #expect(text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }, "output must be printable ASCII")
+        #expect(encoded("é") == #""\u00e9""#)
+        #expect(encoded("😀") == #""\ud83d\ude00""#)
+        // An independent JSON parser reads back exactly the original string.
+        let decoded = try JSONSerialization.jsonObject(with: Data("[\(text)]".utf8), options: []) as? [String]
+        #expect(decoded == [all])
+    }
+
+    @Test func truncatesLongFields() {
+        var out = [UInt8]()
+        AuditJSON.appendString(String(repeating: "x", count: 10), maxScalars: 4, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == #""xxxx...""#)
+    }
+
+    @Test func formatsRFC3339WithNanoseconds() {
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000000000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 1_795_613_718.5)) == "2026-11-25T13:35:18.500000000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: -1)) == "1969-12-31T23:59:59.000000000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 951_782_400)) == "2000-02-29T00:00:00.000000000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: .nan)) == "1970-01-01T00:00:00.000000000Z")
+        #expect(RFC3339.format(Date(timeIntervalSince1970: 1e15)) == "9999-12-31T23:59:59.000000000Z")
+    }
+
+    @Test func parsesRFC3339() throws {
+        let t = try #require(RFC3339.parse("2026-11-25T13:35:18.123456789Z"))
+        #expect(abs(t.timeIntervalSince1970 - 1_795_613_718.123456789) < 1e-6)
+        #expect(RFC3339.parse("2026-11-25T14:35:18+01:00")?.timeIntervalSince1970 == 1_795_613_718)
+        #expect(RFC3339.parse("2026-11-25T13:35:18Z")?.timeIntervalSince1970 == 1_795_613_718)
+        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T13:35:18", "2026-11-25T13:35:18.Z",
+                    "2026-11-25T13:35:18Zjunk", "x026-11-25T13:35:18Z", "2026-11-25T25:00:00Z"] {
+            #expect(RFC3339.parse(bad) == nil, "\(bad)")
+        }
+        let now = Date()
+        let round = try #require(RFC3339.parse(RFC3339.format(now)))
+        #expect(abs(round.timeIntervalSince(now)) < 1e-6)
+    }
+
+    @Test func recordLineHasFixedFieldsAndParsesBack() throws {
+        let body = AuditRecordFormat.body(of: sampleEvent(7, outcome: "INVALID_ARGUMENT"), seq: 3,
+                                          prevChain: AuditRecordFormat.genesisChain, droppedBefore: 2)
+        let chain = AuditRecordFormat.chain(key: testKey, previous: AuditRecordFormat.genesisChain, body: body)
+        var line = [UInt8]()
+        AuditRecordFormat.appendLine(body: body, chain: chain, to: &line)
+        #expect(line.last == 0x0A)
+        let text = String(decoding: line.dropLast(), as: UTF8.self)
+        let object = try #require(jsonObject(text))
+        #expect(Set(object.keys) == ["seq", "prev_chain", "dropped_before", "time", "op", "uid", "key_id", "backend",
+                                     "outcome", "message", "latency_us", "peer", "connection", "stream",
+                                     "ciphertext_sha256", "chain"])
+        #expect(object["seq"] as? Int == 3)
+        #expect(object["outcome"] as? String == "INVALID_ARGUMENT")
+        #expect(object["ciphertext_sha256"] as? String == String(hexString(SHA256.hash([7, 1, 2, 3])).prefix(16)))
+        #expect((object["peer"] as? [String: Any])?["pid"] as? Int == 100)
+        let parsed = try #require(AuditLineParser.parse(line.dropLast()))
+        #expect(parsed.seq == 3 && parsed.droppedBefore == 2 && parsed.chain == chain)
+        #expect(parsed.prevChain == AuditRecordFormat.genesisChain)
+        #expect(Array(parsed.body) == body)
+    }
+
+    @Test func optionalFieldsAreNullOrAbsent() throws {
+        let event = AuditEvent(time: Date(), op: "/bogus/Method", backend: "", outcome: "UNIMPLEMENTED", latencyMicros: 1)
+        let body = AuditRecordFormat.body(of: event, seq: 1, prevChain: nil, droppedBefore: 0)
+        let object = try #require(jsonObject(String(decoding: body + [0x7D], as: UTF8.self)))
+        #expect(object["uid"] is NSNull && object["key_id"] is NSNull && object["peer"] is NSNull)
+        #expect(object["message"] == nil && object["ciphertext_sha256"] == nil && object["prev_chain"] == nil)
+        #expect(object["dropped_before"] == nil)
+    }
+
+    /// The event type is the only way data reaches the log; none of its fields may hold a secret. A new field
+    /// must be reviewed here before it can be logged.
+    @Test func eventTypeHasNoSecretBearingFields() {
+        let fields = Mirror(reflecting: sampleEvent(1)).children.compactMap(\.label)
+        #expect(fields == ["time", "op", "uid", "keyID", "backend", "outcome", "message", "latencyMicros", "peer",
+                           "connection", "stream", "ciphertext"])
+    }
+
+    @Test func ciphertextIsLoggedOnlyAsAShortHash() {
+        var event = sampleEvent(1)
+        let ciphertext = Array("very-distinctive-ciphertext-bytes".utf8)
+        event.ciphertext = ciphertext
+        let text = String(decoding: AuditRecordFormat.body(of: event, seq: 1, prevChain: nil, droppedBefore: 0), as: UTF8.self)
+        #expect(!text.contains("very-distinctive"))
+        #expect(!text.contains(hexString(ciphertext)))
+        #expect(!text.contains(Data(ciphertext).base64EncodedString()))
+        #expect(text.contains("\"ciphertext_sha256\":\"\(hexString(SHA256.hash(ciphertext).prefix(8)))\""))
+    }
+
+    @Test func parserRejectsGarbageWithoutTrapping() {
+        var generator = SystemRandomNumberGenerator()
+        let valid = Array(#"{"seq":1,"time":"x","chain":"0000000000000000000000000000000000000000000000000000000000000000"}"#.utf8)
+        #expect(AuditLineParser.parse(valid[...]) != nil)
+        for _ in 0..<5000 {
+            var line = valid
+            for _ in 0..<Int.random(in: 1...4, using: &generator) {
+                let i = Int.random(in: 0..<line.count, using: &generator)
+                switch Int.random(in: 0..<3, using: &generator) {
+                case 0: line[i] = UInt8.random(in: 0...255, using: &generator)
+                case 1: line.remove(at: i)
+                default: line.insert(UInt8.random(in: 0...255, using: &generator), at: i)
+                }
+                if line.isEmpty { break }
+            }
+            _ = AuditLineParser.parse(line[...])
+        }
+        for bad in ["", "{", #"{"seq":"#, #"{"seq":99999999999999999999999,"time":"#, #"{"seq":01,"time":"#] {
+            #expect(AuditLineParser.parse(Array(bad.utf8)[...]) == nil)
+        }
+    }
+
+    @Test func hmacKeyFileFormats() throws {
+        let key = (0..<32).map { UInt8($0) }
+        #expect(try AuditHMACKeyFile.parse(Array((hexString(key) + "\n").utf8)) == key)
+        #expect(try AuditHMACKeyFile.parse(Array(hexString(key).uppercased().utf8)) == key)
+        #expect(try AuditHMACKeyFile.parse(Array(Data(key).base64EncodedString().utf8)) == key)
+        #expect(try AuditHMACKeyFile.parse(Array(Data(key).base64EncodedString().replacingOccurrences(of: "=", with: "").utf8)) == key)
+        let raw = key.map { $0 | 0x80 }
+        #expect(try AuditHMACKeyFile.parse(raw) == raw)
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array(repeating: 1, count: 31)) }
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse([]) }
+    }
+
+    @Test func hmacKeyFileMustBePrivate() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/hmac.key"
+        _ = FileManager.default.createFile(atPath: path, contents: Data(hexString([UInt8](repeating: 9, count: 32)).utf8))
+        chmod(path, 0o644)
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.load(path: path) }
+        chmod(path, 0o600)
+        #expect(try AuditHMACKeyFile.load(path: path) == [UInt8](repeating: 9, count: 32))
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.load(path: dir) }
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.load(path: dir + "/missing") }
+    }
+}

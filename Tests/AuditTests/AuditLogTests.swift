@@ -1,0 +1,277 @@
+// The writer: completeness under concurrency, rotation, restart, sinks, modes, key usage.
+@testable import Audit
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct AuditLogTests {
+    @Test(arguments: [AuditMode.bestEffort, .failClosed])
+    func concurrentCallsProduceExactlyOneRecordEachInSeqOrder(mode: AuditMode) throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        let log = try AuditLog(configuration: configuration(path, mode: mode))
+        let threads = 16, perThread = 250
+        let allOK = Shared(true)
+        onThreads(threads) { t in
+            for k in 0..<perThread {
+                let ops = ["Status", "Encrypt", "Decrypt", "/v2.KeyManagementService/Bogus"]
+                let outcome = k % 5 == 0 ? "INVALID_ARGUMENT" : "OK"
+                if !log.record(sampleEvent(t * 1000 + k, op: ops[k % 4], outcome: outcome)) { allOK.store(false) }
+            }
+        }
+        log.close()
+        #expect(allOK.load())
+        #expect(log.stats.written == threads * perThread && log.stats.dropped == 0 && log.stats.failed == 0)
+        let lines = readLines(path)
+        #expect(lines.count == threads * perThread)
+        var seen = Set<String>()
+        for (index, line) in lines.enumerated() {
+            let object = try #require(jsonObject(line), "line \(index + 1) is not JSON")
+            #expect(object["seq"] as? Int == index + 1)
+            seen.insert("\(object["connection"] ?? "")/\(object["stream"] ?? "")")
+            #expect(object["backend"] as? String == "file")
+            #expect((object["outcome"] as? String == "OK") == (object["message"] == nil))
+        }
+        #expect(seen.count == threads * perThread, "every call exactly once")
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok, "\(report.summary)")
+        #expect(report.records == threads * perThread && report.lastSeq == UInt64(threads * perThread))
+        #expect(fileMode(path) == 0o600)
+    }
+
+    @Test func rotationBySizeKeepsTheChainVerifiableAcrossFiles() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 100, maxSize: 4000, maxFiles: 50)
+        let files = AuditVerifier.filesToVerify(path: path)
+        #expect(files.count > 5)
+        for file in files {
+            let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? -1
+            #expect(size > 0 && size <= 4000, "\(file) has \(size) bytes")
+            #expect(fileMode(file) == 0o600)
+        }
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok, "\(report.summary)")
+        #expect(report.records == 100 && report.firstSeq == 1 && report.lastSeq == 100)
+
+        // A rotated file missing from the middle breaks the link between its neighbours.
+        try FileManager.default.removeItem(atPath: path + ".2")
+        let broken = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(broken.problem?.file == path + ".1" && broken.problem?.line == 1)
+        #expect(broken.problem?.reason.contains("prev_chain") == true)
+    }
+
+    @Test func oldRotatedFilesAreDeletedAndTheRestStillVerifies() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 100, maxSize: 2000, maxFiles: 2)
+        #expect(AuditVerifier.filesToVerify(path: path) == [path + ".2", path + ".1", path])
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok, "\(report.summary)")
+        #expect(report.lastSeq == 100 && report.records < 100 && (report.firstSeq ?? 0) > 1)
+    }
+
+    @Test func restartContinuesTheChain() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 5)
+        try writeRecords(path, count: 5, start: 5)
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok && report.records == 10 && report.lastSeq == 10, "\(report.summary)")
+    }
+
+    @Test func restartAfterACrashedPartialLineKeepsTheEvidence() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 5)
+        let handle = try #require(FileHandle(forWritingAtPath: path))
+        handle.seekToEndOfFile()
+        handle.write(Data(#"{"seq":6,"time":"2026-"#.utf8))
+        handle.closeFile()
+        try writeRecords(path, count: 2, start: 5)
+        let lines = readLines(path)
+        #expect(lines.count == 8)
+        #expect(jsonObject(lines[6])?["seq"] as? Int == 6, "the chain continues after the last complete record")
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.problem?.line == 6)
+    }
+
+    @Test func externalRotationAndReopen() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        for i in 0..<3 { #expect(log.record(sampleEvent(i))) }
+        #expect(rename(path, dir + "/audit.log.1") == 0)
+        log.reopen()
+        for i in 3..<6 { #expect(log.record(sampleEvent(i))) }
+        log.close()
+        #expect(readLines(path).count == 3)
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok && report.records == 6, "\(report.summary)")
+    }
+
+    @Test(arguments: [AuditMode.bestEffort, .failClosed])
+    func devNullIsAValidSink(mode: AuditMode) throws {
+        let log = try AuditLog(configuration: configuration("/dev/null", mode: mode))
+        for i in 0..<100 { #expect(log.record(sampleEvent(i))) }
+        log.close()
+        #expect(log.stats.written == 100 && log.stats.dropped == 0 && log.stats.failed == 0)
+        #expect(log.isWritable)
+    }
+
+    @Test func failClosedReturnsFalseOnAFullDevice() throws {
+        let log = try AuditLog(configuration: configuration("/dev/full", mode: .failClosed))
+        #expect(!log.record(sampleEvent(1)))
+        #expect(!log.record(sampleEvent(2)))
+        log.close()
+        #expect(log.stats.failed == 2 && log.stats.written == 0)
+        #expect(!log.isWritable && log.stats.lastError?.contains("No space") == true)
+    }
+
+    @Test func bestEffortCountsSinkFailuresAsDrops() throws {
+        let log = try AuditLog(configuration: configuration("/dev/full", mode: .bestEffort))
+        for i in 0..<10 { #expect(log.record(sampleEvent(i))) }
+        log.close()
+        #expect(log.stats.dropped == 10 && log.stats.written == 0)
+    }
+
+    @Test func failClosedReturnsFalseWhenTheFolderIsRemovedAndRecovers() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        #expect(log.record(sampleEvent(1)))
+        removeTree(dir)
+        #expect(!log.record(sampleEvent(2)))
+        #expect(!log.isWritable)
+        #expect(mkdir(dir, 0o700) == 0)
+        #expect(log.record(sampleEvent(3)))
+        log.close()
+        #expect(log.isWritable)
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok && report.records == 1 && report.firstSeq == 2, "\(report.summary)")
+    }
+
+    @Test func bestEffortNeverBlocksAndReportsDropsWhenTheQueueIsFull() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let fifo = dir + "/audit.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        #expect(reader >= 0)
+        let log = try AuditLog(configuration: configuration(fifo, queueCapacity: 16))
+        // Nobody reads the FIFO: the writer blocks once the pipe buffer is full, the queue fills, and callers
+        // must still return at once.
+        let returnedTrue = Shared(true)
+        let quick = finishes(within: 20) {
+            for i in 0..<20000 where !log.record(sampleEvent(i)) { returnedTrue.store(false) }
+        }
+        #expect(quick, "record() blocked in best-effort mode")
+        #expect(returnedTrue.load())
+        let dropped = log.stats.dropped
+        #expect(dropped > 0)
+        // Drain the FIFO so the writer can finish, then the next record reports the loss.
+        let drained = Shared(0)
+        let stop = Shared(false)
+        let drainer = Thread {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            var all = [UInt8]()
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(reader, $0.baseAddress, $0.count) }
+                if n > 0 { all.append(contentsOf: buffer[0..<n]); continue }
+                if stop.load() { break }
+                usleep(1000)
+            }
+            let text = String(decoding: all, as: UTF8.self)
+            drained.store(text.components(separatedBy: "\"dropped_before\":").count - 1)
+        }
+        drainer.start()
+        #expect(log.record(sampleEvent(99999)))
+        #expect(finishes(within: 20) { log.close() })
+        stop.store(true)
+        usleep(200_000)
+        close(reader)
+        #expect(drained.load() >= 1, "a record after the loss carries dropped_before")
+        #expect(log.stats.written + log.stats.dropped == 20001)
+    }
+
+    @Test func keyUsageFileKeepsLastSuccessfulEncryptAndDecryptPerKey() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let usagePath = dir + "/usage.json"
+        let t = { (s: Double) in Date(timeIntervalSince1970: 1_790_000_000 + s) }
+        let log = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath))
+        _ = log.record(sampleEvent(1, op: "Encrypt", keyID: "A", time: t(10)))
+        _ = log.record(sampleEvent(2, op: "Decrypt", keyID: "A", time: t(20)))
+        _ = log.record(sampleEvent(3, op: "Decrypt", keyID: "A", outcome: "FAILED_PRECONDITION", time: t(30)))
+        _ = log.record(sampleEvent(4, op: "Encrypt", keyID: "A", time: t(5)))   // older than the one we have
+        _ = log.record(sampleEvent(5, op: "Encrypt", keyID: "B", time: t(40)))
+        _ = log.record(sampleEvent(6, op: "Status", keyID: "C", time: t(50)))
+        log.close()
+        let usage = try KeyUsageFile.load(path: usagePath)
+        #expect(Set(usage.keys) == ["A", "B"])
+        #expect(abs((usage["A"]?.lastEncrypt?.timeIntervalSince(t(10))) ?? 99) < 1e-6)
+        #expect(abs((usage["A"]?.lastDecrypt?.timeIntervalSince(t(20))) ?? 99) < 1e-6)
+        #expect(abs((usage["B"]?.lastEncrypt?.timeIntervalSince(t(40))) ?? 99) < 1e-6)
+        #expect(usage["B"]?.lastDecrypt == nil)
+        #expect(fileMode(usagePath) == 0o600)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp") }
+        #expect(leftovers.isEmpty, "atomic write leaves no temp files")
+        let text = String(decoding: FileManager.default.contents(atPath: usagePath) ?? Data(), as: UTF8.self)
+        #expect(text.contains(#""A":{"last_decrypt":"2026-09-21T14:13:40.000000000Z","last_encrypt":"2026-09-21T14:13:30.000000000Z"}"#))
+
+        // A restart keeps what the file knew and adds to it.
+        let again = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath))
+        _ = again.record(sampleEvent(7, op: "Decrypt", keyID: "B", time: t(60)))
+        again.close()
+        let merged = try KeyUsageFile.load(path: usagePath)
+        #expect(merged["A"] == usage["A"])
+        #expect(abs((merged["B"]?.lastDecrypt?.timeIntervalSince(t(60))) ?? 99) < 1e-6)
+    }
+
+    @Test func keyUsageFileIsFlushedPeriodically() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let usagePath = dir + "/usage.json"
+        let log = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath,
+                                                             usageFlushInterval: 0.1))
+        defer { log.close() }
+        _ = log.record(sampleEvent(1, op: "Decrypt", keyID: "K"))
+        var found = false
+        for _ in 0..<100 where !found {
+            usleep(50_000)
+            found = (try? KeyUsageFile.load(path: usagePath))?["K"]?.lastDecrypt != nil
+        }
+        #expect(found, "usage file written without close")
+    }
+
+    @Test func keyUsageLoadRejectsGarbage() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/usage.json"
+        for bad in ["", "{", "[]", #"{"keys":{"a":{"last_encrypt":"yesterday"}}}"#, #"{"keys":5}"#] {
+            writeLines([bad], to: path)
+            #expect(throws: (any Error).self) { try KeyUsageFile.load(path: path) }
+        }
+        writeLines([#"{"keys":{"a":{"last_decrypt":null},"b":{}}}"#], to: path)
+        #expect(try KeyUsageFile.load(path: path) == ["a": KeyUsageRecord(), "b": KeyUsageRecord()])
+        #expect(throws: (any Error).self) { try KeyUsageFile.load(path: dir + "/missing") }
+    }
+
+    @Test func rejectsBadConfiguration() {
+        #expect(throws: AuditError.self) {
+            try AuditLog(configuration: AuditConfiguration(path: "/dev/null", hmacKey: [1, 2, 3]))
+        }
+        #expect(throws: AuditError.self) {
+            try AuditLog(configuration: AuditConfiguration(path: "/nonexistent-dir/x/audit.log", hmacKey: testKey))
+        }
+    }
+}

@@ -1,0 +1,204 @@
+"""`kekctl audit verify` against audit logs written here by an independent implementation of the chain format
+(Sources/Audit/AuditRecordFormat.swift): a good log passes, tampered ones fail at the right line, usage exit codes."""
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bin_dir() -> Path:
+    env = os.environ.get("KEKD_BIN_DIR")
+    if env:
+        return Path(env)
+    out = subprocess.run(["swift", "build", "--show-bin-path"], cwd=REPO, check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+KEKCTL = bin_dir() / "kekctl"
+KEY = bytes(range(32))
+
+
+def body(seq: int, prev_chain: bytes | None, stream: int) -> str:
+    uid = json.dumps("uid-\u00e9-\t-\"" + str(seq), ensure_ascii=True)
+    fields = [f'"seq":{seq}']
+    if prev_chain is not None:
+        fields.append(f'"prev_chain":"{prev_chain.hex()}"')
+    fields += [
+        '"time":"2026-11-25T13:35:18.123456789Z"',
+        '"op":"Decrypt"',
+        # ensure_ascii escaping is the format's: \" \\ \n ..., \u00XX for other controls, \uXXXX for non-ASCII
+        f'"uid":{uid}',
+        '"key_id":"k1"',
+        '"backend":"file"',
+        '"outcome":"OK"',
+        '"latency_us":12',
+        '"peer":{"pid":42,"uid":0,"gid":0}',
+        '"connection":1',
+        f'"stream":{stream}',
+        f'"ciphertext_sha256":"{hashlib.sha256(bytes([seq])).hexdigest()[:16]}"',
+    ]
+    return "{" + ",".join(fields)
+
+
+def chained_lines(count: int, key: bytes = KEY, first_seq: int = 1, chain: bytes = bytes(32)):
+    """Lines for seq first_seq..; the first carries prev_chain (as the writer does for every new file)."""
+    lines = []
+    for seq in range(first_seq, first_seq + count):
+        b = body(seq, chain if seq == first_seq else None, 2 * seq + 1)
+        mac = hmac.new(key, chain + (b + "}").encode(), hashlib.sha256).digest()
+        lines.append(b + f',"chain":"{mac.hex()}"}}')
+        chain = mac
+    return lines, chain
+
+
+def write(path: Path, lines, newline_at_end=True):
+    path.write_text("\n".join(lines) + ("\n" if newline_at_end else ""))
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    p = tmp_path / "audit-hmac.key"
+    p.write_text(KEY.hex() + "\n")
+    p.chmod(0o600)
+    return p
+
+
+def verify(path, key_file, *extra):
+    return subprocess.run([str(KEKCTL), "audit", "verify", str(path), "--audit-hmac-key-file", str(key_file), *extra],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_good_log_verifies(tmp_path, key_file):
+    log = tmp_path / "audit.log"
+    write(log, chained_lines(20)[0])
+    r = verify(log, key_file)
+    assert r.returncode == 0, r.stderr
+    assert "20 records" in r.stdout and "seq 1-20" in r.stdout
+    assert len(r.stdout.strip().splitlines()) == 1
+
+
+def test_rotated_predecessors_are_verified_as_one_chain(tmp_path, key_file):
+    log = tmp_path / "audit.log"
+    first, chain = chained_lines(10)
+    second, _ = chained_lines(10, first_seq=11, chain=chain)
+    write(Path(str(log) + ".1"), first)
+    write(log, second)
+    r = verify(log, key_file)
+    assert r.returncode == 0, r.stderr
+    assert "20 records" in r.stdout and "2 files" in r.stdout
+    # The predecessor altered: the failure names the rotated file.
+    tampered = list(first)
+    tampered[3] = tampered[3].replace('"latency_us":12', '"latency_us":13')
+    write(Path(str(log) + ".1"), tampered)
+    r = verify(log, key_file)
+    assert r.returncode == 1
+    assert "audit.log.1:4:" in r.stderr
+
+
+@pytest.mark.parametrize("tamper, line, word", [
+    (lambda ls: ls[:6] + ls[7:], 7, "missing"),
+    (lambda ls: ls[:6] + [ls[6].replace('"outcome":"OK"', '"outcome":"NO"')] + ls[7:], 7, "altered"),
+    (lambda ls: ls[:6] + [ls[7], ls[6]] + ls[8:], 7, "out of order"),
+])
+def test_tampered_log_fails_at_the_right_line(tmp_path, key_file, tamper, line, word):
+    log = tmp_path / "audit.log"
+    write(log, tamper(chained_lines(20)[0]))
+    r = verify(log, key_file)
+    assert r.returncode == 1, r.stdout
+    assert f"audit.log:{line}:" in r.stderr and word in r.stderr, r.stderr
+
+
+def test_truncated_last_line_fails(tmp_path, key_file):
+    log = tmp_path / "audit.log"
+    lines = chained_lines(5)[0]
+    write(log, lines[:4] + [lines[4][:-20]], newline_at_end=False)
+    r = verify(log, key_file)
+    assert r.returncode == 1
+    assert "audit.log:5:" in r.stderr and "truncated" in r.stderr
+
+
+def test_wrong_key_fails(tmp_path):
+    log = tmp_path / "audit.log"
+    write(log, chained_lines(3)[0])
+    other = tmp_path / "other.key"
+    other.write_bytes(bytes(range(1, 33)))
+    other.chmod(0o600)
+    r = verify(log, other)
+    assert r.returncode == 1 and "audit.log:1:" in r.stderr
+
+
+@pytest.mark.parametrize("encode", [lambda k: k.hex().upper(), lambda k: __import__("base64").b64encode(k).decode()])
+def test_key_file_text_formats(tmp_path, encode):
+    log = tmp_path / "audit.log"
+    write(log, chained_lines(3)[0])
+    kf = tmp_path / "k"
+    kf.write_text(encode(KEY) + "\n")
+    kf.chmod(0o400)
+    assert verify(log, kf).returncode == 0
+
+
+def test_group_readable_key_file_is_refused(tmp_path, key_file):
+    log = tmp_path / "audit.log"
+    write(log, chained_lines(3)[0])
+    key_file.chmod(0o640)
+    r = verify(log, key_file)
+    assert r.returncode == 1 and "group or others" in r.stderr
+
+
+def test_missing_log_fails(tmp_path, key_file):
+    r = verify(tmp_path / "nope.log", key_file)
+    assert r.returncode == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["audit"], ["audit", "bogus"], ["audit", "verify"], ["audit", "verify", "x"],
+    ["audit", "verify", "x", "y", "--audit-hmac-key-file", "k"], ["audit", "verify", "x", "--unknown", "1"],
+])
+def test_usage_errors_exit_2(args):
+    r = subprocess.run([str(KEKCTL), *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, (args, r.stdout, r.stderr)
+
+
+def test_help():
+    for args in (["audit", "--help"], ["audit", "verify", "--help"]):
+        r = subprocess.run([str(KEKCTL), *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "audit verify PATH" in r.stdout
+
+
+def test_key_file_derives_the_chain_key(tmp_path):
+    """--key-file: the chain key is HKDF-SHA256(audit_secret, salt=file_id, info="kekd audit-chain hmac key v1"),
+    recomputed here from the key file `kekctl init` wrote."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    import base64
+
+    key_path = tmp_path / "kek.json"
+    r = subprocess.run([str(KEKCTL), "init", "--key-file", str(key_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(key_path.read_text())
+    chain_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(stored["file_id"]),
+                     info=b"kekd audit-chain hmac key v1").derive(base64.b64decode(stored["audit_secret"]))
+    log = tmp_path / "audit.log"
+    lines, _ = chained_lines(8, key=chain_key)
+    write(log, lines)
+    args = [str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "8 records" in r.stdout, r.stderr
+    write(log, lines[:2] + lines[3:])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "audit.log:3:" in r.stderr
+    # Another key file derives another key; both flags at once is a usage error.
+    other = tmp_path / "other.json"
+    subprocess.run([str(KEKCTL), "init", "--key-file", str(other)], check=True, capture_output=True, timeout=60)
+    write(log, lines)
+    r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(other)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "audit.log:1:" in r.stderr
+    r = subprocess.run(args + ["--audit-hmac-key-file", str(other)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
