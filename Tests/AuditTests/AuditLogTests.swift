@@ -15,7 +15,7 @@ import Glibc
         let log = try AuditLog(configuration: configuration(path, mode: mode))
         let threads = 16, perThread = 250
         let allOK = Shared(true)
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        onThreads(threads) { t in
             for k in 0..<perThread {
                 let ops = ["Status", "Encrypt", "Decrypt", "/v2.KeyManagementService/Bogus"]
                 let outcome = k % 5 == 0 ? "INVALID_ARGUMENT" : "OK"
