@@ -465,6 +465,16 @@ class FakeVaultProcess:
     def stats(self):
         return self.control("stats")
 
+    def admin(self, method, path):
+        """A Vault API call with a fresh non-expiring token, as an operator would make it (e.g. a key rotation)."""
+        import http.client
+        token = self.control("token", {"ttl": 0})["token"]
+        conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
+        conn.request(method, "/v1/" + path, headers={"X-Vault-Token": token})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
     def kekd_flags(self, auth="token"):
         flags = ["--vault-addr", self.info["addr"], "--vault-key", self.info["key"], "--vault-ca-file", self.info["ca_pem"]]
         if auth == "token":
