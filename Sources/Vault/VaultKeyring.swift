@@ -4,6 +4,7 @@
 // (batched). A background loop renews the token, polls the key's latest version and renews the local KEK.
 import Crypto
 import Foundation
+import Locking
 import Synchronization
 
 /// The local KEK in use for Encrypt, with everything Status and Encrypt must agree on.
@@ -53,7 +54,7 @@ public final class VaultKeyring: Sendable {
     let transit: TransitAPI
     let cache: LocalKEKCache
     let batcher: UnwrapBatcher
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let onCache: (@Sendable (Bool) -> Void)?
     private let log: VaultLog
     let problems: ProblemTracker
@@ -377,7 +378,7 @@ public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Vo
 /// The current Vault problem (outage, refused login, …), logged once when it starts and once when it ends, so an
 /// outage shows in the log without one line per failed call.
 final class ProblemTracker: Sendable {
-    private let current = Mutex<String?>(nil)
+    private let current = LockedValue<String?>(nil)
     private let log: VaultLog
 
     init(log: @escaping VaultLog) { self.log = log }
