@@ -24,6 +24,26 @@ public enum AuditHMACKeyFile {
         return try parse(contents)
     }
 
+    /// For backends that cannot derive a chain key (Vault): loads the file, or when it does not exist creates it
+    /// with 32 random bytes as hex (mode 0600, atomically, never replacing a file another process created first).
+    public static func loadOrCreate(path: String) throws(AuditError) -> [UInt8] {
+        if access(path, F_OK) != 0 && errno == ENOENT {
+            var key: [UInt8]
+            do { key = try SecureRandom.bytes(minimumKeySize) } catch { throw AuditError("random audit HMAC key: \(error)") }
+            var text = Array((hexString(key) + "\n").utf8)
+            defer {
+                wipe(&key)
+                wipe(&text)
+            }
+            do {
+                try POSIXFile.atomicWrite(path: path, bytes: text, noClobber: true)
+            } catch where access(path, F_OK) == 0 {
+                // Another process created it first: use theirs.
+            }
+        }
+        return try load(path: path)
+    }
+
     /// The key in `contents` (see the formats above).
     public static func parse(_ contents: [UInt8]) throws(AuditError) -> [UInt8] {
         let text = trimmed(contents)

@@ -38,8 +38,10 @@ final class AuditSink {
             isRegularFile = false
             return
         }
-        let newFD = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        // O_NONBLOCK only for the open: a FIFO without a reader fails (ENXIO) instead of hanging kekd.
+        let newFD = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard newFD >= 0 else { throw AuditError("cannot open audit log \(path): \(POSIXFile.errorText(errno))") }
+        _ = fcntl(newFD, F_SETFL, fcntl(newFD, F_GETFL) & ~O_NONBLOCK)
         var st = stat()
         guard fstat(newFD, &st) == 0 else {
             let e = errno

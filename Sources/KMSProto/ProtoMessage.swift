@@ -20,7 +20,11 @@ extension ProtoMessage {
 /// `map<string, bytes>` fields: each entry is a length-delimited message `{1: key, 2: value}`.
 enum StringBytesMap {
     /// Decodes one entry payload and merges it into `map`. A missing key or value means the empty default.
-    /// Invalid UTF-8 in the key is reported with the map's own field number.
+    /// Invalid UTF-8 in the key is reported with the map's own field number. Unknown fields inside the entry are
+    /// skipped and the entry kept (as protobuf-go does; upb would set the whole entry aside as unknown).
+    /// Limitation of the `[String: [UInt8]]` contract: Swift compares keys by canonical equivalence, so two keys
+    /// with different bytes but the same normalised text (e.g. "é" and "e\u{301}") collapse into one entry. Real
+    /// annotation keys are ASCII domain names, for which bytes and text equality agree.
     static func mergeEntry(_ entry: ArraySlice<UInt8>, into map: inout [String: [UInt8]], field: Int) throws(ProtobufError) {
         var reader = ProtobufReader(entry)
         var key = ""

@@ -42,8 +42,6 @@ public final class VaultKeyring: Sendable {
         var keyInfo: TransitKeyInfo?
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
-        /// Last Vault problem seen by the background loop (outage), nil when healthy.
-        var outage: String?
         var nextPoll: Double = 0
         /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
         var lastForcedRead: Double = -1e9
@@ -57,7 +55,8 @@ public final class VaultKeyring: Sendable {
     let batcher: UnwrapBatcher
     private let state = Mutex(State())
     private let onCache: (@Sendable (Bool) -> Void)?
-    private let log: @Sendable (String) -> Void
+    private let log: VaultLog
+    let problems: ProblemTracker
     private let now: @Sendable () -> Double
     private let stopped = Atomic<Bool>(false)
     private let wake = NSCondition()
@@ -67,12 +66,15 @@ public final class VaultKeyring: Sendable {
     public init(configuration: VaultConfiguration,
                 onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (Bool) -> Void)? = nil,
-                log: (@Sendable (String) -> Void)? = nil,
+                log: VaultLog? = nil,
                 maintenanceTick: Double = 1.0,
                 startBackground: Bool = true) throws(VaultError) {
         self.configuration = configuration
         self.onCache = onCache
-        self.log = log ?? { message in FileHandle.standardError.write(Data("kekd vault: \(message)\n".utf8)) }
+        let log = log ?? { level, message in FileHandle.standardError.write(Data("kekd vault \(level): \(message)\n".utf8)) }
+        self.log = log
+        let problems = ProblemTracker(log: log)
+        self.problems = problems
         self.now = { Date().timeIntervalSince1970 }
         self.tick = maintenanceTick
         var tls = configuration.tls
@@ -90,7 +92,7 @@ public final class VaultKeyring: Sendable {
         let transit = self.transit
         let timeout = configuration.requestTimeout
         batcher = UnwrapBatcher(cache: cache) { wrapped in
-            Self.unwrapBatch(wrapped, transit: transit, deadline: Date(timeIntervalSinceNow: timeout))
+            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout))
         }
         if startBackground {
             Thread.detachNewThread { [self] in self.maintenanceLoop() }
@@ -121,12 +123,13 @@ public final class VaultKeyring: Sendable {
 
     /// Cached state only; never I/O.
     public func health() -> Health {
-        state.withLock { s in
+        let problem = problems.message
+        return state.withLock { s in
             if let blocked = s.blocked { return Health(canEncrypt: false, keyID: s.active?.keyID ?? "", detail: blocked) }
             guard let active = s.active else {
-                return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (s.outage.map { ": \($0)" } ?? ""))
+                return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (problem.map { ": \($0)" } ?? ""))
             }
-            let detail = s.outage.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
+            let detail = problem.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
             return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
         }
     }
@@ -234,9 +237,12 @@ public final class VaultKeyring: Sendable {
         return (String(decoding: bytes, as: UTF8.self), version)
     }
 
-    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, problems: ProblemTracker,
+                            deadline: Date) -> [Result<SymmetricKey, VaultError>] {
         do {
-            return try transit.decryptBatch(wrapped, deadline: deadline).map { result in
+            let results = try transit.decryptBatch(wrapped, deadline: deadline)
+            problems.clear()
+            return results.map { result in
                 result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
                     var bytes = plain
                     defer { wipe(&bytes) }
@@ -247,6 +253,7 @@ public final class VaultKeyring: Sendable {
                 }
             }
         } catch {
+            if error.code != .invalidArgument { problems.note(error.message) }
             return Array(repeating: .failure(error), count: wrapped.count)
         }
     }
@@ -295,7 +302,7 @@ public final class VaultKeyring: Sendable {
     func maintain() {
         let deadline = Date(timeIntervalSinceNow: configuration.requestTimeout)
         if tokens.currentState != nil, let error = tokens.maintain(deadline: deadline) {
-            noteProblem("token upkeep: \(error.message)")
+            problems.note("token upkeep: \(error.message)")
         }
         let t = now()
         let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
@@ -314,13 +321,13 @@ public final class VaultKeyring: Sendable {
                 else if reason == nil { s.blocked = nil }
             }
             if let reason { try installNewKEK(info: info, reason: reason) }
-            clearProblem()
+            problems.clear()
         } catch {
             if error.code == .failedPrecondition {
                 // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
                 state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
             }
-            noteProblem(error.message)
+            problems.note(error.message)
         }
     }
 
@@ -357,27 +364,39 @@ public final class VaultKeyring: Sendable {
             s.blocked = nil
             return old
         }
-        if previous != fresh.keyID { log("new local KEK (\(reason)); key_id \(fresh.keyID)") }
-    }
-
-    private func noteProblem(_ message: String) {
-        let first = state.withLock { s -> Bool in
-            let was = s.outage
-            s.outage = message
-            return was == nil
-        }
-        if first { log("Vault problem: \(message)") }
-    }
-
-    private func clearProblem() {
-        let had = state.withLock { s -> Bool in
-            let was = s.outage != nil
-            s.outage = nil
-            return was
-        }
-        if had { log("Vault reachable again") }
+        if previous != fresh.keyID { log("info", "new local KEK (\(reason)); key_id \(fresh.keyID)") }
     }
 
     /// Counts for tests: Vault decrypt batches, logins, renewals, TLS connections.
     var decryptBatches: Int { batcher.batches.load(ordering: .relaxed) }
+}
+
+/// Where the keyring logs: level ("info", "warn") and a message that never holds secrets.
+public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Void
+
+/// The current Vault problem (outage, refused login, …), logged once when it starts and once when it ends, so an
+/// outage shows in the log without one line per failed call.
+final class ProblemTracker: Sendable {
+    private let current = Mutex<String?>(nil)
+    private let log: VaultLog
+
+    init(log: @escaping VaultLog) { self.log = log }
+
+    var message: String? { current.withLock { $0 } }
+
+    func note(_ message: String) {
+        let first = current.withLock { c -> Bool in
+            defer { c = message }
+            return c == nil
+        }
+        if first { log("warn", "Vault problem: \(message)") }
+    }
+
+    func clear() {
+        let had = current.withLock { c -> Bool in
+            defer { c = nil }
+            return c != nil
+        }
+        if had { log("info", "Vault reachable again") }
+    }
 }

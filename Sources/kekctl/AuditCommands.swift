@@ -2,6 +2,7 @@
 import Audit
 import Crypto
 import Foundation
+import KMS
 
 enum AuditCommands {
     static let help = """
@@ -56,8 +57,12 @@ enum AuditCommands {
         switch (parsed.value("audit-hmac-key-file"), parsed.value("key-file")) {
         case (let file?, nil):
             return try AuditHMACKeyFile.load(path: file)
-        case (nil, .some):
-            throw UsageError(message: "--key-file is not available in this build; use --audit-hmac-key-file")
+        case (nil, let keyFile?):
+            do {
+                return try FileKeyBackend.auditHMACKey(keyFilePath: keyFile)
+            } catch {
+                throw AuditError("cannot derive the audit HMAC key from \(keyFile): \(error.message)")
+            }
         case (.some, .some):
             throw UsageError(message: "give either --audit-hmac-key-file or --key-file, not both")
         case (nil, nil):

@@ -1,5 +1,6 @@
 // Key lifecycle subcommands: init, rotate, list, retire, prune. Every write goes through KeyFileStore (locked,
 // atomic, mode 0600); nothing here ever prints key bytes.
+import Audit
 import Foundation
 import KMS
 
@@ -52,7 +53,7 @@ enum KeyCommands {
             let path = try keyFilePath(arguments)
             let file = try KeyFileStore.load(path: path).file
             let usagePath = usageFilePath(arguments, keyFile: path)
-            var usage: [String: KeyUsage] = [:]
+            var usage: [String: KeyUsageRecord] = [:]
             switch loadUsage(path: usagePath) {
             case .missing: break
             case .unreadable(let reason): printError("warning: ignoring usage file \(usagePath): \(reason)")
@@ -203,38 +204,14 @@ enum KeyCommands {
     }
 }
 
-/// When a key_id was last used, from kekd's usage file.
-struct KeyUsage {
-    var lastEncrypt: Date?
-    var lastDecrypt: Date?
-}
-
 enum UsageData {
     case missing
     case unreadable(String)
-    case loaded([String: KeyUsage])
+    case loaded([String: KeyUsageRecord])
 }
 
-/// Reads the usage file the audit log maintains: `{"keys":{"<key_id>":{"last_encrypt":"<RFC3339>","last_decrypt":"<RFC3339>"}}}`.
+/// kekd's usage file (written by the audit log; format in Audit's KeyUsage.swift).
 func loadUsage(path: String) -> UsageData {
     guard FileManager.default.fileExists(atPath: path) else { return .missing }
-    guard let data = FileManager.default.contents(atPath: path) else { return .unreadable("cannot read it") }
-    guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-          let keys = root["keys"] as? [String: Any] else {
-        return .unreadable("not a JSON object with a \"keys\" object")
-    }
-    var out: [String: KeyUsage] = [:]
-    for (keyID, value) in keys {
-        guard let record = value as? [String: Any] else { return .unreadable("entry for \(keyID) is not an object") }
-        func date(_ field: String) -> Date?? {
-            guard let raw = record[field], !(raw is NSNull) else { return .some(nil) }
-            guard let text = raw as? String, let d = KeyFile.parseRFC3339(text) else { return nil }
-            return .some(d)
-        }
-        guard let encrypt = date("last_encrypt"), let decrypt = date("last_decrypt") else {
-            return .unreadable("entry for \(keyID) has a time that is not RFC 3339")
-        }
-        out[keyID] = KeyUsage(lastEncrypt: encrypt, lastDecrypt: decrypt)
-    }
-    return .loaded(out)
+    do { return .loaded(try KeyUsageFile.load(path: path)) } catch { return .unreadable("\(error)") }
 }

@@ -143,6 +143,17 @@ import Testing
         #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse([]) }
     }
 
+    @Test func hmacKeyFileIsCreatedOnceWhenMissing() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit-hmac.key"
+        let first = try AuditHMACKeyFile.loadOrCreate(path: path)
+        #expect(first.count == 32 && fileMode(path) == 0o600)
+        #expect(try AuditHMACKeyFile.loadOrCreate(path: path) == first)
+        #expect(try AuditHMACKeyFile.load(path: path) == first)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["audit-hmac.key"])
+    }
+
     @Test func hmacKeyFileMustBePrivate() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }

@@ -15,7 +15,7 @@ import Glibc
         let log = try AuditLog(configuration: configuration(path, mode: mode))
         let threads = 16, perThread = 250
         let allOK = Shared(true)
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        onThreads(threads) { t in
             for k in 0..<perThread {
                 let ops = ["Status", "Encrypt", "Decrypt", "/v2.KeyManagementService/Bogus"]
                 let outcome = k % 5 == 0 ? "INVALID_ARGUMENT" : "OK"
@@ -201,6 +201,34 @@ import Glibc
         close(reader)
         #expect(drained.load() >= 1, "a record after the loss carries dropped_before")
         #expect(log.stats.written + log.stats.dropped == 20001)
+    }
+
+    @Test func failClosedGivesUpOnAStuckSink() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let fifo = dir + "/audit.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        // No reader: opening fails at once instead of hanging.
+        #expect(throws: AuditError.self) { try AuditLog(configuration: configuration(fifo)) }
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        var config = configuration(fifo, mode: .failClosed, queueCapacity: 4)
+        config.failClosedTimeout = 0.3
+        let log = try AuditLog(configuration: config)
+        // Nobody reads: the pipe fills, the writer blocks in write(2), and calls must fail instead of hanging.
+        let refused = Shared(false)
+        #expect(finishes(within: 30) {
+            for i in 0..<2000 where !log.record(sampleEvent(i)) {
+                refused.store(true)
+                break
+            }
+        })
+        #expect(refused.load())
+        #expect(log.stats.failed >= 1 && !log.isWritable)
+        #expect(finishes(within: 5) { log.close(timeout: 0.5) })
+        // The reader goes away: the stuck write fails with EPIPE (no SIGPIPE kills the process) and the writer ends.
+        close(reader)
+        #expect(finishes(within: 5) { log.close(timeout: 4) })
+        #expect(log.stats.lastError?.contains("Broken pipe") == true, "\(log.stats.lastError ?? "")")
     }
 
     @Test func keyUsageFileKeepsLastSuccessfulEncryptAndDecryptPerKey() throws {

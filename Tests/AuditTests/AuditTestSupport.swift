@@ -78,3 +78,16 @@ final class Shared<Value: Sendable>: Sendable {
     func load() -> Value { storage.withLock { $0 } }
     func store(_ value: Value) { storage.withLock { $0 = value } }
 }
+
+/// Runs `body(i)` for i in 0..<count on `count` real threads at once (Dispatch's concurrentPerform would only
+/// use as many threads as there are cores) and waits for all of them.
+func onThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let done = DispatchSemaphore(value: 0)
+    for i in 0..<count {
+        Thread {
+            body(i)
+            done.signal()
+        }.start()
+    }
+    for _ in 0..<count { done.wait() }
+}

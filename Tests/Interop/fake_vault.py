@@ -16,7 +16,7 @@ Control endpoints (not counted as Vault requests), under /_fake/:
   POST /_fake/config       {"rules": [{"path": "transit/decrypt", "status": 503, "count": 2, "delay_ms": 0,
                              "drop": false, "rate": 1.0}],   (count -1 = every request; rate = error rate) "delay_ms": 0, "sealed": false, "chunked": false,
                              "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60,
-                             "secret_id": "new AppRole secret-id"}
+                             "secret_id": "new AppRole secret-id", "silent_close": false}
   POST /_fake/token        {"ttl": 60, "max_ttl": 0, "renewable": true} -> {"token": "..."} (a new token)
   POST /_fake/revoke_all   revokes every token
 
@@ -119,6 +119,7 @@ class VaultState:
         self.delay_ms = 0
         self.sealed = False
         self.chunked = False
+        self.silent_close = False  # close every connection after its response, without "Connection: close"
         self.role_id = "role-" + secrets.token_hex(8)
         self.secret_id = "secret-" + secrets.token_hex(16)
         self.approle_token_ttl = 60
@@ -203,6 +204,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body:
                 self.wfile.write(body)
+        if self.server.state.silent_close:
+            self.close_connection = True
 
     def _error(self, status, *messages):
         self._send(status, {"errors": list(messages)})
@@ -400,7 +403,7 @@ class Handler(BaseHTTPRequestHandler):
                 state.reset_stats()
                 return self._send(200, {})
             if what == "config":
-                for name in ("delay_ms", "sealed", "chunked", "approle_token_ttl", "approle_token_max_ttl",
+                for name in ("delay_ms", "sealed", "chunked", "silent_close", "approle_token_ttl", "approle_token_max_ttl",
                              "cert_token_ttl", "secret_id"):
                     if name in body:
                         setattr(state, name, body[name])
@@ -461,6 +464,16 @@ class FakeVaultProcess:
 
     def stats(self):
         return self.control("stats")
+
+    def admin(self, method, path):
+        """A Vault API call with a fresh non-expiring token, as an operator would make it (e.g. a key rotation)."""
+        import http.client
+        token = self.control("token", {"ttl": 0})["token"]
+        conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
+        conn.request(method, "/v1/" + path, headers={"X-Vault-Token": token})
+        status = conn.getresponse().status
+        conn.close()
+        return status
 
     def kekd_flags(self, auth="token"):
         flags = ["--vault-addr", self.info["addr"], "--vault-key", self.info["key"], "--vault-ca-file", self.info["ca_pem"]]

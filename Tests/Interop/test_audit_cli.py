@@ -169,3 +169,36 @@ def test_help():
     for args in (["audit", "--help"], ["audit", "verify", "--help"]):
         r = subprocess.run([str(KEKCTL), *args], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0 and "audit verify PATH" in r.stdout
+
+
+def test_key_file_derives_the_chain_key(tmp_path):
+    """--key-file: the chain key is HKDF-SHA256(audit_secret, salt=file_id, info="kekd audit-chain hmac key v1"),
+    recomputed here from the key file `kekctl init` wrote."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    import base64
+
+    key_path = tmp_path / "kek.json"
+    r = subprocess.run([str(KEKCTL), "init", "--key-file", str(key_path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(key_path.read_text())
+    chain_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=bytes.fromhex(stored["file_id"]),
+                     info=b"kekd audit-chain hmac key v1").derive(base64.b64decode(stored["audit_secret"]))
+    log = tmp_path / "audit.log"
+    lines, _ = chained_lines(8, key=chain_key)
+    write(log, lines)
+    args = [str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "8 records" in r.stdout, r.stderr
+    write(log, lines[:2] + lines[3:])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "audit.log:3:" in r.stderr
+    # Another key file derives another key; both flags at once is a usage error.
+    other = tmp_path / "other.json"
+    subprocess.run([str(KEKCTL), "init", "--key-file", str(other)], check=True, capture_output=True, timeout=60)
+    write(log, lines)
+    r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(other)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "audit.log:1:" in r.stderr
+    r = subprocess.run(args + ["--audit-hmac-key-file", str(other)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2

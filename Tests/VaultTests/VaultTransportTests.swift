@@ -7,7 +7,7 @@ import Testing
 @Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct VaultTransportTests {
     /// A keyring whose background loop is off, so a test drives `maintain()` itself.
     private func manualKeyring(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token") throws -> VaultKeyring {
-        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _ in }, startBackground: false)
+        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _, _ in }, startBackground: false)
     }
 
     @Test func eachAuthMethodRoundTrips() throws {
@@ -31,7 +31,7 @@ import Testing
         var config = try VaultConfiguration.parse(vault.flags(auth: "cert"))
         config.tls.clientCertFile = nil
         config.tls.clientKeyFile = nil
-        let ring = try VaultKeyring(configuration: config, log: { _ in }, startBackground: false)
+        let ring = try VaultKeyring(configuration: config, log: { _, _ in }, startBackground: false)
         ring.maintain()
         #expect(!ring.health().canEncrypt)
         #expect(ring.health().detail.contains("client certificate must be supplied"))
@@ -121,7 +121,8 @@ import Testing
             try warm.renewLocalKEK()
             return try warm.encrypt(Array(repeating: 1, count: 32))
         }
-        let ring = try vault.keyring(["vault-request-timeout": "1s"])
+        let logs = LogLines()
+        let ring = try vault.keyring(["vault-request-timeout": "1s"], log: logs.sink)
         defer { ring.close() }
         let own = try ring.encrypt(Array(repeating: 2, count: 32))
         let keyID = ring.health().keyID
@@ -152,6 +153,10 @@ import Testing
             if recovered == nil { Thread.sleep(forTimeInterval: 0.2) }
         }
         #expect(recovered == Array(repeating: 1, count: 32), "no restart needed after Vault returns")
+        // The outage shows in the log once when it starts and once when it ends, not once per failed call.
+        let outageLines = logs.all.filter { $0.hasPrefix("warn: Vault problem") }
+        #expect(outageLines.count == 1, "\(logs.all)")
+        #expect(logs.all.last == "info: Vault reachable again")
     }
 
     @Test func renewsAtTwoThirdsTTLAndLogsInAgainAtMaxTTL() throws {
@@ -236,5 +241,12 @@ import Testing
         defer { ring.close() }
         for _ in 0..<20 { try ring.renewLocalKEK() }
         #expect(ring.client.http.connectionsOpened == 1)
+        // A server that silently closes idle connections: the pool notices and reconnects, no call fails.
+        try vault.call("config", ["silent_close": true])
+        for _ in 0..<10 {
+            try ring.renewLocalKEK()
+            Thread.sleep(forTimeInterval: 0.01)
+        }
+        #expect(ring.client.http.connectionsOpened >= 10)
     }
 }
