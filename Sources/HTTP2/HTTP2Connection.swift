@@ -173,7 +173,9 @@ public final class HTTP2Connection: @unchecked Sendable {
                 case let .connection(code, reason):
                     fail(code, reason, &events)
                 case let .stream(id, code, reason):
-                    if headerBlock != nil {
+                    if !sawPeerSettings {
+                        fail(.protocolError, "first frame is not SETTINGS", &events)
+                    } else if headerBlock != nil {
                         fail(.protocolError, "frame interleaved in a header block", &events)
                     } else {
                         streamError(id, code, reason, surface: streams[id] != nil, &events)
