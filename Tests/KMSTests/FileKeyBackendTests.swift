@@ -80,6 +80,23 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
     #expect(backend.status().healthy)
 }
 
+@Test func aVersionFromALaterCopyOfTheFileIsNamedAsSuch() throws {
+    // HA: node A rotated and encrypted; node B still has the older copy of the same file.
+    let folder = TempFolder()
+    let (lagging, path) = try makeBackend(folder, poll: nil)
+    defer { lagging.close() }
+    try rotate(path)
+    let ahead = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: { _ in })
+    defer { ahead.close() }
+    let sealed = try ahead.encrypt(plaintext: [1], uid: "u")
+    do { _ = try decrypt(lagging, sealed); Issue.record("decrypted") } catch {
+        #expect(error.code == .failedPrecondition)
+        #expect(error.message.contains("key version 2") && error.message.contains("newer than this key file"))
+    }
+    lagging.reload()
+    #expect(try decrypt(lagging, sealed) == [1])
+}
+
 @Test func rotationIsPickedUpLiveAndOldCiphertextsStillDecrypt() throws {
     let folder = TempFolder()
     let logs = LogCollector()
