@@ -39,12 +39,22 @@ public final class VaultKeyring: Sendable {
 
     struct State {
         var active: ActiveKEK?
-        var keyInfo: TransitKeyInfo?
+        /// Key metadata from the last successful read, and the key_id of each of its versions (Decrypt's check).
+        private(set) var keyInfo: TransitKeyInfo?
+        private(set) var keyIDs: [Int: String] = [:]
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
         var nextPoll: Double = 0
         /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
         var lastForcedRead: Double = -1e9
+
+        mutating func setKeyInfo(_ info: TransitKeyInfo, config: VaultConfiguration) {
+            if info == keyInfo { return }
+            keyInfo = info
+            keyIDs = info.versionCreated.reduce(into: [:]) { ids, entry in
+                ids[entry.key] = VaultKeyring.keyID(config: config, version: entry.key, created: entry.value)
+            }
+        }
     }
 
     public let configuration: VaultConfiguration
@@ -188,9 +198,7 @@ public final class VaultKeyring: Sendable {
     /// (another node may have seen a rotation first).
     private func expectedKeyID(version: Int) throws(VaultError) -> String {
         for attempt in 0..<2 {
-            if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
-                return Self.keyID(config: configuration, version: version, created: created)
-            }
+            if let id = state.withLock({ $0.keyIDs[version] }) { return id }
             // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
             let t = now()
             let allowed = state.withLock { s -> Bool in
@@ -205,7 +213,7 @@ public final class VaultKeyring: Sendable {
 
     private func refreshKeyInfo() throws(VaultError) {
         let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
-        state.withLock { $0.keyInfo = info }
+        state.withLock { $0.setKeyInfo(info, config: configuration) }
     }
 
     /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).
@@ -313,7 +321,7 @@ public final class VaultKeyring: Sendable {
             let info = try transit.readKey(deadline: deadline)
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             state.withLock { s in
-                s.keyInfo = info
+                s.setKeyInfo(info, config: configuration)
                 s.nextPoll = t + configuration.keyPollInterval
                 // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
                 // never shows the key_id of a deleted key again.
