@@ -39,12 +39,22 @@ public final class VaultKeyring: Sendable {
 
     struct State {
         var active: ActiveKEK?
-        var keyInfo: TransitKeyInfo?
+        /// Key metadata from the last successful read, and the key_id of each of its versions (Decrypt's check).
+        private(set) var keyInfo: TransitKeyInfo?
+        private(set) var keyIDs: [Int: String] = [:]
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
         var nextPoll: Double = 0
         /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
         var lastForcedRead: Double = -1e9
+
+        mutating func setKeyInfo(_ info: TransitKeyInfo, config: VaultConfiguration) {
+            if info == keyInfo { return }
+            keyInfo = info
+            keyIDs = info.versionCreated.reduce(into: [:]) { ids, entry in
+                ids[entry.key] = VaultKeyring.keyID(config: config, version: entry.key, created: entry.value)
+            }
+        }
     }
 
     public let configuration: VaultConfiguration
@@ -188,9 +198,7 @@ public final class VaultKeyring: Sendable {
     /// (another node may have seen a rotation first).
     private func expectedKeyID(version: Int) throws(VaultError) -> String {
         for attempt in 0..<2 {
-            if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
-                return Self.keyID(config: configuration, version: version, created: created)
-            }
+            if let id = state.withLock({ $0.keyIDs[version] }) { return id }
             // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
             let t = now()
             let allowed = state.withLock { s -> Bool in
@@ -205,7 +213,7 @@ public final class VaultKeyring: Sendable {
 
     private func refreshKeyInfo() throws(VaultError) {
         let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
-        state.withLock { $0.keyInfo = info }
+        state.withLock { $0.setKeyInfo(info, config: configuration) }
     }
 
     /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).
@@ -241,7 +249,7 @@ public final class VaultKeyring: Sendable {
                             deadline: Date) -> [Result<SymmetricKey, VaultError>] {
         do {
             let results = try transit.decryptBatch(wrapped, deadline: deadline)
-            problems.clear()
+            problems.clear(.vault)
             return results.map { result in
                 result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
                     var bytes = plain
@@ -253,7 +261,7 @@ public final class VaultKeyring: Sendable {
                 }
             }
         } catch {
-            if error.code != .invalidArgument { problems.note(error.message) }
+            if error.code != .invalidArgument { problems.note(.vault, error.message) }
             return Array(repeating: .failure(error), count: wrapped.count)
         }
     }
@@ -301,8 +309,12 @@ public final class VaultKeyring: Sendable {
     /// One maintenance step (also callable from tests): token upkeep, key poll, local KEK renewal.
     func maintain() {
         let deadline = Date(timeIntervalSinceNow: configuration.requestTimeout)
-        if tokens.currentState != nil, let error = tokens.maintain(deadline: deadline) {
-            problems.note("token upkeep: \(error.message)")
+        if tokens.currentState != nil {
+            if let error = tokens.maintain(deadline: deadline) {
+                problems.note(error.code == .unavailable ? .vault : .token, error.message)
+            } else {
+                problems.clear(.token)
+            }
         }
         let t = now()
         let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
@@ -313,7 +325,7 @@ public final class VaultKeyring: Sendable {
             let info = try transit.readKey(deadline: deadline)
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             state.withLock { s in
-                s.keyInfo = info
+                s.setKeyInfo(info, config: configuration)
                 s.nextPoll = t + configuration.keyPollInterval
                 // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
                 // never shows the key_id of a deleted key again.
@@ -321,13 +333,13 @@ public final class VaultKeyring: Sendable {
                 else if reason == nil { s.blocked = nil }
             }
             if let reason { try installNewKEK(info: info, reason: reason) }
-            problems.clear()
+            problems.clear(.vault)
         } catch {
             if error.code == .failedPrecondition {
                 // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
                 state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
             }
-            problems.note(error.message)
+            problems.note(.vault, error.message)
         }
     }
 
@@ -374,29 +386,36 @@ public final class VaultKeyring: Sendable {
 /// Where the keyring logs: level ("info", "warn") and a message that never holds secrets.
 public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Void
 
-/// The current Vault problem (outage, refused login, …), logged once when it starts and once when it ends, so an
-/// outage shows in the log without one line per failed call.
+/// Current Vault problems by source ("vault": requests failing, "token": token upkeep failing), each logged once
+/// when it starts and once when it ends, so an outage shows in the log without one line per failed call and one
+/// source's recovery does not hide the other's problem.
 final class ProblemTracker: Sendable {
-    private let current = Mutex<String?>(nil)
+    enum Source: String, Sendable, CaseIterable { case vault, token }
+    private let current = Mutex<[Source: String]>([:])
     private let log: VaultLog
 
     init(log: @escaping VaultLog) { self.log = log }
 
-    var message: String? { current.withLock { $0 } }
-
-    func note(_ message: String) {
-        let first = current.withLock { c -> Bool in
-            defer { c = message }
-            return c == nil
-        }
-        if first { log("warn", "Vault problem: \(message)") }
+    /// All current problems in one line, nil when there are none.
+    var message: String? {
+        let problems = current.withLock { $0 }
+        let parts = Source.allCases.compactMap { problems[$0] }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 
-    func clear() {
-        let had = current.withLock { c -> Bool in
-            defer { c = nil }
-            return c != nil
+    func note(_ source: Source, _ message: String) {
+        let first = current.withLock { c -> Bool in
+            defer { c[source] = message }
+            return c[source] == nil
         }
-        if had { log("info", "Vault reachable again") }
+        if first { log("warn", "Vault problem (\(source.rawValue)): \(message)") }
+    }
+
+    func clear(_ source: Source) {
+        let had = current.withLock { c -> Bool in
+            defer { c[source] = nil }
+            return c[source] != nil
+        }
+        if had { log("info", source == .vault ? "Vault reachable again" : "Vault token upkeep working again") }
     }
 }
