@@ -37,7 +37,19 @@ usage: kekd serve [flags]
   --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
   --log-level LEVEL            debug, info, warn, error (default info)
   --fips                       require OpenSSL's FIPS provider; refuse to start without it
-  --vault-*                    Vault Transit backend flags (see README)
+
+Vault Transit backend (--backend vault); secrets are read from files only:
+  --vault-addr URL             https://HOST:8200
+  --vault-transit-mount PATH   Transit mount (default transit)
+  --vault-key NAME             Transit key name
+  --vault-namespace NS         sent as X-Vault-Namespace
+  --vault-auth METHOD          token, approle or cert (default: inferred from the files given)
+  --vault-token-file PATH      token auth
+  --vault-approle-role-id-file PATH, --vault-approle-secret-id-file PATH, --vault-approle-mount PATH
+  --vault-cert-auth-mount PATH, --vault-cert-auth-role NAME   TLS certificate auth (uses --vault-client-cert)
+  --vault-ca-file PATH, --vault-client-cert PATH, --vault-client-key PATH, --vault-tls-server-name NAME
+  --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
+  --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
 
 exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 health endpoint
 """

@@ -282,3 +282,22 @@ import Synchronization
         }
     }
 }
+
+@Test func aKeyFileBehindASwappedSymlinkIsFollowed() throws {
+    // How a mounted Kubernetes Secret changes: kek.json -> ..data/kek.json, and ..data is re-pointed atomically.
+    let folder = TempFolder()
+    let first = folder.file("v1/kek.json"), second = folder.file("v2/kek.json")
+    try FileKeyBackend.initializeKeyFile(path: first)
+    var file = try KeyFileStore.load(path: first).file
+    try file.rotate()
+    try FileManager.default.createDirectory(atPath: folder.file("v2"), withIntermediateDirectories: true)
+    try writeFile(second, file.serialized())
+    try FileManager.default.createSymbolicLink(atPath: folder.file("..data"), withDestinationPath: "v1")
+    try FileManager.default.createSymbolicLink(atPath: folder.file("kek.json"), withDestinationPath: "..data/kek.json")
+    let backend = try FileKeyBackend(keyFilePath: folder.file("kek.json"), pollInterval: 0.05, log: { _ in })
+    defer { backend.close() }
+    #expect(backend.status().keyID == file.keyID(forVersion: 1))
+    try FileManager.default.createSymbolicLink(atPath: folder.file("..data_tmp"), withDestinationPath: "v2")
+    #expect(rename(folder.file("..data_tmp"), folder.file("..data")) == 0)
+    #expect(eventually { backend.status().keyID == file.keyID(forVersion: 2) })
+}
