@@ -323,6 +323,10 @@ public final class VaultKeyring: Sendable {
         guard due || overused else { return }
         do {
             let info = try transit.readKey(deadline: deadline)
+            if Self.isStale(info, active: active) {
+                problems.clear(.vault)
+                return
+            }
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             state.withLock { s in
                 s.setKeyInfo(info, config: configuration)
@@ -349,10 +353,19 @@ public final class VaultKeyring: Sendable {
         guard let active else { return "first local KEK" }
         if info.latestVersion > active.vaultVersion { return "Vault key rotated to version \(info.latestVersion)" }
         if let created = info.versionCreated[active.vaultVersion], created != active.vaultCreated { return "Vault key was recreated" }
-        if info.versionCreated[active.vaultVersion] == nil && !info.versionCreated.isEmpty { return "Vault key version \(active.vaultVersion) disappeared" }
+        if isStale(info, active: active) { return nil }
+        if info.versionCreated[active.vaultVersion] == nil { return "Vault key was recreated" }
         if active.encryptions.load(ordering: .relaxed) >= config.localKEKMaxEncryptions { return "local KEK reached its encryption limit" }
         if now - active.createdAt >= config.localKEKMaxAge { return "local KEK reached its maximum age" }
         return nil
+    }
+
+    /// A read that lacks our version and whose latest version is not newer than ours comes from a lagging replica
+    /// (or a trimmed key we can no longer use anyway): it must not move the key_id back.
+    static func isStale(_ info: TransitKeyInfo, active: ActiveKEK?) -> Bool {
+        guard let active, info.latestVersion < active.vaultVersion, info.versionCreated[active.vaultVersion] == nil else { return false }
+        let latestCreated = info.versionCreated[info.latestVersion] ?? 0
+        return latestCreated <= active.vaultCreated
     }
 
     /// Makes a new local KEK under the latest known Vault version now (tests; operators get it via the limits).
