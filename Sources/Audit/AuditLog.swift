@@ -46,6 +46,7 @@ final class AuditCounters: Sendable {
     let written = Atomic<Int>(0)
     let dropped = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
+    let syncs = Atomic<Int>(0)
     let writable = Atomic<Bool>(true)
     let lastError = Mutex<String?>(nil)
 
@@ -149,6 +150,7 @@ public final class AuditLog: Sendable {
                           dropped: counters.dropped.load(ordering: .relaxed),
                           failed: counters.failed.load(ordering: .relaxed),
                           queueDepth: depth,
+                          syncs: counters.syncs.load(ordering: .relaxed),
                           lastError: counters.lastError.withLock { $0 })
     }
 

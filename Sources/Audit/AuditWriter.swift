@@ -198,7 +198,10 @@ final class AuditWriter: @unchecked Sendable {
         let count = end - segment.start
         guard count > 0 else { return }
         var error = sink.write(buffer)
-        if error == nil && configuration.mode == .failClosed { error = sink.sync() }
+        if error == nil && configuration.mode == .failClosed {
+            error = sink.sync()
+            if error == nil { counters.syncs.add(1, ordering: .relaxed) }
+        }
         guard let error else {
             for i in segment.start..<end { results[i] = true }
             counters.written.add(count, ordering: .relaxed)

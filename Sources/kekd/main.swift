@@ -118,7 +118,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             logger.info("created development key file", ["path": keyFile])
         }
         do { backend = try FileKeyBackend(keyFilePath: keyFile) } catch {
-            throw StartupError(.keyFile, "key file \(keyFile): \(error.message)")
+            throw StartupError(.keyFile, error.message)
         }
     case "vault":
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
@@ -150,7 +150,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             let folder = (path as NSString).deletingLastPathComponent
             if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         }
-        let usagePath = path == "-" ? "\(stateDir)/usage.json" : ((path as NSString).deletingLastPathComponent.isEmpty ? "usage.json" : (path as NSString).deletingLastPathComponent + "/usage.json")
+        // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
+        let usagePath = "\(stateDir)/usage.json"
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
                                                hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath)

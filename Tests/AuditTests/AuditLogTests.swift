@@ -25,6 +25,12 @@ import Glibc
         log.close()
         #expect(allOK.load())
         #expect(log.stats.written == threads * perThread && log.stats.dropped == 0 && log.stats.failed == 0)
+        if mode == .failClosed {
+            // Group commit: concurrent callers share fdatasyncs.
+            #expect(log.stats.syncs > 0 && log.stats.syncs < log.stats.written / 2, "\(log.stats)")
+        } else {
+            #expect(log.stats.syncs == 0)
+        }
         let lines = readLines(path)
         #expect(lines.count == threads * perThread)
         var seen = Set<String>()
