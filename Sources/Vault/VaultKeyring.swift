@@ -342,6 +342,11 @@ public final class VaultKeyring: Sendable {
             if error.code == .failedPrecondition {
                 // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
                 state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
+            } else {
+                // The read may have worked and the wrap failed: retry soon, not a poll interval later. Network
+                // failures retry every tick (the circuit breaker paces them); refusals every few seconds.
+                let retry = error.code == .unavailable ? t : t + min(configuration.keyPollInterval, 5)
+                state.withLock { $0.nextPoll = retry }
             }
             problems.note(.vault, error.message)
         }
