@@ -92,6 +92,28 @@ import Glibc
         #expect(report.ok && report.records == 10 && report.lastSeq == 10, "\(report.summary)")
     }
 
+    @Test func aNewChainKeyStartsANewChainInANewFile() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 5)
+        var config = configuration(path)
+        config.hmacKey = [UInt8](repeating: 7, count: 32)
+        let log = try AuditLog(configuration: config)
+        for i in 0..<3 { _ = log.record(sampleEvent(i)) }
+        log.close()
+        let old = AuditVerifier.verify(files: [path + ".1"], hmacKey: testKey)
+        #expect(old.ok && old.records == 5, "\(old.summary)")
+        let new = AuditVerifier.verify(files: [path], hmacKey: config.hmacKey)
+        #expect(new.ok && new.records == 3 && new.firstSeq == 1, "\(new.summary)")
+        // The same key again: the chain simply continues.
+        let again = try AuditLog(configuration: config)
+        _ = again.record(sampleEvent(9))
+        again.close()
+        #expect(AuditVerifier.verify(files: [path], hmacKey: config.hmacKey).lastSeq == 4)
+        #expect(!FileManager.default.fileExists(atPath: path + ".2"))
+    }
+
     @Test func restartAfterACrashedPartialLineKeepsTheEvidence() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
