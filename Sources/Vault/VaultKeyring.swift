@@ -45,8 +45,6 @@ public final class VaultKeyring: Sendable {
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
         var nextPoll: Double = 0
-        /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
-        var lastForcedRead: Double = -1e9
 
         mutating func setKeyInfo(_ info: TransitKeyInfo, config: VaultConfiguration) {
             if info == keyInfo { return }
@@ -174,8 +172,8 @@ public final class VaultKeyring: Sendable {
         guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
             throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
         }
-        guard keyID == (try expectedKeyID(version: version)) else {
-            throw VaultError(.invalidArgument, "unknown key_id (not made by this Vault key)")
+        guard accepts(keyID: keyID, version: version) else {
+            throw VaultError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
         }
         let key: SymmetricKey
         if let cached = cache.get(wrapped) {
@@ -194,26 +192,21 @@ public final class VaultKeyring: Sendable {
         }
     }
 
-    /// The key_id for a Vault key version, from cached key metadata; refreshes it once if the version is new to us
-    /// (another node may have seen a rotation first).
-    private func expectedKeyID(version: Int) throws(VaultError) -> String {
-        for attempt in 0..<2 {
-            if let id = state.withLock({ $0.keyIDs[version] }) { return id }
-            // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
-            let t = now()
-            let allowed = state.withLock { s -> Bool in
-                guard t - s.lastForcedRead >= 1 else { return false }
-                s.lastForcedRead = t
-                return true
-            }
-            if attempt == 0 && allowed { try refreshKeyInfo() }
-        }
-        throw VaultError(.invalidArgument, "Vault key \(configuration.keyName) has no version \(version)")
+    /// Whether Decrypt accepts `keyID` for a local KEK wrapped under Vault `version`. The key_id we would give that
+    /// version now is accepted at once. Otherwise a key_id of our own format for the same version is accepted too: it
+    /// may come from before an address/namespace/mount spelling changed, or from a version another node saw first.
+    /// That is safe because the key_id is bound into the envelope's AAD: a key_id we did not issue for this envelope
+    /// fails authentication. Anything else is refused before Vault is asked.
+    func accepts(keyID: String, version: Int) -> Bool {
+        if let current = state.withLock({ $0.keyIDs[version] }), current == keyID { return true }
+        return Self.isOwnKeyIDFormat(keyID, version: version)
     }
 
-    private func refreshKeyInfo() throws(VaultError) {
-        let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
-        state.withLock { $0.setKeyInfo(info, config: configuration) }
+    /// `kekd-vault-<32 hex>-v<version>`.
+    static func isOwnKeyIDFormat(_ keyID: String, version: Int) -> Bool {
+        let prefix = "kekd-vault-", suffix = "-v\(version)"
+        guard keyID.hasPrefix(prefix), keyID.hasSuffix(suffix), keyID.utf8.count == prefix.utf8.count + 32 + suffix.utf8.count else { return false }
+        return keyID.utf8.dropFirst(prefix.utf8.count).prefix(32).allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
     }
 
     /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).

@@ -148,6 +148,27 @@ import Testing
         for e in first + [next] { _ = try ring.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) }
     }
 
+    @Test func anotherAddressSpellingChangesKeyIDButStillDecrypts() throws {
+        let vault = try FakeVault()
+        let byIP = try vault.keyring()
+        defer { byIP.close() }
+        let byName = try vault.keyring(["vault-addr": vault.string("localhost_addr")])
+        defer { byName.close() }
+        let e = try byIP.encrypt([7, 7])
+        #expect(byName.health().keyID != e.keyID && byName.health().keyID.hasSuffix("-v1"))
+        #expect(try byName.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) == [7, 7])
+        // A well-formed key_id that was not the one sealed into this envelope fails authentication.
+        do {
+            _ = try byName.decrypt(ciphertext: e.ciphertext, keyID: byName.health().keyID, annotations: e.annotations)
+            Issue.record("a swapped key_id was accepted")
+        } catch {
+            #expect(error.code == .dataLoss)
+        }
+        #expect(byName.accepts(keyID: e.keyID, version: 1) && !byName.accepts(keyID: e.keyID, version: 2))
+        #expect(!VaultKeyring.isOwnKeyIDFormat("kekd-vault-XYZ-v1", version: 1))
+        #expect(!VaultKeyring.isOwnKeyIDFormat(String(e.keyID.dropLast(4)) + "-v1", version: 1))
+    }
+
     @Test func cachedPathThroughput() throws {
         let vault = try FakeVault()
         let ring = try vault.keyring()
