@@ -105,9 +105,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     guard statusVersion == "v2" || statusVersion == "v2beta1" else { throw StartupError(.usage, "--status-version must be v2 or v2beta1") }
     let health = try parseHostPort(flags.string("health-addr", default: "127.0.0.1:8787"))
 
-    // Key backend.
+    // Key backend; metrics exist first so the backend can report its calls.
+    let backendName = flags.string("backend", default: "file")
+    let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
     let backend: any KeyBackend
-    switch flags.string("backend", default: "file") {
+    switch backendName {
     case "file":
         let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
         if dev && !FileManager.default.fileExists(atPath: keyFile) {
@@ -124,14 +126,21 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
         do {
             let configuration = try VaultConfiguration.parse(vaultFlags)
-            backend = try VaultKeyBackend(configuration: configuration)
+            let vault = try VaultKeyBackend(configuration: configuration,
+                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
+                                            onCache: { hit in metrics.cache(hit: hit) })
+            // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
+            // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
+            if !vault.waitUntilReady(timeout: 3) {
+                logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
+            }
+            backend = vault
         } catch { throw StartupError(.vault, "vault backend: \(error)") }
     case let other:
         throw StartupError(.usage, "--backend must be file or vault, got \(other)")
     }
 
-    // Metrics and audit observe the service.
-    let metrics = KekdMetrics(version: kekdVersion, backend: backend.name)
+    // The audit log observes the service.
     let audit: AuditLog
     do {
         let path = flags.string("audit-log", default: "\(stateDir)/audit.log")
@@ -192,7 +201,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
 
     // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.
     while true {
-        let signal = SignalWaiter.next()
+        guard let signal = SignalWaiter.next(timeoutSeconds: 1) else {
+            // The key file and Vault are followed in the background: keep kekd_key_info current.
+            metrics.setKeyID(backend.status().keyID)
+            continue
+        }
         if signal == SIGHUP {
             logger.info("SIGHUP: reloading key material and reopening the audit log")
             backend.reload()
@@ -219,13 +232,14 @@ enum SignalWaiter {
         for s in handled { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
-    static func next() -> Int32 {
+    /// The next handled signal, or nil when none arrived within the timeout.
+    static func next(timeoutSeconds: Int) -> Int32? {
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
-        var received: Int32 = 0
-        while sigwait(&set, &received) != 0 {}
-        return received
+        var timeout = timespec(tv_sec: timeoutSeconds, tv_nsec: 0)
+        let received = sigtimedwait(&set, nil, &timeout)
+        return received > 0 ? received : nil
     }
 }
 
