@@ -1,7 +1,9 @@
-// The audit chain's key from a file (--audit-hmac-key-file). Accepted contents, checked in this order:
-//   - text: 64 or more hex digits (an even count; surrounding whitespace ignored)  → the decoded bytes
-//   - text: base64 (standard alphabet, padding optional, surrounding whitespace ignored) decoding to ≥ 32 bytes
-//   - anything else of 32 or more bytes → the raw bytes as they are
+// The audit chain's key from a file (--audit-hmac-key-file). Accepted contents:
+//   - text (printable ASCII and whitespace only), surrounding whitespace ignored:
+//       64 or more hex digits (an even count) → the decoded bytes, else
+//       base64 (standard alphabet, padding optional) decoding to 32 or more bytes → the decoded bytes;
+//     any other text is refused (a short or mistyped text key must not silently become a weak raw key)
+//   - binary (any other byte present): 32 or more raw bytes, used as they are
 // The key is secret: the file must be a regular file not readable or writable by group or others (0600/0400).
 import Crypto
 import Foundation
@@ -54,8 +56,10 @@ public enum AuditHMACKeyFile {
            let decoded = Data(base64Encoded: Data(Array(text) + paddingFor(text.count))), decoded.count >= minimumKeySize {
             return Array(decoded)
         }
-        guard contents.count >= minimumKeySize else {
-            throw AuditError("audit HMAC key must be at least \(minimumKeySize) bytes (raw), or hex/base64 text of that many bytes")
+        let isText = contents.allSatisfy { ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+        guard !isText, contents.count >= minimumKeySize else {
+            throw AuditError("audit HMAC key must be hex (\(2 * minimumKeySize)+ digits) or base64 text of at least "
+                + "\(minimumKeySize) bytes, or at least \(minimumKeySize) raw bytes")
         }
         return contents
     }

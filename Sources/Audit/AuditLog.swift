@@ -47,6 +47,7 @@ final class AuditCounters: Sendable {
     let written = Atomic<Int>(0)
     let dropped = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
+    let syncs = Atomic<Int>(0)
     let writable = Atomic<Bool>(true)
     let lastError = LockedValue<String?>(nil)
 
@@ -150,6 +151,7 @@ public final class AuditLog: Sendable {
                           dropped: counters.dropped.load(ordering: .relaxed),
                           failed: counters.failed.load(ordering: .relaxed),
                           queueDepth: depth,
+                          syncs: counters.syncs.load(ordering: .relaxed),
                           lastError: counters.lastError.withLock { $0 })
     }
 

@@ -104,6 +104,8 @@ public struct AuditStats: Sendable, Equatable {
     /// fail-closed: records that could not be written, so their calls were refused.
     public var failed: Int
     public var queueDepth: Int
+    /// Successful fdatasync calls (fail-closed group commits; written / syncs = records per sync).
+    public var syncs: Int
     public var lastError: String?
 }
 

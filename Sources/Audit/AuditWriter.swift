@@ -38,9 +38,16 @@ final class AuditWriter: @unchecked Sendable {
         let last = !sink.isRegularFile ? nil
             : sink.size > 0 ? AuditSink.lastRecord(path: configuration.path)
             : AuditSink.lastRecord(path: configuration.path + ".1")
-        if let last {
-            state.seq = last.seq
-            state.chain = last.chain
+        if let (record, previous) = last, let previous,
+           !constantTimeEqual(AuditRecordFormat.chain(key: configuration.hmacKey, previous: previous, body: record.body), record.chain) {
+            // Written under another chain key (a new key file or --audit-hmac-key-file): one file, one key. The old
+            // file is rotated away intact and verifies with its own key; ours starts a new chain.
+            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain",
+                                 fields: [("path", configuration.path)])
+            if sink.size > 0 && configuration.maxFiles > 0 { try sink.rotate() }
+        } else if let (record, _) = last {
+            state.seq = record.seq
+            state.chain = record.chain
         } else if sink.size > 0 {
             AuditDiagnostics.log("existing audit log ends without a recognisable record; starting a new chain",
                                  fields: [("path", configuration.path)])
@@ -198,7 +205,10 @@ final class AuditWriter: @unchecked Sendable {
         let count = end - segment.start
         guard count > 0 else { return }
         var error = sink.write(buffer)
-        if error == nil && configuration.mode == .failClosed { error = sink.sync() }
+        if error == nil && configuration.mode == .failClosed {
+            error = sink.sync()
+            if error == nil { counters.syncs.add(1, ordering: .relaxed) }
+        }
         guard let error else {
             for i in segment.start..<end { results[i] = true }
             counters.written.add(count, ordering: .relaxed)

@@ -55,9 +55,12 @@ public final class GRPCServerConnection {
 
     public var inFlightCount: Int { inFlight.count }
 
-    public func receive(_ bytes: ArraySlice<UInt8>) -> [GRPCServerEvent] {
+    /// `now` is a monotonic clock in nanoseconds: the HTTP/2 layer uses it to tell a rapid-reset attack from a
+    /// client cancelling calls at their deadline.
+    public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64? = nil) -> [GRPCServerEvent] {
         var out: [GRPCServerEvent] = []
-        for event in http2.receive(bytes) {
+        let events = now.map { http2.receive(bytes, now: $0) } ?? http2.receive(bytes)
+        for event in events {
             switch event {
             case let .headers(streamID, fields, endStream):
                 onHeaders(streamID: streamID, fields: fields, endStream: endStream, into: &out)

@@ -40,6 +40,11 @@ struct KMSDispatcher: Sendable {
             do {
                 let request = try StatusRequest(serializedBytes: message[...])
                 let response = service.status(request)
+                // A healthz string alone does not stop kube-apiserver from writing with its cached DEK seed
+                // (kubernetes#138950): an unhealthy backend must fail Status at the gRPC level.
+                guard response.healthz == "ok", !response.keyID.isEmpty else {
+                    return CallOutcome(op: method.op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
+                }
                 return CallOutcome(op: method.op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
             } catch {
                 return CallOutcome(op: method.op, status: Self.badRequest(error))

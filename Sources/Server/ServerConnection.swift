@@ -79,7 +79,7 @@ final class ServerConnection: @unchecked Sendable {
             lastActivity = now
             let bytes = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             lock.lock()
-            let events = grpc.receive(bytes[...])
+            let events = grpc.receive(bytes[...], now: now)
             var closeAfterFlush = false
             for event in events {
                 switch event {
@@ -104,6 +104,11 @@ final class ServerConnection: @unchecked Sendable {
                     break
                 }
             }
+            // A send can fail the connection (a client that never reads filled maxQueuedOutputBytes).
+            if grpc.http2.didFail {
+                server.metrics?.protocolError(kind: "queued_output_limit")
+                closeAfterFlush = true
+            }
             flushLocked()
             if closeAfterFlush || writeFailedSnapshot() { break }
         }
@@ -119,6 +124,12 @@ final class ServerConnection: @unchecked Sendable {
             grpc.http2.goAway(code: .protocolError, debug: "no client preface within \(config.prefaceTimeout)s")
             flushLocked()
             server.metrics?.protocolError(kind: "preface_timeout")
+            return true
+        }
+        if grpc.http2.isAwaitingSettingsAck, Double(now - lastActivity) / 1e9 > config.prefaceTimeout {
+            grpc.http2.goAway(code: .settingsTimeout, debug: "SETTINGS not acknowledged")
+            flushLocked()
+            server.metrics?.protocolError(kind: "settings_timeout")
             return true
         }
         let idle = grpc.http2.openStreamCount == 0 && grpc.inFlightCount == 0 && pendingWork == 0
@@ -201,14 +212,20 @@ final class ServerConnection: @unchecked Sendable {
 
     /// Must be called with `lock` held; releases it. Output is handed to the socket in production order.
     private func flushLocked() {
-        guard grpc.http2.hasOutput else { lock.unlock(); return }
+        let failed = grpc.http2.didFail
+        guard grpc.http2.hasOutput else {
+            lock.unlock()
+            if failed { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            return
+        }
         let output = grpc.http2.takeOutput()
         writeLock.lock()
         lock.unlock()
         if !writeFailed, !Posix.writeAll(fd, output) {
             writeFailed = true
-            Glibc.shutdown(fd, Int32(SHUT_RDWR))  // wakes the reader, which closes the connection
         }
+        // After a failed write or a connection error (GOAWAY already written), wake the reader so it closes.
+        if writeFailed || failed { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
         writeLock.unlock()
     }
 }

@@ -40,12 +40,20 @@ public final class VaultKeyring: Sendable {
 
     struct State {
         var active: ActiveKEK?
-        var keyInfo: TransitKeyInfo?
+        /// Key metadata from the last successful read, and the key_id of each of its versions (Decrypt's check).
+        private(set) var keyInfo: TransitKeyInfo?
+        private(set) var keyIDs: [Int: String] = [:]
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
         var nextPoll: Double = 0
-        /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
-        var lastForcedRead: Double = -1e9
+
+        mutating func setKeyInfo(_ info: TransitKeyInfo, config: VaultConfiguration) {
+            if info == keyInfo { return }
+            keyInfo = info
+            keyIDs = info.versionCreated.reduce(into: [:]) { ids, entry in
+                ids[entry.key] = VaultKeyring.keyID(config: config, version: entry.key, created: entry.value)
+            }
+        }
     }
 
     public let configuration: VaultConfiguration
@@ -165,8 +173,8 @@ public final class VaultKeyring: Sendable {
         guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
             throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
         }
-        guard keyID == (try expectedKeyID(version: version)) else {
-            throw VaultError(.invalidArgument, "unknown key_id (not made by this Vault key)")
+        guard accepts(keyID: keyID, version: version) else {
+            throw VaultError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
         }
         let key: SymmetricKey
         if let cached = cache.get(wrapped) {
@@ -185,28 +193,21 @@ public final class VaultKeyring: Sendable {
         }
     }
 
-    /// The key_id for a Vault key version, from cached key metadata; refreshes it once if the version is new to us
-    /// (another node may have seen a rotation first).
-    private func expectedKeyID(version: Int) throws(VaultError) -> String {
-        for attempt in 0..<2 {
-            if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
-                return Self.keyID(config: configuration, version: version, created: created)
-            }
-            // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
-            let t = now()
-            let allowed = state.withLock { s -> Bool in
-                guard t - s.lastForcedRead >= 1 else { return false }
-                s.lastForcedRead = t
-                return true
-            }
-            if attempt == 0 && allowed { try refreshKeyInfo() }
-        }
-        throw VaultError(.invalidArgument, "Vault key \(configuration.keyName) has no version \(version)")
+    /// Whether Decrypt accepts `keyID` for a local KEK wrapped under Vault `version`. The key_id we would give that
+    /// version now is accepted at once. Otherwise a key_id of our own format for the same version is accepted too: it
+    /// may come from before an address/namespace/mount spelling changed, or from a version another node saw first.
+    /// That is safe because the key_id is bound into the envelope's AAD: a key_id we did not issue for this envelope
+    /// fails authentication. Anything else is refused before Vault is asked.
+    func accepts(keyID: String, version: Int) -> Bool {
+        if let current = state.withLock({ $0.keyIDs[version] }), current == keyID { return true }
+        return Self.isOwnKeyIDFormat(keyID, version: version)
     }
 
-    private func refreshKeyInfo() throws(VaultError) {
-        let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
-        state.withLock { $0.keyInfo = info }
+    /// `kekd-vault-<32 hex>-v<version>`.
+    static func isOwnKeyIDFormat(_ keyID: String, version: Int) -> Bool {
+        let prefix = "kekd-vault-", suffix = "-v\(version)"
+        guard keyID.hasPrefix(prefix), keyID.hasSuffix(suffix), keyID.utf8.count == prefix.utf8.count + 32 + suffix.utf8.count else { return false }
+        return keyID.utf8.dropFirst(prefix.utf8.count).prefix(32).allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
     }
 
     /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).
@@ -242,7 +243,7 @@ public final class VaultKeyring: Sendable {
                             deadline: Date) -> [Result<SymmetricKey, VaultError>] {
         do {
             let results = try transit.decryptBatch(wrapped, deadline: deadline)
-            problems.clear()
+            problems.clear(.vault)
             return results.map { result in
                 result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
                     var bytes = plain
@@ -254,7 +255,7 @@ public final class VaultKeyring: Sendable {
                 }
             }
         } catch {
-            if error.code != .invalidArgument { problems.note(error.message) }
+            if error.code != .invalidArgument { problems.note(.vault, error.message) }
             return Array(repeating: .failure(error), count: wrapped.count)
         }
     }
@@ -302,8 +303,12 @@ public final class VaultKeyring: Sendable {
     /// One maintenance step (also callable from tests): token upkeep, key poll, local KEK renewal.
     func maintain() {
         let deadline = Date(timeIntervalSinceNow: configuration.requestTimeout)
-        if tokens.currentState != nil, let error = tokens.maintain(deadline: deadline) {
-            problems.note("token upkeep: \(error.message)")
+        if tokens.currentState != nil {
+            if let error = tokens.maintain(deadline: deadline) {
+                problems.note(error.code == .unavailable ? .vault : .token, error.message)
+            } else {
+                problems.clear(.token)
+            }
         }
         let t = now()
         let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
@@ -312,9 +317,13 @@ public final class VaultKeyring: Sendable {
         guard due || overused else { return }
         do {
             let info = try transit.readKey(deadline: deadline)
+            if Self.isStale(info, active: active) {
+                problems.clear(.vault)
+                return
+            }
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             state.withLock { s in
-                s.keyInfo = info
+                s.setKeyInfo(info, config: configuration)
                 s.nextPoll = t + configuration.keyPollInterval
                 // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
                 // never shows the key_id of a deleted key again.
@@ -322,13 +331,18 @@ public final class VaultKeyring: Sendable {
                 else if reason == nil { s.blocked = nil }
             }
             if let reason { try installNewKEK(info: info, reason: reason) }
-            problems.clear()
+            problems.clear(.vault)
         } catch {
             if error.code == .failedPrecondition {
                 // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
                 state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
+            } else {
+                // The read may have worked and the wrap failed: retry soon, not a poll interval later. Network
+                // failures retry every tick (the circuit breaker paces them); refusals every few seconds.
+                let retry = error.code == .unavailable ? t : t + min(configuration.keyPollInterval, 5)
+                state.withLock { $0.nextPoll = retry }
             }
-            problems.note(error.message)
+            problems.note(.vault, error.message)
         }
     }
 
@@ -338,10 +352,19 @@ public final class VaultKeyring: Sendable {
         guard let active else { return "first local KEK" }
         if info.latestVersion > active.vaultVersion { return "Vault key rotated to version \(info.latestVersion)" }
         if let created = info.versionCreated[active.vaultVersion], created != active.vaultCreated { return "Vault key was recreated" }
-        if info.versionCreated[active.vaultVersion] == nil && !info.versionCreated.isEmpty { return "Vault key version \(active.vaultVersion) disappeared" }
+        if isStale(info, active: active) { return nil }
+        if info.versionCreated[active.vaultVersion] == nil { return "Vault key was recreated" }
         if active.encryptions.load(ordering: .relaxed) >= config.localKEKMaxEncryptions { return "local KEK reached its encryption limit" }
         if now - active.createdAt >= config.localKEKMaxAge { return "local KEK reached its maximum age" }
         return nil
+    }
+
+    /// A read that lacks our version and whose latest version is not newer than ours comes from a lagging replica
+    /// (or a trimmed key we can no longer use anyway): it must not move the key_id back.
+    static func isStale(_ info: TransitKeyInfo, active: ActiveKEK?) -> Bool {
+        guard let active, info.latestVersion < active.vaultVersion, info.versionCreated[active.vaultVersion] == nil else { return false }
+        let latestCreated = info.versionCreated[info.latestVersion] ?? 0
+        return latestCreated <= active.vaultCreated
     }
 
     /// Makes a new local KEK under the latest known Vault version now (tests; operators get it via the limits).
@@ -375,29 +398,36 @@ public final class VaultKeyring: Sendable {
 /// Where the keyring logs: level ("info", "warn") and a message that never holds secrets.
 public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Void
 
-/// The current Vault problem (outage, refused login, …), logged once when it starts and once when it ends, so an
-/// outage shows in the log without one line per failed call.
+/// Current Vault problems by source ("vault": requests failing, "token": token upkeep failing), each logged once
+/// when it starts and once when it ends, so an outage shows in the log without one line per failed call and one
+/// source's recovery does not hide the other's problem.
 final class ProblemTracker: Sendable {
-    private let current = LockedValue<String?>(nil)
+    enum Source: String, Sendable, CaseIterable { case vault, token }
+    private let current = LockedValue<[Source: String]>([:])
     private let log: VaultLog
 
     init(log: @escaping VaultLog) { self.log = log }
 
-    var message: String? { current.withLock { $0 } }
-
-    func note(_ message: String) {
-        let first = current.withLock { c -> Bool in
-            defer { c = message }
-            return c == nil
-        }
-        if first { log("warn", "Vault problem: \(message)") }
+    /// All current problems in one line, nil when there are none.
+    var message: String? {
+        let problems = current.withLock { $0 }
+        let parts = Source.allCases.compactMap { problems[$0] }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 
-    func clear() {
-        let had = current.withLock { c -> Bool in
-            defer { c = nil }
-            return c != nil
+    func note(_ source: Source, _ message: String) {
+        let first = current.withLock { c -> Bool in
+            defer { c[source] = message }
+            return c[source] == nil
         }
-        if had { log("info", "Vault reachable again") }
+        if first { log("warn", "Vault problem (\(source.rawValue)): \(message)") }
+    }
+
+    func clear(_ source: Source) {
+        let had = current.withLock { c -> Bool in
+            defer { c[source] = nil }
+            return c[source] != nil
+        }
+        if had { log("info", source == .vault ? "Vault reachable again" : "Vault token upkeep working again") }
     }
 }

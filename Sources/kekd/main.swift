@@ -37,7 +37,19 @@ usage: kekd serve [flags]
   --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
   --log-level LEVEL            debug, info, warn, error (default info)
   --fips                       require OpenSSL's FIPS provider; refuse to start without it
-  --vault-*                    Vault Transit backend flags (see README)
+
+Vault Transit backend (--backend vault); secrets are read from files only:
+  --vault-addr URL             https://HOST:8200
+  --vault-transit-mount PATH   Transit mount (default transit)
+  --vault-key NAME             Transit key name
+  --vault-namespace NS         sent as X-Vault-Namespace
+  --vault-auth METHOD          token, approle or cert (default: inferred from the files given)
+  --vault-token-file PATH      token auth
+  --vault-approle-role-id-file PATH, --vault-approle-secret-id-file PATH, --vault-approle-mount PATH
+  --vault-cert-auth-mount PATH, --vault-cert-auth-role NAME   TLS certificate auth (uses --vault-client-cert)
+  --vault-ca-file PATH, --vault-client-cert PATH, --vault-client-key PATH, --vault-tls-server-name NAME
+  --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
+  --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
 
 exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 health endpoint
 """
@@ -93,9 +105,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     guard statusVersion == "v2" || statusVersion == "v2beta1" else { throw StartupError(.usage, "--status-version must be v2 or v2beta1") }
     let health = try parseHostPort(flags.string("health-addr", default: "127.0.0.1:8787"))
 
-    // Key backend.
+    // Key backend; metrics exist first so the backend can report its calls.
+    let backendName = flags.string("backend", default: "file")
+    let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
     let backend: any KeyBackend
-    switch flags.string("backend", default: "file") {
+    switch backendName {
     case "file":
         let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
         if dev && !FileManager.default.fileExists(atPath: keyFile) {
@@ -106,20 +120,27 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             logger.info("created development key file", ["path": keyFile])
         }
         do { backend = try FileKeyBackend(keyFilePath: keyFile) } catch {
-            throw StartupError(.keyFile, "key file \(keyFile): \(error.message)")
+            throw StartupError(.keyFile, error.message)
         }
     case "vault":
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
         do {
             let configuration = try VaultConfiguration.parse(vaultFlags)
-            backend = try VaultKeyBackend(configuration: configuration)
+            let vault = try VaultKeyBackend(configuration: configuration,
+                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
+                                            onCache: { hit in metrics.cache(hit: hit) })
+            // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
+            // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
+            if !vault.waitUntilReady(timeout: 3) {
+                logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
+            }
+            backend = vault
         } catch { throw StartupError(.vault, "vault backend: \(error)") }
     case let other:
         throw StartupError(.usage, "--backend must be file or vault, got \(other)")
     }
 
-    // Metrics and audit observe the service.
-    let metrics = KekdMetrics(version: kekdVersion, backend: backend.name)
+    // The audit log observes the service.
     let audit: AuditLog
     do {
         let path = flags.string("audit-log", default: "\(stateDir)/audit.log")
@@ -138,7 +159,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             let folder = (path as NSString).deletingLastPathComponent
             if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         }
-        let usagePath = path == "-" ? "\(stateDir)/usage.json" : ((path as NSString).deletingLastPathComponent.isEmpty ? "usage.json" : (path as NSString).deletingLastPathComponent + "/usage.json")
+        // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
+        let usagePath = "\(stateDir)/usage.json"
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
                                                hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath)
@@ -178,7 +201,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
 
     // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.
     while true {
-        let signal = SignalWaiter.next()
+        guard let signal = SignalWaiter.next(timeoutSeconds: 1) else {
+            // The key file and Vault are followed in the background: keep kekd_key_info current.
+            metrics.setKeyID(backend.status().keyID)
+            continue
+        }
         if signal == SIGHUP {
             logger.info("SIGHUP: reloading key material and reopening the audit log")
             backend.reload()
@@ -205,13 +232,14 @@ enum SignalWaiter {
         for s in handled { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
-    static func next() -> Int32 {
+    /// The next handled signal, or nil when none arrived within the timeout.
+    static func next(timeoutSeconds: Int) -> Int32? {
         var set = sigset_t()
         sigemptyset(&set)
         for s in handled { sigaddset(&set, s) }
-        var received: Int32 = 0
-        while sigwait(&set, &received) != 0 {}
-        return received
+        var timeout = timespec(tv_sec: timeoutSeconds, tv_nsec: 0)
+        let received = sigtimedwait(&set, nil, &timeout)
+        return received > 0 ? received : nil
     }
 }
 

@@ -141,6 +141,9 @@ import Testing
         #expect(try AuditHMACKeyFile.parse(raw) == raw)
         #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array(repeating: 1, count: 31)) }
         #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse([]) }
+        // Text that is not a long enough hex/base64 key is refused, not taken as raw bytes.
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array(hexString(key.prefix(20)).utf8)) }
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array("this is my secret audit passphrase!!".utf8)) }
     }
 
     @Test func hmacKeyFileIsCreatedOnceWhenMissing() throws {

@@ -92,6 +92,8 @@ def test_rotated_predecessors_are_verified_as_one_chain(tmp_path, key_file):
     r = verify(log, key_file)
     assert r.returncode == 0, r.stderr
     assert "20 records" in r.stdout and "2 files" in r.stdout
+    r = verify(log, key_file, "--no-rotated")
+    assert r.returncode == 0 and "10 records verified (seq 11-20) in 1 file" in r.stdout, r.stdout + r.stderr
     # The predecessor altered: the failure names the rotated file.
     tampered = list(first)
     tampered[3] = tampered[3].replace('"latency_us":12', '"latency_us":13')

@@ -34,7 +34,8 @@ def test_round_trip_sizes(kekd, kms_pb, size):
     enc = stub.Encrypt(pb.EncryptRequest(plaintext=plaintext, uid=f"uid-{size}"), timeout=10)
     status = stub.Status(pb.StatusRequest(), timeout=3)
     assert enc.key_id == status.key_id
-    assert plaintext not in enc.ciphertext
+    if size >= 16:  # a shorter plaintext can appear in random bytes by chance
+        assert plaintext not in enc.ciphertext
     dec = stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid="d", key_id=enc.key_id,
                                          annotations=dict(enc.annotations)), timeout=10)
     assert dec.plaintext == plaintext

@@ -177,3 +177,32 @@ def test_h2_client_gets_grpc_trailers(kekd, kms_pb):
     assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
     msg = kms_pb[0].StatusResponse.FromString(body[5:])
     assert msg.healthz == "ok" and msg.version == "v2"
+
+
+def test_client_that_never_reads_cannot_grow_memory(kekd_factory, kms_pb):
+    """A peer that opens no flow-control window makes kekd queue responses; past --max-queued-output it is cut off."""
+    k = kekd_factory(extra=["--max-queued-output", "64Ki"])
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.local_settings = h2.settings.Settings(client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    conn.initiate_connection()
+    s = connect(k)
+    s.sendall(conn.data_to_send())
+    time.sleep(0.2)
+    conn.receive_data(s.recv(65536))  # kekd's SETTINGS and window: after this we never read again
+    s.sendall(conn.data_to_send())
+    body = kms_pb[0].EncryptRequest(plaintext=b"p" * 40000, uid="x").SerializeToString()
+    framed = b"\x00" + len(body).to_bytes(4, "big") + body
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", "/v2.KeyManagementService/Encrypt"),
+               (":authority", "localhost"), ("content-type", "application/grpc"), ("te", "trailers")]
+    try:
+        for _ in range(4):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers)
+            for i in range(0, len(framed), 16384):
+                conn.send_data(sid, framed[i:i + 16384], end_stream=i + 16384 >= len(framed))
+            s.sendall(conn.data_to_send())
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert goaway_code(read_frames(s)) == 11  # ENHANCE_YOUR_CALM
+    s.close()
+    assert_still_serving(k, kms_pb)

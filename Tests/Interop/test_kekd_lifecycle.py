@@ -214,3 +214,21 @@ def test_sighup_and_live_rotation(kekd, kms_pb):
     dec = stub.Decrypt(pb.DecryptRequest(ciphertext=old.ciphertext, uid="r", key_id=old.key_id, annotations=dict(old.annotations)), timeout=3)
     assert dec.plaintext == b"k" * 32
     channel.close()
+
+
+def test_rotation_without_sighup_reaches_status_and_metrics(kekd, kms_pb):
+    before = status(kekd, kms_pb).key_id
+    subprocess.run([str(KEKCTL), "rotate", "--key-file", kekd.key_file], check=True, capture_output=True)
+    deadline = time.time() + 5
+    after = before
+    while after == before and time.time() < deadline:
+        time.sleep(0.1)
+        after = status(kekd, kms_pb).key_id
+    assert after != before, "kekd follows the key file without a signal"
+    deadline = time.time() + 5
+    metrics = ""
+    while f'kekd_key_info{{key_id="{after}"}} 1' not in metrics and time.time() < deadline:
+        time.sleep(0.2)
+        metrics = http_get(kekd.health_port, "/metrics")[1]
+    assert f'kekd_key_info{{key_id="{after}"}} 1' in metrics
+    assert before not in metrics

@@ -37,6 +37,26 @@ import Testing
         #expect(ring.health().detail.contains("client certificate must be supplied"))
     }
 
+    @Test func aReplacedClientCertificateIsUsedWithoutRestart() throws {
+        let vault = try FakeVault()
+        let files = TempFiles()
+        func install(_ prefix: String) throws {
+            for ext in ["pem", "key"] {
+                let data = try Data(contentsOf: URL(fileURLWithPath: vault.string("\(prefix)_\(ext)")))
+                try data.write(to: URL(fileURLWithPath: files.dir + "/client.\(ext)"), options: .atomic)
+            }
+        }
+        try install("other_client")  // a certificate the server does not trust
+        let ring = try manualKeyring(vault, ["vault-client-cert": files.dir + "/client.pem",
+                                             "vault-client-key": files.dir + "/client.key"], auth: "cert")
+        ring.maintain()
+        #expect(!ring.health().canEncrypt, "\(ring.health().detail)")
+        try install("client")  // the operator renews the certificate on disk
+        Thread.sleep(forTimeInterval: 1.1)  // let the circuit breaker's open period pass
+        ring.maintain()
+        #expect(ring.health().canEncrypt, "\(ring.health().detail)")
+    }
+
     @Test func wrongCAAndWrongHostNameAreRefused() throws {
         let vault = try FakeVault()
         let wrongCA = try manualKeyring(vault, ["vault-ca-file": vault.string("other_ca_pem")])
