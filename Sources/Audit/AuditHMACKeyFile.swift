@@ -1,7 +1,9 @@
-// The audit chain's key from a file (--audit-hmac-key-file). Accepted contents, checked in this order:
-//   - text: 64 or more hex digits (an even count; surrounding whitespace ignored)  → the decoded bytes
-//   - text: base64 (standard alphabet, padding optional, surrounding whitespace ignored) decoding to ≥ 32 bytes
-//   - anything else of 32 or more bytes → the raw bytes as they are
+// The audit chain's key from a file (--audit-hmac-key-file). Accepted contents:
+//   - text (printable ASCII and whitespace only), surrounding whitespace ignored:
+//       64 or more hex digits (an even count) → the decoded bytes, else
+//       base64 (standard alphabet, padding optional) decoding to 32 or more bytes → the decoded bytes;
+//     any other text is refused (a short or mistyped text key must not silently become a weak raw key)
+//   - binary (any other byte present): 32 or more raw bytes, used as they are
 // The key is secret: the file must be a regular file not readable or writable by group or others (0600/0400).
 import Crypto
 import Foundation
@@ -24,6 +26,26 @@ public enum AuditHMACKeyFile {
         return try parse(contents)
     }
 
+    /// For backends that cannot derive a chain key (Vault): loads the file, or when it does not exist creates it
+    /// with 32 random bytes as hex (mode 0600, atomically, never replacing a file another process created first).
+    public static func loadOrCreate(path: String) throws(AuditError) -> [UInt8] {
+        if access(path, F_OK) != 0 && errno == ENOENT {
+            var key: [UInt8]
+            do { key = try SecureRandom.bytes(minimumKeySize) } catch { throw AuditError("random audit HMAC key: \(error)") }
+            var text = Array((hexString(key) + "\n").utf8)
+            defer {
+                wipe(&key)
+                wipe(&text)
+            }
+            do {
+                try POSIXFile.atomicWrite(path: path, bytes: text, noClobber: true)
+            } catch where access(path, F_OK) == 0 {
+                // Another process created it first: use theirs.
+            }
+        }
+        return try load(path: path)
+    }
+
     /// The key in `contents` (see the formats above).
     public static func parse(_ contents: [UInt8]) throws(AuditError) -> [UInt8] {
         let text = trimmed(contents)
@@ -34,8 +56,10 @@ public enum AuditHMACKeyFile {
            let decoded = Data(base64Encoded: Data(Array(text) + paddingFor(text.count))), decoded.count >= minimumKeySize {
             return Array(decoded)
         }
-        guard contents.count >= minimumKeySize else {
-            throw AuditError("audit HMAC key must be at least \(minimumKeySize) bytes (raw), or hex/base64 text of that many bytes")
+        let isText = contents.allSatisfy { ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+        guard !isText, contents.count >= minimumKeySize else {
+            throw AuditError("audit HMAC key must be hex (\(2 * minimumKeySize)+ digits) or base64 text of at least "
+                + "\(minimumKeySize) bytes, or at least \(minimumKeySize) raw bytes")
         }
         return contents
     }

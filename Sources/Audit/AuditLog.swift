@@ -46,6 +46,7 @@ final class AuditCounters: Sendable {
     let written = Atomic<Int>(0)
     let dropped = Atomic<Int>(0)
     let failed = Atomic<Int>(0)
+    let syncs = Atomic<Int>(0)
     let writable = Atomic<Bool>(true)
     let lastError = Mutex<String?>(nil)
 
@@ -68,7 +69,9 @@ public final class AuditLog: Sendable {
         guard configuration.maxSize >= 0, configuration.maxFiles >= 0 else {
             throw AuditError("audit max size and max files must not be negative")
         }
-        guard configuration.usageFlushInterval > 0 else { throw AuditError("usage flush interval must be positive") }
+        guard configuration.usageFlushInterval > 0, configuration.failClosedTimeout > 0 else {
+            throw AuditError("usage flush interval and fail-closed timeout must be positive")
+        }
         self.configuration = configuration
         let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters)
         queue.pending.reserveCapacity(min(configuration.queueCapacity, 1 << 16))
@@ -101,23 +104,33 @@ public final class AuditLog: Sendable {
             q.lock.unlock()
             return true
         }
-        while q.pending.count >= configuration.queueCapacity && !q.closing {
+        let deadline = monotonicSeconds() + configuration.failClosedTimeout
+        while q.pending.count >= configuration.queueCapacity && !q.closing && monotonicSeconds() < deadline {
             q.callersWaitingForRoom += 1
-            q.callerWake.wait(q.lock)
+            q.callerWake.wait(q.lock, until: deadline)
             q.callersWaitingForRoom -= 1
         }
-        if q.closing {
+        if q.closing || q.pending.count >= configuration.queueCapacity {
             q.lock.unlock()
-            counters.failed.add(1, ordering: .relaxed)
+            refuse(reason: q.closing ? "audit log is closed" : "audit queue stayed full")
             return false
         }
         let waiter = RecordWaiter()
         q.pending.append(QueuedRecord(event: event, waiter: waiter))
         q.wakeWriterIfIdle()
-        while !waiter.done { q.callerWake.wait(q.lock) }
-        let ok = waiter.ok
+        while !waiter.done && monotonicSeconds() < deadline { q.callerWake.wait(q.lock, until: deadline) }
+        let done = waiter.done, ok = waiter.ok
         q.lock.unlock()
-        return ok
+        if !done {
+            // The record may still be written later; the call is refused either way, which is the safe side.
+            refuse(reason: "audit record not synced within \(configuration.failClosedTimeout) s")
+        }
+        return done && ok
+    }
+
+    private func refuse(reason: String) {
+        counters.failed.add(1, ordering: .relaxed)
+        counters.fail(reason)
     }
 
     /// SIGHUP: reopen the path (after an external rotation). Asynchronous; the next batch goes to the new file.
@@ -137,6 +150,7 @@ public final class AuditLog: Sendable {
                           dropped: counters.dropped.load(ordering: .relaxed),
                           failed: counters.failed.load(ordering: .relaxed),
                           queueDepth: depth,
+                          syncs: counters.syncs.load(ordering: .relaxed),
                           lastError: counters.lastError.withLock { $0 })
     }
 
@@ -144,15 +158,22 @@ public final class AuditLog: Sendable {
     public var isWritable: Bool { counters.writable.load(ordering: .relaxed) }
 
     /// Writes everything queued, flushes the usage file, stops the writer. Later records are refused
-    /// (fail-closed) or counted as dropped (best-effort). Idempotent.
-    public func close() {
+    /// (fail-closed) or counted as dropped (best-effort). Idempotent. Waits at most `timeout` seconds for a
+    /// writer stuck on its sink (then logs and returns; the process is shutting down).
+    public func close(timeout: Double = 30) {
         let q = queue
+        let deadline = monotonicSeconds() + timeout
         q.lock.lock()
         q.closing = true
         q.writerIdle = false
         q.writerWake.signal()
         q.callerWake.broadcast()
-        while !q.writerDone { q.callerWake.wait(q.lock) }
+        while !q.writerDone && monotonicSeconds() < deadline { q.callerWake.wait(q.lock, until: deadline) }
+        let finished = q.writerDone
         q.lock.unlock()
+        if !finished {
+            AuditDiagnostics.log("audit writer did not finish within the close timeout; queued records may be lost",
+                                 fields: [("path", configuration.path)])
+        }
     }
 }

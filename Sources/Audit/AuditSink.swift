@@ -38,8 +38,10 @@ final class AuditSink {
             isRegularFile = false
             return
         }
-        let newFD = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        // O_NONBLOCK only for the open: a FIFO without a reader fails (ENXIO) instead of hanging kekd.
+        let newFD = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0o600)
         guard newFD >= 0 else { throw AuditError("cannot open audit log \(path): \(POSIXFile.errorText(errno))") }
+        _ = fcntl(newFD, F_SETFL, fcntl(newFD, F_GETFL) & ~O_NONBLOCK)
         var st = stat()
         guard fstat(newFD, &st) == 0 else {
             let e = errno
@@ -137,9 +139,10 @@ final class AuditSink {
         return pread(readFD, &byte, 1, off_t(size - 1)) == 1 ? byte : nil
     }
 
-    /// The chain state of the last complete record in a file (reading at most its last 256 KiB), so a restarted
-    /// writer continues the chain. nil when the file holds no recognisable record.
-    static func lastRecord(path: String) -> ParsedAuditLine? {
+    /// The last complete record in a file (reading at most its last 256 KiB), so a restarted writer continues
+    /// the chain, and the chain value before it when the file shows it (its prev_chain, the line before it, or
+    /// genesis for seq 1), so the writer can check the record against its key. nil when no record is found.
+    static func lastRecord(path: String) -> (record: ParsedAuditLine, previousChain: [UInt8]?)? {
         let readFD = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard readFD >= 0 else { return nil }
         defer { Glibc.close(readFD) }
@@ -155,7 +158,17 @@ final class AuditSink {
         guard var end = tail.lastIndex(of: 0x0A) else { return nil }
         while true {
             let start = tail[tail.startIndex..<end].lastIndex(of: 0x0A).map { $0 + 1 } ?? tail.startIndex
-            if let parsed = AuditLineParser.parse(tail[start..<end]) { return parsed }
+            if let record = AuditLineParser.parse(tail[start..<end]) {
+                var previous = record.prevChain ?? (record.seq == 1 ? AuditRecordFormat.genesisChain : nil)
+                if previous == nil, start > tail.startIndex {
+                    let before = tail[tail.startIndex..<(start - 1)]
+                    let beforeStart = before.lastIndex(of: 0x0A).map { $0 + 1 } ?? before.startIndex
+                    if let line = AuditLineParser.parse(before[beforeStart...]), line.seq &+ 1 == record.seq {
+                        previous = line.chain
+                    }
+                }
+                return (record, previous)
+            }
             if start == tail.startIndex { return nil }
             end = start - 1
         }

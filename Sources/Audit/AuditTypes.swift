@@ -77,10 +77,13 @@ public struct AuditConfiguration: Sendable {
     public var usageFilePath: String?
     /// Seconds between usage file flushes (it is also flushed on close).
     public var usageFlushInterval: Double
+    /// fail-closed: the longest record() waits for its record to be written and synced (a stuck sink, e.g. a
+    /// FIFO nobody reads, must not hang calls); it then returns false.
+    public var failClosedTimeout: Double
 
     public init(path: String, maxSize: Int64 = 100 << 20, maxFiles: Int = 5, mode: AuditMode = .bestEffort,
                 hmacKey: [UInt8], queueCapacity: Int = 65536, usageFilePath: String? = nil,
-                usageFlushInterval: Double = 10) {
+                usageFlushInterval: Double = 10, failClosedTimeout: Double = 10) {
         self.path = path
         self.maxSize = maxSize
         self.maxFiles = maxFiles
@@ -89,6 +92,7 @@ public struct AuditConfiguration: Sendable {
         self.queueCapacity = queueCapacity
         self.usageFilePath = usageFilePath
         self.usageFlushInterval = usageFlushInterval
+        self.failClosedTimeout = failClosedTimeout
     }
 }
 
@@ -100,6 +104,8 @@ public struct AuditStats: Sendable, Equatable {
     /// fail-closed: records that could not be written, so their calls were refused.
     public var failed: Int
     public var queueDepth: Int
+    /// Successful fdatasync calls (fail-closed group commits; written / syncs = records per sync).
+    public var syncs: Int
     public var lastError: String?
 }
 

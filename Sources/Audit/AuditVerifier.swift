@@ -23,6 +23,8 @@ public struct AuditVerificationReport: Sendable, Equatable {
     public var problem: AuditVerificationProblem?
     public var ok: Bool { problem == nil }
 
+    public init() {}
+
     public var summary: String {
         if let problem { return "audit log verification FAILED at \(problem)" }
         var s = "ok: \(records) records verified"

@@ -1,6 +1,9 @@
 // The writer thread: batches, the chain, rotation, failure rollback, loss reports, key usage.
 import Crypto
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The chain position after the last record in the sink.
 struct ChainState {
@@ -22,6 +25,7 @@ final class AuditWriter: @unchecked Sendable {
     private let maxWriteBytes = 4 << 20
     private var lossSinceLastLog = 0
     private var lastLossLog = 0.0
+    private var lastLossReason = ""
 
     init(configuration: AuditConfiguration, queue: AuditQueue, counters: AuditCounters) throws {
         self.configuration = configuration
@@ -34,9 +38,16 @@ final class AuditWriter: @unchecked Sendable {
         let last = !sink.isRegularFile ? nil
             : sink.size > 0 ? AuditSink.lastRecord(path: configuration.path)
             : AuditSink.lastRecord(path: configuration.path + ".1")
-        if let last {
-            state.seq = last.seq
-            state.chain = last.chain
+        if let (record, previous) = last, let previous,
+           !constantTimeEqual(AuditRecordFormat.chain(key: configuration.hmacKey, previous: previous, body: record.body), record.chain) {
+            // Written under another chain key (a new key file or --audit-hmac-key-file): one file, one key. The old
+            // file is rotated away intact and verifies with its own key; ours starts a new chain.
+            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain",
+                                 fields: [("path", configuration.path)])
+            if sink.size > 0 && configuration.maxFiles > 0 { try sink.rotate() }
+        } else if let (record, _) = last {
+            state.seq = record.seq
+            state.chain = record.chain
         } else if sink.size > 0 {
             AuditDiagnostics.log("existing audit log ends without a recognisable record; starting a new chain",
                                  fields: [("path", configuration.path)])
@@ -44,16 +55,23 @@ final class AuditWriter: @unchecked Sendable {
     }
 
     func run() {
+        // A FIFO or pipe sink whose reader went away must give EPIPE (a failed write), not kill kekd: SIGPIPE
+        // from write(2) is sent to the writing thread, so blocking it here is enough, whatever the process does.
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, nil)
         var batch: [QueuedRecord] = []
         var nextUsageFlush = monotonicSeconds() + configuration.usageFlushInterval
         while true {
             queue.lock.lock()
             while queue.pending.isEmpty && !queue.closing && !queue.reopenRequested && queue.droppedSinceLastBatch == 0 {
                 queue.writerIdle = true
-                if usage.dirty {
-                    let remaining = nextUsageFlush - monotonicSeconds()
-                    if remaining <= 0 { break }
-                    queue.writerWake.wait(queue.lock, seconds: remaining)
+                // Idle, but a usage flush or a pending loss report may be due.
+                let deadlines = [usage.dirty ? nextUsageFlush : nil, lossSinceLastLog > 0 ? lastLossLog + 1 : nil]
+                if let deadline = deadlines.compactMap({ $0 }).min() {
+                    if monotonicSeconds() >= deadline { break }
+                    queue.writerWake.wait(queue.lock, until: deadline)
                 } else {
                     queue.writerWake.wait(queue.lock)
                 }
@@ -89,6 +107,7 @@ final class AuditWriter: @unchecked Sendable {
                 }
                 batch.removeAll(keepingCapacity: true)
             }
+            if lossSinceLastLog > 0 { noteLoss(0, reason: lastLossReason) }
             if monotonicSeconds() >= nextUsageFlush {
                 usage.flush()
                 nextUsageFlush = monotonicSeconds() + configuration.usageFlushInterval
@@ -96,6 +115,10 @@ final class AuditWriter: @unchecked Sendable {
             if finishing { break }
         }
         usage.flush()
+        if lossSinceLastLog > 0 {
+            lastLossLog = 0
+            noteLoss(0, reason: lastLossReason)
+        }
         if state.unreportedDrops > 0 {
             AuditDiagnostics.log("audit log closed with unreported lost records",
                                  fields: [("lost", String(state.unreportedDrops)), ("path", configuration.path)])
@@ -182,7 +205,10 @@ final class AuditWriter: @unchecked Sendable {
         let count = end - segment.start
         guard count > 0 else { return }
         var error = sink.write(buffer)
-        if error == nil && configuration.mode == .failClosed { error = sink.sync() }
+        if error == nil && configuration.mode == .failClosed {
+            error = sink.sync()
+            if error == nil { counters.syncs.add(1, ordering: .relaxed) }
+        }
         guard let error else {
             for i in segment.start..<end { results[i] = true }
             counters.written.add(count, ordering: .relaxed)
@@ -215,6 +241,8 @@ final class AuditWriter: @unchecked Sendable {
     /// A loud stderr line, at most one per second (the counts in it and in dropped_before are exact).
     private func noteLoss(_ count: Int, reason: String) {
         lossSinceLastLog += count
+        lastLossReason = reason
+        guard lossSinceLastLog > 0 else { return }
         let now = monotonicSeconds()
         guard now - lastLossLog >= 1 else { return }
         lastLossLog = now

@@ -31,13 +31,12 @@ final class MonitorCondition: @unchecked Sendable {
     }
     /// The caller holds `lock`.
     func wait(_ lock: MonitorLock) { pthread_cond_wait(cond, lock.mutex) }
-    /// The caller holds `lock`; returns after at most `seconds` (or a wakeup).
-    func wait(_ lock: MonitorLock, seconds: Double) {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        let nanos = Int(max(0, min(seconds, 3600)) * 1e9) + now.tv_nsec
-        var deadline = timespec(tv_sec: now.tv_sec + nanos / 1_000_000_000, tv_nsec: nanos % 1_000_000_000)
-        pthread_cond_timedwait(cond, lock.mutex, &deadline)
+    /// The caller holds `lock`; returns at a wakeup or at `deadline` (monotonicSeconds()) at the latest.
+    func wait(_ lock: MonitorLock, until deadline: Double) {
+        let clamped = min(deadline, monotonicSeconds() + 3600)
+        let whole = clamped.rounded(.down)
+        var spec = timespec(tv_sec: Int(whole), tv_nsec: min(Int((clamped - whole) * 1e9), 999_999_999))
+        pthread_cond_timedwait(cond, lock.mutex, &spec)
     }
     func signal() { pthread_cond_signal(cond) }
     func broadcast() { pthread_cond_broadcast(cond) }

@@ -41,7 +41,8 @@ enum POSIXFile {
     }
 
     /// Replaces `path` atomically: temp file in the same folder (mode `mode`), fsync, rename, fsync the folder.
-    static func atomicWrite(path: String, bytes: [UInt8], mode: mode_t = 0o600) throws(AuditError) {
+    /// With `noClobber`, an existing `path` is left alone and the call throws (link(2) instead of rename(2)).
+    static func atomicWrite(path: String, bytes: [UInt8], mode: mode_t = 0o600, noClobber: Bool = false) throws(AuditError) {
         let dir = directory(of: path)
         let temp = path + ".tmp.\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
@@ -51,7 +52,14 @@ enum POSIXFile {
         if failure == nil, let e = writeAll(fd: fd, bytes) { failure = "write: \(errorText(e))" }
         if failure == nil, fsync(fd) != 0 { failure = "fsync: \(errorText(errno))" }
         close(fd)
-        if failure == nil, rename(temp, path) != 0 { failure = "rename: \(errorText(errno))" }
+        if failure == nil {
+            if noClobber {
+                if link(temp, path) != 0 { failure = errno == EEXIST ? "it already exists" : "link: \(errorText(errno))" }
+                unlink(temp)
+            } else if rename(temp, path) != 0 {
+                failure = "rename: \(errorText(errno))"
+            }
+        }
         if let failure {
             unlink(temp)
             throw AuditError("cannot write \(path): \(failure)")

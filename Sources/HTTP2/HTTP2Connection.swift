@@ -4,6 +4,12 @@ import HPACK
 
 /// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls (e.g. under its
 /// connection lock); it is marked Sendable only so it can be handed between threads under that discipline.
+///
+/// Driving it: write `takeOutput()` to the socket right after `init` (our SETTINGS go first); for every read, call
+/// `receive(_:now:)` (or `receive(_:)`), act on the events, then write `takeOutput()`. Stop reading while earlier
+/// output is still unwritten, so a peer that does not read cannot make us queue answers (the control-frame budget
+/// counts what sits in the output until it is taken). Close after writing the output that follows a
+/// `.connectionError` (or when `didFail` turns true after a send call), or once `isDraining && openStreamCount == 0`.
 public final class HTTP2Connection: @unchecked Sendable {
     public enum Role: Sendable { case server, client }
 
@@ -173,7 +179,9 @@ public final class HTTP2Connection: @unchecked Sendable {
                 case let .connection(code, reason):
                     fail(code, reason, &events)
                 case let .stream(id, code, reason):
-                    if headerBlock != nil {
+                    if !sawPeerSettings {
+                        fail(.protocolError, "first frame is not SETTINGS", &events)
+                    } else if headerBlock != nil {
                         fail(.protocolError, "frame interleaved in a header block", &events)
                     } else {
                         streamError(id, code, reason, surface: streams[id] != nil, &events)

@@ -136,6 +136,10 @@ public final class FileKeyBackend: KeyBackend {
             throw KMSError(.invalidArgument, "key_id does not match the ciphertext (foreign, tampered, or paired with another key_id)")
         }
         guard let entry = known else {
+            if version > snapshot.primary.version {
+                throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is newer than this key file: "
+                               + "it was rotated elsewhere and this node has not got the new key file yet")
+            }
             throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is no longer in the key file (pruned)")
         }
         guard entry.state != .retired else {

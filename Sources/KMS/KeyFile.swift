@@ -99,19 +99,50 @@ public struct KeyFile: Sendable, Equatable {
     /// Adds a new primary (highest version + 1) and demotes the old primary to active.
     @discardableResult
     public mutating func rotate(now: Date = Date()) throws(KMSError) -> (old: KeyVersion, new: KeyVersion) {
-        guard let oldIndex = versions.firstIndex(where: { $0.state == .primary }) else {
+        guard versions.contains(where: { $0.state == .primary }) else {
             throw KMSError(.failedPrecondition, "key file has no primary version")
         }
+        let staged = try stage(now: now)
+        return try promote(version: staged.version)
+    }
+
+    /// Adds a new decrypt-only version (highest + 1) without changing the primary: the first half of a rotation on
+    /// a control plane with several nodes. Once every node's key file has it, `promote` makes it the primary, and no
+    /// node ever meets a ciphertext under a version it does not have.
+    @discardableResult
+    public mutating func stage(now: Date = Date()) throws(KMSError) -> KeyVersion {
         let highest = versions.map(\.version).max() ?? 0
         guard highest < UInt32.max else { throw KMSError(.failedPrecondition, "key versions exhausted") }
         let key: [UInt8]
         do { key = try SecureRandom.bytes(AES256GCM.keySize) } catch {
             throw KMSError(.internalError, "random key generation: \(error)")
         }
+        let staged = KeyVersion(version: highest + 1, state: .active, created: Self.rfc3339(now), key: key)
+        versions.append(staged)
+        return staged
+    }
+
+    /// Makes an active version newer than the primary the primary, and demotes the old primary to active. Never an
+    /// older one: kekd would report a key_id the apiserver has already moved away from.
+    @discardableResult
+    public mutating func promote(version: UInt32) throws(KMSError) -> (old: KeyVersion, new: KeyVersion) {
+        guard let newIndex = versions.firstIndex(where: { $0.version == version }) else {
+            throw KMSError(.failedPrecondition, "key version \(version) is not in the key file")
+        }
+        guard let oldIndex = versions.firstIndex(where: { $0.state == .primary }) else {
+            throw KMSError(.failedPrecondition, "key file has no primary version")
+        }
+        guard newIndex != oldIndex else { throw KMSError(.failedPrecondition, "key version \(version) is already the primary") }
+        guard versions[newIndex].state == .active else {
+            throw KMSError(.failedPrecondition, "refusing to promote key version \(version): it is retired")
+        }
+        guard version > versions[oldIndex].version else {
+            throw KMSError(.failedPrecondition, "refusing to promote key version \(version): it is older than the primary "
+                           + "(version \(versions[oldIndex].version)); rotate to a new version instead")
+        }
         versions[oldIndex].state = .active
-        let new = KeyVersion(version: highest + 1, state: .primary, created: Self.rfc3339(now), key: key)
-        versions.append(new)
-        return (versions[oldIndex], new)
+        versions[newIndex].state = .primary
+        return (versions[oldIndex], versions[newIndex])
     }
 
     /// Retires a version. Refuses the primary; returns false when it was already retired.

@@ -10,7 +10,7 @@ public enum KMSLog {
 
     /// `{"time":"…","level":"…","msg":"…", <fields>}` with every value a JSON string.
     public static func line(level: String, msg: String, fields: [(String, String)] = []) -> String {
-        var s = "{\"time\":\(quote(KeyFile.rfc3339(Date()))),\"level\":\(quote(level)),\"msg\":\(quote(msg))"
+        var s = "{\"time\":\(quote(Date().formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true)))),\"level\":\(quote(level)),\"msg\":\(quote(msg))"
         for (k, v) in fields { s += ",\(quote(k)):\(quote(v))" }
         return s + "}"
     }

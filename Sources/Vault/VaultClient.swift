@@ -85,6 +85,8 @@ final class VaultClient: Sendable {
         payload = []  // so the buffer below is the only reference and is wiped in place
         defer { wipe(&request.body) }
         let started = Date()
+        // A caller whose time is already up must not reach the breaker: its "timeout" says nothing about Vault.
+        guard deadline > started else { throw VaultError(.unavailable, "no time left for Vault \(op)") }
         // The breaker is consulted once per call: an open breaker fails the call at once; a half-open one lets this
         // call (with its retries) be the trial.
         guard breaker.allow() else {

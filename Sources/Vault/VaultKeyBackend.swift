@@ -20,7 +20,7 @@ public final class VaultKeyBackend: KeyBackend {
         let sink = log ?? KMSLog.stderr
         do {
             keyring = try VaultKeyring(configuration: configuration, onBackendCall: onBackendCall, onCache: onCache,
-                                       log: { message in sink(KMSLog.line(level: "info", msg: message, fields: [("backend", "vault")])) })
+                                       log: { level, message in sink(KMSLog.line(level: level, msg: message, fields: [("backend", "vault")])) })
         } catch {
             throw Self.kmsError(error)
         }

@@ -39,14 +39,20 @@ public final class VaultKeyring: Sendable {
 
     struct State {
         var active: ActiveKEK?
-        var keyInfo: TransitKeyInfo?
+        /// Key metadata from the last successful read, and the key_id of each of its versions (Decrypt's check).
+        private(set) var keyInfo: TransitKeyInfo?
+        private(set) var keyIDs: [Int: String] = [:]
         /// Set when Vault says the key is gone or cannot encrypt: Status fails, Encrypt refuses.
         var blocked: String?
-        /// Last Vault problem seen by the background loop (outage), nil when healthy.
-        var outage: String?
         var nextPoll: Double = 0
-        /// Last key read forced by a Decrypt naming a version we did not know (rate-limited).
-        var lastForcedRead: Double = -1e9
+
+        mutating func setKeyInfo(_ info: TransitKeyInfo, config: VaultConfiguration) {
+            if info == keyInfo { return }
+            keyInfo = info
+            keyIDs = info.versionCreated.reduce(into: [:]) { ids, entry in
+                ids[entry.key] = VaultKeyring.keyID(config: config, version: entry.key, created: entry.value)
+            }
+        }
     }
 
     public let configuration: VaultConfiguration
@@ -57,7 +63,8 @@ public final class VaultKeyring: Sendable {
     let batcher: UnwrapBatcher
     private let state = Mutex(State())
     private let onCache: (@Sendable (Bool) -> Void)?
-    private let log: @Sendable (String) -> Void
+    private let log: VaultLog
+    let problems: ProblemTracker
     private let now: @Sendable () -> Double
     private let stopped = Atomic<Bool>(false)
     private let wake = NSCondition()
@@ -67,12 +74,15 @@ public final class VaultKeyring: Sendable {
     public init(configuration: VaultConfiguration,
                 onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (Bool) -> Void)? = nil,
-                log: (@Sendable (String) -> Void)? = nil,
+                log: VaultLog? = nil,
                 maintenanceTick: Double = 1.0,
                 startBackground: Bool = true) throws(VaultError) {
         self.configuration = configuration
         self.onCache = onCache
-        self.log = log ?? { message in FileHandle.standardError.write(Data("kekd vault: \(message)\n".utf8)) }
+        let log = log ?? { level, message in FileHandle.standardError.write(Data("kekd vault \(level): \(message)\n".utf8)) }
+        self.log = log
+        let problems = ProblemTracker(log: log)
+        self.problems = problems
         self.now = { Date().timeIntervalSince1970 }
         self.tick = maintenanceTick
         var tls = configuration.tls
@@ -90,7 +100,7 @@ public final class VaultKeyring: Sendable {
         let transit = self.transit
         let timeout = configuration.requestTimeout
         batcher = UnwrapBatcher(cache: cache) { wrapped in
-            Self.unwrapBatch(wrapped, transit: transit, deadline: Date(timeIntervalSinceNow: timeout))
+            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout))
         }
         if startBackground {
             Thread.detachNewThread { [self] in self.maintenanceLoop() }
@@ -121,12 +131,13 @@ public final class VaultKeyring: Sendable {
 
     /// Cached state only; never I/O.
     public func health() -> Health {
-        state.withLock { s in
+        let problem = problems.message
+        return state.withLock { s in
             if let blocked = s.blocked { return Health(canEncrypt: false, keyID: s.active?.keyID ?? "", detail: blocked) }
             guard let active = s.active else {
-                return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (s.outage.map { ": \($0)" } ?? ""))
+                return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (problem.map { ": \($0)" } ?? ""))
             }
-            let detail = s.outage.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
+            let detail = problem.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
             return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
         }
     }
@@ -161,8 +172,8 @@ public final class VaultKeyring: Sendable {
         guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
             throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
         }
-        guard keyID == (try expectedKeyID(version: version)) else {
-            throw VaultError(.invalidArgument, "unknown key_id (not made by this Vault key)")
+        guard accepts(keyID: keyID, version: version) else {
+            throw VaultError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
         }
         let key: SymmetricKey
         if let cached = cache.get(wrapped) {
@@ -181,28 +192,21 @@ public final class VaultKeyring: Sendable {
         }
     }
 
-    /// The key_id for a Vault key version, from cached key metadata; refreshes it once if the version is new to us
-    /// (another node may have seen a rotation first).
-    private func expectedKeyID(version: Int) throws(VaultError) -> String {
-        for attempt in 0..<2 {
-            if let info = state.withLock({ $0.keyInfo }), let created = info.versionCreated[version] {
-                return Self.keyID(config: configuration, version: version, created: created)
-            }
-            // At most one forced read per second, so Decrypts naming bogus versions cannot flood Vault.
-            let t = now()
-            let allowed = state.withLock { s -> Bool in
-                guard t - s.lastForcedRead >= 1 else { return false }
-                s.lastForcedRead = t
-                return true
-            }
-            if attempt == 0 && allowed { try refreshKeyInfo() }
-        }
-        throw VaultError(.invalidArgument, "Vault key \(configuration.keyName) has no version \(version)")
+    /// Whether Decrypt accepts `keyID` for a local KEK wrapped under Vault `version`. The key_id we would give that
+    /// version now is accepted at once. Otherwise a key_id of our own format for the same version is accepted too: it
+    /// may come from before an address/namespace/mount spelling changed, or from a version another node saw first.
+    /// That is safe because the key_id is bound into the envelope's AAD: a key_id we did not issue for this envelope
+    /// fails authentication. Anything else is refused before Vault is asked.
+    func accepts(keyID: String, version: Int) -> Bool {
+        if let current = state.withLock({ $0.keyIDs[version] }), current == keyID { return true }
+        return Self.isOwnKeyIDFormat(keyID, version: version)
     }
 
-    private func refreshKeyInfo() throws(VaultError) {
-        let info = try transit.readKey(deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
-        state.withLock { $0.keyInfo = info }
+    /// `kekd-vault-<32 hex>-v<version>`.
+    static func isOwnKeyIDFormat(_ keyID: String, version: Int) -> Bool {
+        let prefix = "kekd-vault-", suffix = "-v\(version)"
+        guard keyID.hasPrefix(prefix), keyID.hasSuffix(suffix), keyID.utf8.count == prefix.utf8.count + 32 + suffix.utf8.count else { return false }
+        return keyID.utf8.dropFirst(prefix.utf8.count).prefix(32).allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }
     }
 
     /// AAD binding the key_id and every annotation (length-prefixed, sorted by key).
@@ -234,9 +238,12 @@ public final class VaultKeyring: Sendable {
         return (String(decoding: bytes, as: UTF8.self), version)
     }
 
-    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, problems: ProblemTracker,
+                            deadline: Date) -> [Result<SymmetricKey, VaultError>] {
         do {
-            return try transit.decryptBatch(wrapped, deadline: deadline).map { result in
+            let results = try transit.decryptBatch(wrapped, deadline: deadline)
+            problems.clear(.vault)
+            return results.map { result in
                 result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
                     var bytes = plain
                     defer { wipe(&bytes) }
@@ -247,6 +254,7 @@ public final class VaultKeyring: Sendable {
                 }
             }
         } catch {
+            if error.code != .invalidArgument { problems.note(.vault, error.message) }
             return Array(repeating: .failure(error), count: wrapped.count)
         }
     }
@@ -294,8 +302,12 @@ public final class VaultKeyring: Sendable {
     /// One maintenance step (also callable from tests): token upkeep, key poll, local KEK renewal.
     func maintain() {
         let deadline = Date(timeIntervalSinceNow: configuration.requestTimeout)
-        if tokens.currentState != nil, let error = tokens.maintain(deadline: deadline) {
-            noteProblem("token upkeep: \(error.message)")
+        if tokens.currentState != nil {
+            if let error = tokens.maintain(deadline: deadline) {
+                problems.note(error.code == .unavailable ? .vault : .token, error.message)
+            } else {
+                problems.clear(.token)
+            }
         }
         let t = now()
         let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
@@ -304,9 +316,13 @@ public final class VaultKeyring: Sendable {
         guard due || overused else { return }
         do {
             let info = try transit.readKey(deadline: deadline)
+            if Self.isStale(info, active: active) {
+                problems.clear(.vault)
+                return
+            }
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             state.withLock { s in
-                s.keyInfo = info
+                s.setKeyInfo(info, config: configuration)
                 s.nextPoll = t + configuration.keyPollInterval
                 // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
                 // never shows the key_id of a deleted key again.
@@ -314,13 +330,18 @@ public final class VaultKeyring: Sendable {
                 else if reason == nil { s.blocked = nil }
             }
             if let reason { try installNewKEK(info: info, reason: reason) }
-            clearProblem()
+            problems.clear(.vault)
         } catch {
             if error.code == .failedPrecondition {
                 // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
                 state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
+            } else {
+                // The read may have worked and the wrap failed: retry soon, not a poll interval later. Network
+                // failures retry every tick (the circuit breaker paces them); refusals every few seconds.
+                let retry = error.code == .unavailable ? t : t + min(configuration.keyPollInterval, 5)
+                state.withLock { $0.nextPoll = retry }
             }
-            noteProblem(error.message)
+            problems.note(.vault, error.message)
         }
     }
 
@@ -330,10 +351,19 @@ public final class VaultKeyring: Sendable {
         guard let active else { return "first local KEK" }
         if info.latestVersion > active.vaultVersion { return "Vault key rotated to version \(info.latestVersion)" }
         if let created = info.versionCreated[active.vaultVersion], created != active.vaultCreated { return "Vault key was recreated" }
-        if info.versionCreated[active.vaultVersion] == nil && !info.versionCreated.isEmpty { return "Vault key version \(active.vaultVersion) disappeared" }
+        if isStale(info, active: active) { return nil }
+        if info.versionCreated[active.vaultVersion] == nil { return "Vault key was recreated" }
         if active.encryptions.load(ordering: .relaxed) >= config.localKEKMaxEncryptions { return "local KEK reached its encryption limit" }
         if now - active.createdAt >= config.localKEKMaxAge { return "local KEK reached its maximum age" }
         return nil
+    }
+
+    /// A read that lacks our version and whose latest version is not newer than ours comes from a lagging replica
+    /// (or a trimmed key we can no longer use anyway): it must not move the key_id back.
+    static func isStale(_ info: TransitKeyInfo, active: ActiveKEK?) -> Bool {
+        guard let active, info.latestVersion < active.vaultVersion, info.versionCreated[active.vaultVersion] == nil else { return false }
+        let latestCreated = info.versionCreated[info.latestVersion] ?? 0
+        return latestCreated <= active.vaultCreated
     }
 
     /// Makes a new local KEK under the latest known Vault version now (tests; operators get it via the limits).
@@ -357,27 +387,46 @@ public final class VaultKeyring: Sendable {
             s.blocked = nil
             return old
         }
-        if previous != fresh.keyID { log("new local KEK (\(reason)); key_id \(fresh.keyID)") }
-    }
-
-    private func noteProblem(_ message: String) {
-        let first = state.withLock { s -> Bool in
-            let was = s.outage
-            s.outage = message
-            return was == nil
-        }
-        if first { log("Vault problem: \(message)") }
-    }
-
-    private func clearProblem() {
-        let had = state.withLock { s -> Bool in
-            let was = s.outage != nil
-            s.outage = nil
-            return was
-        }
-        if had { log("Vault reachable again") }
+        if previous != fresh.keyID { log("info", "new local KEK (\(reason)); key_id \(fresh.keyID)") }
     }
 
     /// Counts for tests: Vault decrypt batches, logins, renewals, TLS connections.
     var decryptBatches: Int { batcher.batches.load(ordering: .relaxed) }
+}
+
+/// Where the keyring logs: level ("info", "warn") and a message that never holds secrets.
+public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Void
+
+/// Current Vault problems by source ("vault": requests failing, "token": token upkeep failing), each logged once
+/// when it starts and once when it ends, so an outage shows in the log without one line per failed call and one
+/// source's recovery does not hide the other's problem.
+final class ProblemTracker: Sendable {
+    enum Source: String, Sendable, CaseIterable { case vault, token }
+    private let current = Mutex<[Source: String]>([:])
+    private let log: VaultLog
+
+    init(log: @escaping VaultLog) { self.log = log }
+
+    /// All current problems in one line, nil when there are none.
+    var message: String? {
+        let problems = current.withLock { $0 }
+        let parts = Source.allCases.compactMap { problems[$0] }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
+
+    func note(_ source: Source, _ message: String) {
+        let first = current.withLock { c -> Bool in
+            defer { c[source] = message }
+            return c[source] == nil
+        }
+        if first { log("warn", "Vault problem (\(source.rawValue)): \(message)") }
+    }
+
+    func clear(_ source: Source) {
+        let had = current.withLock { c -> Bool in
+            defer { c[source] = nil }
+            return c[source] != nil
+        }
+        if had { log("info", source == .vault ? "Vault reachable again" : "Vault token upkeep working again") }
+    }
 }

@@ -6,12 +6,14 @@ import KMS
 
 enum AuditCommands {
     static let help = """
-        usage: kekctl audit verify PATH (--audit-hmac-key-file F | --key-file F)
+        usage: kekctl audit verify PATH (--audit-hmac-key-file F | --key-file F) [--no-rotated]
 
         Verifies the audit log PATH and its rotated predecessors (PATH.1, PATH.2, ..., oldest first) as one
         chain: every line a chained record, seq without gaps or reordering, every chain value correct, and each
         file linked to the one before it. Prints a one-line summary and exits 0, or names the first broken,
         missing or reordered record (file:line: reason) and exits 1. Exit 2 on usage errors.
+        --no-rotated checks PATH alone (it may name a rotated file, e.g. one written under an earlier chain key:
+        kekd starts a new chain, in a new file, when its chain key changes).
 
         The chain key is the one kekd used:
           --audit-hmac-key-file F  the file given to kekd's --audit-hmac-key-file: 32 or more raw bytes, or
@@ -37,13 +39,15 @@ enum AuditCommands {
 
     static func verify(_ args: [String]) -> Int32 {
         runCommand(args, help: help) { args in
-            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file"])
+            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file"], switchFlags: ["no-rotated"])
             guard parsed.positionals.count == 1, let path = parsed.positionals.first else {
                 throw UsageError(message: "audit verify needs exactly one PATH")
             }
             var key = try hmacKey(parsed)
             defer { wipe(&key) }
-            let report = AuditVerifier.verify(path: path, hmacKey: key)
+            let report = parsed.has("no-rotated")
+                ? AuditVerifier.verify(files: [path], hmacKey: key)
+                : AuditVerifier.verify(path: path, hmacKey: key)
             if report.ok {
                 print(report.summary)
                 return ExitCode.ok

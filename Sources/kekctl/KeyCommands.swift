@@ -22,15 +22,39 @@ enum KeyCommands {
 
     static func rotate(_ args: [String]) -> Int32 {
         runCommand(args, help: """
-            usage: kekctl rotate --key-file PATH
+            usage: kekctl rotate --key-file PATH [--stage | --promote KEY_ID]
 
             Adds a new primary key version and demotes the current primary to active (it still decrypts). A running
             kekd picks the change up within a second (or on SIGHUP) and reports the new key_id in Status; kube-apiserver
             then makes a new DEK seed. Prints the old and the new key_id.
+
+            With several control-plane nodes, rotate in two steps so no node ever meets a ciphertext under a key it
+            does not have yet:
+              --stage            add the new version as active (decrypt-only); copy the file to every node
+              --promote KEY_ID   then make that staged version the primary (on every node, or copy again)
             """) { args in
-            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let arguments = try Arguments(args, valueFlags: ["key-file", "promote"], switchFlags: ["stage"])
+            let path = try keyFilePath(arguments)
+            let promoteKeyID = arguments.value("promote")
+            if arguments.has("stage") {
+                guard promoteKeyID == nil else { throw UsageError(message: "--stage and --promote exclude each other") }
+                let (staged, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) in
+                    (try file.stage(), file)
+                }
+                print("staged key_id: \(file.keyID(forVersion: staged.version)) (version \(staged.version), active: decrypts only)")
+                print("primary unchanged: \(file.primary.map { file.keyID(forVersion: $0.version) } ?? "-")")
+                return ExitCode.ok
+            }
             let (old, new, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) in
-                let (old, new) = try file.rotate()
+                let (old, new): (KeyVersion, KeyVersion)
+                if let promoteKeyID {
+                    guard let target = file.version(withKeyID: promoteKeyID) else {
+                        throw KMSError(.failedPrecondition, "no key version with key_id \(promoteKeyID) in \(path) (see `kekctl list`)")
+                    }
+                    (old, new) = try file.promote(version: target.version)
+                } else {
+                    (old, new) = try file.rotate()
+                }
                 return (old, new, file)
             }
             print("old key_id: \(file.keyID(forVersion: old.version)) (version \(old.version), now active)")

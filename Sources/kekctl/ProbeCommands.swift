@@ -1,6 +1,151 @@
-// Probing a running kekd over its socket. Placeholder until the gRPC client lands.
+// Probing a running kekd over its unix socket with the project's own gRPC client.
+import Foundation
+import GRPC
+import KMSProto
+import Server
+
 enum ProbeCommands {
-    static func status(_ args: [String]) -> Int32 { printError("status: not built yet"); return ExitCode.failure }
-    static func encrypt(_ args: [String]) -> Int32 { printError("encrypt: not built yet"); return ExitCode.failure }
-    static func decrypt(_ args: [String]) -> Int32 { printError("decrypt: not built yet"); return ExitCode.failure }
+    static let defaultSocket = "/var/run/kmsplugin/socket.sock"
+
+    static func socketPath(_ args: Arguments) -> String {
+        var path = args.value("socket") ?? defaultSocket
+        if path.hasPrefix("unix://") { path = String(path.dropFirst("unix://".count)) }
+        return path
+    }
+
+    static func status(_ argv: [String]) -> Int32 {
+        runCommand(argv, help: """
+            usage: kekctl status [--socket PATH] [--json]
+              Calls Status on a running kekd and prints version, health and key_id.
+              Exit 0 when healthy, 1 otherwise.
+            """) { argv in
+            let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json"])
+            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes())
+            guard response.status.code == .ok, let message = response.message else {
+                printError("Status failed: \(response.status)")
+                return ExitCode.failure
+            }
+            let status = try StatusResponse(serializedBytes: message[...])
+            if args.has("json") {
+                let object: [String: String] = ["version": status.version, "healthz": status.healthz, "key_id": status.keyID]
+                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print("version: \(status.version)\nhealthz: \(status.healthz)\nkey_id:  \(status.keyID)")
+            }
+            return status.healthz == "ok" ? ExitCode.ok : ExitCode.failure
+        }
+    }
+
+    /// Reads the plaintext from stdin; prints JSON {ciphertext, key_id, annotations} (bytes in base64).
+    static func encrypt(_ argv: [String]) -> Int32 {
+        runCommand(argv, help: """
+            usage: kekctl encrypt [--socket PATH] [--uid UID] < plaintext > envelope.json
+              Encrypts stdin through a running kekd; prints {"ciphertext","key_id","annotations"} as JSON (base64 bytes).
+            """) { argv in
+            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let plaintext = [UInt8](FileHandle.standardInput.readDataToEndOfFile())
+            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let request = EncryptRequest(plaintext: plaintext, uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())")
+            let response = try client.call(path: "/v2.KeyManagementService/Encrypt", message: request.serializedBytes())
+            guard response.status.code == .ok, let message = response.message else {
+                printError("Encrypt failed: \(response.status)")
+                return ExitCode.failure
+            }
+            let result = try EncryptResponse(serializedBytes: message[...])
+            let object: [String: Any] = [
+                "ciphertext": Data(result.ciphertext).base64EncodedString(),
+                "key_id": result.keyID,
+                "annotations": result.annotations.mapValues { Data($0).base64EncodedString() },
+            ]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return ExitCode.ok
+        }
+    }
+
+    /// Reads the JSON printed by `kekctl encrypt` from stdin; writes the plaintext bytes to stdout.
+    static func decrypt(_ argv: [String]) -> Int32 {
+        runCommand(argv, help: """
+            usage: kekctl decrypt [--socket PATH] [--uid UID] < envelope.json > plaintext
+              Decrypts the JSON printed by `kekctl encrypt` through a running kekd; writes the plaintext to stdout.
+            """) { argv in
+            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let input = FileHandle.standardInput.readDataToEndOfFile()
+            guard let object = try? JSONSerialization.jsonObject(with: input) as? [String: Any],
+                  let ciphertextB64 = object["ciphertext"] as? String, let ciphertext = Data(base64Encoded: ciphertextB64),
+                  let keyID = object["key_id"] as? String else {
+                printError("stdin must be the JSON printed by kekctl encrypt")
+                return ExitCode.failure
+            }
+            var annotations: [String: [UInt8]] = [:]
+            for (key, value) in object["annotations"] as? [String: String] ?? [:] {
+                guard let bytes = Data(base64Encoded: value) else { printError("annotation \(key) is not base64"); return ExitCode.failure }
+                annotations[key] = [UInt8](bytes)
+            }
+            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let request = DecryptRequest(ciphertext: [UInt8](ciphertext), uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())",
+                                         keyID: keyID, annotations: annotations)
+            let response = try client.call(path: "/v2.KeyManagementService/Decrypt", message: request.serializedBytes())
+            guard response.status.code == .ok, let message = response.message else {
+                printError("Decrypt failed: \(response.status)")
+                return ExitCode.failure
+            }
+            let result = try DecryptResponse(serializedBytes: message[...])
+            FileHandle.standardOutput.write(Data(result.plaintext))
+            return ExitCode.ok
+        }
+    }
+
+    /// Load generator for scripts/bench: many calls on one connection, `--concurrency` in flight.
+    static func bench(_ argv: [String]) -> Int32 {
+        runCommand(argv, help: """
+            usage: kekctl bench [--socket PATH] --op Status|Encrypt|Decrypt [--concurrency N] [--calls N] [--warmup N]
+              Drives a running kekd over one connection and prints one JSON line: calls/s and p50/p99/max latency in µs.
+            """) { argv in
+            let args = try Arguments(argv, valueFlags: ["socket", "op", "concurrency", "calls", "warmup"])
+            let op = try args.required("op")
+            guard let concurrency = Int(args.value("concurrency") ?? "1"), concurrency >= 1,
+                  let calls = Int(args.value("calls") ?? "20000"), calls >= 1,
+                  let warmup = Int(args.value("warmup") ?? "2000"), warmup >= 0 else {
+                throw UsageError(message: "--concurrency, --calls and --warmup take positive numbers")
+            }
+            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let path = "/v2.KeyManagementService/\(op)"
+            let message: [UInt8]
+            switch op {
+            case "Status": message = StatusRequest().serializedBytes()
+            case "Encrypt": message = EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes()
+            case "Decrypt":
+                let seed = try client.call(path: "/v2.KeyManagementService/Encrypt",
+                                           message: EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes())
+                guard seed.status.code == .ok, let bytes = seed.message else { printError("Encrypt for the Decrypt seed failed: \(seed.status)"); return ExitCode.failure }
+                let enc = try EncryptResponse(serializedBytes: bytes[...])
+                message = DecryptRequest(ciphertext: enc.ciphertext, uid: "bench", keyID: enc.keyID, annotations: enc.annotations).serializedBytes()
+            default: throw UsageError(message: "--op must be Status, Encrypt or Decrypt")
+            }
+            var failures = 0
+            if warmup > 0 {
+                try client.runPipelined(total: warmup, concurrency: concurrency, path: path, message: { message }) { r, _ in
+                    if r.status.code != .ok { failures += 1 }
+                }
+            }
+            var latencies: [UInt64] = []
+            latencies.reserveCapacity(calls)
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            try client.runPipelined(total: calls, concurrency: concurrency, path: path, message: { message }) { r, ns in
+                if r.status.code != .ok { failures += 1 }
+                latencies.append(ns)
+            }
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            latencies.sort()
+            func pct(_ p: Double) -> Double { Double(latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]) / 1000 }
+            func f(_ v: Double) -> String { String(format: "%.1f", v) }
+            let line = "{\"op\":\"\(op)\",\"concurrency\":\(concurrency),\"calls\":\(calls),\"failures\":\(failures),"
+                + "\"calls_per_second\":\(Int(Double(calls) / elapsed)),\"p50_us\":\(f(pct(0.50))),\"p99_us\":\(f(pct(0.99))),\"max_us\":\(f(pct(1.0)))}"
+            print(line)
+            return failures == 0 ? ExitCode.ok : ExitCode.failure
+        }
+    }
 }

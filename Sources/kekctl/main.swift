@@ -11,6 +11,7 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
     ("status", "call Status on a running kekd", ProbeCommands.status),
     ("encrypt", "Encrypt stdin through a running kekd", ProbeCommands.encrypt),
     ("decrypt", "Decrypt stdin through a running kekd", ProbeCommands.decrypt),
+    ("bench", "load-test a running kekd (used by scripts/bench)", ProbeCommands.bench),
 ]
 
 @MainActor func usage() -> String {

@@ -1,1 +1,263 @@
-print("kekd")
+// kekd: the Kubernetes KMS v2 plugin daemon. Parses flags, wires the layers, handles signals. Nothing else.
+import Audit
+import Crypto
+import Foundation
+import KMS
+import Metrics
+import Server
+import Vault
+
+let kekdVersion = "0.1.0"
+
+let serveHelp = """
+usage: kekd serve [flags]
+
+  --dev                        development mode: everything under ./state (key file created if missing)
+  --listen ADDR                unix:///var/run/kmsplugin/socket.sock (a bare path works too)
+  --socket-mode MODE           octal permissions of the socket file (default 0600)
+  --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0 and kekd's own uid)
+  --backend file|vault         key backend (default file)
+  --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
+  --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
+  --status-version v2|v2beta1  version reported by Status (v2beta1 for kube-apiserver 1.27/1.28)
+  --health-addr HOST:PORT|off  /livez /readyz /healthz /metrics (default 127.0.0.1:8787)
+  --audit-log PATH|-           audit log file, or - for stdout (default STATE_DIR/audit.log)
+  --audit-mode MODE            best-effort (default) or fail-closed
+  --audit-max-size SIZE        rotate the audit file at this size (default 100Mi)
+  --audit-max-files N          rotated audit files kept (default 10)
+  --audit-hmac-key-file PATH   key for the audit chain (default: derived from the KEK)
+  --max-message-size SIZE      largest request message (default 4Mi)
+  --max-connections N          concurrent client connections (default 64)
+  --max-concurrent-streams N   concurrent streams per connection (default 128)
+  --max-header-list-size SIZE  request header list limit (default 16Ki)
+  --max-queued-output SIZE     response bytes a non-reading client may make us hold (default 4Mi)
+  --max-inflight-backend-calls N  calls waiting on a remote backend at once (default 256)
+  --preface-timeout DURATION   time allowed for the HTTP/2 preface (default 10s)
+  --idle-timeout DURATION      close connections idle this long, 0 = never (default 10m)
+  --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
+  --log-level LEVEL            debug, info, warn, error (default info)
+  --fips                       require OpenSSL's FIPS provider; refuse to start without it
+
+Vault Transit backend (--backend vault); secrets are read from files only:
+  --vault-addr URL             https://HOST:8200
+  --vault-transit-mount PATH   Transit mount (default transit)
+  --vault-key NAME             Transit key name
+  --vault-namespace NS         sent as X-Vault-Namespace
+  --vault-auth METHOD          token, approle or cert (default: inferred from the files given)
+  --vault-token-file PATH      token auth
+  --vault-approle-role-id-file PATH, --vault-approle-secret-id-file PATH, --vault-approle-mount PATH
+  --vault-cert-auth-mount PATH, --vault-cert-auth-role NAME   TLS certificate auth (uses --vault-client-cert)
+  --vault-ca-file PATH, --vault-client-cert PATH, --vault-client-key PATH, --vault-tls-server-name NAME
+  --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
+  --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
+
+exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 health endpoint
+"""
+
+func runServe(_ args: [String]) throws(StartupError) -> Int32 {
+    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "backend", "key-file", "state-dir",
+        "status-version", "health-addr", "audit-log", "audit-mode", "audit-max-size", "audit-max-files",
+        "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
+        "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
+        "log-level"]).union(VaultConfiguration.flagNames)
+    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
+    if flags.switches.contains("help") { print(serveHelp); return 0 }
+    let dev = flags.switches.contains("dev")
+
+    guard let level = LogLevel(name: flags.string("log-level", default: "info")) else {
+        throw StartupError(.usage, "--log-level must be debug, info, warn or error")
+    }
+    let logger = Logger(minimumLevel: level)
+
+    if flags.switches.contains("fips") {
+        do { try FIPSMode.enable() } catch {
+            throw StartupError(.fips, "--fips: OpenSSL FIPS provider unavailable (\(error)); refusing to start")
+        }
+    }
+
+    let stateDir = flags.string("state-dir", default: dev ? "state" : "/var/lib/kekd")
+    let socket = try socketPath(fromListen: flags.string("listen", default: dev ? "unix://\(stateDir)/kekd.sock" : "unix:///var/run/kmsplugin/socket.sock"))
+    var server = ServerConfiguration(socketPath: socket)
+    guard let mode = mode_t(flags.string("socket-mode", default: "0600"), radix: 8), mode <= 0o777 else {
+        throw StartupError(.usage, "--socket-mode must be octal permissions like 0600")
+    }
+    server.socketMode = mode
+    if let list = flags.values["allowed-uids"] {
+        var uids = Set<UInt32>()
+        for part in list.split(separator: ",") {
+            guard let uid = UInt32(part.trimmingCharacters(in: .whitespaces)) else {
+                throw StartupError(.usage, "--allowed-uids must be comma-separated numbers, got \(list)")
+            }
+            uids.insert(uid)
+        }
+        server.allowedUIDs = uids
+    }
+    server.grpc.maxReceiveMessageSize = try flags.int("max-message-size", default: 4 << 20, min: 1024)
+    server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
+    server.grpc.http2.maxHeaderListSize = try flags.int("max-header-list-size", default: 16 << 10, min: 1024)
+    server.grpc.http2.maxQueuedOutputBytes = try flags.int("max-queued-output", default: 4 << 20, min: 64 << 10)
+    server.maxConnections = try flags.int("max-connections", default: 64, min: 1)
+    server.maxInFlightBackendCalls = try flags.int("max-inflight-backend-calls", default: 256, min: 1)
+    server.prefaceTimeout = try flags.seconds("preface-timeout", default: 10)
+    server.idleTimeout = try flags.seconds("idle-timeout", default: 600)
+    server.shutdownGrace = try flags.seconds("shutdown-grace", default: 5)
+    let statusVersion = flags.string("status-version", default: "v2")
+    guard statusVersion == "v2" || statusVersion == "v2beta1" else { throw StartupError(.usage, "--status-version must be v2 or v2beta1") }
+    let health = try parseHostPort(flags.string("health-addr", default: "127.0.0.1:8787"))
+
+    // Key backend; metrics exist first so the backend can report its calls.
+    let backendName = flags.string("backend", default: "file")
+    let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
+    let backend: any KeyBackend
+    switch backendName {
+    case "file":
+        let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
+        if dev && !FileManager.default.fileExists(atPath: keyFile) {
+            do {
+                try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                try FileKeyBackend.initializeKeyFile(path: keyFile)
+            } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
+            logger.info("created development key file", ["path": keyFile])
+        }
+        do { backend = try FileKeyBackend(keyFilePath: keyFile) } catch {
+            throw StartupError(.keyFile, error.message)
+        }
+    case "vault":
+        let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
+        do {
+            let configuration = try VaultConfiguration.parse(vaultFlags)
+            let vault = try VaultKeyBackend(configuration: configuration,
+                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
+                                            onCache: { hit in metrics.cache(hit: hit) })
+            // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
+            // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
+            if !vault.waitUntilReady(timeout: 3) {
+                logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
+            }
+            backend = vault
+        } catch { throw StartupError(.vault, "vault backend: \(error)") }
+    case let other:
+        throw StartupError(.usage, "--backend must be file or vault, got \(other)")
+    }
+
+    // The audit log observes the service.
+    let audit: AuditLog
+    do {
+        let path = flags.string("audit-log", default: "\(stateDir)/audit.log")
+        guard let auditMode = AuditMode(rawValue: flags.string("audit-mode", default: "best-effort")) else {
+            throw StartupError(.usage, "--audit-mode must be best-effort or fail-closed")
+        }
+        var hmacKey: [UInt8]
+        if let keyPath = flags.values["audit-hmac-key-file"] {
+            hmacKey = try AuditHMACKeyFile.load(path: keyPath)
+        } else if let derived = backend.auditHMACKey() {
+            hmacKey = derived
+        } else {
+            throw StartupError(.audit, "the \(backend.name) backend cannot derive an audit chain key; pass --audit-hmac-key-file")
+        }
+        if path != "-" {
+            let folder = (path as NSString).deletingLastPathComponent
+            if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+        }
+        // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
+        let usagePath = "\(stateDir)/usage.json"
+        try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
+                                               maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
+                                               hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath)
+        wipe(&hmacKey)
+        audit = try AuditLog(configuration: configuration)
+        server.auditBlocksCalls = auditMode == .failClosed
+    } catch let error as StartupError {
+        throw error
+    } catch {
+        throw StartupError(.audit, "audit log: \(error)")
+    }
+    metrics.setAuditStatsProvider { let s = audit.stats; return (s.written, s.dropped, s.queueDepth) }
+
+    let service = KMSService(backend: backend, statusVersion: statusVersion)
+    let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
+    do { try kmsServer.start() } catch { throw StartupError(.socket, "socket \(socket): \(error)") }
+
+    var healthServer: HealthServer?
+    if let health {
+        let checks = [
+            ReadinessCheck(name: "socket") { (kmsServer.isListening, kmsServer.isListening ? "listening on \(socket)" : "not listening") },
+            ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
+            ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
+        ]
+        let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks)
+        do { try h.start() } catch {
+            kmsServer.shutdown()
+            throw StartupError(.health, "--health-addr \(health.host):\(health.port): \(error)")
+        }
+        healthServer = h
+    }
+
+    let status = backend.status()
+    metrics.setKeyID(status.keyID)
+    logger.info("kekd started", ["version": kekdVersion, "backend": backend.name, "key_id": status.keyID, "socket": socket,
+                                 "health": health.map { "\($0.host):\($0.port)" } ?? "off", "audit_mode": audit.configuration.mode.rawValue])
+
+    // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.
+    while true {
+        guard let signal = SignalWaiter.next(timeoutSeconds: 1) else {
+            // The key file and Vault are followed in the background: keep kekd_key_info current.
+            metrics.setKeyID(backend.status().keyID)
+            continue
+        }
+        if signal == SIGHUP {
+            logger.info("SIGHUP: reloading key material and reopening the audit log")
+            backend.reload()
+            audit.reopen()
+            metrics.setKeyID(backend.status().keyID)
+            continue
+        }
+        logger.info("shutting down", ["signal": Int(signal), "grace_seconds": server.shutdownGrace])
+        kmsServer.shutdown()
+        healthServer?.stop()
+        backend.close()
+        audit.close()
+        return 0
+    }
+}
+
+/// Blocks the handled signals in every thread (call before any thread starts) and waits for them here.
+enum SignalWaiter {
+    static let handled: [Int32] = [SIGTERM, SIGINT, SIGHUP]
+    static func blockAll() {
+        signal(SIGPIPE, SIG_IGN)
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+    }
+    /// The next handled signal, or nil when none arrived within the timeout.
+    static func next(timeoutSeconds: Int) -> Int32? {
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in handled { sigaddset(&set, s) }
+        var timeout = timespec(tv_sec: timeoutSeconds, tv_nsec: 0)
+        let received = sigtimedwait(&set, nil, &timeout)
+        return received > 0 ? received : nil
+    }
+}
+
+SignalWaiter.blockAll()
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "serve":
+    do {
+        exit(try runServe(Array(arguments.dropFirst())))
+    } catch {
+        FileHandle.standardError.write(Data("kekd: \(error.message)\n".utf8))
+        exit(error.exit.rawValue)
+    }
+case "version", "--version":
+    print("kekd \(kekdVersion)")
+case "--help", "-h", "help":
+    print("usage: kekd serve [flags]   (kekd serve --help)\n       kekd version")
+default:
+    FileHandle.standardError.write(Data("usage: kekd serve [flags]   (kekd serve --help)\n       kekd version\n".utf8))
+    exit(StartupExit.usage.rawValue)
+}

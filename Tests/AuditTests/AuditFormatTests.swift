@@ -141,6 +141,20 @@ import Testing
         #expect(try AuditHMACKeyFile.parse(raw) == raw)
         #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array(repeating: 1, count: 31)) }
         #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse([]) }
+        // Text that is not a long enough hex/base64 key is refused, not taken as raw bytes.
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array(hexString(key.prefix(20)).utf8)) }
+        #expect(throws: AuditError.self) { try AuditHMACKeyFile.parse(Array("this is my secret audit passphrase!!".utf8)) }
+    }
+
+    @Test func hmacKeyFileIsCreatedOnceWhenMissing() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit-hmac.key"
+        let first = try AuditHMACKeyFile.loadOrCreate(path: path)
+        #expect(first.count == 32 && fileMode(path) == 0o600)
+        #expect(try AuditHMACKeyFile.loadOrCreate(path: path) == first)
+        #expect(try AuditHMACKeyFile.load(path: path) == first)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir) == ["audit-hmac.key"])
     }
 
     @Test func hmacKeyFileMustBePrivate() throws {

@@ -25,6 +25,12 @@ import Glibc
         log.close()
         #expect(allOK.load())
         #expect(log.stats.written == threads * perThread && log.stats.dropped == 0 && log.stats.failed == 0)
+        if mode == .failClosed {
+            // Group commit: concurrent callers share fdatasyncs.
+            #expect(log.stats.syncs > 0 && log.stats.syncs < log.stats.written / 2, "\(log.stats)")
+        } else {
+            #expect(log.stats.syncs == 0)
+        }
         let lines = readLines(path)
         #expect(lines.count == threads * perThread)
         var seen = Set<String>()
@@ -84,6 +90,28 @@ import Glibc
         try writeRecords(path, count: 5, start: 5)
         let report = AuditVerifier.verify(path: path, hmacKey: testKey)
         #expect(report.ok && report.records == 10 && report.lastSeq == 10, "\(report.summary)")
+    }
+
+    @Test func aNewChainKeyStartsANewChainInANewFile() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        try writeRecords(path, count: 5)
+        var config = configuration(path)
+        config.hmacKey = [UInt8](repeating: 7, count: 32)
+        let log = try AuditLog(configuration: config)
+        for i in 0..<3 { _ = log.record(sampleEvent(i)) }
+        log.close()
+        let old = AuditVerifier.verify(files: [path + ".1"], hmacKey: testKey)
+        #expect(old.ok && old.records == 5, "\(old.summary)")
+        let new = AuditVerifier.verify(files: [path], hmacKey: config.hmacKey)
+        #expect(new.ok && new.records == 3 && new.firstSeq == 1, "\(new.summary)")
+        // The same key again: the chain simply continues.
+        let again = try AuditLog(configuration: config)
+        _ = again.record(sampleEvent(9))
+        again.close()
+        #expect(AuditVerifier.verify(files: [path], hmacKey: config.hmacKey).lastSeq == 4)
+        #expect(!FileManager.default.fileExists(atPath: path + ".2"))
     }
 
     @Test func restartAfterACrashedPartialLineKeepsTheEvidence() throws {
@@ -201,6 +229,34 @@ import Glibc
         close(reader)
         #expect(drained.load() >= 1, "a record after the loss carries dropped_before")
         #expect(log.stats.written + log.stats.dropped == 20001)
+    }
+
+    @Test func failClosedGivesUpOnAStuckSink() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let fifo = dir + "/audit.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        // No reader: opening fails at once instead of hanging.
+        #expect(throws: AuditError.self) { try AuditLog(configuration: configuration(fifo)) }
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        var config = configuration(fifo, mode: .failClosed, queueCapacity: 4)
+        config.failClosedTimeout = 0.3
+        let log = try AuditLog(configuration: config)
+        // Nobody reads: the pipe fills, the writer blocks in write(2), and calls must fail instead of hanging.
+        let refused = Shared(false)
+        #expect(finishes(within: 30) {
+            for i in 0..<2000 where !log.record(sampleEvent(i)) {
+                refused.store(true)
+                break
+            }
+        })
+        #expect(refused.load())
+        #expect(log.stats.failed >= 1 && !log.isWritable)
+        #expect(finishes(within: 5) { log.close(timeout: 0.5) })
+        // The reader goes away: the stuck write fails with EPIPE (no SIGPIPE kills the process) and the writer ends.
+        close(reader)
+        #expect(finishes(within: 5) { log.close(timeout: 4) })
+        #expect(log.stats.lastError?.contains("Broken pipe") == true, "\(log.stats.lastError ?? "")")
     }
 
     @Test func keyUsageFileKeepsLastSuccessfulEncryptAndDecryptPerKey() throws {

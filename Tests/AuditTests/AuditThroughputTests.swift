@@ -28,7 +28,8 @@ struct AuditThroughputTests {
         let n = Double(16 * perCaller)
         print("audit throughput \(mode.rawValue): \(16 * perCaller) records, 16 callers: "
               + "record() \(Int(n / enqueued))/s, written \(stats.written) in \(String(format: "%.3f", total)) s "
-              + "= \(Int(Double(stats.written) / total))/s, dropped \(stats.dropped), failed \(stats.failed)")
+              + "= \(Int(Double(stats.written) / total))/s, dropped \(stats.dropped), failed \(stats.failed), "
+              + "records per fdatasync \(stats.syncs > 0 ? String(format: "%.1f", Double(stats.written) / Double(stats.syncs)) : "-")")
         #expect(stats.written + stats.dropped + stats.failed == 16 * perCaller)
     }
 }

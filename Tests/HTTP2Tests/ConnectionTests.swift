@@ -54,6 +54,12 @@ import Testing
         _ = server.takeOutput()
         let events = server.feed(HTTP2Constants.clientPreface + frameBytes(0, .ping(opaque: 1, ack: false)))
         #expect(isConnectionError(events, .protocolError))
+        // Also when the first frame is one the reader itself rejects at stream level (PRIORITY of length 4).
+        let server2 = HTTP2Connection(role: .server)
+        var bad = HTTP2Constants.clientPreface
+        FrameWriter.appendHeader(into: &bad, length: 4, type: FrameType.priority.rawValue, flags: 0, streamID: 1)
+        let events2 = server2.feed(bad + [0, 0, 0, 0])
+        #expect(isConnectionError(events2, .protocolError))
     }
 
     @Test func settingsAreAckedAndAcksSurface() {

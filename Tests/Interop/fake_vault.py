@@ -88,9 +88,10 @@ def _make_leaf(ca_key, ca_cert, name, server):
 
 
 def make_certs(directory):
-    """CA, server cert (localhost, 127.0.0.1), client cert, and an unrelated CA for wrong-CA tests."""
+    """CA, server cert (localhost, 127.0.0.1), client cert, and an unrelated CA (with a client cert of its own)."""
     paths = {n: os.path.join(directory, n) for n in
-             ["ca.pem", "server.pem", "server.key", "client.pem", "client.key", "other-ca.pem"]}
+             ["ca.pem", "server.pem", "server.key", "client.pem", "client.key", "other-ca.pem",
+              "other-client.pem", "other-client.key"]}
     if all(os.path.exists(p) for p in paths.values()):
         return paths
     ca_key, ca_cert = _make_ca("kekd test CA")
@@ -101,8 +102,12 @@ def make_certs(directory):
     client_key, client_cert = _make_leaf(ca_key, ca_cert, "kekd-client", server=False)
     _write_cert(paths["client.pem"], client_cert)
     _write_key(paths["client.key"], client_key)
-    _, other_cert = _make_ca("unrelated CA")
+    other_key, other_cert = _make_ca("unrelated CA")
     _write_cert(paths["other-ca.pem"], other_cert)
+    # A client certificate the server does not trust (signed by the unrelated CA).
+    stranger_key, stranger_cert = _make_leaf(other_key, other_cert, "stranger", server=False)
+    _write_cert(paths["other-client.pem"], stranger_cert)
+    _write_key(paths["other-client.key"], stranger_key)
     return paths
 
 
@@ -464,6 +469,16 @@ class FakeVaultProcess:
 
     def stats(self):
         return self.control("stats")
+
+    def admin(self, method, path):
+        """A Vault API call with a fresh non-expiring token, as an operator would make it (e.g. a key rotation)."""
+        import http.client
+        token = self.control("token", {"ttl": 0})["token"]
+        conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
+        conn.request(method, "/v1/" + path, headers={"X-Vault-Token": token})
+        status = conn.getresponse().status
+        conn.close()
+        return status
 
     def kekd_flags(self, auth="token"):
         flags = ["--vault-addr", self.info["addr"], "--vault-key", self.info["key"], "--vault-ca-file", self.info["ca_pem"]]

@@ -92,6 +92,8 @@ def test_rotated_predecessors_are_verified_as_one_chain(tmp_path, key_file):
     r = verify(log, key_file)
     assert r.returncode == 0, r.stderr
     assert "20 records" in r.stdout and "2 files" in r.stdout
+    r = verify(log, key_file, "--no-rotated")
+    assert r.returncode == 0 and "10 records verified (seq 11-20) in 1 file" in r.stdout, r.stdout + r.stderr
     # The predecessor altered: the failure names the rotated file.
     tampered = list(first)
     tampered[3] = tampered[3].replace('"latency_us":12', '"latency_us":13')
@@ -202,3 +204,55 @@ def test_key_file_derives_the_chain_key(tmp_path):
     assert r.returncode == 1 and "audit.log:1:" in r.stderr
     r = subprocess.run(args + ["--audit-hmac-key-file", str(other)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
+
+
+@pytest.mark.parametrize("mode, max_size", [("best-effort", "4096"), ("fail-closed", "104857600")])
+def test_kekd_audit_log_verifies_end_to_end(kekd_factory, kms_pb, mode, max_size):
+    """kekd's own log, written under 16 concurrent clients (rotating at 4 KiB in best-effort mode), verifies with the
+    chain key derived from its key file; each Encrypt/Decrypt pair carries the same ciphertext hash; the usage file
+    has the key's last Encrypt and Decrypt; a removed record is found."""
+    import concurrent.futures
+    import glob
+
+    import grpc
+
+    pb = kms_pb[0]
+    k = kekd_factory(extra=["--audit-mode", mode, "--audit-max-size", max_size, "--audit-max-files", "1000"])
+    channel = grpc.insecure_channel(k.target)
+    stub = kms_pb[1].KeyManagementServiceStub(channel)
+
+    def calls(i):
+        enc = stub.Encrypt(pb.EncryptRequest(plaintext=os.urandom(32), uid=f"e2e-{i}"), timeout=10)
+        stub.Decrypt(pb.DecryptRequest(ciphertext=enc.ciphertext, uid=f"e2e-{i}-d", key_id=enc.key_id,
+                                       annotations=dict(enc.annotations)), timeout=10)
+        stub.Status(pb.StatusRequest(), timeout=10)
+        return enc.key_id, hashlib.sha256(enc.ciphertext).hexdigest()[:16]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(calls, range(64)))
+    channel.close()
+    assert k.stop() == 0
+
+    files = sorted(glob.glob(k.audit + ".*"), key=lambda p: -int(p.rsplit(".", 1)[1])) + [k.audit]
+    if mode == "best-effort":
+        assert len(files) > 2, "rotation at 4 KiB"
+    records = [json.loads(line) for f in files for line in open(f)]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    by_uid = {r["uid"]: r for r in records if r.get("uid")}
+    for i, (key_id, digest) in enumerate(results):
+        assert by_uid[f"e2e-{i}"]["ciphertext_sha256"] == digest and by_uid[f"e2e-{i}"]["key_id"] == key_id
+        assert by_uid[f"e2e-{i}-d"]["ciphertext_sha256"] == digest and by_uid[f"e2e-{i}-d"]["outcome"] == "OK"
+
+    args = [str(KEKCTL), "audit", "verify", k.audit, "--key-file", k.key_file]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(records)} records" in r.stdout and f"{len(files)} file" in r.stdout
+
+    usage = json.loads(open(os.path.join(k.dir, "usage.json")).read())["keys"][results[0][0]]
+    assert usage["last_encrypt"].endswith("Z") and usage["last_decrypt"].endswith("Z")
+    assert oct(os.stat(os.path.join(k.dir, "usage.json")).st_mode & 0o777) == "0o600"
+
+    lines = open(files[-1]).read().splitlines()
+    write(Path(files[-1]), lines[:1] + lines[2:])
+    r = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"{os.path.basename(files[-1])}:2:" in r.stderr, r.stderr

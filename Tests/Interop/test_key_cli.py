@@ -105,6 +105,21 @@ def test_rotate_list_retire_prune(key_file):
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
 
 
+def test_two_step_rotation(key_file):
+    v1 = listed(key_file)[0]["key_id"]
+    out = kekctl("rotate", "--key-file", key_file, "--stage", check=0).stdout
+    versions = listed(key_file)
+    assert [(v["version"], v["state"]) for v in versions] == [(2, "active"), (1, "primary")]
+    v2 = versions[0]["key_id"]
+    assert f"staged key_id: {v2}" in out
+    assert kekctl("rotate", "--key-file", key_file, "--stage", "--promote", v2, check=2).returncode == 2
+    assert kekctl("rotate", "--key-file", key_file, "--promote", "kekd-v9-000000000000000000000000", check=1).returncode == 1
+    out = kekctl("rotate", "--key-file", key_file, "--promote", v2, check=0).stdout
+    assert f"old key_id: {v1}" in out and f"new key_id: {v2}" in out
+    assert [(v["version"], v["state"]) for v in listed(key_file)] == [(2, "primary"), (1, "active")]
+    assert "older than the primary" in kekctl("rotate", "--key-file", key_file, "--promote", v1, check=1).stderr
+
+
 def test_list_never_prints_key_bytes(key_file):
     kekctl("rotate", "--key-file", key_file, check=0)
     content = json.loads(pathlib.Path(key_file).read_text())

@@ -80,6 +80,45 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
     #expect(backend.status().healthy)
 }
 
+@Test func aVersionFromALaterCopyOfTheFileIsNamedAsSuch() throws {
+    // HA: node A rotated and encrypted; node B still has the older copy of the same file.
+    let folder = TempFolder()
+    let (lagging, path) = try makeBackend(folder, poll: nil)
+    defer { lagging.close() }
+    try rotate(path)
+    let ahead = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: { _ in })
+    defer { ahead.close() }
+    let sealed = try ahead.encrypt(plaintext: [1], uid: "u")
+    do { _ = try decrypt(lagging, sealed); Issue.record("decrypted") } catch {
+        #expect(error.code == .failedPrecondition)
+        #expect(error.message.contains("key version 2") && error.message.contains("newer than this key file"))
+    }
+    lagging.reload()
+    #expect(try decrypt(lagging, sealed) == [1])
+}
+
+@Test func aStagedVersionDecryptsButDoesNotEncrypt() throws {
+    // The two-step rotation: node B has v2 staged while node A already encrypts with it.
+    let folderA = TempFolder()
+    let (nodeA, pathA) = try makeBackend(folderA, poll: nil)
+    defer { nodeA.close() }
+    try KeyFileStore.update(path: pathA) { (file: inout KeyFile) throws(KMSError) in _ = try file.stage() }
+    let staged = try KeyFileStore.load(path: pathA).file
+    let folderB = TempFolder()
+    let pathB = folderB.file("kek.json")
+    try writeFile(pathB, staged.serialized())
+    let nodeB = try FileKeyBackend(keyFilePath: pathB, pollInterval: nil, log: { _ in })
+    defer { nodeB.close() }
+    nodeA.reload()
+    #expect(nodeA.status().keyID == staged.keyID(forVersion: 1))   // staging changes nothing for Encrypt
+    try KeyFileStore.update(path: pathA) { (file: inout KeyFile) throws(KMSError) in _ = try file.promote(version: 2) }
+    nodeA.reload()
+    let sealed = try nodeA.encrypt(plaintext: [4], uid: "u")
+    #expect(sealed.keyID == staged.keyID(forVersion: 2))
+    #expect(nodeB.status().keyID == staged.keyID(forVersion: 1))
+    #expect(try decrypt(nodeB, sealed) == [4])
+}
+
 @Test func rotationIsPickedUpLiveAndOldCiphertextsStillDecrypt() throws {
     let folder = TempFolder()
     let logs = LogCollector()
@@ -242,4 +281,23 @@ import Synchronization
             } catch { #expect(error.code == .invalidArgument, "byte \(index): \(error.message)") }
         }
     }
+}
+
+@Test func aKeyFileBehindASwappedSymlinkIsFollowed() throws {
+    // How a mounted Kubernetes Secret changes: kek.json -> ..data/kek.json, and ..data is re-pointed atomically.
+    let folder = TempFolder()
+    let first = folder.file("v1/kek.json"), second = folder.file("v2/kek.json")
+    try FileKeyBackend.initializeKeyFile(path: first)
+    var file = try KeyFileStore.load(path: first).file
+    try file.rotate()
+    try FileManager.default.createDirectory(atPath: folder.file("v2"), withIntermediateDirectories: true)
+    try writeFile(second, file.serialized())
+    try FileManager.default.createSymbolicLink(atPath: folder.file("..data"), withDestinationPath: "v1")
+    try FileManager.default.createSymbolicLink(atPath: folder.file("kek.json"), withDestinationPath: "..data/kek.json")
+    let backend = try FileKeyBackend(keyFilePath: folder.file("kek.json"), pollInterval: 0.05, log: { _ in })
+    defer { backend.close() }
+    #expect(backend.status().keyID == file.keyID(forVersion: 1))
+    try FileManager.default.createSymbolicLink(atPath: folder.file("..data_tmp"), withDestinationPath: "v2")
+    #expect(rename(folder.file("..data_tmp"), folder.file("..data")) == 0)
+    #expect(eventually { backend.status().keyID == file.keyID(forVersion: 2) })
 }

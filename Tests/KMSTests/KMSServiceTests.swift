@@ -104,3 +104,12 @@ private func code(_ body: () throws -> Void) -> KMSErrorCode? {
 }
 
 import Synchronization
+
+@Test func logLinesAreValidJSONWhateverTheMessage() throws {
+    let message = "path \"/a\\b\"\n\t\u{01} ünïcode"
+    let line = KMSLog.line(level: "warn", msg: message, fields: [("path", "x\"y")])
+    #expect(!line.contains("\n"))
+    let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+    #expect(object["msg"] == message && object["level"] == "warn" && object["path"] == "x\"y")
+    #expect(object["time"].flatMap { KeyFile.parseRFC3339($0) } != nil)
+}

@@ -107,6 +107,29 @@ import Testing
     }
 }
 
+@Test func stageThenPromoteIsARotationInTwoSteps() throws {
+    var file = try KeyFile.generate()
+    let staged = try file.stage()
+    #expect(staged.version == 2 && staged.state == .active)
+    #expect(file.primary?.version == 1)
+    try file.validate()
+    #expect(throws: KMSError.self) { try file.promote(version: 1) }    // already the primary
+    #expect(throws: KMSError.self) { try file.promote(version: 7) }    // unknown
+    let (old, new) = try file.promote(version: 2)
+    #expect(old.version == 1 && old.state == .active && new.version == 2 && new.state == .primary)
+    // Never back to an older version, and never a retired one.
+    do { try file.promote(version: 1); Issue.record("promoted an older version") } catch {
+        #expect(error.message.contains("older than the primary"))
+    }
+    try file.stage()
+    _ = try file.retire(version: 3)
+    do { try file.promote(version: 3); Issue.record("promoted a retired version") } catch {
+        #expect(error.message.contains("retired"))
+    }
+    // A plain rotate after a stage goes past it.
+    #expect(try file.rotate().new.version == 4)
+}
+
 @Test func groupOrWorldAccessibleFilesAreRejected() throws {
     let folder = TempFolder()
     let path = folder.file("kek.json")

@@ -88,12 +88,20 @@ final class FakeVault: @unchecked Sendable {
     }
 
     func keyring(_ extra: [String: String] = [:], auth: String = "token", tick: Double = 0.05,
-                 onBackendCall: BackendCallHook? = nil, onCache: (@Sendable (Bool) -> Void)? = nil) throws -> VaultKeyring {
+                 onBackendCall: BackendCallHook? = nil, onCache: (@Sendable (Bool) -> Void)? = nil,
+                 log: VaultLog? = nil) throws -> VaultKeyring {
         let ring = try VaultKeyring(configuration: try VaultConfiguration.parse(flags(extra, auth: auth)), onBackendCall: onBackendCall,
-                                    onCache: onCache, log: { _ in }, maintenanceTick: tick)
+                                    onCache: onCache, log: log ?? { _, _ in }, maintenanceTick: tick)
         #expect(ring.waitUntilReady(timeout: 10), "keyring never became ready: \(ring.health().detail)")
         return ring
     }
+}
+
+/// Collects log lines from a keyring.
+final class LogLines: Sendable {
+    private let lines = Mutex<[String]>([])
+    var sink: VaultLog { { level, message in self.lines.withLock { $0.append("\(level): \(message)") } } }
+    var all: [String] { lines.withLock { $0 } }
 }
 
 final class Counter: Sendable {

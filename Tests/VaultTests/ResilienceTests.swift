@@ -38,3 +38,21 @@ import Testing
         #expect(breaker.allow() && breaker.allow())
     }
 }
+
+@Suite struct ProblemTrackerTests {
+    @Test func eachSourceIsLoggedOnceWhenItStartsAndOnceWhenItEnds() {
+        let logs = LogLines()
+        let tracker = ProblemTracker(log: logs.sink)
+        #expect(tracker.message == nil)
+        for _ in 0..<5 { tracker.note(.vault, "timed out") }
+        tracker.note(.token, "cannot renew")
+        #expect(tracker.message == "timed out; cannot renew")
+        tracker.clear(.token)
+        tracker.clear(.token)
+        #expect(tracker.message == "timed out")
+        tracker.clear(.vault)
+        #expect(tracker.message == nil)
+        #expect(logs.all == ["warn: Vault problem (vault): timed out", "warn: Vault problem (token): cannot renew",
+                             "info: Vault token upkeep working again", "info: Vault reachable again"])
+    }
+}

@@ -28,7 +28,7 @@ struct VaultKeyBackendTests {
         #expect(calls.value == before, "Encrypt never calls Vault")
         #expect(result.keyID == status.keyID)
         #expect(try b.decrypt(ciphertext: result.ciphertext, keyID: result.keyID, annotations: result.annotations, uid: "u2") == seed)
-        #expect(throws: KMSError(.invalidArgument, "unknown key_id (not made by this Vault key)")) {
+        #expect(throws: KMSError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")) {
             try b.decrypt(ciphertext: result.ciphertext, keyID: "other", annotations: result.annotations, uid: "u3")
         }
     }

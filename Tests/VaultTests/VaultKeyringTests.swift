@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Synchronization
 import Testing
@@ -147,6 +148,27 @@ import Testing
         for e in first + [next] { _ = try ring.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) }
     }
 
+    @Test func anotherAddressSpellingChangesKeyIDButStillDecrypts() throws {
+        let vault = try FakeVault()
+        let byIP = try vault.keyring()
+        defer { byIP.close() }
+        let byName = try vault.keyring(["vault-addr": vault.string("localhost_addr")])
+        defer { byName.close() }
+        let e = try byIP.encrypt([7, 7])
+        #expect(byName.health().keyID != e.keyID && byName.health().keyID.hasSuffix("-v1"))
+        #expect(try byName.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations) == [7, 7])
+        // A well-formed key_id that was not the one sealed into this envelope fails authentication.
+        do {
+            _ = try byName.decrypt(ciphertext: e.ciphertext, keyID: byName.health().keyID, annotations: e.annotations)
+            Issue.record("a swapped key_id was accepted")
+        } catch {
+            #expect(error.code == .dataLoss)
+        }
+        #expect(byName.accepts(keyID: e.keyID, version: 1) && !byName.accepts(keyID: e.keyID, version: 2))
+        #expect(!VaultKeyring.isOwnKeyIDFormat("kekd-vault-XYZ-v1", version: 1))
+        #expect(!VaultKeyring.isOwnKeyIDFormat(String(e.keyID.dropLast(4)) + "-v1", version: 1))
+    }
+
     @Test func cachedPathThroughput() throws {
         let vault = try FakeVault()
         let ring = try vault.keyring()
@@ -183,5 +205,26 @@ import Testing
         #expect(code(e.ciphertext, e.keyID, e.annotations.merging(["extra.kekd.io": [1]]) { $1 }) == .dataLoss)
         #expect(code(e.ciphertext, e.keyID, [VaultKeyring.localKEKAnnotation: Array("not-vault".utf8)]) == .invalidArgument)
         #expect(try vault.stats().requests == 0)
+    }
+}
+
+@Suite struct KeyFollowingTests {
+    private func info(latest: Int, _ created: [Int: Int64]) -> TransitKeyInfo {
+        TransitKeyInfo(latestVersion: latest, versionCreated: created, minDecryptionVersion: 1, minEncryptionVersion: 0,
+                       supportsEncryption: true, type: "aes256-gcm96")
+    }
+
+    @Test func keyIDMovesForwardOnlyAndFollowsARecreatedKey() throws {
+        let config = try VaultConfiguration(address: "https://v:8200", keyName: "k", auth: .tokenFile(path: "/t"))
+        let active = ActiveKEK(key: try SymmetricKey.random(), wrapped: "vault:v2:QUJD", keyID: "id2", vaultVersion: 2,
+                               vaultCreated: 200, createdAt: 0)
+        func reason(_ i: TransitKeyInfo) -> String? { VaultKeyring.needsNewKEK(active: active, info: i, config: config, now: 1) }
+        #expect(reason(info(latest: 2, [1: 100, 2: 200])) == nil)
+        #expect(reason(info(latest: 3, [1: 100, 2: 200, 3: 300])) != nil, "rotation")
+        #expect(reason(info(latest: 1, [1: 100])) == nil, "a lagging replica must not move the key_id back")
+        #expect(VaultKeyring.isStale(info(latest: 1, [1: 100]), active: active))
+        #expect(reason(info(latest: 1, [1: 500])) != nil, "deleted and recreated: version 1 is newer than our version 2")
+        #expect(reason(info(latest: 2, [1: 400, 2: 500])) != nil, "recreated and rotated to the same version number")
+        #expect(VaultKeyring.needsNewKEK(active: nil, info: info(latest: 1, [1: 1]), config: config, now: 1) != nil)
     }
 }

@@ -7,7 +7,7 @@ import Testing
 @Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct VaultTransportTests {
     /// A keyring whose background loop is off, so a test drives `maintain()` itself.
     private func manualKeyring(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token") throws -> VaultKeyring {
-        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _ in }, startBackground: false)
+        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _, _ in }, startBackground: false)
     }
 
     @Test func eachAuthMethodRoundTrips() throws {
@@ -31,10 +31,30 @@ import Testing
         var config = try VaultConfiguration.parse(vault.flags(auth: "cert"))
         config.tls.clientCertFile = nil
         config.tls.clientKeyFile = nil
-        let ring = try VaultKeyring(configuration: config, log: { _ in }, startBackground: false)
+        let ring = try VaultKeyring(configuration: config, log: { _, _ in }, startBackground: false)
         ring.maintain()
         #expect(!ring.health().canEncrypt)
         #expect(ring.health().detail.contains("client certificate must be supplied"))
+    }
+
+    @Test func aReplacedClientCertificateIsUsedWithoutRestart() throws {
+        let vault = try FakeVault()
+        let files = TempFiles()
+        func install(_ prefix: String) throws {
+            for ext in ["pem", "key"] {
+                let data = try Data(contentsOf: URL(fileURLWithPath: vault.string("\(prefix)_\(ext)")))
+                try data.write(to: URL(fileURLWithPath: files.dir + "/client.\(ext)"), options: .atomic)
+            }
+        }
+        try install("other_client")  // a certificate the server does not trust
+        let ring = try manualKeyring(vault, ["vault-client-cert": files.dir + "/client.pem",
+                                             "vault-client-key": files.dir + "/client.key"], auth: "cert")
+        ring.maintain()
+        #expect(!ring.health().canEncrypt, "\(ring.health().detail)")
+        try install("client")  // the operator renews the certificate on disk
+        Thread.sleep(forTimeInterval: 1.1)  // let the circuit breaker's open period pass
+        ring.maintain()
+        #expect(ring.health().canEncrypt, "\(ring.health().detail)")
     }
 
     @Test func wrongCAAndWrongHostNameAreRefused() throws {
@@ -121,7 +141,8 @@ import Testing
             try warm.renewLocalKEK()
             return try warm.encrypt(Array(repeating: 1, count: 32))
         }
-        let ring = try vault.keyring(["vault-request-timeout": "1s"])
+        let logs = LogLines()
+        let ring = try vault.keyring(["vault-request-timeout": "1s"], log: logs.sink)
         defer { ring.close() }
         let own = try ring.encrypt(Array(repeating: 2, count: 32))
         let keyID = ring.health().keyID
@@ -152,6 +173,10 @@ import Testing
             if recovered == nil { Thread.sleep(forTimeInterval: 0.2) }
         }
         #expect(recovered == Array(repeating: 1, count: 32), "no restart needed after Vault returns")
+        // The outage shows in the log once when it starts and once when it ends, not once per failed call.
+        let outageLines = logs.all.filter { $0.hasPrefix("warn: Vault problem") }
+        #expect(outageLines.count == 1, "\(logs.all)")
+        #expect(logs.all.last == "info: Vault reachable again")
     }
 
     @Test func renewsAtTwoThirdsTTLAndLogsInAgainAtMaxTTL() throws {

@@ -1,0 +1,146 @@
+// The KMS gRPC server: a listener thread, one reader thread per connection, and a bounded pool for calls
+// that may block (a remote key backend or a fail-closed audit log). Calls that cannot block run inline on the
+// reader thread, which is both the fastest path and what keeps responses batched into few writes.
+import Audit
+import Foundation
+import GRPC
+import KMS
+import Metrics
+import Synchronization
+
+public struct ServerConfiguration: Sendable {
+    public var socketPath: String
+    public var socketMode: mode_t = 0o600
+    /// Peers (SO_PEERCRED uid) allowed to connect.
+    public var allowedUIDs: Set<UInt32> = [0, getuid()]
+    public var grpc = GRPCServerLimits()
+    public var maxConnections = 64
+    /// The client must send the HTTP/2 preface within this many seconds.
+    public var prefaceTimeout: Double = 10
+    /// A connection with no open stream and no traffic for this long gets GOAWAY and is closed (0 = never).
+    public var idleTimeout: Double = 600
+    /// A peer that does not read our responses for this long is disconnected.
+    public var writeTimeout: Double = 10
+    /// Calls waiting on a blocking backend at once; beyond it, RESOURCE_EXHAUSTED.
+    public var maxInFlightBackendCalls = 256
+    public var shutdownGrace: Double = 5
+    /// True with a fail-closed audit log: each call then waits for its record, so calls go to the pool where
+    /// their fsyncs can be batched instead of serialising the connection.
+    public var auditBlocksCalls = false
+
+    public init(socketPath: String) { self.socketPath = socketPath }
+}
+
+public final class KMSServer: @unchecked Sendable {
+    public let configuration: ServerConfiguration
+    let dispatcher: KMSDispatcher
+    let audit: AuditLog?
+    let metrics: KekdMetrics?
+    let logger: Logger
+    let backendName: String
+    /// Calls run on the pool when they may block; otherwise inline on the connection's reader thread.
+    let runInline: Bool
+    let backendSlots: DispatchSemaphore
+    let workers: WorkerPool
+
+    private let state = Mutex(State())
+    private struct State {
+        var listener: UnixSocketListener?
+        var connections: [UInt64: ServerConnection] = [:]
+        var nextConnectionID: UInt64 = 1
+        var shuttingDown = false
+    }
+    private var acceptThread: Thread?
+    private let acceptDone = DispatchSemaphore(value: 0)
+
+    public init(configuration: ServerConfiguration, service: KMSService, audit: AuditLog?, metrics: KekdMetrics?, logger: Logger) {
+        self.configuration = configuration
+        self.dispatcher = KMSDispatcher(service: service)
+        self.audit = audit
+        self.metrics = metrics
+        self.logger = logger
+        self.backendName = service.backend.name
+        self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
+        self.backendSlots = DispatchSemaphore(value: configuration.maxInFlightBackendCalls)
+        self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
+    }
+
+    public var isListening: Bool { state.withLock { $0.listener != nil && !$0.shuttingDown } }
+    public var connectionCount: Int { state.withLock { $0.connections.count } }
+
+    public func start() throws(SystemError) {
+        let listener = try UnixSocketListener.bind(path: configuration.socketPath, mode: configuration.socketMode, logger: logger)
+        state.withLock { $0.listener = listener }
+        let thread = Thread { [self] in
+            acceptLoop(listener)
+            acceptDone.signal()
+        }
+        thread.name = "kekd-accept"
+        thread.start()
+        acceptThread = thread
+    }
+
+    private func acceptLoop(_ listener: UnixSocketListener) {
+        while let fd = listener.accept() {
+            let peer = PeerCredentials.of(socket: fd)
+            guard let peer, configuration.allowedUIDs.contains(peer.uid) else {
+                refuse(fd, peer: peer, reason: peer.map { "uid \($0.uid) is not in --allowed-uids" } ?? "peer credentials unavailable")
+                continue
+            }
+            let connection: ServerConnection? = state.withLock { s in
+                guard !s.shuttingDown, s.connections.count < configuration.maxConnections else { return nil }
+                let id = s.nextConnectionID
+                s.nextConnectionID += 1
+                let c = ServerConnection(id: id, fd: fd, peer: peer, server: self)
+                s.connections[id] = c
+                return c
+            }
+            guard let connection else {
+                refuse(fd, peer: peer, reason: "connection limit \(configuration.maxConnections) reached")
+                continue
+            }
+            metrics?.connectionOpened()
+            connection.start()
+        }
+    }
+
+    private func refuse(_ fd: Int32, peer: PeerCredentials?, reason: String) {
+        close(fd)
+        logger.warn("refused connection", ["reason": reason, "pid": peer?.pid ?? -1, "uid": Int(peer?.uid ?? UInt32.max)])
+        metrics?.protocolError(kind: "refused_connection")
+        _ = audit?.record(AuditEvent(time: Date(), op: "connection", uid: nil, keyID: nil, backend: backendName,
+                                     outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
+                                     peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
+                                     connection: 0, stream: 0, ciphertext: nil))
+    }
+
+    func connectionFinished(_ id: UInt64) {
+        let removed = state.withLock { $0.connections.removeValue(forKey: id) }
+        if removed != nil { metrics?.connectionClosed() }
+    }
+
+    /// Stops accepting, sends GOAWAY everywhere, waits up to the grace period for in-flight calls, closes
+    /// every connection and removes the socket file.
+    public func shutdown() {
+        let (listener, connections): (UnixSocketListener?, [ServerConnection]) = state.withLock { s in
+            let l = s.shuttingDown ? nil : s.listener
+            s.shuttingDown = true
+            return (l, Array(s.connections.values))
+        }
+        guard let listener else { return }
+        listener.shutdownAndRemove()
+        acceptDone.wait()
+        listener.closeDescriptor()
+        for c in connections { c.beginGracefulShutdown() }
+        let deadline = Posix.monotonicNanos() + UInt64(configuration.shutdownGrace * 1e9)
+        while Posix.monotonicNanos() < deadline {
+            let busy = state.withLock { $0.connections.values.contains { $0.hasWorkInProgress } }
+            if !busy { break }
+            usleep(10_000)
+        }
+        for c in state.withLock({ Array($0.connections.values) }) { c.finish() }
+        let closeDeadline = Posix.monotonicNanos() + 1_000_000_000
+        while state.withLock({ !$0.connections.isEmpty }) && Posix.monotonicNanos() < closeDeadline { usleep(5_000) }
+        logger.info("server stopped", ["socket": configuration.socketPath])
+    }
+}

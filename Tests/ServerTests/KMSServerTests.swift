@@ -1,0 +1,162 @@
+import Foundation
+import GRPC
+import KMS
+import KMSProto
+import Synchronization
+import Testing
+@testable import Server
+
+/// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others.
+private final class FakeBackend: KeyBackend, @unchecked Sendable {
+    let name = "fake"
+    let mayBlock: Bool
+    let delay: Double
+    init(mayBlock: Bool, delay: Double = 0.5) { self.mayBlock = mayBlock; self.delay = delay }
+    func status() -> BackendStatus { BackendStatus(healthy: true, keyID: "fake-key-1", detail: "") }
+    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        EncryptResult(ciphertext: plaintext.reversed(), keyID: "fake-key-1", annotations: [:])
+    }
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        if ciphertext == Array("slow".utf8) { Thread.sleep(forTimeInterval: delay) }
+        guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
+        return ciphertext.reversed()
+    }
+    func auditHMACKey() -> [UInt8]? { nil }
+    func reload() {}
+    func close() {}
+}
+
+private func tempSocketPath() -> String {
+    let dir = NSTemporaryDirectory() + "kekd-test-\(UUID().uuidString.prefix(8))"
+    return dir + "/s.sock"
+}
+
+private func startServer(_ backend: FakeBackend, configure: (inout ServerConfiguration) -> Void = { _ in }) throws -> KMSServer {
+    var config = ServerConfiguration(socketPath: tempSocketPath())
+    configure(&config)
+    let server = KMSServer(configuration: config, service: KMSService(backend: backend), audit: nil, metrics: nil,
+                           logger: Logger(minimumLevel: .error))
+    try server.start()
+    return server
+}
+
+private let decryptPath = "/v2.KeyManagementService/Decrypt"
+private let statusPath = "/v2.KeyManagementService/Status"
+
+/// Sends every queued call on a raw connection and collects responses until `count` arrived or 5 s passed.
+private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: Int) -> [UInt32: (GRPCResponse, Date)] {
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    var done: [UInt32: (GRPCResponse, Date)] = [:]
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    let t0 = Date()
+    while done.count < count && Date().timeIntervalSince(t0) < 5 {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { break }
+        for event in conn.receive(buffer[0..<n]) {
+            if case let .response(id, r) = event { done[id] = (r, Date()) }
+        }
+        if conn.http2.hasOutput { _ = Posix.writeAll(fd, conn.http2.takeOutput()) }
+    }
+    return done
+}
+
+@Test func statusOverTheSocket() throws {
+    let server = try startServer(FakeBackend(mayBlock: false))
+    defer { server.shutdown() }
+    let client = try UnixGRPCClient(socketPath: server.configuration.socketPath)
+    let response = try client.call(path: statusPath, message: StatusRequest().serializedBytes())
+    #expect(response.status == .ok)
+    let status = try StatusResponse(serializedBytes: response.message![...])
+    #expect(status.version == "v2" && status.healthz == "ok" && status.keyID == "fake-key-1")
+    let bad = try client.call(path: decryptPath, message: [0x0a, 0xff])
+    #expect(bad.status.code == .invalidArgument)
+}
+
+@Test func socketFileIsPrivateAndALiveSocketIsNotStolen() throws {
+    let server = try startServer(FakeBackend(mayBlock: false))
+    let path = server.configuration.socketPath
+    var st = stat()
+    #expect(stat(path, &st) == 0)
+    #expect(st.st_mode & 0o777 == 0o600)
+    var second = ServerConfiguration(socketPath: path)
+    second.maxConnections = 1
+    let rival = KMSServer(configuration: second, service: KMSService(backend: FakeBackend(mayBlock: false)), audit: nil, metrics: nil, logger: Logger(minimumLevel: .error))
+    #expect(throws: SystemError.self) { try rival.start() }
+    server.shutdown()
+    #expect(!FileManager.default.fileExists(atPath: path))
+}
+
+@Test func staleSocketFileIsReplaced() throws {
+    let path = tempSocketPath()
+    try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+    // Bind and close without unlinking: a stale socket file nobody answers on.
+    var addr = try Posix.makeUnixAddress(path)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+    close(fd)
+    let server = try startServer(FakeBackend(mayBlock: false)) { $0.socketPath = path }
+    defer { server.shutdown() }
+    let client = try UnixGRPCClient(socketPath: path)
+    #expect(try client.call(path: statusPath, message: []).status == .ok)
+}
+
+@Test func aSlowCallDoesNotDelayOtherStreamsOnTheSameConnection() throws {
+    let server = try startServer(FakeBackend(mayBlock: true, delay: 1.0))
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    defer { close(fd) }
+    let conn = GRPCClientConnection()
+    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:])
+    let slowID = try #require(conn.startCall(path: decryptPath, message: slow.serializedBytes()))
+    let fastID = try #require(conn.startCall(path: statusPath, message: []))
+    let t0 = Date()
+    let done = exchange(conn, fd: fd, expecting: 2)
+    #expect(done.values.allSatisfy { $0.0.status == .ok })
+    let fast = try #require(done[fastID]).1.timeIntervalSince(t0)
+    let slowTime = try #require(done[slowID]).1.timeIntervalSince(t0)
+    #expect(fast < 0.3)
+    #expect(slowTime >= 0.9)
+}
+
+@Test func peersOutsideAllowedUIDsAreRefused() throws {
+    let server = try startServer(FakeBackend(mayBlock: false)) { $0.allowedUIDs = [getuid() &+ 12345] }
+    defer { server.shutdown() }
+    let client = try UnixGRPCClient(socketPath: server.configuration.socketPath, ioTimeoutSeconds: 2)
+    #expect(throws: (any Error).self) { try client.call(path: statusPath, message: []) }
+}
+
+@Test func inFlightLimitGivesResourceExhausted() throws {
+    let server = try startServer(FakeBackend(mayBlock: true, delay: 0.5)) { $0.maxInFlightBackendCalls = 1 }
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    defer { close(fd) }
+    let conn = GRPCClientConnection()
+    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let first = try #require(conn.startCall(path: decryptPath, message: slow))
+    let second = try #require(conn.startCall(path: decryptPath, message: slow))
+    let results = exchange(conn, fd: fd, expecting: 2).mapValues { $0.0.status.code }
+    #expect(results[first] == .ok)
+    #expect(results[second] == .resourceExhausted)
+}
+
+@Test func gracefulShutdownLetsInFlightCallsFinishAndRemovesTheSocket() throws {
+    let server = try startServer(FakeBackend(mayBlock: true, delay: 0.5))
+    let path = server.configuration.socketPath
+    let result = Mutex<GRPCStatusCode?>(nil)
+    let started = DispatchSemaphore(value: 0)
+    let finished = DispatchSemaphore(value: 0)
+    Thread {
+        let client = try? UnixGRPCClient(socketPath: path)
+        started.signal()
+        let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+        let r = try? client?.call(path: decryptPath, message: slow)
+        result.withLock { $0 = r?.status.code }
+        finished.signal()
+    }.start()
+    started.wait()
+    Thread.sleep(forTimeInterval: 0.1)
+    server.shutdown()
+    #expect(finished.wait(timeout: .now() + 5) == .success)
+    #expect(result.withLock { $0 } == .ok)
+    #expect(!FileManager.default.fileExists(atPath: path))
+}

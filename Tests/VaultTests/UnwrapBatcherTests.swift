@@ -1,0 +1,76 @@
+import Crypto
+import Foundation
+import Synchronization
+import Testing
+@testable import Vault
+
+@Suite struct UnwrapBatcherTests {
+    /// A stand-in for Vault's batch decrypt: records each batch, takes `latency`, fails inputs starting with "bad".
+    final class FakeUnwrap: Sendable {
+        let batches = Mutex<[[String]]>([])
+        let latency: Double
+        init(latency: Double) { self.latency = latency }
+        func callAsFunction(_ wrapped: [String]) -> [Result<SymmetricKey, VaultError>] {
+            batches.withLock { $0.append(wrapped) }
+            Thread.sleep(forTimeInterval: latency)
+            return wrapped.map { w in
+                if w.hasPrefix("bad") { return .failure(VaultError(.invalidArgument, "bad")) }
+                guard let key = try? SymmetricKey(bytes: SHA256.hash(Array(w.utf8))) else { return .failure(VaultError(.internalError, "key")) }
+                return .success(key)
+            }
+        }
+    }
+
+    @Test func concurrentMissesAreSingleFlightedAndBatched() throws {
+        let fake = FakeUnwrap(latency: 0.05)
+        let cache = LocalKEKCache(capacity: 100)
+        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        let failures = Counter()
+        let group = DispatchGroup()
+        for i in 0..<400 {
+            group.enter()
+            Thread.detachNewThread {
+                let name = "k\(i % 40)"
+                let key = try? batcher.unwrap(name, deadline: Date(timeIntervalSinceNow: 5))
+                if key?.bytes != SHA256.hash(Array(name.utf8)) { failures.add() }
+                group.leave()
+            }
+        }
+        #expect(group.wait(timeout: .now() + 10) == .success)
+        let batches = fake.batches.withLock { $0 }
+        #expect(failures.value == 0)
+        #expect(batches.count <= 5, "400 misses of 40 keys took \(batches.count) Vault calls")
+        #expect(batches.flatMap { $0 }.count == 40, "each wrapped key went to Vault exactly once")
+        #expect(cache.count == 40)
+        #expect(batcher.batches.load(ordering: .relaxed) == batches.count)
+    }
+
+    @Test func perItemFailuresStayPerItemAndAreNotCached() throws {
+        let fake = FakeUnwrap(latency: 0)
+        let cache = LocalKEKCache(capacity: 10)
+        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        #expect(throws: VaultError(.invalidArgument, "bad")) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
+        _ = try batcher.unwrap("good", deadline: Date(timeIntervalSinceNow: 1))
+        #expect(throws: VaultError.self) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
+        #expect(fake.batches.withLock { $0.count } == 3 && cache.count == 1)
+    }
+
+    @Test func waitersGiveUpAtTheirDeadline() {
+        let fake = FakeUnwrap(latency: 0.5)
+        let batcher = UnwrapBatcher(cache: LocalKEKCache(capacity: 10)) { fake($0) }
+        Thread.detachNewThread { _ = try? batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 5)) }
+        Thread.sleep(forTimeInterval: 0.05)
+        let started = Date()
+        #expect(throws: VaultError.self) { try batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 0.1)) }
+        #expect(Date().timeIntervalSince(started) < 0.4)
+    }
+
+    @Test func cacheEvictsTheLeastRecentlyUsed() throws {
+        let cache = LocalKEKCache(capacity: 2)
+        cache.put("a", try SymmetricKey.random())
+        cache.put("b", try SymmetricKey.random())
+        _ = cache.get("a")
+        cache.put("c", try SymmetricKey.random())
+        #expect(cache.get("a") != nil && cache.get("b") == nil && cache.get("c") != nil && cache.count == 2)
+    }
+}
