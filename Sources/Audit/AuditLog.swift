@@ -1,6 +1,7 @@
 // The audit log: callers enqueue events into a bounded queue; one writer thread turns them into chained lines,
 // writes each batch with one write(2) and, in fail-closed mode, one fdatasync (group commit).
 import Foundation
+import Locking
 import Synchronization
 
 /// A fail-closed caller's slot: set by the writer under the queue lock once the record's fate is known.
@@ -48,7 +49,7 @@ final class AuditCounters: Sendable {
     let failed = Atomic<Int>(0)
     let syncs = Atomic<Int>(0)
     let writable = Atomic<Bool>(true)
-    let lastError = Mutex<String?>(nil)
+    let lastError = LockedValue<String?>(nil)
 
     func fail(_ message: String) {
         writable.store(false, ordering: .relaxed)

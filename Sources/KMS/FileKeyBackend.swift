@@ -7,6 +7,7 @@
 import Crypto
 import Dispatch
 import Foundation
+import Locking
 import Synchronization
 
 /// The keys one call works with.
@@ -79,10 +80,10 @@ public final class FileKeyBackend: KeyBackend {
         var fingerprint: FileFingerprint?
         var lastProblem: String?
     }
-    private let current: Mutex<KeySnapshot>
-    private let lastRejection = Mutex<String?>(nil)
+    private let current: LockedValue<KeySnapshot>
+    private let lastRejection = LockedValue<String?>(nil)
     /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
-    private let watch: Mutex<WatchState>
+    private let watch: LockedValue<WatchState>
     private let auditKey: [UInt8]
     private let log: LogSink
     private let stopSignal = DispatchSemaphore(value: 0)
@@ -96,8 +97,8 @@ public final class FileKeyBackend: KeyBackend {
         let loaded = try KeyFileStore.load(path: keyFilePath)
         let snapshot = try KeySnapshot(loaded.file)
         auditKey = try loaded.file.auditHMACKey()
-        current = Mutex(snapshot)
-        watch = Mutex(WatchState(fingerprint: loaded.fingerprint, lastProblem: nil))
+        current = LockedValue(snapshot)
+        watch = LockedValue(WatchState(fingerprint: loaded.fingerprint, lastProblem: nil))
         if snapshot.isLegacyFormat {
             log(KMSLog.line(level: "info", msg: "key file is in the first (single-key) format; `kekctl rotate` converts it",
                             fields: [("path", keyFilePath), ("key_id", snapshot.primary.keyID)]))

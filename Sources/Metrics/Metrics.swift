@@ -1,5 +1,6 @@
 // kekd's metrics: recorded by the server on every call, rendered for Prometheus by the health endpoint.
 import Glibc
+import Locking
 import Synchronization
 
 /// Every figure kekd exports, under the `kekd_` prefix. Thread-safe; each observation is a few relaxed atomic
@@ -32,8 +33,8 @@ public final class KekdMetrics: Sendable {
     private let backendRequests = CounterBlock()
     private let backendDurationLabels = LabelSlots(capacity: 15, overflow: LabelKey(first: "other", second: ""))
     private let backendDurations = HistogramBlock()
-    private let keyID = Mutex<String>("")
-    private let auditStats = Mutex<(@Sendable () -> (written: Int, dropped: Int, queueDepth: Int))?>(nil)
+    private let keyID = LockedValue<String>("")
+    private let auditStats = LockedValue<(@Sendable () -> (written: Int, dropped: Int, queueDepth: Int))?>(nil)
 
     public init(version: String, backend: String) {
         self.version = version

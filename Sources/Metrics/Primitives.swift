@@ -1,6 +1,7 @@
 // Fixed-size blocks of atomic counters and histograms, and a bounded map from label values to slots.
 // Storage is inline (InlineArray of Atomic), allocated once: an observation is a few relaxed atomic adds with no
 // allocation and no reference counting on shared objects (which would bounce cache lines between threads).
+import Locking
 import Synchronization
 
 /// Counters addressed by slot number.
@@ -82,7 +83,7 @@ struct LabelKey: Hashable, Sendable, Comparable {
 /// strings under a lock: cheaper than hashing for the handful of keys a backend uses.
 final class LabelSlots: Sendable {
     static let maxValueLength = 64
-    private let keys = Mutex<[LabelKey]>([])
+    private let keys = LockedValue<[LabelKey]>([])
     private let capacity: Int
     private let overflow: LabelKey
 

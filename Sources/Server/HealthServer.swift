@@ -5,7 +5,7 @@ import Dispatch
 import Foundation
 import Glibc
 import Metrics
-import Synchronization
+import Locking
 
 /// One named condition of `/readyz`. `detail` is shown in the body, so it must never hold secrets.
 public struct ReadinessCheck: Sendable {
@@ -52,7 +52,7 @@ public final class HealthServer: Sendable {
     private let metrics: KekdMetrics
     private let checks: [ReadinessCheck]
     private let limits: HealthServerLimits
-    private let state = Mutex(ListenerState())
+    private let state = LockedValue(ListenerState())
     private let acceptLoop = DispatchGroup()
     private let handlers = DispatchGroup()
 

@@ -1,6 +1,6 @@
 // Structured logs: one JSON object per line on stderr. Callers never pass key material or plaintext.
 import Foundation
-import Synchronization
+import Locking
 
 public enum LogLevel: Int, Sendable, Comparable {
     case debug = 0, info, warn, error
@@ -19,7 +19,7 @@ public enum LogLevel: Int, Sendable, Comparable {
 
 public final class Logger: Sendable {
     public let minimumLevel: LogLevel
-    private let lock = Mutex(())
+    private let lock = LockedValue(())
     private let fd: Int32
 
     public init(minimumLevel: LogLevel = .info, fd: Int32 = 2) {

@@ -2,6 +2,7 @@
 // and the circuit breaker live in `VaultHTTP`, which knows which statuses are worth retrying.
 import Crypto
 import Foundation
+import Locking
 import Synchronization
 
 public struct HTTPRequest: Sendable {
@@ -70,8 +71,8 @@ public final class HTTPSClient: Sendable {
     public let connectTimeout: Double
     private let tlsSettings: TLSSettings
     private let maxIdle: Int
-    private let idle = Mutex<[TLSConnection]>([])
-    private let context = Mutex<(stamps: [FileStamp?], ctx: TLSContext)?>(nil)
+    private let idle = LockedValue<[TLSConnection]>([])
+    private let context = LockedValue<(stamps: [FileStamp?], ctx: TLSContext)?>(nil)
     /// Connections opened so far (for tests and metrics: proves reuse).
     private let opened = Atomic<Int>(0)
 

@@ -1,6 +1,6 @@
 // Retry timing and the circuit breaker. Both are small and clock-injectable so tests can drive them exactly.
 import Foundation
-import Synchronization
+import Locking
 
 /// Exponential backoff with full jitter: attempt n (0-based) waits uniform(0, min(cap, base * 2^n)).
 public struct Backoff: Sendable, Equatable {
@@ -36,7 +36,7 @@ public final class CircuitBreaker: Sendable {
         var trialInFlight = false
     }
 
-    private let inner: Mutex<Inner>
+    private let inner: LockedValue<Inner>
     public let failureThreshold: Int
     public let minOpenSeconds: Double
     public let maxOpenSeconds: Double
@@ -48,7 +48,7 @@ public final class CircuitBreaker: Sendable {
         self.minOpenSeconds = minOpenSeconds
         self.maxOpenSeconds = max(minOpenSeconds, maxOpenSeconds)
         self.now = now
-        inner = Mutex(Inner(openSeconds: minOpenSeconds))
+        inner = LockedValue(Inner(openSeconds: minOpenSeconds))
     }
 
     public var state: State { inner.withLock { $0.state } }

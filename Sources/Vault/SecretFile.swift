@@ -1,6 +1,6 @@
 // Secrets come only from files, and files change (rotated secret-ids, renewed certificates): re-read on change.
 import Foundation
-import Synchronization
+import Locking
 
 /// Identity of a file's current contents, cheap to compare (no read).
 struct FileStamp: Equatable, Sendable {
@@ -19,7 +19,7 @@ struct FileStamp: Equatable, Sendable {
 /// A small secret (token, role-id, secret-id) read from a file, re-read when the file changes.
 final class SecretFile: Sendable {
     let path: String
-    private let cache = Mutex<(stamp: FileStamp, value: [UInt8])?>(nil)
+    private let cache = LockedValue<(stamp: FileStamp, value: [UInt8])?>(nil)
     static let maxSize = 64 * 1024
 
     init(path: String) { self.path = path }

@@ -2,6 +2,7 @@
 // thirds of it, log in again when renewal fails, the token is revoked or reaches its max TTL. Tokens never leave this
 // type except as the X-Vault-Token header value, and never appear in messages.
 import Foundation
+import Locking
 import Synchronization
 
 public enum VaultAuthMethod: Sendable, Equatable {
@@ -34,11 +35,11 @@ final class TokenManager: Sendable {
     private let tokenFile: SecretFile?
     private let roleIDFile: SecretFile?
     private let secretIDFile: SecretFile?
-    private let state = Mutex<TokenState?>(nil)
+    private let state = LockedValue<TokenState?>(nil)
     /// Serialises logins so a burst of callers with no token causes one login, not one each.
     private let loginLock = NSLock()
     private let generationCounter = Atomic<Int>(0)
-    private let lastDenialLogin = Mutex<Double>(-1e9)
+    private let lastDenialLogin = LockedValue<Double>(-1e9)
     private let now: @Sendable () -> Double
     /// Counts for tests and metrics.
     let logins = Atomic<Int>(0)

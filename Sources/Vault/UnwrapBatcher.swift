@@ -3,6 +3,7 @@
 // and sends misses for different keys that pile up meanwhile as one `batch_input` decrypt.
 import Crypto
 import Foundation
+import Locking
 import Synchronization
 
 /// Bounded LRU of wrapped local KEK → unwrapped key.
@@ -11,7 +12,7 @@ final class LocalKEKCache: Sendable {
         var entries: [String: (key: SymmetricKey, lastUse: UInt64)] = [:]
         var clock: UInt64 = 0
     }
-    private let inner = Mutex(Inner())
+    private let inner = LockedValue(Inner())
     let capacity: Int
 
     init(capacity: Int) { self.capacity = max(1, capacity) }

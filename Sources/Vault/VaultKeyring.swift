@@ -4,6 +4,7 @@
 // (batched). A background loop renews the token, polls the key's latest version and renews the local KEK.
 import Crypto
 import Foundation
+import Locking
 import Synchronization
 
 /// The local KEK in use for Encrypt, with everything Status and Encrypt must agree on.
@@ -61,7 +62,7 @@ public final class VaultKeyring: Sendable {
     let transit: TransitAPI
     let cache: LocalKEKCache
     let batcher: UnwrapBatcher
-    private let state = Mutex(State())
+    private let state = LockedValue(State())
     private let onCache: (@Sendable (Bool) -> Void)?
     private let log: VaultLog
     let problems: ProblemTracker
@@ -402,7 +403,7 @@ public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Vo
 /// source's recovery does not hide the other's problem.
 final class ProblemTracker: Sendable {
     enum Source: String, Sendable, CaseIterable { case vault, token }
-    private let current = Mutex<[Source: String]>([:])
+    private let current = LockedValue<[Source: String]>([:])
     private let log: VaultLog
 
     init(log: @escaping VaultLog) { self.log = log }

@@ -153,7 +153,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         } else if let derived = backend.auditHMACKey() {
             hmacKey = derived
         } else {
-            throw StartupError(.audit, "the \(backend.name) backend cannot derive an audit chain key; pass --audit-hmac-key-file")
+            // The Vault backend has no local secret to derive from: keep a random chain key in the state folder.
+            try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            hmacKey = try AuditHMACKeyFile.loadOrCreate(path: "\(stateDir)/audit-hmac.key")
         }
         if path != "-" {
             let folder = (path as NSString).deletingLastPathComponent
@@ -164,7 +166,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
-                                               hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath)
+                                               hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath,
+                                               // fail-closed: give up on a stuck sink before kube-apiserver's 3 s deadline
+                                               failClosedTimeout: 2.5)
         wipe(&hmacKey)
         audit = try AuditLog(configuration: configuration)
         server.auditBlocksCalls = auditMode == .failClosed
