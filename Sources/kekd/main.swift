@@ -181,8 +181,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
     let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
-    do { try kmsServer.start() } catch { throw StartupError(.socket, "socket \(socket): \(error)") }
 
+    // The health endpoint listens before the socket does: whoever sees the socket (a probe, the interop suite)
+    // can rely on /livez answering, and /readyz reports "socket" not ready until the server below starts.
     var healthServer: HealthServer?
     if let health {
         let checks = [
@@ -192,10 +193,13 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         ]
         let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks)
         do { try h.start() } catch {
-            kmsServer.shutdown()
             throw StartupError(.health, "--health-addr \(health.host):\(health.port): \(error)")
         }
         healthServer = h
+    }
+    do { try kmsServer.start() } catch {
+        healthServer?.stop()
+        throw StartupError(.socket, "socket \(socket): \(error)")
     }
 
     let status = backend.status()
