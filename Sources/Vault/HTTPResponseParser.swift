@@ -79,7 +79,9 @@ public enum HTTPResponseParser {
         // Interim 1xx responses (100 Continue) carry no body: skip them.
         while true {
             guard let headEnd = findHeaderEnd(buffer, from: start, limit: limits.maxHeaderBytes) else {
-                if buffer.endIndex - start > limits.maxHeaderBytes { throw .headersTooLarge }
+                // Too large only once the whole window (limit + CRLFCRLF) was searched: earlier, the terminator may
+                // still arrive, and the outcome must not depend on how the socket split the bytes.
+                if buffer.endIndex - start >= limits.maxHeaderBytes + 4 { throw .headersTooLarge }
                 if atEOF { throw .truncated }
                 return .needMore
             }
@@ -236,7 +238,7 @@ public enum HTTPResponseParser {
         while true {
             // chunk-size [; ext] CRLF
             guard let lineEnd = findCRLF(b, from: i, maxLength: maxLineLength) else {
-                if b.endIndex - i > maxLineLength { throw .malformedChunk }
+                if b.endIndex - i >= maxLineLength + 2 { throw .malformedChunk }  // whole window searched (see findCRLF)
                 return try need()
             }
             let line = b[i..<lineEnd]
