@@ -40,7 +40,9 @@ public final class KMSServer: @unchecked Sendable {
     let backendName: String
     /// Calls run on the pool when they may block; otherwise inline on the connection's reader thread.
     let runInline: Bool
-    let backendSlots: DispatchSemaphore
+    /// Calls currently on the worker pool; bounded by maxInFlightBackendCalls. (An atomic counter rather than a
+    /// DispatchSemaphore: libdispatch traps when a semaphore is released while below its initial value.)
+    private let backendCallsInFlight = LockedValue<Int>(0)
     let workers: WorkerPool
 
     private let state = LockedValue(State())
@@ -62,9 +64,20 @@ public final class KMSServer: @unchecked Sendable {
         self.logger = logger
         self.backendName = service.backend.name
         self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
-        self.backendSlots = DispatchSemaphore(value: configuration.maxInFlightBackendCalls)
         self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
     }
+
+    /// Takes one pool slot, or returns false when all are in use.
+    func acquireBackendSlot() -> Bool {
+        let limit = configuration.maxInFlightBackendCalls
+        return backendCallsInFlight.withLock { n in
+            guard n < limit else { return false }
+            n += 1
+            return true
+        }
+    }
+
+    func releaseBackendSlot() { backendCallsInFlight.withLock { $0 -= 1 } }
 
     public var isListening: Bool { state.withLock { $0.listener != nil && !$0.shuttingDown } }
     public var connectionCount: Int { state.withLock { $0.connections.count } }

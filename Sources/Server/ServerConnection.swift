@@ -9,7 +9,8 @@ final class ServerConnection: @unchecked Sendable {
     let id: UInt64
     let fd: Int32
     let peer: PeerCredentials
-    private unowned let server: KMSServer
+    /// Strong: a call still on the worker pool keeps the server alive; the cycle ends when the connection finishes.
+    private let server: KMSServer
 
     /// Guards `grpc` (the state machine is not thread-safe).
     private let lock = NSLock()
@@ -156,7 +157,7 @@ final class ServerConnection: @unchecked Sendable {
             complete(request, outcome, arrived: arrived)
             return
         }
-        guard server.backendSlots.wait(timeout: .now()) == .success else {
+        guard server.acquireBackendSlot() else {
             let outcome = CallOutcome(op: op, status: GRPCStatus(.resourceExhausted, "too many calls in flight (limit \(server.configuration.maxInFlightBackendCalls))"))
             complete(request, outcome, arrived: arrived)
             return
@@ -168,7 +169,7 @@ final class ServerConnection: @unchecked Sendable {
             pendingWork -= 1
             complete(request, outcome, arrived: arrived)
             flushLocked()
-            server.backendSlots.signal()
+            server.releaseBackendSlot()
         }
     }
 

@@ -1,7 +1,7 @@
 // Shared helpers for the audit tests: temp folders, events, reading lines back.
 @testable import Audit
 import Foundation
-import Synchronization
+import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -73,8 +73,8 @@ func finishes(within seconds: Double, _ body: @escaping @Sendable () -> Void) ->
 
 /// A value shared with closures that run on other threads.
 final class Shared<Value: Sendable>: Sendable {
-    private let storage: Mutex<Value>
-    init(_ value: Value) { storage = Mutex(value) }
+    private let storage: LockedValue<Value>
+    init(_ value: Value) { storage = LockedValue(value) }
     func load() -> Value { storage.withLock { $0 } }
     func store(_ value: Value) { storage.withLock { $0 = value } }
 }

@@ -14,12 +14,12 @@ final class TempFolder {
 
 /// Collects log lines a backend writes.
 final class LogCollector: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = LockedValue<[String]>([])
     var sink: LogSink { { line in self.lines.withLock { $0.append(line) } } }
     var all: [String] { lines.withLock { $0 } }
 }
 
-import Synchronization
+import Locking
 
 func writeFile(_ path: String, _ bytes: [UInt8], mode: Int = 0o600) throws {
     try Data(bytes).write(to: URL(fileURLWithPath: path))

@@ -2,7 +2,7 @@ import Foundation
 import GRPC
 import KMS
 import KMSProto
-import Synchronization
+import Locking
 import Testing
 @testable import Server
 
@@ -142,7 +142,7 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
 @Test func gracefulShutdownLetsInFlightCallsFinishAndRemovesTheSocket() throws {
     let server = try startServer(FakeBackend(mayBlock: true, delay: 0.5))
     let path = server.configuration.socketPath
-    let result = Mutex<GRPCStatusCode?>(nil)
+    let result = LockedValue<GRPCStatusCode?>(nil)
     let started = DispatchSemaphore(value: 0)
     let finished = DispatchSemaphore(value: 0)
     Thread {

@@ -1,4 +1,5 @@
 import Foundation
+import Locking
 import Synchronization
 import Testing
 @testable import Vault
@@ -99,7 +100,7 @@ final class FakeVault: @unchecked Sendable {
 
 /// Collects log lines from a keyring.
 final class LogLines: Sendable {
-    private let lines = Mutex<[String]>([])
+    private let lines = LockedValue<[String]>([])
     var sink: VaultLog { { level, message in self.lines.withLock { $0.append("\(level): \(message)") } } }
     var all: [String] { lines.withLock { $0 } }
 }

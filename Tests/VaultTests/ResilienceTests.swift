@@ -1,4 +1,4 @@
-import Synchronization
+import Locking
 import Testing
 @testable import Vault
 
@@ -18,7 +18,7 @@ import Testing
     }
 
     @Test func breakerOpensFailsFastThenAdmitsOneTrial() {
-        let clock = Mutex<Double>(100)
+        let clock = LockedValue<Double>(100)
         let breaker = CircuitBreaker(failureThreshold: 2, minOpenSeconds: 1, maxOpenSeconds: 4, now: { clock.withLock { $0 } })
         #expect(breaker.allow())
         breaker.recordFailure()

@@ -1,13 +1,13 @@
 import Crypto
 import Foundation
-import Synchronization
+import Locking
 import Testing
 @testable import Vault
 
 @Suite struct UnwrapBatcherTests {
     /// A stand-in for Vault's batch decrypt: records each batch, takes `latency`, fails inputs starting with "bad".
     final class FakeUnwrap: Sendable {
-        let batches = Mutex<[[String]]>([])
+        let batches = LockedValue<[[String]]>([])
         let latency: Double
         init(latency: Double) { self.latency = latency }
         func callAsFunction(_ wrapped: [String]) -> [Result<SymmetricKey, VaultError>] {
