@@ -1,6 +1,7 @@
 // Replays the audit-verify fuzz corpus (Tests/Fuzz/corpus/audit-verify: logs written by AuditLog, and every input the
-// fuzzer ever tripped on once fixed), so `swift test` keeps them as regression tests. Layout: the files' bytes, oldest
-// first, separated by FE FD FC (Tests/Fuzz/audit-verify/main.swift).
+// fuzzer ever tripped on once fixed), so `swift test` keeps them as regression tests. Layout: a configuration octet,
+// then the files' bytes, oldest first, separated by FE FD FC (Tests/Fuzz/audit-verify/main.swift). Seeds are real
+// chains, so the harness's re-chain mode (bit 0) leaves them as they are.
 import Audit
 import Foundation
 import Testing
@@ -29,11 +30,12 @@ import Testing
         let clean: Set = ["empty", "five-records", "one-record", "restarted-writer", "rotated-four-files", "rotated-oldest-deleted"]
         for name in names {
             let input = [UInt8](try Data(contentsOf: Self.folder.appendingPathComponent(name)))
-            let report = Self.verify(input)
-            #expect(report.ok == clean.contains(name), "\(name): \(report.summary)")
+            let report = Self.verify(Array(input.dropFirst()))
+            let seed = name.hasSuffix("-rechained") ? String(name.dropLast("-rechained".count)) : name
+            #expect(report.ok == clean.contains(seed), "\(name): \(report.summary)")
             if let problem = report.problem { #expect(problem.line >= 1, "\(name): \(problem)") }
         }
-        let rotated = Self.verify([UInt8](try Data(contentsOf: Self.folder.appendingPathComponent("rotated-four-files"))))
+        let rotated = Self.verify([UInt8](try Data(contentsOf: Self.folder.appendingPathComponent("rotated-four-files"))).dropFirst().map { $0 })
         #expect(rotated.records == 9 && rotated.firstSeq == 1 && rotated.lastSeq == 9, "\(rotated.summary)")
     }
 }

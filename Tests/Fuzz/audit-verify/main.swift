@@ -2,15 +2,20 @@
 // `AuditVerifier.verify(bytes:name:hmacKey:cursor:report:)`, the per-file step `verify(files:)` runs, fed one or more
 // files' contents through one cursor, oldest first, as a log and its rotated predecessors are.
 //
-// Input: the files' bytes separated by the marker FE FD FC (never in a log: records are ASCII).
+// Input: one configuration octet, then the files' bytes separated by the marker FE FD FC (never in a log: records
+// are ASCII). Configuration bit 0 ("re-chain"): before verifying, the harness rewrites every line's chain value to
+// the HMAC the format (AuditRecordFormat.swift) prescribes, so mutations of seq, prev_chain, dropped_before, line
+// order and file order get past the MAC into the chain and sequence rules. Without it, nearly every mutation stops
+// at the first MAC.
 //
 // Beyond "never trap": a problem names a line of the file it is in; a clean report counts every line and a seq
-// range as long as the record count; and a clean log with records fails once any one of its bytes is changed (the
-// harness flips one, at a position picked from the input).
+// range as long as the record count; and (without re-chaining) a clean log with records fails once any one of its
+// bytes is changed (the harness flips one, at a position picked from the input).
 //
 // `KEKD_FUZZ_WRITE_SEEDS=DIR .build-fuzz/audit-verify` writes seeds (logs written by AuditLog under this harness's
 // key: single files, rotated sets, a restarted writer, a changed key) to DIR and exits.
 import Audit
+import Crypto
 import Foundation
 
 let marker: [UInt8] = [0xFE, 0xFD, 0xFC]
@@ -40,11 +45,44 @@ func verify(_ files: [[UInt8]]) -> AuditVerificationReport {
     return report
 }
 
+let chainField = Array(",\"chain\":\"".utf8)
+
+/// Gives every line of the shape BODY,"chain":"<64 hex>"} the chain value HMAC(key, previous || BODY || "}"), where
+/// previous is the line's own prev_chain when it has one, else the line before's chain (32 zero bytes at first).
+func rechain(_ files: [[UInt8]]) -> [[UInt8]] {
+    var previous = [UInt8](repeating: 0, count: 32)
+    return files.map { file in
+        var lines = file.split(separator: 0x0A, omittingEmptySubsequences: false).map(Array.init)
+        for i in lines.indices where lines[i].count > 76 + 8 {
+            let bodyEnd = lines[i].count - 76
+            guard lines[i][bodyEnd..<(bodyEnd + 10)].elementsEqual(chainField), lines[i].suffix(2) == [0x22, 0x7D] else { continue }
+            let body = lines[i][..<bodyEnd]
+            if let link = body.firstRange(of: Array(",\"prev_chain\":\"".utf8)), link.upperBound + 64 <= body.count,
+               let bytes = hexBytes(body[link.upperBound..<(link.upperBound + 64)]) {
+                previous = bytes
+            }
+            let chain = HMACSHA256.mac(key: hmacKey, message: previous + body + [0x7D])
+            lines[i].replaceSubrange((bodyEnd + 10)..<(lines[i].count - 2), with: hexString(chain).utf8)
+            previous = chain
+        }
+        return Array(lines.joined(separator: [0x0A]))
+    }
+}
+
+func hexBytes(_ digits: ArraySlice<UInt8>) -> [UInt8]? {
+    let bytes = stride(from: digits.startIndex, to: digits.endIndex, by: 2).map {
+        UInt8(String(decoding: digits[$0...($0 + 1)], as: UTF8.self), radix: 16)
+    }
+    return bytes.contains(nil) ? nil : bytes.compactMap { $0 }
+}
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzAuditVerify(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    guard let data else { return 0 }
-    let input = Array(UnsafeBufferPointer(start: data, count: size))
-    let files = input.split(separator: marker, omittingEmptySubsequences: false).map(Array.init)
+    guard let data, size > 0 else { return 0 }
+    let input = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    var files = input.split(separator: marker, omittingEmptySubsequences: false).map(Array.init)
+    let rechained = data[0] & 1 != 0
+    if rechained { files = rechain(files) }
     let report = verify(files)
     guard report.ok else { return 0 }
     check(report.records == files.reduce(0) { $0 + lineCount($1) }, "clean report counts \(report.records) records")
@@ -56,6 +94,7 @@ public func fuzzAuditVerify(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
           "seq \(first)-\(last) for \(report.records) records")
 
     // Any one changed byte of a clean log must be caught.
+    guard !rechained else { return 0 }
     let candidates = files.indices.filter { !files[$0].isEmpty }
     let pick = input.reduce(UInt64(size)) { $0 &* 31 &+ UInt64($1) }
     let fileIndex = candidates[Int(pick % UInt64(candidates.count))]
@@ -114,7 +153,9 @@ func writeSeeds(to folder: String) throws {
     func write(_ name: String, _ bytes: [UInt8], expectOK: Bool) throws {
         let files = bytes.split(separator: marker, omittingEmptySubsequences: false).map(Array.init)
         check(verify(files).ok == expectOK, "seed \(name) does not verify as expected")
-        try Data(bytes).write(to: URL(fileURLWithPath: folder + "/" + name))
+        check(rechain(files) == files || !expectOK, "seed \(name) changes when re-chained")
+        try Data([0] + bytes).write(to: URL(fileURLWithPath: folder + "/" + name))
+        try Data([1] + bytes).write(to: URL(fileURLWithPath: folder + "/" + name + "-rechained"))
     }
     try write("one-record", seedInput(writeLog(folder: scratch, name: "one", maxSize: 0, events: sampleEvents(1))), expectOK: true)
     try write("five-records", seedInput(writeLog(folder: scratch, name: "five", maxSize: 0, events: sampleEvents(5))), expectOK: true)
