@@ -186,7 +186,11 @@ public struct KeyFile: Sendable, Equatable {
             guard v.key.count == AES256GCM.keySize else {
                 throw KMSError(.failedPrecondition, "key version \(v.version) has a \(v.key.count)-byte key, expected \(AES256GCM.keySize)")
             }
-            guard Self.parseRFC3339(v.created) != nil else {
+            // Only RFC 3339 characters: the parser tolerates trailing junk, and `serialized()` writes the value
+            // unescaped, so anything else could turn into a file whose checksum no longer matches (found by fuzzing).
+            guard v.created.utf8.count <= 40,
+                  v.created.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x3A) || $0 == 0x54 || $0 == 0x5A || $0 == 0x2E || $0 == 0x2B || $0 == 0x2D }),
+                  Self.parseRFC3339(v.created) != nil else {
                 throw KMSError(.failedPrecondition, "key version \(v.version) has an invalid creation time")
             }
         }
