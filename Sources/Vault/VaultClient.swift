@@ -2,6 +2,7 @@
 // mapping. Authentication is layered on top by `TokenManager`.
 import Crypto
 import Foundation
+import KMS
 
 /// Error codes of this target; the backend maps them 1:1 onto KMSErrorCode (same gRPC numbers).
 public enum VaultErrorCode: Int, Sendable {
@@ -141,19 +142,11 @@ final class VaultClient: Sendable {
         onCall?(op, code.map(Self.name) ?? "ok", Date().timeIntervalSince(started))
     }
 
+    /// The gRPC code name; VaultErrorCode shares KMSErrorCode's raw values, so KMS names them once.
     static func name(_ code: VaultErrorCode) -> String {
-        switch code {
-        case .invalidArgument: return "INVALID_ARGUMENT"
-        case .permissionDenied: return "PERMISSION_DENIED"
-        case .resourceExhausted: return "RESOURCE_EXHAUSTED"
-        case .failedPrecondition: return "FAILED_PRECONDITION"
-        case .internalError: return "INTERNAL"
-        case .unavailable: return "UNAVAILABLE"
-        case .dataLoss: return "DATA_LOSS"
-        }
+        KMSErrorCode(rawValue: code.rawValue)?.name ?? "INTERNAL"
     }
 
-    /// Vault status → error code (prior-art notes 4.5).
     static func code(forStatus status: Int) -> VaultErrorCode {
         switch status {
         case 400: return .invalidArgument
