@@ -36,8 +36,8 @@ let package = Package(
 
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto"]),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server"]),
+        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "Locking"]),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"]),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),

@@ -6,7 +6,7 @@
 //   - binary (any other byte present): 32 or more raw bytes, used as they are
 // The key is secret: the file must be a regular file not readable or writable by group or others (0600/0400).
 import Crypto
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif

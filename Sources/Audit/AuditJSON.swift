@@ -1,6 +1,7 @@
 // Deterministic JSON text and RFC 3339 times, byte by byte. The chain MACs exact bytes, so nothing here may depend
 // on Foundation's encoder choices (key order, escaping, number formatting).
-import Foundation
+import FoundationEssentials
+import Glibc
 
 enum AuditJSON {
     private static let hexDigits: [UInt8] = Array("0123456789abcdef".utf8)

@@ -1,6 +1,7 @@
 // The audit log: callers enqueue events into a bounded queue; one writer thread turns them into chained lines,
 // writes each batch with one write(2) and, in fail-closed mode, one fdatasync (group commit).
-import Foundation
+import FoundationEssentials
+import Glibc
 import Locking
 import Synchronization
 
@@ -76,10 +77,8 @@ public final class AuditLog: Sendable {
         self.configuration = configuration
         let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters)
         queue.pending.reserveCapacity(min(configuration.queueCapacity, 1 << 16))
-        let thread = Thread { writer.run() }
-        thread.name = "kekd-audit-writer"
         queue.writerDone = false
-        thread.start()
+        startThread(name: "kekd-audit") { writer.run() }
     }
 
     deinit { close() }

@@ -10,7 +10,8 @@
 // one, or one whose predecessors were deleted) verifies on its own, and the link between files is checked.
 // Fields are always in this order; strings use AuditJSON's escaping (pure ASCII), so the bytes are deterministic.
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 
 enum AuditRecordFormat {
     static let chainSize = 32

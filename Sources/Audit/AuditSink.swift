@@ -1,6 +1,6 @@
 // Where audit lines go: an append-only file rotated by size, any other writable path (a character device such
 // as /dev/null, a FIFO), or stdout ("-"). Used only by the writer thread.
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif

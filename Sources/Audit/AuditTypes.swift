@@ -1,6 +1,7 @@
 // The audit log's public value types. The event type deliberately has no field that could hold plaintext, key
 // material, tokens or annotation values: what cannot be represented cannot be logged by mistake.
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The connected process, from SO_PEERCRED.
 public struct AuditPeer: Sendable, Equatable {

@@ -1,7 +1,8 @@
 // Checks an audit log and its rotated predecessors: every line a chained record, seq without gaps, every chain
 // value right, files linked by prev_chain. Reports the first problem. Reads untrusted bytes: never traps.
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 
 public struct AuditVerificationProblem: Sendable, Equatable, CustomStringConvertible {
     public var file: String

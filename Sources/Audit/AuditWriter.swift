@@ -1,6 +1,6 @@
 // The writer thread: batches, the chain, rotation, failure rollback, loss reports, key usage.
 import Crypto
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,7 +1,10 @@
 // Last successful Encrypt / Decrypt per key_id, kept from the audit stream for `kekctl list` and `kekctl retire`.
 // File format (a contract with kekctl): {"keys":{"<key_id>":{"last_encrypt":"<RFC3339>","last_decrypt":"<RFC3339>"}}}
 // A missing or null time means "not seen". Written atomically, mode 0600.
-import Foundation
+import FoundationEssentials
+#if canImport(Glibc)
+import Glibc
+#endif
 
 public struct KeyUsageRecord: Codable, Sendable, Equatable {
     public var lastEncrypt: Date?

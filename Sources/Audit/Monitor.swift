@@ -1,6 +1,6 @@
 // A pthread mutex with condition variables (on CLOCK_MONOTONIC). Swift's Mutex has no condition variable, and
 // fail-closed callers must sleep until the writer has synced their record.
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif

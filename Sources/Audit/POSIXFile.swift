@@ -1,5 +1,5 @@
 // Small POSIX helpers: whole-buffer writes, atomic replacement, reading a file, errno text.
-import Foundation
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #endif

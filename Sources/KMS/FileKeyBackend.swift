@@ -6,7 +6,8 @@
 // does, kekd keeps its keys and says why once on stderr.
 import Crypto
 import Dispatch
-import Foundation
+import FoundationEssentials
+import Glibc
 import Locking
 import Synchronization
 
@@ -182,14 +183,12 @@ public final class FileKeyBackend: KeyBackend {
 
     private func startPolling(every interval: Double) {
         let signal = stopSignal
-        let thread = Thread { [weak self] in
+        startThread(name: "kekd-key-watch") { [weak self] in
             while signal.wait(timeout: .now() + interval) == .timedOut {
                 guard let self else { return }
                 self.checkForChange()
             }
         }
-        thread.name = "kekd-key-file-watch"
-        thread.start()
     }
 
     /// One poll: reload when what the path points at (inode, size, times) changed since the last look.

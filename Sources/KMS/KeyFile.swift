@@ -19,7 +19,8 @@
 // format, keeping that derived file id and an audit secret derived from the key (one-way, so pruning version 1 later
 // really removes the key).
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 
 public enum KeyState: String, Sendable, Codable, CaseIterable {
     /// Encrypts (exactly one per file) and decrypts.

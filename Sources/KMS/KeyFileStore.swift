@@ -2,7 +2,8 @@
 // every read-modify-write, and atomic replacement (temp file in the same folder, fsync, rename, fsync the folder) so
 // a reader, or a crash at any point, sees either the old or the new complete file.
 import Crypto
-import Foundation
+import FoundationEssentials
+import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -121,7 +122,7 @@ public enum KeyFileStore {
         var content = bytes
         defer { wipe(&content) }
         let folder = parentFolder(of: path)
-        let tempPrefix = "." + (path as NSString).lastPathComponent + ".tmp-"
+        let tempPrefix = "." + Locking.lastPathComponent(of: path) + ".tmp-"
         removeStaleTempFiles(folder: folder, prefix: tempPrefix)
         let suffix = (try? SecureRandom.bytes(6)).map { hexString($0) } ?? String(getpid())
         let tempPath = folder + "/" + tempPrefix + suffix
@@ -164,23 +165,20 @@ public enum KeyFileStore {
         guard fsync(fd) == 0 else { throw KMSError(.internalError, "fsync folder \(folder): \(errnoText(errno))") }
     }
 
-    static func parentFolder(of path: String) -> String {
-        let folder = (path as NSString).deletingLastPathComponent
-        return folder.isEmpty ? "." : folder
-    }
+    static func parentFolder(of path: String) -> String { Locking.parentFolder(of: path) }
 
     static func makeParentFolders(of path: String) throws(KMSError) {
         let folder = parentFolder(of: path)
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw KMSError(.failedPrecondition, "\(folder) is not a folder") }
+        var info = stat()
+        if stat(folder, &info) == 0 {
+            guard info.st_mode & S_IFMT == S_IFDIR else { throw KMSError(.failedPrecondition, "\(folder) is not a folder") }
             return
         }
         do {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
         } catch {
-            throw KMSError(.failedPrecondition, "cannot create folder \(folder): \(error.localizedDescription)")
+            throw KMSError(.failedPrecondition, "cannot create folder \(folder): \(error)")
         }
     }
 

@@ -1,12 +1,14 @@
 // kekd logs JSON lines on stderr. The KMS layer logs rarely (key file reloads), so this stays tiny.
-import Foundation
+import FoundationEssentials
+import Glibc
+import Locking
 
 /// Where a backend writes its log lines; tests pass a collector.
 public typealias LogSink = @Sendable (String) -> Void
 
 public enum KMSLog {
     /// Writes one line to stderr.
-    public static let stderr: LogSink = { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+    public static let stderr: LogSink = { line in writeStandardError(line + "\n") }
 
     /// `{"time":"…","level":"…","msg":"…", <fields>}` with every value a JSON string.
     public static func line(level: String, msg: String, fields: [(String, String)] = []) -> String {

@@ -2,7 +2,7 @@
 // One request per connection (`Connection: close`), GET/HEAD only, bounded in size, time and concurrency,
 // so a slow or hostile local client cannot exhaust it or delay the kubelet's probes.
 import Dispatch
-import Foundation
+import FoundationEssentials
 import Glibc
 import Metrics
 import Locking
@@ -128,13 +128,10 @@ public final class HealthServer: Sendable {
         }
         acceptLoop.enter()
         let wakeFD = pipeFDs[0]
-        let thread = Thread { [self] in
+        startThread(name: "kekd-health", stackSize: 256 << 10) { [self] in
             runAcceptLoop(listenFD: fd, wakeFD: wakeFD)
             acceptLoop.leave()
         }
-        thread.name = "kekd-health-accept"
-        thread.stackSize = 256 << 10
-        thread.start()
     }
 
     /// Closes the listener, ends open connections and waits for the serving threads. Safe to call twice.
@@ -194,16 +191,13 @@ public final class HealthServer: Sendable {
             return
         }
         handlers.enter()
-        let thread = Thread { [self] in
+        startThread(name: "kekd-health-conn", stackSize: 512 << 10) { [self] in
             serve(client)
             // Removed under the lock before closing, so stop() never shuts down a reused descriptor number.
             state.withLock { _ = $0.connections.remove(client) }
             close(client)
             handlers.leave()
         }
-        thread.name = "kekd-health-conn"
-        thread.stackSize = 512 << 10
-        thread.start()
     }
 
     // MARK: serving one connection

@@ -2,7 +2,9 @@
 // that may block (a remote key backend or a fail-closed audit log). Calls that cannot block run inline on the
 // reader thread, which is both the fastest path and what keeps responses batched into few writes.
 import Audit
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import GRPC
 import KMS
 import Metrics
@@ -85,12 +87,10 @@ public final class KMSServer: @unchecked Sendable {
     public func start() throws(SystemError) {
         let listener = try UnixSocketListener.bind(path: configuration.socketPath, mode: configuration.socketMode, logger: logger)
         state.withLock { $0.listener = listener }
-        let thread = Thread { [self] in
+        startThread(name: "kekd-accept") { [self] in
             acceptLoop(listener)
             acceptDone.signal()
         }
-        thread.name = "kekd-accept"
-        thread.start()
     }
 
     private func acceptLoop(_ listener: UnixSocketListener) {

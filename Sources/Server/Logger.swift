@@ -1,5 +1,6 @@
 // Structured logs: one JSON object per line on stderr. Callers never pass key material or plaintext.
-import Foundation
+import FoundationEssentials
+import Glibc
 import Locking
 
 public enum LogLevel: Int, Sendable, Comparable {

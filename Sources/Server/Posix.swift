@@ -1,5 +1,6 @@
 // Small POSIX helpers for the socket edge of kekd.
-import Foundation
+import FoundationEssentials
+import Glibc
 
 public struct SystemError: Error, CustomStringConvertible, Sendable {
     public let call: String

@@ -1,7 +1,9 @@
 // One accepted unix-socket connection: a reader thread feeding the pure gRPC/HTTP/2 state machine, and
 // ordered writes of whatever it queues.
 import Audit
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 import GRPC
 import HTTP2
 
@@ -13,11 +15,11 @@ final class ServerConnection: @unchecked Sendable {
     private let server: KMSServer
 
     /// Guards `grpc` (the state machine is not thread-safe).
-    private let lock = NSLock()
+    private let lock = Lock()
     private let grpc: GRPCServerConnection
     /// Taken before `lock` is released and held across write(2), so output chunks reach the socket in the
     /// order the state machine produced them without holding `lock` during a slow write.
-    private let writeLock = NSLock()
+    private let writeLock = Lock()
     private var writeFailed = false
     private var pendingWork = 0  // calls on the pool, guarded by `lock`
 
@@ -30,9 +32,7 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "kekd-conn-\(id)"
-        thread.start()
+        startThread(name: "kekd-conn-\(id)") { [self] in run() }
     }
 
     var hasWorkInProgress: Bool {

@@ -1,6 +1,7 @@
 // A blocking gRPC client over a unix socket, built on the project's own HTTP/2 layer. kekctl uses it to probe a
 // running kekd; the benchmark uses its pipelined mode to keep many calls in flight on one connection.
-import Foundation
+import FoundationEssentials
+import Glibc
 import GRPC
 
 public struct ClientError: Error, CustomStringConvertible, Sendable {

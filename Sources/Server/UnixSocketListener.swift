@@ -1,5 +1,7 @@
 // The listening unix socket: safe creation (never steals a live socket), permissions, accept, removal.
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 
 final class UnixSocketListener: @unchecked Sendable {
     let path: String
@@ -13,8 +15,8 @@ final class UnixSocketListener: @unchecked Sendable {
     /// Creates the parent folder, removes a stale socket file (only after proving nobody answers on it),
     /// binds with `mode`, and listens.
     static func bind(path: String, mode: mode_t, logger: Logger) throws(SystemError) -> UnixSocketListener {
-        let parent = (path as NSString).deletingLastPathComponent
-        if !parent.isEmpty {
+        let parent = parentFolder(of: path)
+        if parent != "." {
             do {
                 try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true,
                                                         attributes: [.posixPermissions: 0o750])

@@ -1,10 +1,12 @@
 // Threads for calls that may block (a remote key backend, a fail-closed audit log). GCD's global queues add
 // threads slowly when their workers block, which would let one slow call delay others; this pool starts a
 // thread whenever no worker is idle, up to its limit, and lets idle ones exit.
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 
 final class WorkerPool: @unchecked Sendable {
-    private let condition = NSCondition()
+    private let condition = Condition()
     private var jobs: [@Sendable () -> Void] = []
     private var idle = 0
     private var threads = 0
@@ -22,9 +24,7 @@ final class WorkerPool: @unchecked Sendable {
         jobs.append(job)
         if idle == 0 && threads < maxThreads {
             threads += 1
-            let thread = Thread { [self] in work() }
-            thread.name = "kekd-worker"
-            thread.start()
+            startThread(name: "kekd-worker") { [self] in work() }
         } else {
             condition.signal()
         }
@@ -36,7 +36,7 @@ final class WorkerPool: @unchecked Sendable {
         while true {
             while jobs.isEmpty {
                 idle += 1
-                let woke = condition.wait(until: Date(timeIntervalSinceNow: idleSeconds))
+                let woke = condition.wait(seconds: idleSeconds)
                 idle -= 1
                 if !woke && jobs.isEmpty {
                     threads -= 1

@@ -1,7 +1,8 @@
 // `kekctl audit verify`: checks an audit log's HMAC chain (and its rotated predecessors).
 import Audit
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import KMS
 
 enum AuditCommands {

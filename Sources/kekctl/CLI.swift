@@ -1,6 +1,8 @@
 // A small, strict argument parser shared by every kekctl subcommand.
 // Exit codes are a contract for scripts: 0 ok, 1 failure, 2 usage.
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 
 enum ExitCode {
     static let ok: Int32 = 0
@@ -59,14 +61,26 @@ func runCommand(_ args: [String], help: String, _ body: ([String]) throws -> Int
     do {
         return try body(args)
     } catch let error as UsageError {
-        FileHandle.standardError.write(Data("kekctl: \(error.message)\n\n\(help)\n".utf8))
+        writeStandardError("kekctl: \(error.message)\n\n\(help)\n")
         return ExitCode.usage
     } catch {
-        FileHandle.standardError.write(Data("kekctl: \(error)\n".utf8))
+        writeStandardError("kekctl: \(error)\n")
         return ExitCode.failure
     }
 }
 
 func printError(_ message: String) {
-    FileHandle.standardError.write(Data("kekctl: \(message)\n".utf8))
+    writeStandardError("kekctl: \(message)\n")
+}
+
+/// `text` left-aligned in a column of `width` characters (never truncated).
+func padded(_ text: String, to width: Int) -> String {
+    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+}
+
+/// JSON text of an Encodable value with sorted keys, for kekctl's `--json` output.
+func jsonText<T: Encodable>(_ value: T, pretty: Bool = false) throws -> String {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+    return String(decoding: try encoder.encode(value), as: UTF8.self)
 }

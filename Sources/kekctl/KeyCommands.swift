@@ -1,7 +1,9 @@
 // Key lifecycle subcommands: init, rotate, list, retire, prune. Every write goes through KeyFileStore (locked,
 // atomic, mode 0600); nothing here ever prints key bytes.
 import Audit
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 import KMS
 
 enum KeyCommands {
@@ -87,15 +89,16 @@ enum KeyCommands {
                 (version: v, keyID: file.keyID(forVersion: v.version), usage: usage[file.keyID(forVersion: v.version)])
             }
             if arguments.has("json") {
-                let objects: [[String: Any]] = rows.map { row in
-                    var o: [String: Any] = ["version": Int(row.version.version), "key_id": row.keyID,
-                                            "state": row.version.state.rawValue, "created": row.version.created]
-                    if let d = row.usage?.lastDecrypt { o["last_used_decrypt"] = KeyFile.rfc3339(d) }
-                    if let e = row.usage?.lastEncrypt { o["last_used_encrypt"] = KeyFile.rfc3339(e) }
-                    return o
+                struct Row: Encodable {
+                    let version: UInt32, key_id: String, state: String, created: String
+                    let last_used_decrypt: String?, last_used_encrypt: String?
                 }
-                let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                let objects = rows.map { row in
+                    Row(version: row.version.version, key_id: row.keyID, state: row.version.state.rawValue,
+                        created: row.version.created, last_used_decrypt: row.usage?.lastDecrypt.map(KeyFile.rfc3339),
+                        last_used_encrypt: row.usage?.lastEncrypt.map(KeyFile.rfc3339))
+                }
+                print(try jsonText(objects, pretty: true))
             } else {
                 let dash = "-"
                 print(columns(["VERSION", "STATE", "KEY_ID", "CREATED", "LAST_DECRYPT", "LAST_ENCRYPT"]))
@@ -192,8 +195,7 @@ enum KeyCommands {
     /// --usage-file, else usage.json next to the key file, else in kekd's default state folder (the first that exists).
     private static func usageFilePath(_ arguments: Arguments, keyFile: String) -> String {
         if let path = arguments.value("usage-file") { return path }
-        let folder = (keyFile as NSString).deletingLastPathComponent
-        let besideKeyFile = (folder.isEmpty ? "." : folder) + "/usage.json"
+        let besideKeyFile = parentFolder(of: keyFile) + "/usage.json"
         let inStateFolder = defaultStateFolder + "/usage.json"
         if !FileManager.default.fileExists(atPath: besideKeyFile) && FileManager.default.fileExists(atPath: inStateFolder) {
             return inStateFolder
@@ -203,7 +205,7 @@ enum KeyCommands {
 
     private static func columns(_ fields: [String]) -> String {
         let widths = [8, 8, 32, 21, 21, 0]
-        return zip(fields, widths).map { $1 == 0 ? $0 : $0.padding(toLength: max($1, $0.count), withPad: " ", startingAt: 0) }
+        return zip(fields, widths).map { $1 == 0 ? $0 : padded($0, to: $1) }
             .joined(separator: " ")
     }
 

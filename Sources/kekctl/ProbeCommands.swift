@@ -1,5 +1,8 @@
 // Probing a running kekd over its unix socket with the project's own gRPC client.
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Locking
+import Glibc
 import GRPC
 import KMSProto
 import Server
@@ -28,9 +31,7 @@ enum ProbeCommands {
             }
             let status = try StatusResponse(serializedBytes: message[...])
             if args.has("json") {
-                let object: [String: String] = ["version": status.version, "healthz": status.healthz, "key_id": status.keyID]
-                let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                print(try jsonText(["version": status.version, "healthz": status.healthz, "key_id": status.keyID]))
             } else {
                 print("version: \(status.version)\nhealthz: \(status.healthz)\nkey_id:  \(status.keyID)")
             }
@@ -45,7 +46,7 @@ enum ProbeCommands {
               Encrypts stdin through a running kekd; prints {"ciphertext","key_id","annotations"} as JSON (base64 bytes).
             """) { argv in
             let args = try Arguments(argv, valueFlags: ["socket", "uid"])
-            let plaintext = [UInt8](FileHandle.standardInput.readDataToEndOfFile())
+            let plaintext = readStandardInput()
             let client = try UnixGRPCClient(socketPath: socketPath(args))
             let request = EncryptRequest(plaintext: plaintext, uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())")
             let response = try client.call(path: "/v2.KeyManagementService/Encrypt", message: request.serializedBytes())
@@ -54,13 +55,8 @@ enum ProbeCommands {
                 return ExitCode.failure
             }
             let result = try EncryptResponse(serializedBytes: message[...])
-            let object: [String: Any] = [
-                "ciphertext": Data(result.ciphertext).base64EncodedString(),
-                "key_id": result.keyID,
-                "annotations": result.annotations.mapValues { Data($0).base64EncodedString() },
-            ]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            print(try jsonText(Envelope(ciphertext: Data(result.ciphertext).base64EncodedString(), key_id: result.keyID,
+                                        annotations: result.annotations.mapValues { Data($0).base64EncodedString() })))
             return ExitCode.ok
         }
     }
@@ -72,15 +68,14 @@ enum ProbeCommands {
               Decrypts the JSON printed by `kekctl encrypt` through a running kekd; writes the plaintext to stdout.
             """) { argv in
             let args = try Arguments(argv, valueFlags: ["socket", "uid"])
-            let input = FileHandle.standardInput.readDataToEndOfFile()
-            guard let object = try? JSONSerialization.jsonObject(with: input) as? [String: Any],
-                  let ciphertextB64 = object["ciphertext"] as? String, let ciphertext = Data(base64Encoded: ciphertextB64),
-                  let keyID = object["key_id"] as? String else {
+            guard let object = try? JSONDecoder().decode(Envelope.self, from: Data(readStandardInput())),
+                  let ciphertext = Data(base64Encoded: object.ciphertext) else {
                 printError("stdin must be the JSON printed by kekctl encrypt")
                 return ExitCode.failure
             }
+            let keyID = object.key_id
             var annotations: [String: [UInt8]] = [:]
-            for (key, value) in object["annotations"] as? [String: String] ?? [:] {
+            for (key, value) in object.annotations ?? [:] {
                 guard let bytes = Data(base64Encoded: value) else { printError("annotation \(key) is not base64"); return ExitCode.failure }
                 annotations[key] = [UInt8](bytes)
             }
@@ -93,7 +88,7 @@ enum ProbeCommands {
                 return ExitCode.failure
             }
             let result = try DecryptResponse(serializedBytes: message[...])
-            FileHandle.standardOutput.write(Data(result.plaintext))
+            writeStandardOutput(result.plaintext)
             return ExitCode.ok
         }
     }
@@ -141,11 +136,18 @@ enum ProbeCommands {
             let elapsed = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             latencies.sort()
             func pct(_ p: Double) -> Double { Double(latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))]) / 1000 }
-            func f(_ v: Double) -> String { String(format: "%.1f", v) }
+            func f(_ v: Double) -> String { let tenths = Int((v * 10).rounded()); return "\(tenths / 10).\(tenths % 10)" }
             let line = "{\"op\":\"\(op)\",\"concurrency\":\(concurrency),\"calls\":\(calls),\"failures\":\(failures),"
                 + "\"calls_per_second\":\(Int(Double(calls) / elapsed)),\"p50_us\":\(f(pct(0.50))),\"p99_us\":\(f(pct(0.99))),\"max_us\":\(f(pct(1.0)))}"
             print(line)
             return failures == 0 ? ExitCode.ok : ExitCode.failure
         }
     }
+}
+
+/// What `kekctl encrypt` prints and `kekctl decrypt` reads (bytes in base64).
+private struct Envelope: Codable {
+    let ciphertext: String
+    let key_id: String
+    let annotations: [String: String]?
 }

@@ -1,5 +1,7 @@
 // kekctl: manage kekd's keys and probe a running plugin.
-import Foundation
+import FoundationEssentials
+import Locking
+import Glibc
 
 nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([String]) -> Int32)] = [
     ("init", "create a new key file with one primary version", KeyCommands.initKeyFile),
@@ -16,13 +18,13 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
 
 @MainActor func usage() -> String {
     var s = "usage: kekctl COMMAND [flags]   (kekctl COMMAND --help for details)\n\ncommands:\n"
-    for c in subcommands { s += "  " + c.name.padding(toLength: 10, withPad: " ", startingAt: 0) + c.summary + "\n" }
+    for c in subcommands { s += "  " + padded(c.name, to: 10) + c.summary + "\n" }
     return s
 }
 
 let argv = Array(CommandLine.arguments.dropFirst())
 guard let first = argv.first else {
-    FileHandle.standardError.write(Data(usage().utf8))
+    writeStandardError(usage())
     exit(ExitCode.usage)
 }
 if first == "--help" || first == "-h" || first == "help" {
@@ -30,7 +32,7 @@ if first == "--help" || first == "-h" || first == "help" {
     exit(ExitCode.ok)
 }
 guard let command = subcommands.first(where: { $0.name == first }) else {
-    FileHandle.standardError.write(Data("kekctl: unknown command \(first)\n\n\(usage())".utf8))
+    writeStandardError("kekctl: unknown command \(first)\n\n\(usage())")
     exit(ExitCode.usage)
 }
 exit(command.run(Array(argv.dropFirst())))

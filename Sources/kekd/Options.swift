@@ -1,5 +1,6 @@
 // Command-line parsing for `kekd serve`: every flag validated before anything starts.
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Distinct exit codes so a crash-looping static pod tells the operator what is wrong.
 enum StartupExit: Int32 {

@@ -1,8 +1,10 @@
 // kekd: the Kubernetes KMS v2 plugin daemon. Parses flags, wires the layers, handles signals. Nothing else.
 import Audit
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import KMS
+import Locking
 import Metrics
 import Server
 import Vault
@@ -158,8 +160,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             hmacKey = try AuditHMACKeyFile.loadOrCreate(path: "\(stateDir)/audit-hmac.key")
         }
         if path != "-" {
-            let folder = (path as NSString).deletingLastPathComponent
-            if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
+            let folder = parentFolder(of: path)
+            if folder != "." { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         }
         // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
         let usagePath = "\(stateDir)/usage.json"
@@ -258,7 +260,7 @@ case "serve":
     do {
         exit(try runServe(Array(arguments.dropFirst())))
     } catch {
-        FileHandle.standardError.write(Data("kekd: \(error.message)\n".utf8))
+        writeStandardError("kekd: \(error.message)\n")
         exit(error.exit.rawValue)
     }
 case "version", "--version":
@@ -266,6 +268,6 @@ case "version", "--version":
 case "--help", "-h", "help":
     print("usage: kekd serve [flags]   (kekd serve --help)\n       kekd version")
 default:
-    FileHandle.standardError.write(Data("usage: kekd serve [flags]   (kekd serve --help)\n       kekd version\n".utf8))
+    writeStandardError("usage: kekd serve [flags]   (kekd serve --help)\n       kekd version\n")
     exit(StartupExit.usage.rawValue)
 }
