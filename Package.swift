@@ -16,6 +16,9 @@ let package = Package(
         // A lock ThreadSanitizer can see (Synchronization.Mutex is invisible to it on Linux).
         .target(name: "Locking"),
 
+        // JSON documents as values (FoundationEssentials' coder underneath), for the HTTP clients.
+        .target(name: "JSON"),
+
         // Pure codecs and state machines: bytes in, values/bytes out, no I/O.
         .target(name: "Protobuf"),
         .target(name: "KMSProto", dependencies: ["Protobuf"]),
@@ -40,6 +43,7 @@ let package = Package(
         .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"]),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
+        .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),
         .testTarget(name: "HPACKTests", dependencies: ["HPACK"]),
