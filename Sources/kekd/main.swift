@@ -51,7 +51,7 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
 
-exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 health endpoint
+exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {
@@ -191,8 +191,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
             ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
         ]
-        let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks)
-        do { try h.start() } catch {
+        let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks,
+                             limits: HealthServerLimits(), logger: logger)
+        // A taken port must not keep kekd from serving (whoever binds it first would decide): the bind is
+        // retried in the background. Only a malformed address stops kekd.
+        do { try h.start(retryingBind: true) } catch {
             throw StartupError(.health, "--health-addr \(health.host):\(health.port): \(error)")
         }
         healthServer = h
@@ -252,6 +255,10 @@ enum SignalWaiter {
 }
 
 SignalWaiter.blockAll()
+// Before any key is read: a core dump or a same-uid debugger would otherwise see KEKs and tokens.
+if let reason = ProcessHardening.disableCoreDumps() {
+    FileHandle.standardError.write(Data("kekd: cannot disable core dumps: \(reason)\n".utf8))
+}
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "serve":
