@@ -11,8 +11,9 @@ import Locking
 public struct ServerConfiguration: Sendable {
     public var socketPath: String
     public var socketMode: mode_t = 0o600
-    /// Peers (SO_PEERCRED uid) allowed to connect.
-    public var allowedUIDs: Set<UInt32> = [0, getuid()]
+    /// Peers (SO_PEERCRED uid) allowed to connect. Root only (kube-apiserver's uid): kekd's own uid is not a
+    /// caller unless listed, so another process that happens to run as that uid cannot call Decrypt.
+    public var allowedUIDs: Set<UInt32> = [0]
     public var grpc = GRPCServerLimits()
     public var maxConnections = 64
     /// The client must send the HTTP/2 preface within this many seconds.

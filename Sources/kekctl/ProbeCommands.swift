@@ -15,13 +15,17 @@ enum ProbeCommands {
 
     static func status(_ argv: [String]) -> Int32 {
         runCommand(argv, help: """
-            usage: kekctl status [--socket PATH] [--json]
+            usage: kekctl status [--socket PATH] [--timeout DURATION] [--json]
               Calls Status on a running kekd and prints version, health and key_id.
-              Exit 0 when healthy, 1 otherwise.
+              Exit 0 when healthy, 1 otherwise (also when kekd does not answer within --timeout, default 3s).
+              Fit for a static pod's exec probe: only callers kekd admits on its socket can run it.
             """) { argv in
             let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json"])
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes())
+            let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
+            guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
+            let client = try UnixGRPCClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
+            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(),
+                                           timeoutNanos: UInt64(timeout * 1e9))
             guard response.status.code == .ok, let message = response.message else {
                 printError("Status failed: \(response.status)")
                 return ExitCode.failure

@@ -15,7 +15,7 @@ usage: kekd serve [flags]
   --dev                        development mode: everything under ./state (key file created if missing)
   --listen ADDR                unix:///var/run/kmsplugin/socket.sock (a bare path works too)
   --socket-mode MODE           octal permissions of the socket file (default 0600)
-  --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0 and kekd's own uid)
+  --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
   --backend file|vault         key backend (default file)
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
@@ -91,6 +91,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             uids.insert(uid)
         }
         server.allowedUIDs = uids
+    } else if dev {
+        // A developer runs kekd and kekctl as themselves; in production kekd's own uid is no caller.
+        server.allowedUIDs.insert(getuid())
     }
     server.grpc.maxReceiveMessageSize = try flags.int("max-message-size", default: 4 << 20, min: 1024)
     server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
