@@ -48,7 +48,9 @@ final class UnixSocketListener: @unchecked Sendable {
 
     /// Creates the parent folder, removes a stale socket file (only when connecting to it is refused),
     /// binds with `mode`, and listens.
-    static func bind(path: String, mode: mode_t, logger: Logger) throws(SystemError) -> UnixSocketListener {
+    /// `afterBindForTesting` runs right after bind(2), where a test plays the local attacker who swaps the path.
+    static func bind(path: String, mode: mode_t, logger: Logger,
+                     afterBindForTesting: (() -> Void)? = nil) throws(SystemError) -> UnixSocketListener {
         let parent = (path as NSString).deletingLastPathComponent
         if !parent.isEmpty {
             do {
@@ -85,6 +87,7 @@ final class UnixSocketListener: @unchecked Sendable {
         let bindErrno = errno
         umask(oldMask)
         guard rc == 0 else { close(fd); throw SystemError("bind \(path)", errno: bindErrno) }
+        afterBindForTesting?()
         var bound = stat()
         let boundFile = lstat(path, &bound) == 0 && (bound.st_mode & S_IFMT) == S_IFSOCK
             ? (device: UInt64(bound.st_dev), inode: UInt64(bound.st_ino)) : nil
