@@ -14,6 +14,9 @@ public struct ServerConfiguration: Sendable {
     /// Peers (SO_PEERCRED uid) allowed to connect. Root only (kube-apiserver's uid): kekd's own uid is not a
     /// caller unless listed, so another process that happens to run as that uid cannot call Decrypt.
     public var allowedUIDs: Set<UInt32> = [0]
+    /// Peers that may connect and call Status only: by default kekd's own uid, so an exec probe (`kekctl status`
+    /// in kekd's container) works while a process sharing that uid still cannot Encrypt or Decrypt.
+    public var statusOnlyUIDs: Set<UInt32> = [getuid()]
     public var grpc = GRPCServerLimits()
     public var maxConnections = 64
     /// The client must send the HTTP/2 preface within this many seconds.
@@ -97,7 +100,7 @@ public final class KMSServer: @unchecked Sendable {
     private func acceptLoop(_ listener: UnixSocketListener) {
         while let fd = listener.accept() {
             let peer = PeerCredentials.of(socket: fd)
-            guard let peer, configuration.allowedUIDs.contains(peer.uid) else {
+            guard let peer, configuration.allowedUIDs.contains(peer.uid) || configuration.statusOnlyUIDs.contains(peer.uid) else {
                 refuse(fd, peer: peer, reason: peer.map { "uid \($0.uid) is not in --allowed-uids" } ?? "peer credentials unavailable")
                 continue
             }
@@ -126,6 +129,11 @@ public final class KMSServer: @unchecked Sendable {
                                      outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
                                      peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
                                      connection: 0, stream: 0, ciphertext: nil))
+    }
+
+    /// Status for every admitted peer; Encrypt, Decrypt (and unknown paths) only for `allowedUIDs`.
+    func mayCall(_ path: String, peer: PeerCredentials) -> Bool {
+        configuration.allowedUIDs.contains(peer.uid) || path == KMSMethod.status.rawValue
     }
 
     func connectionFinished(_ id: UInt64) {

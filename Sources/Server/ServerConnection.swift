@@ -152,6 +152,11 @@ final class ServerConnection: @unchecked Sendable {
     private func handle(_ request: GRPCRequest, arrived: UInt64) {
         let op = KMSMethod.op(forPath: request.path)
         server.metrics?.callStarted(op: op)
+        if !server.mayCall(request.path, peer: peer) {
+            let outcome = CallOutcome(op: op, status: GRPCStatus(.permissionDenied, "uid \(peer.uid) may call Status only (--status-only-uids)"))
+            complete(request, outcome, arrived: arrived)
+            return
+        }
         if server.runInline {
             let outcome = server.dispatcher.handle(path: request.path, message: request.message)
             complete(request, outcome, arrived: arrived)

@@ -16,6 +16,7 @@ usage: kekd serve [flags]
   --listen ADDR                unix:///var/run/kmsplugin/socket.sock (a bare path works too)
   --socket-mode MODE           octal permissions of the socket file (default 0600)
   --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
+  --status-only-uids LIST      peer uids that may call Status only, e.g. an exec probe (default: kekd's own uid)
   --backend file|vault         key backend (default file)
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
@@ -55,7 +56,7 @@ exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {
-    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "backend", "key-file", "state-dir",
+    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "status-only-uids", "backend", "key-file", "state-dir",
         "status-version", "health-addr", "audit-log", "audit-mode", "audit-max-size", "audit-max-files",
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
@@ -82,19 +83,13 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         throw StartupError(.usage, "--socket-mode must be octal permissions like 0600")
     }
     server.socketMode = mode
-    if let list = flags.values["allowed-uids"] {
-        var uids = Set<UInt32>()
-        for part in list.split(separator: ",") {
-            guard let uid = UInt32(part.trimmingCharacters(in: .whitespaces)) else {
-                throw StartupError(.usage, "--allowed-uids must be comma-separated numbers, got \(list)")
-            }
-            uids.insert(uid)
-        }
+    if let uids = try flags.uidList("allowed-uids") {
         server.allowedUIDs = uids
     } else if dev {
         // A developer runs kekd and kekctl as themselves; in production kekd's own uid is no caller.
         server.allowedUIDs.insert(getuid())
     }
+    if let uids = try flags.uidList("status-only-uids") { server.statusOnlyUIDs = uids }
     server.grpc.maxReceiveMessageSize = try flags.int("max-message-size", default: 4 << 20, min: 1024)
     server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
     server.grpc.http2.maxHeaderListSize = try flags.int("max-header-list-size", default: 16 << 10, min: 1024)
