@@ -349,16 +349,38 @@ def test_readyz_shows_no_paths(kekd):
     assert_names_and_states_only(body)
 
 
-def test_failing_readyz_names_the_check_but_not_the_vault_address(kekd_factory, tmp_path):
+def kekd_whose_vault_is_gone(kekd_factory, tmp_path):
+    """A kekd on the Vault backend whose Vault has stopped: it serves, its key backend stays not ready."""
     from fake_vault import FakeVaultProcess
     with FakeVaultProcess(tmp_path / "vault") as v:
         flags = v.kekd_flags("token")
         addr = v.info["addr"]
-    # Vault is gone: kekd serves, and its key backend stays not ready.
     hmac_key = tmp_path / "audit-hmac.key"
     hmac_key.write_text(os.urandom(32).hex())
     os.chmod(hmac_key, 0o600)
     k = kekd_factory(extra=["--backend", "vault", "--audit-hmac-key-file", str(hmac_key), *flags], init_key=False)
+    return k, addr
+
+
+def test_liveness_probe_passes_while_readiness_fails_on_a_backend_outage(kekd_factory, tmp_path):
+    k, _ = kekd_whose_vault_is_gone(kekd_factory, tmp_path)
+    ready = subprocess.run([str(KEKCTL), "status", "--socket", k.socket, "--timeout", "2s"], capture_output=True,
+                           text=True, timeout=10)
+    assert ready.returncode == 1 and "UNAVAILABLE" in ready.stderr.upper().replace(" ", "_")
+    live = subprocess.run([str(KEKCTL), "status", "--socket", k.socket, "--timeout", "2s", "--liveness"],
+                          capture_output=True, text=True, timeout=10)
+    assert live.returncode == 0, live.stderr
+    k.proc.send_signal(signal.SIGSTOP)
+    try:
+        hung = subprocess.run([str(KEKCTL), "status", "--socket", k.socket, "--timeout", "1s", "--liveness"],
+                              capture_output=True, text=True, timeout=10)
+        assert hung.returncode == 1
+    finally:
+        k.proc.send_signal(signal.SIGCONT)
+
+
+def test_failing_readyz_names_the_check_but_not_the_vault_address(kekd_factory, tmp_path):
+    k, addr = kekd_whose_vault_is_gone(kekd_factory, tmp_path)
     host_port = addr.split("//", 1)[1]
     deadline = time.time() + 10
     while True:
