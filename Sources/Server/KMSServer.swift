@@ -131,7 +131,7 @@ public final class KMSServer: @unchecked Sendable {
                                      connection: 0, stream: 0, ciphertext: nil))
     }
 
-    /// Status for every admitted peer; Encrypt, Decrypt (and unknown paths) only for `allowedUIDs`.
+    /// Status for every admitted peer; Encrypt and Decrypt only for `allowedUIDs`.
     func mayCall(_ path: String, peer: PeerCredentials) -> Bool {
         configuration.allowedUIDs.contains(peer.uid) || path == KMSMethod.status.rawValue
     }
