@@ -69,7 +69,8 @@ final class UnixSocketListener: @unchecked Sendable {
             case .live:
                 throw SystemError("another process is serving on \(path)", errno: EADDRINUSE)
             case .undetermined(let code):
-                throw SystemError("cannot tell whether \(path) is in use (connect: \(String(cString: strerror(code)))); refusing to remove it", errno: code)
+                // SystemError appends the reason, e.g. "...; refusing to remove it: connect: Permission denied".
+                throw SystemError("cannot tell whether \(path) is in use, refusing to remove it: connect", errno: code)
             case .stale:
                 guard unlink(path) == 0 || errno == ENOENT else { throw SystemError("remove stale socket \(path)") }
                 logger.info("removed stale socket file", ["path": path])
