@@ -32,10 +32,24 @@ public struct MessageReader: Sendable {
             messages.append(Array(buffer[(offset + 5)..<(offset + 5 + length)]))
             offset += 5 + length
         }
+        // Everything parsed: drop the copy now rather than hold it next to the message until the stream ends.
+        if offset == buffer.count && offset > 0 {
+            buffer = []
+            offset = 0
+        }
     }
 
     /// Bytes of an incomplete message still waiting for more DATA.
     public var pendingBytes: Int { buffer.count - offset }
+
+    /// Bytes still missing from the message being received, once its 5-byte header is in (its length is then
+    /// within `maxMessageSize`); nil before a header.
+    public var bytesToCompleteMessage: Int? {
+        guard buffer.count - offset >= 5 else { return nil }
+        let length = Int(buffer[offset + 1]) << 24 | Int(buffer[offset + 2]) << 16
+            | Int(buffer[offset + 3]) << 8 | Int(buffer[offset + 4])
+        return 5 + length - (buffer.count - offset)
+    }
 }
 
 public enum MessageFraming {
