@@ -101,7 +101,8 @@ def test_flood_of_incomplete_messages_keeps_rss_bounded_and_others_served(kekd, 
     """One connection, 64 streams, each sending as much of a 4 MiB message (that never completes) as kekd's windows
     allow. Before credit was tied to consumption this made kekd hold 256 MiB (RSS ~290 MB)."""
     pid = kekd.proc.pid
-    assert rss_bytes(pid) < 48 * MiB
+    baseline = rss_bytes(pid)
+    assert baseline < 48 * MiB
     client = H2Client(kekd)
     client.pump(0.5)
     declared = 4 * MiB
@@ -146,7 +147,7 @@ def test_flood_of_incomplete_messages_keeps_rss_bounded_and_others_served(kekd, 
             checked_second_client = True
     assert not client.closed, "the flood connection itself may stay; its streams are refused"
     total["peak_rss"] = max(total["peak_rss"], rss_bytes(pid))
-    print(f"sent {total['sent'] / MiB:.1f} MiB, peak RSS {total['peak_rss'] / MiB:.1f} MiB, "
+    print(f"baseline RSS {baseline / MiB:.1f} MiB, sent {total['sent'] / MiB:.1f} MiB, peak RSS {total['peak_rss'] / MiB:.1f} MiB, "
           f"{len(client.reset_codes())} streams reset")
     # The flood was real: far more than one connection's cap was sent, yet kekd stayed small.
     assert total["sent"] > 32 * MiB
