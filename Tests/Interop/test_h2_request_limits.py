@@ -242,3 +242,57 @@ def test_half_open_stream_is_reset_then_the_connection_closes_idle(kekd_factory,
     channel = grpc.insecure_channel(k.target)
     assert kms_pb[1].KeyManagementServiceStub(channel).Status(kms_pb[0].StatusRequest(), timeout=5).healthz == "ok"
     channel.close()
+
+
+def send_incomplete(client, streams, each, declared):
+    """Opens `streams` streams and sends `each` bytes of a `declared`-byte message on each, as windows allow."""
+    prefix = b"\x00" + declared.to_bytes(4, "big")
+    sent = {}
+    for _ in range(streams):
+        sid = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(sid, ENCRYPT_HEADERS)
+        sent[sid] = 0
+    client.flush()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        progressed = False
+        for sid in sent:
+            if sid in client.reset_codes() or sent[sid] >= each:
+                continue
+            room = min(client.conn.local_flow_control_window(sid), client.conn.max_outbound_frame_size, each - sent[sid])
+            if room > 0:
+                payload = (prefix + bytes(room))[:room] if sent[sid] == 0 else bytes(room)
+                client.conn.send_data(sid, payload)
+                sent[sid] += room
+                progressed = True
+        client.flush()
+        client.pump(0 if progressed else 0.05)
+        if all(sent[s] >= each or s in client.reset_codes() for s in sent):
+            break
+    client.pump(0.3)
+    return list(sent)
+
+
+def test_server_wide_cap_spans_connections(kekd_factory, kms_pb):
+    """Two connections each within --max-buffered-request-bytes-per-connection, together over
+    --max-buffered-request-bytes: the stream that crosses the server-wide cap is refused; closing the first
+    connection gives its share back."""
+    k = kekd_factory(extra=["--max-message-size", "1Mi", "--max-buffered-request-bytes-per-connection", "4Mi",
+                            "--max-buffered-request-bytes", "6Mi"])
+    first = H2Client(k)
+    first.pump(0.3)
+    held = send_incomplete(first, 4, MiB - 1000, MiB)
+    assert not first.reset_codes()  # 4 × ~1 MiB: within both caps
+    second = H2Client(k)
+    second.pump(0.3)
+    streams = send_incomplete(second, 3, MiB - 1000, MiB)
+    refused = second.reset_codes()
+    assert list(refused.values()) == [11], refused  # the third MiB crosses 6 MiB: one stream refused
+    assert refused.keys() <= set(streams) and not first.reset_codes() and len(held) == 4
+    assert metric(k, "kekd_http2_protocol_errors_total", {"kind": "server_request_buffer_limit"}) == 1
+    first.sock.close()
+    time.sleep(0.5)
+    third = send_incomplete(second, 1, MiB - 1000, MiB)
+    assert third[0] not in second.reset_codes()
+    second.sock.close()
+    grpc_status_ok(k, kms_pb)
