@@ -17,6 +17,4 @@ final class SharedRequestBufferBudget: RequestBufferBudget {
     }
 
     func release(_ bytes: Int) { used.withLock { $0 -= bytes } }
-
-    var bytesInUse: Int { used.withLock { $0 } }
 }
