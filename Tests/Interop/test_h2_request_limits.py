@@ -230,14 +230,14 @@ def test_half_open_stream_is_reset_then_the_connection_closes_idle(kekd_factory,
         client.pump(0.05)
     reset_after = time.monotonic() - opened
     assert client.reset_codes().get(sid) == 8  # CANCEL
-    assert 0.9 <= reset_after < 2.0, reset_after
+    assert 0.9 <= reset_after < 2.5, reset_after  # 1 s, with slack for a loaded CI machine
     # Nothing left open: the idle timeout applies (GOAWAY NO_ERROR, then the socket closes).
-    while not client.closed and time.monotonic() - opened < 8:
+    while not client.closed and time.monotonic() - opened < 10:
         client.pump(0.1)
     assert client.closed
     goaways = [e for e in client.events if isinstance(e, h2.events.ConnectionTerminated)]
     assert goaways and goaways[0].error_code == 0
-    assert time.monotonic() - opened < 6
+    assert time.monotonic() - opened < 8
     assert metric(k, "kekd_http2_protocol_errors_total", {"kind": "request_timeout"}) == 1
     channel = grpc.insecure_channel(k.target)
     assert kms_pb[1].KeyManagementServiceStub(channel).Status(kms_pb[0].StatusRequest(), timeout=5).healthz == "ok"
