@@ -19,6 +19,10 @@ public struct ServerConfiguration: Sendable {
     public var statusOnlyUIDs: Set<UInt32> = [getuid()]
     public var grpc = GRPCServerLimits()
     public var maxConnections = 64
+    /// Request bytes all connections together may hold while requests are still arriving; a stream whose DATA
+    /// would exceed it is refused (RESOURCE_EXHAUSTED, RST_STREAM(ENHANCE_YOUR_CALM)). Per connection:
+    /// `grpc.maxBufferedRequestBytesPerConnection`.
+    public var maxBufferedRequestBytes = 32 << 20
     /// The client must send the HTTP/2 preface within this many seconds.
     public var prefaceTimeout: Double = 10
     /// A connection with no open stream and no traffic for this long gets GOAWAY and is closed (0 = never).
@@ -48,6 +52,8 @@ public final class KMSServer: @unchecked Sendable {
     /// DispatchSemaphore: libdispatch traps when a semaphore is released while below its initial value.)
     private let backendCallsInFlight = LockedValue<Int>(0)
     let workers: WorkerPool
+    /// Shared by the connections: the server-wide cap on buffered request bytes.
+    let requestBuffers: SharedRequestBufferBudget
 
     private let state = LockedValue(State())
     private struct State {
@@ -69,6 +75,7 @@ public final class KMSServer: @unchecked Sendable {
         self.backendName = service.backend.name
         self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
         self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
+        self.requestBuffers = SharedRequestBufferBudget(limit: configuration.maxBufferedRequestBytes)
     }
 
     /// Takes one pool slot, or returns false when all are in use.

@@ -33,6 +33,9 @@ usage: kekd serve [flags]
   --max-header-list-size SIZE  request header list limit (default 16Ki)
   --max-queued-output SIZE     response bytes a non-reading client may make us hold (default 4Mi)
   --max-inflight-backend-calls N  calls waiting on a remote backend at once (default 256)
+  --max-buffered-request-bytes-per-connection SIZE  request bytes one connection may make us hold (default 4 x max-message-size)
+  --max-buffered-request-bytes SIZE  request bytes all connections together may make us hold (default 32Mi)
+  --request-timeout DURATION   time a stream gets to send its whole request, 0 = never (default 30s)
   --preface-timeout DURATION   time allowed for the HTTP/2 preface (default 10s)
   --idle-timeout DURATION      close connections idle this long, 0 = never (default 10m)
   --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
@@ -60,7 +63,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         "status-version", "health-addr", "audit-log", "audit-mode", "audit-max-size", "audit-max-files",
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
-        "log-level"]).union(VaultConfiguration.flagNames)
+        "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
+        "request-timeout"]).union(VaultConfiguration.flagNames)
     let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
@@ -94,6 +98,20 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
     server.grpc.http2.maxHeaderListSize = try flags.int("max-header-list-size", default: 16 << 10, min: 1024)
     server.grpc.http2.maxQueuedOutputBytes = try flags.int("max-queued-output", default: 4 << 20, min: 64 << 10)
+    // Both buffer caps must fit one message of the largest size (plus its 5-byte prefix), or it could never arrive.
+    let oneMessage = server.grpc.maxReceiveMessageSize + 5
+    server.grpc.maxBufferedRequestBytesPerConnection = try flags.int(
+        "max-buffered-request-bytes-per-connection", default: min(4 * server.grpc.maxReceiveMessageSize, 1 << 30),
+        min: oneMessage)
+    guard server.grpc.maxBufferedRequestBytesPerConnection <= 1 << 30 else {
+        throw StartupError(.usage, "--max-buffered-request-bytes-per-connection: at most 1Gi")
+    }
+    server.maxBufferedRequestBytes = try flags.int(
+        "max-buffered-request-bytes", default: max(32 << 20, server.grpc.maxBufferedRequestBytesPerConnection),
+        min: oneMessage)
+    let requestTimeout = try flags.seconds("request-timeout", default: 30)
+    guard requestTimeout <= 86_400 else { throw StartupError(.usage, "--request-timeout: at most 24h") }
+    server.grpc.requestTimeoutNanos = UInt64(requestTimeout * 1e9)
     server.maxConnections = try flags.int("max-connections", default: 64, min: 1)
     server.maxInFlightBackendCalls = try flags.int("max-inflight-backend-calls", default: 256, min: 1)
     server.prefaceTimeout = try flags.seconds("preface-timeout", default: 10)
