@@ -466,6 +466,8 @@ public final class VaultKeyring: Sendable {
         } catch {
             let t = now()
             renewalFailure.withLock { $0 = (t, error.message) }
+            // Whoever asked (background loop, Encrypt), a 403/404 on the wrap ends the use of every local KEK.
+            Self.revokeAccess(error, keyName: configuration.keyName, state: state, cache: cache, log: log)
             throw error
         }
     }
