@@ -274,3 +274,31 @@ def test_min_decryption_version_is_failed_precondition(kekd_factory, kms_pb, vau
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "min_decryption_version 2" in err.details(), err.details()
         assert c.decrypt(new) == b"2" * 32
         assert c.status().healthz == "ok"
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@pytest.mark.parametrize("abuse", ["flood", "extensions"])
+def test_hostile_vault_cannot_pin_a_core(kekd_factory, kms_pb, vault, tmp_path, abuse):
+    """Issue 15 item 10: a Vault that floods tiny chunks or sends an endless body costs kekd a failed Decrypt within
+    its deadline and little CPU."""
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path) as (o, _):
+        foreign = o.encrypt(b"f" * 32)
+    kekd = start_vault_kekd(kekd_factory, vault, tmp_path, "--vault-request-timeout", "2s")
+    c = Client(kekd, kms_pb)
+    try:
+        wait_ready(c)
+        vault.control("config", {"rules": [{"path": "transit/decrypt", "abuse": abuse, "count": -1}]})
+        cpu, started = cpu_seconds(kekd.proc.pid), time.time()
+        with pytest.raises(grpc.RpcError) as e:
+            c.decrypt(foreign)
+        elapsed, used = time.time() - started, cpu_seconds(kekd.proc.pid) - cpu
+        print(f"{abuse}: {e.value.code()} after {elapsed:.2f} s, kekd CPU {used:.2f} s")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+        assert elapsed < 2.9 and used < 1.5
+        assert c.status().healthz == "ok", "a broken Vault response is an outage, not a revocation"
+    finally:
+        c.close()
