@@ -54,6 +54,7 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-ca-file PATH, --vault-client-cert PATH, --vault-client-key PATH, --vault-tls-server-name NAME
   --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
+  --vault-cache-ttl D          how long an unwrapped local KEK stays cached (default 5m)
 
 exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr
 """
