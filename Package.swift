@@ -37,9 +37,12 @@ let package = Package(
         .target(name: "Audit", dependencies: ["Crypto", "Locking"]),
         .target(name: "Metrics", dependencies: ["Locking"]),
 
+        // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
+        .target(name: "CProcessHardening"),
+
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "Locking"]),
+        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"]),
         .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"]),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),

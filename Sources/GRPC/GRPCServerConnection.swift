@@ -6,8 +6,27 @@ import HTTP2
 public struct GRPCServerLimits: Sendable {
     /// Largest request message accepted; beyond it the call fails with RESOURCE_EXHAUSTED.
     public var maxReceiveMessageSize: Int = 4 << 20
+    /// Request bytes one connection may hold for requests not yet handed to a call (a message still arriving, or
+    /// a complete one whose stream has not ended). Flow-control credit goes back only as requests are handed over
+    /// or dropped (`HTTP2Limits.creditOnConsumption`), the connection window is this plus one frame, and each stream
+    /// gets credit for the rest of a declared message; a stream whose DATA would take the connection past the limit
+    /// is refused (RESOURCE_EXHAUSTED, then RST_STREAM(ENHANCE_YOUR_CALM)), which frees room for the others. At
+    /// least `maxReceiveMessageSize + 5`, so one message of the largest size always fits.
+    public var maxBufferedRequestBytesPerConnection: Int = 16 << 20
+    /// A stream's request must be complete (END_STREAM) this many nanoseconds after its HEADERS, or the stream is
+    /// reset with CANCEL, so half-open streams cannot hold a connection forever (0 = never).
+    public var requestTimeoutNanos: UInt64 = 30_000_000_000
+    /// `creditOnConsumption`, `connectionWindowSize` and `requestTimeoutNanos` are set from the fields above.
     public var http2 = HTTP2Limits()
     public init() {}
+}
+
+/// Request bytes held by all connections of a server together (a server-wide cap). Shared across threads.
+public protocol RequestBufferBudget: AnyObject, Sendable {
+    /// Takes `bytes` from the budget, or returns false and takes nothing when that would exceed it.
+    func reserve(_ bytes: Int) -> Bool
+    func release(_ bytes: Int)
+    var limit: Int { get }
 }
 
 /// A complete unary request, ready for a service.
@@ -41,19 +60,67 @@ public final class GRPCServerConnection {
         var path: String
         var reader: MessageReader
         var timeoutNanos: UInt64?
+        /// DATA payload received on the stream (credited back to the peer when the request is handed over).
+        var receivedBytes = 0
+        /// Of those, the bytes held while the request is incomplete, counted against the buffer limits.
+        var heldBytes = 0
     }
     /// Streams whose request is still arriving.
     private var receiving: [UInt32: PendingRequest] = [:]
     /// Streams handed to a service and not yet answered.
     private var inFlight: Set<UInt32> = []
 
-    public init(knownPaths: Set<String>, limits: GRPCServerLimits = .init()) {
+    private let budget: RequestBufferBudget?
+    /// Sum of `heldBytes` over the requests still arriving.
+    public private(set) var bufferedRequestBytes = 0
+
+    /// `budget`, when given, is the server-wide cap shared with the other connections.
+    public init(knownPaths: Set<String>, limits: GRPCServerLimits = .init(), budget: RequestBufferBudget? = nil) {
         self.knownPaths = knownPaths
         self.limits = limits
-        self.http2 = HTTP2Connection(role: .server, limits: limits.http2)
+        self.budget = budget
+        var http2Limits = limits.http2
+        http2Limits.creditOnConsumption = true
+        // One frame above the limit, so a client can always send the frame that crosses it rather than stall.
+        http2Limits.connectionWindowSize = min(max(limits.maxBufferedRequestBytesPerConnection, 0)
+                                                   + HTTP2Constants.defaultMaxFrameSize, HTTP2Constants.maxWindowSize)
+        http2Limits.requestTimeoutNanos = limits.requestTimeoutNanos
+        self.http2 = HTTP2Connection(role: .server, limits: http2Limits)
     }
 
+    deinit { releaseBufferedRequests() }
+
     public var inFlightCount: Int { inFlight.count }
+
+    /// Gives back to the server-wide budget what requests still arriving hold; call when the connection ends.
+    public func releaseBufferedRequests() {
+        for streamID in Array(receiving.keys) { forget(streamID) }
+    }
+
+    /// When the oldest request still arriving runs out of time (`requestTimeoutNanos`), on the clock passed to
+    /// `receive`.
+    public var nextRequestDeadline: UInt64? { http2.nextRequestDeadline }
+
+    /// Resets (RST_STREAM CANCEL) the streams whose request is not complete within `requestTimeoutNanos`.
+    public func expireIncompleteRequests(now: UInt64) -> [GRPCServerEvent] {
+        var out: [GRPCServerEvent] = []
+        for case let .streamError(streamID, _, reason) in http2.expireIncompleteStreams(now: now) {
+            forget(streamID)
+            out.append(.streamProtocolError(kind: "request_timeout", reason: reason))
+        }
+        return out
+    }
+
+    /// Stops tracking a request that is still arriving and releases what it held.
+    @discardableResult
+    private func forget(_ streamID: UInt32) -> PendingRequest? {
+        guard let pending = receiving.removeValue(forKey: streamID) else { return nil }
+        if pending.heldBytes > 0 {
+            bufferedRequestBytes -= pending.heldBytes
+            budget?.release(pending.heldBytes)
+        }
+        return pending
+    }
 
     /// `now` is a monotonic clock in nanoseconds: the HTTP/2 layer uses it to tell a rapid-reset attack from a
     /// client cancelling calls at their deadline.
@@ -67,16 +134,16 @@ public final class GRPCServerConnection {
             case let .data(streamID, bytes, endStream):
                 onData(streamID: streamID, bytes: bytes, endStream: endStream, into: &out)
             case let .streamReset(streamID, _):
-                receiving.removeValue(forKey: streamID)
+                forget(streamID)
                 if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
             case let .streamError(streamID, code, reason):
-                receiving.removeValue(forKey: streamID)
+                forget(streamID)
                 if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
                 out.append(.streamProtocolError(kind: "\(code)", reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
             case let .connectionError(code, reason):
-                receiving.removeAll()
+                releaseBufferedRequests()
                 inFlight.removeAll()
                 out.append(.connectionError(kind: "\(code)", reason: reason))
             default:
@@ -158,9 +225,33 @@ public final class GRPCServerConnection {
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        guard var pending = receiving[streamID] else { return }  // a stream we already answered: drop the rest
+        guard let path = receiving[streamID]?.path else {
+            // A stream we already answered: drop the rest and give its credit back.
+            http2.consume(streamID: streamID, bytes: bytes.count)
+            return
+        }
+        // The entry is updated in place (`receiving[streamID]!`): a copy would make every append copy the buffer.
+        receiving[streamID]!.receivedBytes += bytes.count
+        if !endStream && !bytes.isEmpty {
+            // These bytes wait for more DATA: count them against both caps before keeping them.
+            let perConnection = limits.maxBufferedRequestBytesPerConnection
+            if bufferedRequestBytes + bytes.count > perConnection {
+                refuseOverBufferLimit(streamID, path: path, kind: "request_buffer_limit",
+                                      "request bytes buffered on this connection would exceed \(perConnection) bytes",
+                                      into: &out)
+                return
+            }
+            if let budget, !budget.reserve(bytes.count) {
+                refuseOverBufferLimit(streamID, path: path, kind: "server_request_buffer_limit",
+                                      "request bytes buffered by the server would exceed \(budget.limit) bytes",
+                                      into: &out)
+                return
+            }
+            receiving[streamID]!.heldBytes += bytes.count
+            bufferedRequestBytes += bytes.count
+        }
         do {
-            try pending.reader.append(bytes)
+            try receiving[streamID]!.reader.append(bytes)
         } catch {
             let status: GRPCStatus
             switch error {
@@ -171,19 +262,34 @@ public final class GRPCServerConnection {
             case let .invalidFlag(flag):
                 status = GRPCStatus(.internalError, "invalid message flag \(flag)")
             }
-            reject(streamID, path: pending.path, status, requestEnded: endStream, into: &out)
+            reject(streamID, path: path, status, requestEnded: endStream, into: &out)
             return
         }
-        guard pending.reader.messages.count <= 1 else {
-            reject(streamID, path: pending.path, GRPCStatus(.unimplemented, "more than one request message on a unary method"), requestEnded: endStream, into: &out)
+        guard receiving[streamID]!.reader.messages.count <= 1 else {
+            reject(streamID, path: path, GRPCStatus(.unimplemented, "more than one request message on a unary method"), requestEnded: endStream, into: &out)
             return
         }
-        receiving[streamID] = pending
-        if endStream { finish(streamID: streamID, into: &out) }
+        if endStream {
+            finish(streamID: streamID, into: &out)
+        } else if let missing = receiving[streamID]!.reader.bytesToCompleteMessage {
+            // Credit for the rest of a declared message (within the size limit), so it can complete even when it
+            // is larger than the stream window.
+            http2.allowReceiving(streamID: streamID, bytes: missing)
+        }
+    }
+
+    /// A stream whose bytes would cross a buffer limit: RESOURCE_EXHAUSTED, RST_STREAM(ENHANCE_YOUR_CALM), counted.
+    private func refuseOverBufferLimit(_ streamID: UInt32, path: String, kind: String, _ reason: String,
+                                       into out: inout [GRPCServerEvent]) {
+        reject(streamID, path: path, GRPCStatus(.resourceExhausted, reason), requestEnded: false,
+               resetCode: .enhanceYourCalm, into: &out)
+        out.append(.streamProtocolError(kind: kind, reason: reason))
     }
 
     private func finish(streamID: UInt32, into out: inout [GRPCServerEvent]) {
-        guard let pending = receiving.removeValue(forKey: streamID) else { return }
+        guard let pending = forget(streamID) else { return }
+        // Handed over (or answered below): the request's bytes are consumed.
+        http2.consume(streamID: streamID, bytes: pending.receivedBytes)
         guard pending.reader.messages.count == 1, pending.reader.pendingBytes == 0 else {
             let why = pending.reader.pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
             inFlight.insert(streamID)
@@ -195,16 +301,17 @@ public final class GRPCServerConnection {
         out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: pending.reader.messages[0], timeoutNanos: pending.timeoutNanos)))
     }
 
-    private func reject(_ streamID: UInt32, path: String, _ status: GRPCStatus, requestEnded: Bool, into out: inout [GRPCServerEvent]) {
-        receiving.removeValue(forKey: streamID)
+    private func reject(_ streamID: UInt32, path: String, _ status: GRPCStatus, requestEnded: Bool,
+                        resetCode: HTTP2ErrorCode = .noError, into out: inout [GRPCServerEvent]) {
+        forget(streamID)
         http2.sendHeaders(streamID: streamID, fields: Self.trailersOnly(status), endStream: true)
         // Early server closure: tell the client to stop sending the rest of the request.
-        if !requestEnded { http2.resetStream(streamID: streamID, code: .noError) }
+        if !requestEnded { http2.resetStream(streamID: streamID, code: resetCode) }
         out.append(.rejected(streamID: streamID, path: path, status: status))
     }
 
     private func rejectHTTP(_ streamID: UInt32, status httpStatus: String, path: String, _ status: GRPCStatus, requestEnded: Bool, into out: inout [GRPCServerEvent]) {
-        receiving.removeValue(forKey: streamID)
+        forget(streamID)
         http2.sendHeaders(streamID: streamID, fields: [HeaderField(name: ":status", value: httpStatus)], endStream: true)
         if !requestEnded { http2.resetStream(streamID: streamID, code: .noError) }
         out.append(.rejected(streamID: streamID, path: path, status: status))

@@ -7,35 +7,66 @@ public enum MessageFramingError: Error, Equatable, Sendable {
 }
 
 /// Reassembles length-prefixed messages from DATA payloads that need not align with message boundaries.
+/// A message's bytes are kept as the chunks they arrived in and joined once, when it is complete: memory follows
+/// what was received (no doubling buffer, no copy per DATA frame), which is what the request buffer caps count.
 public struct MessageReader: Sendable {
     public let maxMessageSize: Int
-    private var buffer: [UInt8] = []
-    private var offset = 0
+    /// The next message's 5-byte prefix, as far as it has arrived.
+    private var prefix: [UInt8] = []
+    /// Declared length of the message in progress (meaningful once `prefix` is complete).
+    private var length = 0
+    private var chunks: [[UInt8]] = []
+    private var chunkBytes = 0
     public private(set) var messages: [[UInt8]] = []
 
     public init(maxMessageSize: Int) { self.maxMessageSize = maxMessageSize }
 
     /// Appends DATA bytes; throws as soon as a header announces something we refuse, before buffering it.
     public mutating func append(_ bytes: [UInt8]) throws(MessageFramingError) {
-        if offset == buffer.count {
-            buffer.removeAll(keepingCapacity: true)
-            offset = 0
-        }
-        buffer.append(contentsOf: bytes)
-        while buffer.count - offset >= 5 {
-            let flag = buffer[offset]
-            guard flag == 0 else { throw flag == 1 ? .compressedNotSupported : .invalidFlag(flag) }
-            let length = Int(buffer[offset + 1]) << 24 | Int(buffer[offset + 2]) << 16
-                | Int(buffer[offset + 3]) << 8 | Int(buffer[offset + 4])
-            guard length <= maxMessageSize else { throw .tooLarge(length: length, limit: maxMessageSize) }
-            guard buffer.count - offset - 5 >= length else { return }
-            messages.append(Array(buffer[(offset + 5)..<(offset + 5 + length)]))
-            offset += 5 + length
+        var index = 0
+        while index < bytes.count {
+            if prefix.count < 5 {
+                let take = min(5 - prefix.count, bytes.count - index)
+                prefix.append(contentsOf: bytes[index..<(index + take)])
+                index += take
+                guard prefix.count == 5 else { return }
+                guard prefix[0] == 0 else { throw prefix[0] == 1 ? .compressedNotSupported : .invalidFlag(prefix[0]) }
+                length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
+                guard length <= maxMessageSize else { throw .tooLarge(length: length, limit: maxMessageSize) }
+                if length == 0 { completeMessage() }
+                continue
+            }
+            let take = min(length - chunkBytes, bytes.count - index)
+            chunks.append(index == 0 && take == bytes.count ? bytes : Array(bytes[index..<(index + take)]))
+            chunkBytes += take
+            index += take
+            if chunkBytes == length { completeMessage() }
         }
     }
 
+    private mutating func completeMessage() {
+        var message: [UInt8]
+        if chunks.count == 1 {
+            message = chunks[0]
+        } else {
+            message = []
+            message.reserveCapacity(length)
+            for chunk in chunks { message.append(contentsOf: chunk) }
+        }
+        messages.append(message)
+        chunks = []
+        chunkBytes = 0
+        prefix.removeAll(keepingCapacity: true)
+    }
+
     /// Bytes of an incomplete message still waiting for more DATA.
-    public var pendingBytes: Int { buffer.count - offset }
+    public var pendingBytes: Int { prefix.count + chunkBytes }
+
+    /// Bytes still missing from the message being received, once its 5-byte prefix is in (its length is then
+    /// within `maxMessageSize`); nil before a prefix.
+    public var bytesToCompleteMessage: Int? {
+        prefix.count == 5 ? length - chunkBytes : nil
+    }
 }
 
 public enum MessageFraming {

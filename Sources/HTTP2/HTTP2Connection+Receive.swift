@@ -266,7 +266,11 @@ extension HTTP2Connection {
             return
         }
         connectionRecvWindow -= flowControlled
-        connectionRecvUnreturned += flowControlled
+        // With creditOnConsumption the connection window is replenished from `connectionBuffered` instead (at the
+        // end of `receive`, on `consume`, and when a stream goes away).
+        if !limits.creditOnConsumption {
+            connectionRecvUnreturned += flowControlled
+        }
         if connectionRecvUnreturned >= connectionWindowTarget / 2 {
             FrameWriter.appendWindowUpdate(into: &output, streamID: 0, increment: UInt32(connectionRecvUnreturned))
             connectionRecvWindow += connectionRecvUnreturned
@@ -309,7 +313,12 @@ extension HTTP2Connection {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
-        if endStream {
+        if limits.creditOnConsumption {
+            // The payload is held until the owner consumes it; padding is credited back at once.
+            stream.buffered += bytes.count
+            connectionBuffered += bytes.count
+            if endStream { closeRemote(stream) } else { replenishStreamWindow(stream) }
+        } else if endStream {
             closeRemote(stream)
         } else {
             stream.recvUnreturned += flowControlled

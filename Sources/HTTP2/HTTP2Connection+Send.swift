@@ -50,6 +50,83 @@ extension HTTP2Connection {
         closedQuietly.insert(streamID)
     }
 
+    // MARK: - Credit on consumption (`HTTP2Limits.creditOnConsumption`)
+
+    /// DATA payload delivered and not yet consumed, over all streams (0 unless `creditOnConsumption`).
+    public var bufferedInboundBytes: Int { connectionBuffered }
+
+    /// The owner is done with `bytes` bytes of payload delivered on `streamID`: their credit goes back to the
+    /// peer (batched). Ignored unless `creditOnConsumption`; bytes of a gone stream were already credited.
+    public func consume(streamID: UInt32, bytes: Int) {
+        guard limits.creditOnConsumption, !failed, bytes > 0, let stream = streams[streamID] else { return }
+        let n = min(bytes, stream.buffered)
+        stream.buffered -= n
+        connectionBuffered -= n
+        replenishStreamWindow(stream)
+        replenishConnectionWindow()
+    }
+
+    /// Raises the stream's receive window so the peer may send `bytes` more bytes on it, whatever it holds: e.g.
+    /// the rest of a message whose declared length is within the owner's limit, which would otherwise never
+    /// complete. The connection window still applies.
+    public func allowReceiving(streamID: UInt32, bytes: Int) {
+        guard !failed, let stream = streams[streamID], stream.remoteOpen else { return }
+        let wanted = min(bytes, HTTP2Constants.maxWindowSize)
+        guard wanted > stream.recvWindow else { return }
+        FrameWriter.appendWindowUpdate(into: &output, streamID: streamID, increment: UInt32(wanted - stream.recvWindow))
+        stream.recvWindow = wanted
+    }
+
+    /// Restores the stream window to `initialWindowSize` minus what the stream holds, once that is worth a frame
+    /// (half the target), and never past what the peer may still send (nothing after END_STREAM).
+    func replenishStreamWindow(_ stream: HTTP2Stream) {
+        guard stream.remoteOpen else { return }
+        let increment = max(0, streamWindowTarget - stream.buffered) - stream.recvWindow
+        guard increment > 0, increment >= streamWindowTarget / 2 else { return }
+        FrameWriter.appendWindowUpdate(into: &output, streamID: stream.id, increment: UInt32(increment))
+        stream.recvWindow += increment
+    }
+
+    /// Restores the connection window to its target minus what all streams hold. Batched at half the target, but
+    /// once the window is below half everything consumed goes back at once, so withheld credit can never be what
+    /// stalls the peer.
+    func replenishConnectionWindow() {
+        guard limits.creditOnConsumption, !failed else { return }
+        let increment = connectionWindowTarget - connectionBuffered - connectionRecvWindow
+        guard increment > 0,
+              increment >= connectionWindowTarget / 2 || connectionRecvWindow < connectionWindowTarget / 2 else { return }
+        FrameWriter.appendWindowUpdate(into: &output, streamID: 0, increment: UInt32(increment))
+        connectionRecvWindow += increment
+    }
+
+    // MARK: - Request timeout (`HTTP2Limits.requestTimeoutNanos`)
+
+    /// When the oldest peer-opened stream still receiving its request times out (nil: none, or no timeout).
+    public var nextRequestDeadline: UInt64? {
+        guard limits.requestTimeoutNanos > 0 else { return nil }
+        var earliest: UInt64?
+        for stream in streams.values where isPeerInitiated(stream.id) && stream.remoteOpen {
+            let deadline = stream.openedAt &+ limits.requestTimeoutNanos
+            if earliest.map({ deadline < $0 }) ?? true { earliest = deadline }
+        }
+        return earliest
+    }
+
+    /// Resets with RST_STREAM(CANCEL) every peer-opened stream whose request (remote side) is not complete
+    /// `requestTimeoutNanos` after it opened; reports each as `.streamError`. Streams already answered or waiting
+    /// for our answer are left alone.
+    public func expireIncompleteStreams(now: UInt64) -> [HTTP2Event] {
+        guard limits.requestTimeoutNanos > 0, !failed else { return [] }
+        let expired = streams.values.filter {
+            isPeerInitiated($0.id) && $0.remoteOpen && now >= $0.openedAt &+ limits.requestTimeoutNanos
+        }.map(\.id).sorted()
+        let reason = "request not complete within \(limits.requestTimeoutNanos / 1_000_000) ms"
+        return expired.map { id in
+            resetStream(streamID: id, code: .cancel)
+            return .streamError(streamID: id, code: .cancel, reason: reason)
+        }
+    }
+
     /// Client role: reserves the next odd stream id; send its headers before opening another (ids must appear in
     /// increasing order). nil in the server role, after GOAWAY, when ids run out, or at the peer's
     /// MAX_CONCURRENT_STREAMS (counting streams already reserved).

@@ -51,6 +51,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var connectionSendWindow = HTTP2Constants.defaultWindowSize
     var connectionRecvWindow: Int
     var connectionRecvUnreturned = 0
+    /// With `creditOnConsumption`: DATA payload delivered on live streams and not yet consumed (sum of `buffered`).
+    var connectionBuffered = 0
     let streamWindowTarget: Int
     let connectionWindowTarget: Int
     var queuedDataBytes = 0
@@ -192,7 +194,11 @@ public final class HTTP2Connection: @unchecked Sendable {
             guard let frame else { break }
             process(frame, &events)
         }
-        if !failed { flushSendQueue() }
+        if !failed {
+            // Padding and DATA for streams we dropped are consumed at once; return their credit.
+            if limits.creditOnConsumption { replenishConnectionWindow() }
+            flushSendQueue()
+        }
         return events
     }
 
@@ -266,6 +272,12 @@ public final class HTTP2Connection: @unchecked Sendable {
         queuedDataBytes -= remaining
         stream.pending.removeAll()
         stream.pendingOffset = 0
+        if stream.buffered > 0 {
+            // What a gone stream held counts as consumed: the connection gets that credit back.
+            connectionBuffered -= stream.buffered
+            stream.buffered = 0
+            replenishConnectionWindow()
+        }
     }
 
     func closeLocal(_ stream: HTTP2Stream) {

@@ -22,6 +22,8 @@ final class HTTP2Stream {
     var recvWindow: Int
     /// Bytes received and delivered but not yet returned by WINDOW_UPDATE.
     var recvUnreturned = 0
+    /// With `creditOnConsumption`: DATA payload delivered to the owner and not yet consumed.
+    var buffered = 0
     var pending: [PendingOutbound] = []
     /// Bytes of `pending[0]` already written.
     var pendingOffset = 0
@@ -48,6 +50,8 @@ final class HTTP2Stream {
     }
 
     var remoteClosed: Bool { state == .halfClosedRemote }
+    /// The peer may still send on it (DATA, trailers).
+    var remoteOpen: Bool { state == .open || state == .halfClosedLocal }
 }
 
 /// A bounded FIFO set of stream ids (streams we reset or chose to ignore), so late frames for them are dropped

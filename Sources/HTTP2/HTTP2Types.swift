@@ -81,6 +81,17 @@ public struct HTTP2Limits: Sendable {
     /// fragments without END_HEADERS, unknown frame types, PRIORITY); more → GOAWAY(ENHANCE_YOUR_CALM)
     /// (CVE-2019-9518). Any DATA with payload or any new stream resets the count.
     public var maxConsecutiveEmptyFrames: Int = 100
+    /// Flow-control credit policy for received DATA. false: credit goes back as DATA arrives (fine for a client
+    /// reading responses). true: credit goes back only as the owner consumes payload (`consume(streamID:bytes:)`)
+    /// or the stream goes away, so the windows bound what the owner buffers: the stream window restores up to
+    /// `initialWindowSize` minus what the stream still holds, the connection window up to `connectionWindowSize`
+    /// minus what all streams hold; `allowReceiving(streamID:bytes:)` lets one stream past its window (e.g. for the
+    /// rest of a message whose length was declared).
+    public var creditOnConsumption = false
+    /// A peer-opened stream whose remote side has not ended this many nanoseconds after it opened is reset with
+    /// CANCEL by `expireIncompleteStreams(now:)`, so half-open streams cannot hold a connection (0 = never). Times
+    /// are the owner's clock as passed to `receive(_:now:)`.
+    public var requestTimeoutNanos: UInt64 = 0
 
     public init() {}
 }
@@ -89,7 +100,8 @@ public struct HTTP2Limits: Sendable {
 public enum HTTP2Event: Sendable, Equatable {
     /// Request headers (server role), response headers (client role), or trailers (`endStream` is then true).
     case headers(streamID: UInt32, fields: [HeaderField], endStream: Bool)
-    /// Stream payload. Flow-control credit is returned automatically.
+    /// Stream payload. Flow-control credit is returned as it arrives, or with `creditOnConsumption` as the owner
+    /// consumes it.
     case data(streamID: UInt32, bytes: [UInt8], endStream: Bool)
     /// The peer sent RST_STREAM; the stream is gone.
     case streamReset(streamID: UInt32, code: HTTP2ErrorCode)

@@ -25,6 +25,10 @@ public final class KekdMetrics: Sendable {
     private let inFlight = Atomic<Int>(0)
     private let openConnections = Atomic<Int>(0)
     private let connectionsAccepted = Atomic<UInt64>(0)
+    // The health endpoint's own figures (rendered in Metrics+Health.swift).
+    let healthBindFailures = Atomic<UInt64>(0)
+    let healthListening = Atomic<Int>(0)
+    let healthConnectionsEvicted = Atomic<UInt64>(0)
     private let cacheHits = Atomic<UInt64>(0)
     private let cacheMisses = Atomic<UInt64>(0)
     private let protocolErrorKinds = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: ""))
@@ -99,6 +103,7 @@ public final class KekdMetrics: Sendable {
         var w = PrometheusTextWriter()
         renderCalls(&w)
         renderConnections(&w)
+        renderHealth(&w)
         renderBackend(&w)
         renderAudit(&w)
         renderProcess(&w)

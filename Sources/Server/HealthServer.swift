@@ -1,13 +1,16 @@
 // The health and metrics endpoint: a deliberately small HTTP/1.1 server on plain POSIX sockets.
-// One request per connection (`Connection: close`), GET/HEAD only, bounded in size, time and concurrency,
-// so a slow or hostile local client cannot exhaust it or delay the kubelet's probes.
+// One request per connection (`Connection: close`), GET/HEAD only, bounded in size, time and connections.
+// One thread serves everything with poll(2) over the listener and every client, each with its own buffer and
+// deadline, so a local process holding many half-sent requests cannot starve the kubelet's probes: at the cap the
+// oldest connection still sending its request is closed to make room, never the new one refused.
 import Dispatch
 import FoundationEssentials
 import Glibc
 import Metrics
 import Locking
 
-/// One named condition of `/readyz`. `detail` is shown in the body, so it must never hold secrets.
+/// One named condition of `/readyz`. The endpoint shows only the name and ok/failed (any local user can read it);
+/// `detail` goes to kekd's log when a check fails.
 public struct ReadinessCheck: Sendable {
     public var name: String
     public var check: @Sendable () -> (ok: Bool, detail: String)
@@ -36,12 +39,16 @@ public enum HealthServerError: Error, Equatable, Sendable, CustomStringConvertib
 public struct HealthServerLimits: Sendable {
     /// Request line plus headers; larger requests get 431.
     public var maxHeadBytes = 8192
-    /// Time allowed for the whole request head to arrive (not per read: trickling bytes does not extend it).
+    /// Time allowed for the whole request head to arrive, from accept (trickling bytes does not extend it).
     public var readTimeoutSeconds = 5.0
-    /// Time allowed for each blocked write of the response.
+    /// Time allowed for sending the whole response.
     public var writeTimeoutSeconds = 5.0
-    /// Connections served at once; more are closed as soon as they are accepted.
-    public var maxConnections = 16
+    /// Connections held at once. At the cap a new connection is still admitted: the oldest one still sending its
+    /// request (else the oldest) is closed for it, so whoever fills the cap only loses their own connections.
+    public var maxConnections = 64
+    /// A failed bind (with `start(retryingBind: true)`) is retried after this long, doubling up to the maximum.
+    public var bindRetrySeconds = 1.0
+    public var maxBindRetrySeconds = 8.0
 
     public init() {}
 }
@@ -52,18 +59,18 @@ public final class HealthServer: Sendable {
     private let metrics: KekdMetrics
     private let checks: [ReadinessCheck]
     private let limits: HealthServerLimits
-    private let state = LockedValue(ListenerState())
-    private let acceptLoop = DispatchGroup()
-    private let handlers = DispatchGroup()
+    private let logger: Logger?
+    private let state = LockedValue(ControlState())
+    /// Failing checks' last logged detail, so a failing probe every few seconds logs a change once.
+    private let loggedFailures = LockedValue<[String: String]>([:])
+    private let loopFinished = DispatchGroup()
 
-    private struct ListenerState {
-        var listenFD: Int32 = -1
+    private struct ControlState {
         var wakeRead: Int32 = -1
         var wakeWrite: Int32 = -1
         var port: UInt16 = 0
         var started = false
         var stopping = false
-        var connections: Set<Int32> = []
     }
 
     public convenience init(host: String, port: UInt16, metrics: KekdMetrics, checks: [ReadinessCheck]) {
@@ -71,12 +78,13 @@ public final class HealthServer: Sendable {
     }
 
     public init(host: String, port: UInt16, metrics: KekdMetrics, checks: [ReadinessCheck],
-                limits: HealthServerLimits) {
+                limits: HealthServerLimits, logger: Logger? = nil) {
         self.host = host
         self.requestedPort = port
         self.metrics = metrics
         self.checks = checks
         self.limits = limits
+        self.logger = logger
     }
 
     /// Splits a `--health-addr` value: `127.0.0.1:8787`, `[::1]:8787`, `localhost:8787`. The host must be an IP
@@ -95,159 +103,122 @@ public final class HealthServer: Sendable {
         return (host, port)
     }
 
-    /// The port actually bound (differs from the requested one when that was 0); 0 before `start()`.
+    /// The port actually bound (differs from the requested one when that was 0); 0 while not listening.
     public var boundPort: UInt16 { state.withLock { $0.port } }
 
-    /// Binds and listens, then serves on background threads. Throws when the address is invalid or taken.
-    public func start() throws {
+    /// Binds and listens, then serves on a background thread. Throws when the address is invalid; a failed bind
+    /// (the port taken) throws too, unless `retryingBind`: then it is logged, counted and retried in the
+    /// background with backoff until it succeeds, so the KMS socket never waits for the health port.
+    public func start(retryingBind: Bool = false) throws {
         let address = try HealthListenAddress(host: host, port: requestedPort)
-        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw HealthServerError.socketFailed(operation: "socket", errno: errno) }
+        var listenFD: Int32 = -1
+        switch Self.listen(on: address, description: "\(host):\(requestedPort)") {
+        case .success(let fd): listenFD = fd
+        case .failure(let error):
+            guard retryingBind else { throw error }
+            reportBindFailure(error, retryInSeconds: limits.bindRetrySeconds)
+        }
         var pipeFDs: [Int32] = [-1, -1]
         do {
-            var one: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            guard address.withSockaddr({ bind(fd, $0, $1) }) == 0 else {
-                throw HealthServerError.socketFailed(operation: "bind to \(host):\(requestedPort)", errno: errno)
-            }
-            guard listen(fd, 64) == 0 else { throw HealthServerError.socketFailed(operation: "listen", errno: errno) }
-            // Non-blocking so a connection reset between poll and accept cannot block the loop.
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             guard pipe(&pipeFDs) == 0 else { throw HealthServerError.socketFailed(operation: "pipe", errno: errno) }
             for p in pipeFDs { setCloseOnExec(p) }
-            let port = HealthListenAddress.localPort(of: fd)
+            let port = listenFD >= 0 ? HealthListenAddress.localPort(of: listenFD) : 0
             let wakeRead = pipeFDs[0], wakeWrite = pipeFDs[1]
             try state.withLock { s in
                 guard !s.started else { throw HealthServerError.alreadyStarted }
-                s = ListenerState(listenFD: fd, wakeRead: wakeRead, wakeWrite: wakeWrite, port: port, started: true)
+                s = ControlState(wakeRead: wakeRead, wakeWrite: wakeWrite, port: port, started: true)
             }
         } catch {
-            close(fd)
+            if listenFD >= 0 { close(listenFD) }
             for p in pipeFDs where p >= 0 { close(p) }
             throw error
         }
-        acceptLoop.enter()
-        let wakeFD = pipeFDs[0]
-        startThread(name: "kekd-health", stackSize: 256 << 10) { [self] in
-            runAcceptLoop(listenFD: fd, wakeFD: wakeFD)
-            acceptLoop.leave()
+        if listenFD >= 0 { metrics.setHealthListening(true) }
+        loopFinished.enter()
+        let wakeFD = pipeFDs[0], initialListenFD = listenFD
+        startThread(name: "kekd-health", stackSize: 512 << 10) { [self] in
+            var loop = EventLoop(listenFD: initialListenFD, wakeFD: wakeFD, limits: limits)
+            loop.run(self)
+            loopFinished.leave()
         }
     }
 
-    /// Closes the listener, ends open connections and waits for the serving threads. Safe to call twice.
+    /// Closes the listener and every connection and waits for the serving thread. Safe to call twice.
     public func stop() {
-        let fds: (listen: Int32, wakeRead: Int32, wakeWrite: Int32)? = state.withLock { s in
+        let fds: (wakeRead: Int32, wakeWrite: Int32)? = state.withLock { s in
             guard s.started, !s.stopping else { return nil }
             s.stopping = true
-            for connection in s.connections { shutdown(connection, Int32(SHUT_RDWR)) }
-            return (s.listenFD, s.wakeRead, s.wakeWrite)
+            return (s.wakeRead, s.wakeWrite)
         }
         guard let fds else { return }
         var byte: UInt8 = 1
         _ = write(fds.wakeWrite, &byte, 1)
-        acceptLoop.wait()
-        // Handlers end on their own timeouts at the latest; the sockets were shut down above, so this is quick.
-        _ = handlers.wait(timeout: .now() + limits.readTimeoutSeconds + limits.writeTimeoutSeconds + 1)
-        close(fds.listen)
+        loopFinished.wait()
         close(fds.wakeRead)
         close(fds.wakeWrite)
+        state.withLock { $0.port = 0 }
+        metrics.setHealthListening(false)
     }
 
-    // MARK: accepting
+    // MARK: binding
 
-    private func runAcceptLoop(listenFD: Int32, wakeFD: Int32) {
-        var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
-                   pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
-        while true {
-            fds[0].revents = 0
-            fds[1].revents = 0
-            let ready = poll(&fds, 2, -1)
-            if ready < 0 {
-                if errno == EINTR { continue }
-                return
-            }
-            if fds[1].revents != 0 { return }
-            guard fds[0].revents != 0 else { continue }
-            // (accept4 is not visible from Swift's Glibc module; kekd does not fork, so the gap is harmless.)
-            let client = accept(listenFD, nil, nil)
-            if client < 0 {
-                // Out of descriptors or memory: back off instead of spinning on a listener that stays readable.
-                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM { usleep(50_000) }
-                continue
-            }
-            setCloseOnExec(client)
-            admit(client)
+    private static func listen(on address: HealthListenAddress, description: String) -> Result<Int32, HealthServerError> {
+        let fd = socket(address.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(.socketFailed(operation: "socket", errno: errno)) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        guard address.withSockaddr({ bind(fd, $0, $1) }) == 0 else {
+            let code = errno
+            close(fd)
+            return .failure(.socketFailed(operation: "bind to \(description)", errno: code))
+        }
+        guard Glibc.listen(fd, 128) == 0 else {
+            let code = errno
+            close(fd)
+            return .failure(.socketFailed(operation: "listen", errno: code))
+        }
+        // Non-blocking so a connection reset between poll and accept cannot block the loop.
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        return .success(fd)
+    }
+
+    private func reportBindFailure(_ error: HealthServerError, retryInSeconds: Double) {
+        metrics.healthBindFailed()
+        logger?.warn("health endpoint cannot listen; KMS socket unaffected, retrying",
+                     ["address": "\(host):\(requestedPort)", "error": error.description, "retry_seconds": retryInSeconds])
+    }
+
+    /// One bind attempt from the serving thread; the listener's fd on success.
+    fileprivate func retryBind(nextRetrySeconds: Double) -> Int32? {
+        guard let address = try? HealthListenAddress(host: host, port: requestedPort) else { return nil }
+        switch Self.listen(on: address, description: "\(host):\(requestedPort)") {
+        case .success(let fd):
+            let port = HealthListenAddress.localPort(of: fd)
+            state.withLock { $0.port = port }
+            metrics.setHealthListening(true)
+            logger?.info("health endpoint listening", ["address": "\(host):\(port)"])
+            return fd
+        case .failure(let error):
+            reportBindFailure(error, retryInSeconds: nextRetrySeconds)
+            return nil
         }
     }
 
-    private func admit(_ client: Int32) {
-        let admitted = state.withLock { s in
-            guard !s.stopping, s.connections.count < limits.maxConnections else { return false }
-            s.connections.insert(client)
-            return true
-        }
-        guard admitted else {
-            close(client)
-            return
-        }
-        handlers.enter()
-        startThread(name: "kekd-health-conn", stackSize: 512 << 10) { [self] in
-            serve(client)
-            // Removed under the lock before closing, so stop() never shuts down a reused descriptor number.
-            state.withLock { _ = $0.connections.remove(client) }
-            close(client)
-            handlers.leave()
+    fileprivate func evicted() { metrics.healthConnectionEvicted() }
+
+    // MARK: answering
+
+    fileprivate func response(forHead head: [UInt8]) -> HealthResponse {
+        switch HealthRequest.parse(head) {
+        case .success(let request): respond(to: request)
+        case .failure(let error): .text(400, "bad request: \(error.reason)\n")
         }
     }
 
-    // MARK: serving one connection
-
-    private func serve(_ fd: Int32) {
-        var timeout = timeval(seconds: limits.writeTimeoutSeconds)
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        let response: HealthResponse
-        switch readHead(fd) {
-        case .head(let bytes):
-            switch HealthRequest.parse(bytes) {
-            case .success(let request): response = respond(to: request)
-            case .failure(let error): response = .text(400, "bad request: \(error.reason)\n")
-            }
-        case .tooLarge: response = .text(431, "request head larger than \(limits.maxHeadBytes) bytes\n")
-        case .timedOut: response = .text(408, "request head not received within the time limit\n")
-        case .closed: return
-        }
-        writeAll(fd, response.serialized())
-        // Half-close, then read what the client may still send, so closing does not reset the connection and
-        // discard the response before the client has read it.
-        shutdown(fd, Int32(SHUT_WR))
-        drain(fd, deadline: monotonicSeconds() + 0.2, budget: 64 << 10)
-    }
-
-    private enum HeadResult {
-        case head([UInt8]), tooLarge, timedOut, closed
-    }
-
-    private func readHead(_ fd: Int32) -> HeadResult {
-        let deadline = monotonicSeconds() + limits.readTimeoutSeconds
-        var buffer = [UInt8](repeating: 0, count: limits.maxHeadBytes)
-        var filled = 0
-        while true {
-            let remaining = deadline - monotonicSeconds()
-            guard remaining > 0, waitReadable(fd, seconds: remaining) else { return .timedOut }
-            let n = buffer.withUnsafeMutableBytes { raw in
-                recv(fd, raw.baseAddress! + filled, raw.count - filled, 0)
-            }
-            if n < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                return .closed
-            }
-            if n == 0 { return .closed }
-            let scanFrom = max(0, filled - 3)
-            filled += n
-            if let end = HealthRequest.endOfHead(buffer[..<filled], from: scanFrom) {
-                return .head(Array(buffer[..<end]))
-            }
-            if filled == buffer.count { return .tooLarge }
+    fileprivate func response(for failure: EventLoop.HeadFailure) -> HealthResponse {
+        switch failure {
+        case .tooLarge: .text(431, "request head larger than \(limits.maxHeadBytes) bytes\n")
+        case .timedOut: .text(408, "request head not received within the time limit\n")
         }
     }
 
@@ -274,7 +245,8 @@ public final class HealthServer: Sendable {
         return response
     }
 
-    /// kube-apiserver's format: `[+]name ok` / `[-]name failed: detail` per check, then a summary line.
+    /// kube-apiserver's format: `[+]name ok` / `[-]name failed` per check, then a summary line. Names and states
+    /// only, `?verbose` or not: details (paths, addresses, errors) go to the log, which only the operator reads.
     private func readiness(endpoint: String, single: String?, request: HealthRequest) -> HealthResponse {
         var selected = checks
         if let single {
@@ -282,7 +254,6 @@ public final class HealthServer: Sendable {
             guard !selected.isEmpty else { return .text(404, "no readiness check named \(single)\n") }
         }
         let excluded = Set(request.queryValues("exclude"))
-        let verbose = request.hasQueryKey("verbose")
         var body = ""
         var failed = false
         for check in selected {
@@ -291,59 +262,207 @@ public final class HealthServer: Sendable {
                 continue
             }
             let result = check.check()
-            let detail = Self.oneLine(result.detail)
+            logFailureChange(check: check.name, ok: result.ok, detail: Self.oneLine(result.detail))
             if result.ok {
-                body += verbose && !detail.isEmpty ? "[+]\(check.name) ok: \(detail)\n" : "[+]\(check.name) ok\n"
+                body += "[+]\(check.name) ok\n"
             } else {
                 failed = true
-                body += detail.isEmpty ? "[-]\(check.name) failed\n" : "[-]\(check.name) failed: \(detail)\n"
+                body += "[-]\(check.name) failed\n"
             }
         }
         body += failed ? "\(endpoint) check failed\n" : "\(endpoint) check passed\n"
         return .text(failed ? 503 : 200, body)
     }
 
+    private func logFailureChange(check name: String, ok: Bool, detail: String) {
+        let changed = loggedFailures.withLock { logged in
+            let previous = logged[name]
+            if ok { logged[name] = nil } else { logged[name] = detail }
+            return ok ? previous != nil : previous != detail
+        }
+        guard changed else { return }
+        if ok {
+            logger?.info("readiness check passes again", ["check": name])
+        } else {
+            logger?.warn("readiness check failed", ["check": name, "detail": detail])
+        }
+    }
+
     private static func oneLine(_ text: String) -> String {
         String(text.map { $0.isNewline ? " " : $0 }.prefix(512))
     }
+}
 
-    // MARK: socket helpers
+// MARK: - The serving loop
 
-    private func waitReadable(_ fd: Int32, seconds: Double) -> Bool {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let millis = Int32(min(max(seconds * 1000, 1), Double(Int32.max)))
+/// Owned by the health thread alone: the listener (once bound), the clients and their buffers.
+private struct EventLoop {
+    enum HeadFailure { case tooLarge, timedOut }
+
+    private struct Connection {
+        enum Phase { case readingHead, writing, draining, done }
+        let fd: Int32
+        var phase = Phase.readingHead
+        var deadline: Double
+        var head: [UInt8] = []
+        var output: [UInt8] = []
+        var written = 0
+        var drainBudget = 64 << 10
+    }
+
+    private var listenFD: Int32
+    private let wakeFD: Int32
+    private let limits: HealthServerLimits
+    /// In accept order: the front is the oldest.
+    private var connections: [Connection] = []
+    private var nextBindAttempt: Double
+    private var bindRetryDelay: Double
+    private var scratch = [UInt8](repeating: 0, count: 16 << 10)
+
+    init(listenFD: Int32, wakeFD: Int32, limits: HealthServerLimits) {
+        self.listenFD = listenFD
+        self.wakeFD = wakeFD
+        self.limits = limits
+        bindRetryDelay = limits.bindRetrySeconds
+        nextBindAttempt = listenFD >= 0 ? .infinity : monotonicSeconds() + limits.bindRetrySeconds
+    }
+
+    mutating func run(_ server: HealthServer) {
+        var pollFDs: [pollfd] = []
         while true {
-            let ready = poll(&pfd, 1, millis)
-            if ready < 0 && errno == EINTR { continue }
-            return ready > 0
+            pollFDs.removeAll(keepingCapacity: true)
+            pollFDs.append(pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0))
+            pollFDs.append(pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0))   // fd -1 is ignored by poll
+            for c in connections {
+                pollFDs.append(pollfd(fd: c.fd, events: Int16(c.phase == .writing ? POLLOUT : POLLIN), revents: 0))
+            }
+            var wakeAt = nextBindAttempt
+            for c in connections { wakeAt = min(wakeAt, c.deadline) }
+            let timeout = wakeAt.isInfinite ? -1 : Int32(min(max((wakeAt - monotonicSeconds()) * 1000, 0).rounded(.up), 60_000))
+            let ready = poll(&pollFDs, nfds_t(pollFDs.count), timeout)
+            if ready < 0 {
+                if errno != EINTR { usleep(10_000) }   // ENOMEM: try again shortly rather than spin
+                continue
+            }
+            if pollFDs[0].revents != 0 { break }
+            let now = monotonicSeconds()
+            // Requests already in progress first, then new connections.
+            for i in connections.indices {
+                var c = connections[i]
+                connections[i].head = []   // keep `c` the only owner of its buffer (no copy on append)
+                let events = pollFDs[2 + i].revents
+                if events != 0 { advance(&c, events: events, now: now, server) }
+                if c.phase != .done, now >= c.deadline { expire(&c, now: now, server) }
+                connections[i] = c
+            }
+            connections.removeAll { $0.phase == .done }
+            if listenFD >= 0, pollFDs[1].revents != 0 { acceptPending(now: now, server) }
+            if listenFD < 0, now >= nextBindAttempt {
+                bindRetryDelay = min(bindRetryDelay * 2, limits.maxBindRetrySeconds)
+                if let fd = server.retryBind(nextRetrySeconds: bindRetryDelay) {
+                    listenFD = fd
+                    nextBindAttempt = .infinity
+                } else {
+                    nextBindAttempt = now + bindRetryDelay
+                }
+            }
+        }
+        for c in connections { close(c.fd) }
+        if listenFD >= 0 { close(listenFD) }
+    }
+
+    private mutating func acceptPending(now: Double, _ server: HealthServer) {
+        // A bounded batch per turn, so a connect flood cannot keep the loop from serving the admitted ones.
+        for _ in 0..<64 {
+            // (accept4 is not visible from Swift's Glibc module; kekd does not fork, so the gap is harmless.)
+            let client = accept(listenFD, nil, nil)
+            if client < 0 {
+                // Out of descriptors or memory: let a turn pass instead of spinning on a readable listener.
+                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM { usleep(10_000) }
+                return
+            }
+            setCloseOnExec(client)
+            _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+            if connections.count >= limits.maxConnections { evictOne(server) }
+            connections.append(Connection(fd: client, deadline: now + limits.readTimeoutSeconds))
         }
     }
 
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { raw in
-                send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+    /// Makes room at the cap: the oldest connection still sending its request, else the oldest of all.
+    private mutating func evictOne(_ server: HealthServer) {
+        let victim = connections.firstIndex { $0.phase == .readingHead } ?? connections.startIndex
+        close(connections[victim].fd)
+        connections.remove(at: victim)
+        server.evicted()
+    }
+
+    private mutating func advance(_ c: inout Connection, events: Int16, now: Double, _ server: HealthServer) {
+        switch c.phase {
+        case .readingHead:
+            let room = limits.maxHeadBytes - c.head.count
+            let n = scratch.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, min(room, $0.count), Int32(MSG_DONTWAIT)) }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+            guard n > 0 else { return finish(&c) }
+            let scanFrom = max(0, c.head.count - 3)
+            c.head += scratch[..<n]
+            if let end = HealthRequest.endOfHead(c.head[...], from: scanFrom) {
+                startWriting(&c, server.response(forHead: Array(c.head[..<end])), now: now)
+            } else if c.head.count >= limits.maxHeadBytes {
+                startWriting(&c, server.response(for: .tooLarge), now: now)
+            }
+        case .writing:
+            flush(&c, now: now)
+        case .draining:
+            // Read what the client may still send, so closing does not reset the connection and discard the
+            // response before the client has read it.
+            let n = scratch.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return }
+            c.drainBudget -= max(n, 0)
+            if n <= 0 || c.drainBudget <= 0 { finish(&c) }
+        case .done:
+            return
+        }
+    }
+
+    private func expire(_ c: inout Connection, now: Double, _ server: HealthServer) {
+        if c.phase == .readingHead && !c.head.isEmpty {
+            startWriting(&c, server.response(for: .timedOut), now: now)
+            if c.phase == .writing { finish(&c) }   // no time left to wait for a slow reader
+        } else {
+            finish(&c)
+        }
+    }
+
+    private func startWriting(_ c: inout Connection, _ response: HealthResponse, now: Double) {
+        c.head = []
+        c.output = response.serialized()
+        c.written = 0
+        c.phase = .writing
+        c.deadline = now + limits.writeTimeoutSeconds
+        flush(&c, now: now)
+    }
+
+    private func flush(_ c: inout Connection, now: Double) {
+        while c.written < c.output.count {
+            let n = c.output.withUnsafeBytes { raw in
+                send(c.fd, raw.baseAddress! + c.written, raw.count - c.written, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
             }
             if n < 0 {
                 if errno == EINTR { continue }
-                return   // peer gone, or SO_SNDTIMEO expired
+                if errno == EAGAIN { return }   // wait for POLLOUT
+                return finish(&c)
             }
-            offset += n
+            c.written += n
         }
+        shutdown(c.fd, Int32(SHUT_WR))
+        c.output = []
+        c.phase = .draining
+        c.deadline = now + 0.2
     }
 
-    private func drain(_ fd: Int32, deadline: Double, budget: Int) {
-        var scratch = [UInt8](repeating: 0, count: 4096)
-        var left = budget
-        while left > 0 {
-            let remaining = deadline - monotonicSeconds()
-            guard remaining > 0, waitReadable(fd, seconds: remaining) else { return }
-            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return }
-            left -= n
-        }
+    private func finish(_ c: inout Connection) {
+        close(c.fd)
+        c.phase = .done
     }
 }
 
@@ -355,13 +474,6 @@ private func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
-}
-
-fileprivate extension timeval {
-    init(seconds: Double) {
-        let whole = Int(seconds)
-        self.init(tv_sec: whole, tv_usec: Int((seconds - Double(whole)) * 1e6))
-    }
 }
 
 // MARK: - Request and response

@@ -13,10 +13,18 @@ import Locking
 public struct ServerConfiguration: Sendable {
     public var socketPath: String
     public var socketMode: mode_t = 0o600
-    /// Peers (SO_PEERCRED uid) allowed to connect.
-    public var allowedUIDs: Set<UInt32> = [0, getuid()]
+    /// Peers (SO_PEERCRED uid) allowed to connect. Root only (kube-apiserver's uid): kekd's own uid is not a
+    /// caller unless listed, so another process that happens to run as that uid cannot call Decrypt.
+    public var allowedUIDs: Set<UInt32> = [0]
+    /// Peers that may connect and call Status only: by default kekd's own uid, so an exec probe (`kekctl status`
+    /// in kekd's container) works while a process sharing that uid still cannot Encrypt or Decrypt.
+    public var statusOnlyUIDs: Set<UInt32> = [getuid()]
     public var grpc = GRPCServerLimits()
     public var maxConnections = 64
+    /// Request bytes all connections together may hold while requests are still arriving; a stream whose DATA
+    /// would exceed it is refused (RESOURCE_EXHAUSTED, RST_STREAM(ENHANCE_YOUR_CALM)). Per connection:
+    /// `grpc.maxBufferedRequestBytesPerConnection`.
+    public var maxBufferedRequestBytes = 32 << 20
     /// The client must send the HTTP/2 preface within this many seconds.
     public var prefaceTimeout: Double = 10
     /// A connection with no open stream and no traffic for this long gets GOAWAY and is closed (0 = never).
@@ -46,6 +54,8 @@ public final class KMSServer: @unchecked Sendable {
     /// DispatchSemaphore: libdispatch traps when a semaphore is released while below its initial value.)
     private let backendCallsInFlight = LockedValue<Int>(0)
     let workers: WorkerPool
+    /// Shared by the connections: the server-wide cap on buffered request bytes.
+    let requestBuffers: SharedRequestBufferBudget
 
     private let state = LockedValue(State())
     private struct State {
@@ -67,6 +77,7 @@ public final class KMSServer: @unchecked Sendable {
         self.backendName = service.backend.name
         self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
         self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
+        self.requestBuffers = SharedRequestBufferBudget(limit: configuration.maxBufferedRequestBytes)
     }
 
     /// Takes one pool slot, or returns false when all are in use.
@@ -96,7 +107,7 @@ public final class KMSServer: @unchecked Sendable {
     private func acceptLoop(_ listener: UnixSocketListener) {
         while let fd = listener.accept() {
             let peer = PeerCredentials.of(socket: fd)
-            guard let peer, configuration.allowedUIDs.contains(peer.uid) else {
+            guard let peer, configuration.allowedUIDs.contains(peer.uid) || configuration.statusOnlyUIDs.contains(peer.uid) else {
                 refuse(fd, peer: peer, reason: peer.map { "uid \($0.uid) is not in --allowed-uids" } ?? "peer credentials unavailable")
                 continue
             }
@@ -125,6 +136,11 @@ public final class KMSServer: @unchecked Sendable {
                                      outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
                                      peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
                                      connection: 0, stream: 0, ciphertext: nil))
+    }
+
+    /// Status for every admitted peer; Encrypt and Decrypt only for `allowedUIDs`.
+    func mayCall(_ path: String, peer: PeerCredentials) -> Bool {
+        configuration.allowedUIDs.contains(peer.uid) || path == KMSMethod.status.rawValue
     }
 
     func connectionFinished(_ id: UInt64) {

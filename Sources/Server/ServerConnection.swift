@@ -28,7 +28,8 @@ final class ServerConnection: @unchecked Sendable {
         self.fd = fd
         self.peer = peer
         self.server = server
-        self.grpc = GRPCServerConnection(knownPaths: KMSMethod.paths, limits: server.configuration.grpc)
+        self.grpc = GRPCServerConnection(knownPaths: KMSMethod.paths, limits: server.configuration.grpc,
+                                         budget: server.requestBuffers)
     }
 
     func start() {
@@ -64,12 +65,18 @@ final class ServerConnection: @unchecked Sendable {
         defer { buffer.deallocate() }
         let started = Posix.monotonicNanos()
         var lastActivity = started
+        var requestDeadline: UInt64?  // the oldest incomplete request's; a copy read without the lock
         loop: while true {
             // Wait with a timeout so a silent peer cannot hold the connection forever.
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, 1000)
+            let ready = poll(&pfd, 1, Self.pollTimeoutMillis(until: requestDeadline))
             if ready < 0 && errno != EINTR { break }
             let now = Posix.monotonicNanos()
+            // Checked on every wake-up, so a peer that keeps sending cannot keep its half-open streams alive.
+            if let deadline = requestDeadline, now >= deadline {
+                requestDeadline = expireIncompleteRequests(now: now)
+                if writeFailedSnapshot() { break }
+            }
             if ready <= 0 {
                 if checkTimeouts(now: now, started: started, lastActivity: lastActivity) { break }
                 continue
@@ -110,11 +117,35 @@ final class ServerConnection: @unchecked Sendable {
                 server.metrics?.protocolError(kind: "queued_output_limit")
                 closeAfterFlush = true
             }
+            requestDeadline = grpc.nextRequestDeadline
             flushLocked()
             if closeAfterFlush || writeFailedSnapshot() { break }
         }
+        lock.lock()
+        grpc.releaseBufferedRequests()  // the server-wide budget must not leak what this connection held
+        lock.unlock()
         close(fd)
         server.connectionFinished(id)
+    }
+
+    /// Until `deadline` (at most 1 s, so the other timeouts are still checked).
+    private static func pollTimeoutMillis(until deadline: UInt64?) -> Int32 {
+        guard let deadline else { return 1000 }
+        let now = Posix.monotonicNanos()
+        guard deadline > now else { return 0 }
+        return Int32(min(1000, (deadline - now) / 1_000_000 + 1))
+    }
+
+    /// Resets the streams whose request did not complete within --request-timeout; returns the next deadline.
+    private func expireIncompleteRequests(now: UInt64) -> UInt64? {
+        lock.lock()
+        for case let .streamProtocolError(kind, reason) in grpc.expireIncompleteRequests(now: now) {
+            server.metrics?.protocolError(kind: kind)
+            server.logger.debug("stream reset", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
+        }
+        let next = grpc.nextRequestDeadline
+        flushLocked()
+        return next
     }
 
     /// Returns true when the connection should close.
@@ -152,6 +183,11 @@ final class ServerConnection: @unchecked Sendable {
     private func handle(_ request: GRPCRequest, arrived: UInt64) {
         let op = KMSMethod.op(forPath: request.path)
         server.metrics?.callStarted(op: op)
+        if !server.mayCall(request.path, peer: peer) {
+            let outcome = CallOutcome(op: op, status: GRPCStatus(.permissionDenied, "uid \(peer.uid) may call Status only (--status-only-uids)"))
+            complete(request, outcome, arrived: arrived)
+            return
+        }
         if server.runInline {
             let outcome = server.dispatcher.handle(path: request.path, message: request.message)
             complete(request, outcome, arrived: arrived)

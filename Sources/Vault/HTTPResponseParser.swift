@@ -1,6 +1,7 @@
-// A strict, bounded HTTP/1.1 response parser. Pure: bytes in, a response (or "need more") out. It re-parses the
-// buffered bytes from the start on each call, which keeps it stateless and easy to fuzz; sizes are bounded so the
-// cost is bounded too.
+// A strict, bounded HTTP/1.1 response parser. Pure: bytes in, a response (or "need more") out. The client keeps an
+// `HTTPParseProgress` between calls, so each call resumes where the last one stopped (a response arriving in n
+// pieces costs O(total bytes), not O(n × bytes)); without one, each call parses from the start, which is what the
+// fuzzer checks the resumed parse against.
 
 public struct HTTPResponse: Sendable, Equatable {
     public var status: Int
@@ -36,6 +37,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case unsupportedTransferEncoding
     case malformedChunk
     case bodyTooLarge
+    case tooManyChunks
     case truncated
 
     public var description: String {
@@ -49,6 +51,7 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .unsupportedTransferEncoding: return "unsupported Transfer-Encoding"
         case .malformedChunk: return "malformed chunked body"
         case .bodyTooLarge: return "HTTP response body too large"
+        case .tooManyChunks: return "HTTP response body in too many tiny chunks"
         case .truncated: return "HTTP response truncated"
         }
     }
@@ -60,6 +63,28 @@ public struct HTTPParserLimits: Sendable {
     /// Vault replies kekd asks for are a few KiB (a 128-item batch decrypt is ~15 KiB).
     public var maxBodyBytes = 1024 * 1024
     public init() {}
+}
+
+/// Where a parse of a growing buffer stopped, so the next call on the same (appended-to) buffer resumes there.
+/// Indices are the buffer's own; the buffer may only grow at its end between calls.
+public struct HTTPParseProgress: Sendable {
+    fileprivate var start: Int?
+    fileprivate var headerScanned: Int?
+    fileprivate var head: HTTPResponseParser.ParsedHead?
+    fileprivate var chunkNext: Int?
+    fileprivate var chunkBody: [UInt8] = []
+    fileprivate var chunks = 0
+    fileprivate var inTrailers = false
+    fileprivate var trailerBytes = 0
+    public init() {}
+
+    /// Wipes the body bytes collected so far (replies can carry key material).
+    public mutating func wipeBody() {
+        chunkBody.withUnsafeMutableBufferPointer { buffer in
+            for i in buffer.indices { buffer[i] = 0 }
+        }
+        chunkBody = []
+    }
 }
 
 public enum HTTPParseOutcome: Sendable, Equatable {
@@ -75,30 +100,51 @@ public enum HTTPResponseParser {
     /// and anything incomplete is `.truncated`. `requestWasHEAD` suppresses the body.
     public static func parse(_ buffer: ArraySlice<UInt8>, atEOF: Bool, requestWasHEAD: Bool = false,
                              limits: HTTPParserLimits = .init()) throws(HTTPParseError) -> HTTPParseOutcome {
-        var start = buffer.startIndex
+        var progress = HTTPParseProgress()
+        defer { progress.wipeBody() }
+        return try parse(buffer, atEOF: atEOF, requestWasHEAD: requestWasHEAD, limits: limits, progress: &progress)
+    }
+
+    /// Parses on from where `progress` says the previous call on this buffer stopped.
+    public static func parse(_ buffer: ArraySlice<UInt8>, atEOF: Bool, requestWasHEAD: Bool = false,
+                             limits: HTTPParserLimits = .init(),
+                             progress: inout HTTPParseProgress) throws(HTTPParseError) -> HTTPParseOutcome {
         // Interim 1xx responses (100 Continue) carry no body: skip them.
         while true {
-            guard let headEnd = findHeaderEnd(buffer, from: start, limit: limits.maxHeaderBytes) else {
-                // Too large only once the whole window (limit + CRLFCRLF) was searched: earlier, the terminator may
-                // still arrive, and the outcome must not depend on how the socket split the bytes.
-                if buffer.endIndex - start >= limits.maxHeaderBytes + 4 { throw .headersTooLarge }
-                if atEOF { throw .truncated }
-                return .needMore
+            let start = progress.start ?? buffer.startIndex
+            if progress.head == nil {
+                // Resume the search for CRLFCRLF where the last one stopped (3 bytes back: it may straddle the cut).
+                let from = max(start, (progress.headerScanned ?? start) - 3)
+                guard let headEnd = findHeaderEnd(buffer, start: start, from: from, limit: limits.maxHeaderBytes) else {
+                    progress.headerScanned = buffer.endIndex
+                    // Too large only once the whole window (limit + CRLFCRLF) was searched: earlier, the terminator may
+                    // still arrive, and the outcome must not depend on how the socket split the bytes.
+                    if buffer.endIndex - start >= limits.maxHeaderBytes + 4 { throw .headersTooLarge }
+                    if atEOF { throw .truncated }
+                    return .needMore
+                }
+                let head = try parseHead(buffer[start..<headEnd.lineEnd], limits: limits)
+                let bodyStart = headEnd.bodyStart
+                if (100...199).contains(head.status) {
+                    if head.status == 101 { throw .malformedStatusLine }  // we never ask to upgrade
+                    progress = HTTPParseProgress()
+                    progress.start = bodyStart
+                    continue
+                }
+                let noBody = requestWasHEAD || head.status == 204 || head.status == 304
+                if noBody {
+                    return .complete(head.response(body: []), consumed: bodyStart - buffer.startIndex)
+                }
+                progress.head = ParsedHead(head: head, bodyStart: bodyStart, framing: try framing(of: head))
             }
-            var head = try parseHead(buffer[start..<headEnd.lineEnd], limits: limits)
-            let bodyStart = headEnd.bodyStart
-            if (100...199).contains(head.status) {
-                if head.status == 101 { throw .malformedStatusLine }  // we never ask to upgrade
-                start = bodyStart
-                continue
-            }
-            let noBody = requestWasHEAD || head.status == 204 || head.status == 304
-            if noBody {
-                return .complete(head.response(body: []), consumed: bodyStart - buffer.startIndex)
-            }
-            switch try framing(of: head) {
+            guard let parsed = progress.head else { return .needMore }
+            var head = parsed.head
+            let bodyStart = parsed.bodyStart
+            switch parsed.framing {
             case .chunked:
-                guard let (body, end) = try parseChunked(buffer, from: bodyStart, atEOF: atEOF, limits: limits) else { return .needMore }
+                guard let end = try parseChunked(buffer, from: bodyStart, atEOF: atEOF, limits: limits, progress: &progress) else { return .needMore }
+                let body = progress.chunkBody
+                progress.wipeBody()
                 return .complete(head.response(body: body), consumed: end - buffer.startIndex)
             case .length(let n):
                 guard n <= limits.maxBodyBytes else { throw .bodyTooLarge }
@@ -118,7 +164,13 @@ public enum HTTPResponseParser {
         }
     }
 
-    private struct Head {
+    fileprivate struct ParsedHead: Sendable {
+        var head: Head
+        var bodyStart: Int
+        var framing: Framing
+    }
+
+    fileprivate struct Head: Sendable {
         var status: Int
         var reason: String
         var headers: [(name: String, value: String)]
@@ -128,11 +180,12 @@ public enum HTTPResponseParser {
         }
     }
 
-    private enum Framing { case chunked, length(Int), untilClose }
+    fileprivate enum Framing: Sendable { case chunked, length(Int), untilClose }
 
-    /// Index of the CR of the blank line's preceding line end, and where the body starts.
-    private static func findHeaderEnd(_ b: ArraySlice<UInt8>, from start: Int, limit: Int) -> (lineEnd: Int, bodyStart: Int)? {
-        var i = start
+    /// Index of the CR of the blank line's preceding line end, and where the body starts. The header block begins
+    /// at `start`; the search begins at `from` (where an earlier search on a shorter buffer left off).
+    private static func findHeaderEnd(_ b: ArraySlice<UInt8>, start: Int, from: Int, limit: Int) -> (lineEnd: Int, bodyStart: Int)? {
+        var i = from
         let end = min(b.endIndex, start + limit + 4)
         while i + 3 < end {
             if b[i] == cr && b[i + 1] == lf && b[i + 2] == cr && b[i + 3] == lf { return (i, i + 4) }
@@ -228,14 +281,20 @@ public enum HTTPResponseParser {
         return u.reduce(0) { $0 * 10 + Int($1 - 48) }
     }
 
-    /// Returns nil when more bytes are needed.
-    private static func parseChunked(_ b: ArraySlice<UInt8>, from start: Int, atEOF: Bool,
-                                     limits: HTTPParserLimits) throws(HTTPParseError) -> ([UInt8], Int)? {
-        var body: [UInt8] = []
-        var i = start
+    /// A body of more than this many chunks must average `minAverageChunkBytes` per chunk: 1-byte chunks cost a
+    /// line parse per byte and say the server is broken or hostile.
+    static let freeChunks = 1024
+    static let minAverageChunkBytes = 64
+
+    /// The end of the chunked body, or nil when more bytes are needed. Resumes at the chunk `progress` stopped
+    /// before, with the body collected so far in `progress.chunkBody`.
+    private static func parseChunked(_ b: ArraySlice<UInt8>, from bodyStart: Int, atEOF: Bool, limits: HTTPParserLimits,
+                                     progress: inout HTTPParseProgress) throws(HTTPParseError) -> Int? {
+        var i = progress.chunkNext ?? bodyStart
         let maxLineLength = 1024
-        func need() throws(HTTPParseError) -> ([UInt8], Int)? { if atEOF { throw .truncated }; return nil }
-        while true {
+        func need() throws(HTTPParseError) -> Int? { if atEOF { throw .truncated }; return nil }
+        defer { progress.chunkNext = i }
+        while !progress.inTrailers {
             // chunk-size [; ext] CRLF
             guard let lineEnd = findCRLF(b, from: i, maxLength: maxLineLength) else {
                 if b.endIndex - i >= maxLineLength + 2 { throw .malformedChunk }  // whole window searched (see findCRLF)
@@ -250,28 +309,31 @@ public enum HTTPResponseParser {
                 size = size * 16 + d
             }
             guard line[(line.startIndex + sizePart.count)...].allSatisfy({ $0 >= 32 || $0 == 9 }) else { throw .malformedChunk }
-            i = lineEnd + 2
             if size == 0 {
-                // Trailer section: header lines until an empty line; contents ignored.
-                var trailerBytes = 0
-                while true {
-                    guard let tEnd = findCRLF(b, from: i, maxLength: limits.maxHeaderBytes) else {
-                        if b.endIndex - i > limits.maxHeaderBytes { throw .headersTooLarge }
-                        return try need()
-                    }
-                    let isEmpty = tEnd == i
-                    trailerBytes += tEnd - i + 2
-                    guard trailerBytes <= limits.maxHeaderBytes else { throw .headersTooLarge }
-                    i = tEnd + 2
-                    if isEmpty { return (body, i) }
-                }
+                i = lineEnd + 2
+                progress.inTrailers = true
+                break
             }
-            guard body.count + size <= limits.maxBodyBytes else { throw .bodyTooLarge }
-            guard b.endIndex - i >= size + 2 else { return try need() }
-            body.append(contentsOf: b[i..<(i + size)])
-            i += size
-            guard b[i] == cr, b[i + 1] == lf else { throw .malformedChunk }
-            i += 2
+            guard progress.chunkBody.count + size <= limits.maxBodyBytes else { throw .bodyTooLarge }
+            guard b.endIndex - (lineEnd + 2) >= size + 2 else { return try need() }  // resume at this size line
+            let data = lineEnd + 2
+            guard b[data + size] == cr, b[data + size + 1] == lf else { throw .malformedChunk }
+            progress.chunkBody.append(contentsOf: b[data..<(data + size)])
+            progress.chunks += 1
+            if progress.chunks > freeChunks && progress.chunkBody.count < progress.chunks * minAverageChunkBytes { throw .tooManyChunks }
+            i = data + size + 2
+        }
+        // Trailer section: header lines until an empty line; contents ignored.
+        while true {
+            guard let tEnd = findCRLF(b, from: i, maxLength: limits.maxHeaderBytes) else {
+                if b.endIndex - i > limits.maxHeaderBytes { throw .headersTooLarge }
+                return try need()
+            }
+            let isEmpty = tEnd == i
+            progress.trailerBytes += tEnd - i + 2
+            guard progress.trailerBytes <= limits.maxHeaderBytes else { throw .headersTooLarge }
+            i = tEnd + 2
+            if isEmpty { return i }
         }
     }
 

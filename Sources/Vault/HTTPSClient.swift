@@ -153,14 +153,25 @@ public final class HTTPSClient: Sendable {
         }
     }
 
+    /// Wire bytes one response may take: the header and body limits plus room for chunk framing. Beyond it the server
+    /// is broken or hostile (an endless body of chunk extensions or 100 Continues would otherwise never end).
+    static let maxResponseBytes = HTTPParserLimits().maxHeaderBytes + HTTPParserLimits().maxBodyBytes + 64 * 1024
+    /// A response read in more than this many pieces must average `minAverageReadBytes` per read: a server that
+    /// sends one byte per TLS record makes every read cheap for it and costly for us.
+    static let freeReads = 4096
+    static let minAverageReadBytes = 64
+
     private func readResponse(_ conn: TLSConnection, isHEAD: Bool, deadline: Date) throws(TransportError) -> HTTPResponse {
         var buffer: [UInt8] = []
-        defer { wipe(&buffer) }
+        var progress = HTTPParseProgress()
+        defer { wipe(&buffer); progress.wipeBody() }
         var atEOF = false
+        var reads = 0
         while true {
             let outcome: HTTPParseOutcome
             do {
-                outcome = try HTTPResponseParser.parse(buffer[...], atEOF: atEOF, requestWasHEAD: isHEAD)
+                // Resumes where the previous call stopped: each byte is parsed once, however the server splits them.
+                outcome = try HTTPResponseParser.parse(buffer[...], atEOF: atEOF, requestWasHEAD: isHEAD, progress: &progress)
             } catch {
                 conn.markBroken()
                 throw .protocolError(error.description)
@@ -171,10 +182,20 @@ public final class HTTPSClient: Sendable {
                 return response
             case .needMore:
                 do {
+                    // read() checks the deadline on every call, also when data keeps arriving.
                     buffer += try conn.read(deadline: deadline)
                 } catch .closed {
                     if buffer.isEmpty { throw .closed }  // nothing arrived: the request may be replayed
                     atEOF = true
+                }
+                reads += 1
+                if buffer.count > Self.maxResponseBytes {
+                    conn.markBroken()
+                    throw .protocolError("response larger than \(Self.maxResponseBytes) bytes")
+                }
+                if reads > Self.freeReads && buffer.count < reads * Self.minAverageReadBytes {
+                    conn.markBroken()
+                    throw .protocolError("response arrives in too many tiny pieces (\(reads) reads, \(buffer.count) bytes)")
                 }
             }
         }

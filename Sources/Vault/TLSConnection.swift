@@ -91,6 +91,8 @@ final class TLSContext: @unchecked Sendable {
         }
         if let cert = settings.clientCertFile {
             let key = settings.clientKeyFile ?? cert
+            // Checked on every rebuild too: a key file that became readable by others is refused, as at startup.
+            do { try CredentialFile.check(key, what: "Vault client key file") } catch { throw .tls(error.message) }
             guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
                 throw .tls(openSSLErrorText("cannot load client certificate \(cert)"))
             }
@@ -189,8 +191,10 @@ final class TLSConnection: @unchecked Sendable {
         }
     }
 
-    /// Reads some bytes (at least one) or throws `.closed` at EOF.
+    /// Reads some bytes (at least one) or throws `.closed` at EOF. The deadline is checked on every call, not only
+    /// when a read would block: a server that keeps data flowing must not keep us past it.
     func read(deadline: Date) throws(TransportError) -> [UInt8] {
+        guard deadline.timeIntervalSinceNow > 0 else { isBroken = true; throw .timeout("read") }
         var buf = [UInt8](repeating: 0, count: 16 * 1024)
         guard let ssl else {
             while true {

@@ -50,8 +50,11 @@ final class TokenManager: Sendable {
         self.client = client
         self.now = now
         switch method {
-        case .tokenFile(let path): tokenFile = SecretFile(path: path); roleIDFile = nil; secretIDFile = nil
-        case .appRole(let r, let s, _): tokenFile = nil; roleIDFile = SecretFile(path: r); secretIDFile = SecretFile(path: s)
+        case .tokenFile(let path): tokenFile = SecretFile(path: path, what: "Vault token file"); roleIDFile = nil; secretIDFile = nil
+        case .appRole(let r, let s, _):
+            tokenFile = nil
+            roleIDFile = SecretFile(path: r, what: "AppRole role-id file", secret: false)
+            secretIDFile = SecretFile(path: s, what: "AppRole secret-id file")
         case .cert: tokenFile = nil; roleIDFile = nil; secretIDFile = nil
         }
     }

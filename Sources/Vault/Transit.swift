@@ -30,13 +30,16 @@ final class TransitAPI: Sendable {
         }
     }
 
+    /// The error for a reply that says the key is gone: 404 on a read, or Vault's 400 "encryption key not found" from
+    /// encrypt and decrypt. FAILED_PRECONDITION, which the keyring treats as "stop using every local KEK".
+    private func keyGone(_ reply: VaultReply) -> VaultError? {
+        let notFound = reply.status == 404 || (reply.status == 400 && reply.errorText.contains("encryption key not found"))
+        return notFound ? VaultError(.failedPrecondition, "Vault transit key \(mount)/\(keyName) does not exist") : nil
+    }
+
     func readKey(deadline: Date) throws(VaultError) -> TransitKeyInfo {
         let reply = try call("read_key", "GET", "\(mount)/keys/\(keyName)", nil, deadline: deadline)
-        guard reply.status == 200 else {
-            var error = VaultClient.error("read key \(keyName)", reply)
-            if reply.status == 404 { error.message = "Vault transit key \(mount)/\(keyName) does not exist" }
-            throw error
-        }
+        guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("read key \(keyName)", reply) }
         let data = reply.data
         guard let latest = jsonInt(data["latest_version"]), latest > 0 else {
             throw VaultError(.unavailable, "Vault key read: no latest_version")
@@ -68,7 +71,7 @@ final class TransitAPI: Sendable {
     func encrypt(_ plaintext: [UInt8], keyVersion: Int, deadline: Date) throws(VaultError) -> String {
         let body: [String: Any] = ["plaintext": Data(plaintext).base64EncodedString(), "key_version": keyVersion]
         let reply = try call("encrypt", "POST", "\(mount)/encrypt/\(keyName)", body, deadline: deadline)
-        guard reply.status == 200 else { throw VaultClient.error("encrypt", reply) }
+        guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("encrypt", reply) }
         guard let ciphertext = reply.data["ciphertext"] as? String, ciphertext.hasPrefix("vault:v\(keyVersion):") else {
             throw VaultError(.unavailable, "Vault encrypt returned no ciphertext for version \(keyVersion)")
         }
@@ -81,7 +84,7 @@ final class TransitAPI: Sendable {
         let reply = try call("decrypt", "POST", "\(mount)/decrypt/\(keyName)", body, deadline: deadline)
         // Vault answers 400 when any item failed but still lists every item's result.
         guard reply.status == 200 || reply.status == 400, let results = reply.data["batch_results"] as? [Any] else {
-            throw VaultClient.error("decrypt", reply)
+            throw keyGone(reply) ?? VaultClient.error("decrypt", reply)
         }
         guard results.count == ciphertexts.count else {
             throw VaultError(.unavailable, "Vault decrypt returned \(results.count) results for \(ciphertexts.count) inputs")
@@ -89,7 +92,10 @@ final class TransitAPI: Sendable {
         return results.map { item in
             let object = item as? [String: Any] ?? [:]
             if let error = object["error"] as? String, !error.isEmpty {
-                return .failure(VaultError(.invalidArgument, "Vault decrypt: \(String(error.prefix(200)))"))
+                // Vault's refusal below the key's min_decryption_version: retired on purpose, not a bad ciphertext.
+                let code: VaultErrorCode = error.contains("disallowed by policy (too old)") ? .failedPrecondition : .invalidArgument
+                let hint = code == .failedPrecondition ? " (below the key's min_decryption_version)" : ""
+                return .failure(VaultError(code, "Vault decrypt: \(String(error.prefix(200)))\(hint)"))
             }
             guard let text = object["plaintext"] as? String, let bytes = Data(base64Encoded: text) else {
                 return .failure(VaultError(.invalidArgument, "Vault decrypt returned no plaintext"))

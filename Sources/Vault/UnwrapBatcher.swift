@@ -6,33 +6,78 @@ import Foundation
 import Locking
 import Synchronization
 
-/// Bounded LRU of wrapped local KEK → unwrapped key.
+/// Bounded LRU of wrapped local KEK → unwrapped key. Entries expire `ttl` seconds after Vault unwrapped them (use
+/// does not extend them), so a kekd whose Vault access was revoked stops decrypting within the TTL even when it
+/// never hears a 403. `clear()` drops everything at once (Vault said 403/404 for the key).
 final class LocalKEKCache: Sendable {
+    private struct Entry {
+        var key: SymmetricKey
+        var lastUse: UInt64
+        var expires: Double
+    }
     private struct Inner {
-        var entries: [String: (key: SymmetricKey, lastUse: UInt64)] = [:]
+        var entries: [String: Entry] = [:]
         var clock: UInt64 = 0
+        /// Bumped by `clear()`, so an unwrap that was in flight when Vault revoked access is not cached afterwards.
+        var generation = 0
     }
     private let inner = LockedValue(Inner())
     let capacity: Int
+    let ttl: Double
+    private let now: @Sendable () -> Double
 
-    init(capacity: Int) { self.capacity = max(1, capacity) }
+    init(capacity: Int, ttl: Double = .infinity, now: @escaping @Sendable () -> Double = LocalKEKCache.monotonicSeconds) {
+        self.capacity = max(1, capacity); self.ttl = ttl; self.now = now
+    }
+
+    /// Seconds on a clock that wall-clock changes do not move.
+    static func monotonicSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
     func get(_ wrapped: String) -> SymmetricKey? {
-        inner.withLock { s in
-            guard let entry = s.entries[wrapped] else { return nil }
+        let t = now()
+        return inner.withLock { s in
+            guard var entry = s.entries[wrapped] else { return nil }
+            guard t < entry.expires else {
+                s.entries[wrapped] = nil
+                return nil
+            }
             s.clock &+= 1
-            s.entries[wrapped] = (entry.key, s.clock)
+            entry.lastUse = s.clock
+            s.entries[wrapped] = entry
             return entry.key
         }
     }
 
-    func put(_ wrapped: String, _ key: SymmetricKey) {
+    var generation: Int { inner.withLock { $0.generation } }
+
+    /// Caches `key` unless the cache was cleared since `generation` was read (nil: unconditionally).
+    func put(_ wrapped: String, _ key: SymmetricKey, ifGeneration generation: Int? = nil) {
+        let expires = now() + ttl
         inner.withLock { s in
+            if let generation, generation != s.generation { return }
             s.clock &+= 1
-            s.entries[wrapped] = (key, s.clock)
+            s.entries[wrapped] = Entry(key: key, lastUse: s.clock, expires: expires)
             // Evict the least recently used (linear scan: only on a miss that overflows, bounded by capacity).
             while s.entries.count > capacity, let oldest = s.entries.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
                 s.entries[oldest] = nil
+            }
+        }
+    }
+
+    /// Drops every entry (their keys are wiped when released).
+    func clear() {
+        inner.withLock { s in
+            s.entries.removeAll()
+            s.generation &+= 1
+        }
+    }
+
+    /// Drops the local KEKs wrapped under Vault versions below `version` (min_decryption_version was raised).
+    func removeVersions(below version: Int) {
+        inner.withLock { s in
+            s.entries = s.entries.filter { entry in
+                guard let (_, v) = VaultKeyring.parseWrapped(Array(entry.key.utf8)) else { return false }
+                return v >= version
             }
         }
     }
@@ -103,12 +148,13 @@ final class UnwrapBatcher: @unchecked Sendable {
         cond.unlock()
         guard !batch.isEmpty else { return }
         batches.add(1, ordering: .relaxed)
+        let generation = cache.generation
         var results = unwrapMany(batch)
         if results.count != batch.count {
             results = Array(repeating: .failure(VaultError(.internalError, "unwrap result count mismatch")), count: batch.count)
         }
         for (wrapped, result) in zip(batch, results) {
-            if case .success(let key) = result { cache.put(wrapped, key) }
+            if case .success(let key) = result { cache.put(wrapped, key, ifGeneration: generation) }
         }
         cond.lock()
         for (wrapped, result) in zip(batch, results) {

@@ -20,6 +20,9 @@ public struct VaultConfiguration: Sendable, Equatable {
     public var localKEKMaxAge: Double = 24 * 3600
     /// Unwrapped local KEKs kept in memory for Decrypt.
     public var cacheSize = 10_000
+    /// How long an unwrapped local KEK stays cached: the longest a kekd whose Vault access was revoked can still
+    /// decrypt with it when Vault does not tell it so (a 403/404 clears the cache at once).
+    public var cacheTTL: Double = 300
     /// Tests only: permits http:// addresses.
     public var insecureAllowHTTP = false
 
@@ -39,7 +42,7 @@ public struct VaultConfiguration: Sendable, Equatable {
         "vault-ca-file", "vault-client-cert", "vault-client-key", "vault-tls-server-name",
         "vault-connect-timeout", "vault-request-timeout", "vault-key-poll-interval",
         "vault-local-kek-max-encryptions", "vault-local-kek-max-age", "vault-cache-size",
-        "vault-insecure-allow-http",
+        "vault-insecure-allow-http", "vault-cache-ttl",
     ]
 
     /// Builds and validates a configuration from `--name value` pairs (names without `--`). Errors are one line.
@@ -55,6 +58,12 @@ public struct VaultConfiguration: Sendable, Equatable {
             guard FileManager.default.isReadableFile(atPath: path) else { throw bad("--\(name): cannot read \(path)") }
             return path
         }
+        /// A file holding a secret: also private to kekd, as the key file must be.
+        func secretFile(_ name: String, _ what: String) throws(VaultError) -> String? {
+            guard let path = try readableFile(name) else { return nil }
+            do { try CredentialFile.check(path, what: what) } catch { throw bad("--\(name): \(error.message)") }
+            return path
+        }
         guard let address = value("vault-addr") else { throw bad("--vault-addr is required (e.g. https://vault.example:8200)") }
         guard let keyName = value("vault-key") else { throw bad("--vault-key is required (the Transit key name)") }
         guard keyName.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_.".contains($0)) }), keyName != ".", keyName != ".." else {
@@ -66,12 +75,12 @@ public struct VaultConfiguration: Sendable, Equatable {
         if !endpoint.secure && !insecure { throw bad("--vault-addr must use https:// (http:// only with --vault-insecure-allow-http true, for tests)") }
 
         let tls = TLSSettings(caFile: try readableFile("vault-ca-file"), clientCertFile: try readableFile("vault-client-cert"),
-                              clientKeyFile: try readableFile("vault-client-key"), serverName: value("vault-tls-server-name"))
+                              clientKeyFile: try secretFile("vault-client-key", "Vault client key file"), serverName: value("vault-tls-server-name"))
         if (tls.clientCertFile == nil) != (tls.clientKeyFile == nil) { throw bad("--vault-client-cert and --vault-client-key go together") }
 
-        let tokenFile = try readableFile("vault-token-file")
+        let tokenFile = try secretFile("vault-token-file", "Vault token file")
         let roleIDFile = try readableFile("vault-approle-role-id-file")
-        let secretIDFile = try readableFile("vault-approle-secret-id-file")
+        let secretIDFile = try secretFile("vault-approle-secret-id-file", "AppRole secret-id file")
         if (roleIDFile == nil) != (secretIDFile == nil) { throw bad("AppRole needs both --vault-approle-role-id-file and --vault-approle-secret-id-file") }
         let requested = value("vault-auth") ?? (tokenFile != nil ? "token" : roleIDFile != nil ? "approle" : tls.clientCertFile != nil ? "cert" : "")
         let auth: VaultAuthMethod
@@ -103,6 +112,7 @@ public struct VaultConfiguration: Sendable, Equatable {
         config.localKEKMaxAge = try duration(value("vault-local-kek-max-age") ?? "24h", "vault-local-kek-max-age", max: 365 * 86400)
         config.localKEKMaxEncryptions = try count(value("vault-local-kek-max-encryptions") ?? "1000000", "vault-local-kek-max-encryptions", max: 1 << 32)
         config.cacheSize = try count(value("vault-cache-size") ?? "10000", "vault-cache-size", max: 10_000_000)
+        config.cacheTTL = try duration(value("vault-cache-ttl") ?? "5m", "vault-cache-ttl", max: 86400)
         config.insecureAllowHTTP = insecure
         return config
     }

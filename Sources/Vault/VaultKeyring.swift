@@ -17,6 +17,15 @@ final class ActiveKEK: Sendable {
     let createdAt: Double
     let encryptions = Atomic<Int>(0)
 
+    /// Why this local KEK may not encrypt any more (its age or use count reached the configured limit), or nil.
+    func exhaustion(config: VaultConfiguration, now: Double) -> String? {
+        if now - createdAt >= config.localKEKMaxAge { return "the local KEK reached --vault-local-kek-max-age" }
+        if encryptions.load(ordering: .relaxed) >= VaultKeyring.encryptionLimit(config) {
+            return "the local KEK reached --vault-local-kek-max-encryptions"
+        }
+        return nil
+    }
+
     init(key: SymmetricKey, wrapped: String, keyID: String, vaultVersion: Int, vaultCreated: Int64, createdAt: Double) {
         self.key = key; self.wrapped = wrapped; self.keyID = keyID
         self.vaultVersion = vaultVersion; self.vaultCreated = vaultCreated; self.createdAt = createdAt
@@ -37,6 +46,13 @@ public final class VaultKeyring: Sendable {
     static let maxWrappedSize = 512
     /// Hard stop for one local KEK: well below the 2^32 random-nonce bound; the background loop renews far earlier.
     static let hardEncryptionLimit = 1 << 31
+
+    /// Encrypts one local KEK may do: the flag, never more than the hard stop.
+    static func encryptionLimit(_ config: VaultConfiguration) -> Int { min(config.localKEKMaxEncryptions, hardEncryptionLimit) }
+    /// The background loop replaces a local KEK at 90 % of either limit, so Encrypt never meets the limit itself
+    /// while Vault answers.
+    static func renewalEncryptions(_ config: VaultConfiguration) -> Int { max(1, encryptionLimit(config) - encryptionLimit(config) / 10) }
+    static func renewalAge(_ config: VaultConfiguration) -> Double { config.localKEKMaxAge * 0.9 }
 
     struct State {
         var active: ActiveKEK?
@@ -62,7 +78,11 @@ public final class VaultKeyring: Sendable {
     let transit: TransitAPI
     let cache: LocalKEKCache
     let batcher: UnwrapBatcher
-    private let state = LockedValue(State())
+    private let state: LockedValue<State>
+    /// Serialises making a new local KEK (background loop and an Encrypt that found its local KEK exhausted).
+    private let renewLock = NSLock()
+    /// The last failed attempt to make a new local KEK: when, and why.
+    private let renewalFailure = LockedValue<(at: Double, message: String)?>(nil)
     private let onCache: (@Sendable (Bool) -> Void)?
     private let log: VaultLog
     let problems: ProblemTracker
@@ -96,12 +116,17 @@ public final class VaultKeyring: Sendable {
         tokens = TokenManager(method: configuration.auth, client: client)
         transit = TransitAPI(client: client, tokens: tokens, mount: configuration.transitMount, keyName: configuration.keyName,
                              requestTimeout: configuration.requestTimeout)
-        let cache = LocalKEKCache(capacity: configuration.cacheSize)
+        let cache = LocalKEKCache(capacity: configuration.cacheSize, ttl: configuration.cacheTTL)
         self.cache = cache
+        let state = LockedValue(State())
+        self.state = state
         let transit = self.transit
         let timeout = configuration.requestTimeout
+        let keyName = configuration.keyName
         batcher = UnwrapBatcher(cache: cache) { wrapped in
-            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout))
+            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout)) { error in
+                Self.revokeAccess(error, keyName: keyName, state: state, cache: cache, log: log)
+            }
         }
         if startBackground {
             Thread.detachNewThread { [self] in self.maintenanceLoop() }
@@ -138,19 +163,37 @@ public final class VaultKeyring: Sendable {
             guard let active = s.active else {
                 return Health(canEncrypt: false, keyID: "", detail: "no local KEK yet" + (problem.map { ": \($0)" } ?? ""))
             }
+            if let exhausted = unusable(active) {
+                return Health(canEncrypt: false, keyID: active.keyID, detail: exhausted + (problem.map { ": \($0)" } ?? ""))
+            }
             let detail = problem.map { "ok (encrypting with the cached local KEK; Vault problem: \($0))" } ?? "ok"
             return Health(canEncrypt: true, keyID: active.keyID, detail: detail)
         }
     }
 
-    /// Seals the DEK (seed) under the active local KEK. Never calls Vault.
+    /// Whether Status must fail for `active`: past its maximum age (the background loop had from 90 % of it on to
+    /// replace it and could not), or past its encryption limit after a failed attempt to replace it.
+    private func unusable(_ active: ActiveKEK) -> String? {
+        guard let reason = active.exhaustion(config: configuration, now: now()) else { return nil }
+        if now() - active.createdAt >= configuration.localKEKMaxAge { return reason + " and Vault has not wrapped a new one" }
+        guard let failure = renewalFailure.withLock({ $0 }), failure.at >= active.createdAt else { return nil }
+        return reason + " and Vault cannot wrap a new one (\(failure.message))"
+    }
+
+    /// Seals the DEK (seed) under the active local KEK. Calls Vault only when the local KEK reached a limit the
+    /// background loop could not renew it before (then UNAVAILABLE if Vault cannot wrap a new one).
     public func encrypt(_ plaintext: [UInt8]) throws(VaultError) -> VaultEnvelope {
         let (activeOrNil, blocked) = state.withLock { ($0.active, $0.blocked) }
         if let blocked { throw VaultError(.failedPrecondition, blocked) }
-        guard let active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
-        let used = active.encryptions.add(1, ordering: .relaxed).newValue
-        guard used <= Self.hardEncryptionLimit else { throw VaultError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
-        if used >= configuration.localKEKMaxEncryptions { wakeMaintenance() }
+        guard var active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
+        if now() - active.createdAt >= configuration.localKEKMaxAge { active = try replaceExhausted(active) }
+        var used = active.encryptions.add(1, ordering: .relaxed).newValue
+        if used > Self.encryptionLimit(configuration) {
+            active = try replaceExhausted(active)
+            used = active.encryptions.add(1, ordering: .relaxed).newValue
+            guard used <= Self.encryptionLimit(configuration) else { throw VaultError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
+        }
+        if used >= Self.renewalEncryptions(configuration) { wakeMaintenance() }
         let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
         do {
             let nonce = try SecureRandom.bytes(Self.nonceSize)
@@ -173,8 +216,14 @@ public final class VaultKeyring: Sendable {
         guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
             throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
         }
-        guard accepts(keyID: keyID, version: version) else {
+        let (currentKeyID, minimumVersion) = state.withLock { ($0.keyIDs[version], $0.keyInfo?.minDecryptionVersion ?? 1) }
+        guard currentKeyID == keyID || Self.isOwnKeyIDFormat(keyID, version: version) else {
             throw VaultError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
+        }
+        // Checked before the cache: retiring a version in Vault must stop kekd at once, cached local KEKs included.
+        guard version >= minimumVersion else {
+            throw VaultError(.failedPrecondition, "the local KEK is wrapped under Vault key version \(version), below the key's "
+                             + "min_decryption_version \(minimumVersion)")
         }
         let key: SymmetricKey
         if let cached = cache.get(wrapped) {
@@ -189,7 +238,8 @@ public final class VaultKeyring: Sendable {
         do {
             return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: Self.aad(keyID: keyID, annotations: annotations))
         } catch {
-            throw VaultError(.dataLoss, "ciphertext or annotations failed authentication")
+            // A tampered or foreign envelope is the caller's bad input, as in the file backend (README: INVALID_ARGUMENT).
+            throw VaultError(.invalidArgument, "ciphertext or annotations failed authentication")
         }
     }
 
@@ -239,8 +289,8 @@ public final class VaultKeyring: Sendable {
         return (String(decoding: bytes, as: UTF8.self), version)
     }
 
-    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, problems: ProblemTracker,
-                            deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+    static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, problems: ProblemTracker, deadline: Date,
+                            onAccessError: (VaultError) -> Void = { _ in }) -> [Result<SymmetricKey, VaultError>] {
         do {
             let results = try transit.decryptBatch(wrapped, deadline: deadline)
             problems.clear(.vault)
@@ -256,6 +306,7 @@ public final class VaultKeyring: Sendable {
             }
         } catch {
             if error.code != .invalidArgument { problems.note(.vault, error.message) }
+            onAccessError(error)
             return Array(repeating: .failure(error), count: wrapped.count)
         }
     }
@@ -312,8 +363,8 @@ public final class VaultKeyring: Sendable {
         }
         let t = now()
         let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
-        let overused = active.map { $0.encryptions.load(ordering: .relaxed) >= configuration.localKEKMaxEncryptions
-            || t - $0.createdAt >= configuration.localKEKMaxAge } ?? false
+        let overused = active.map { $0.encryptions.load(ordering: .relaxed) >= Self.renewalEncryptions(configuration)
+            || t - $0.createdAt >= Self.renewalAge(configuration) } ?? false
         guard due || overused else { return }
         do {
             let info = try transit.readKey(deadline: deadline)
@@ -322,6 +373,11 @@ public final class VaultKeyring: Sendable {
                 return
             }
             let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
+            let raisedMinimum = state.withLock { s -> Int? in
+                let before = s.keyInfo?.minDecryptionVersion ?? 1
+                return info.minDecryptionVersion > before ? info.minDecryptionVersion : nil
+            }
+            if let raisedMinimum { cache.removeVersions(below: raisedMinimum) }
             state.withLock { s in
                 s.setKeyInfo(info, config: configuration)
                 s.nextPoll = t + configuration.keyPollInterval
@@ -333,9 +389,10 @@ public final class VaultKeyring: Sendable {
             if let reason { try installNewKEK(info: info, reason: reason) }
             problems.clear(.vault)
         } catch {
-            if error.code == .failedPrecondition {
-                // 404: the key is gone. Stop encrypting so the apiserver stops writing with a dead key.
-                state.withLock { $0.blocked = error.message; $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
+            if Self.revokeAccess(error, keyName: configuration.keyName, state: state, cache: cache, log: log) {
+                // 403 or 404: stop encrypting so the apiserver stops writing with a key kekd may no longer use, and
+                // look again soon: access may come back (a new token file, a recreated key).
+                state.withLock { $0.nextPoll = t + min(configuration.keyPollInterval, 5) }
             } else {
                 // The read may have worked and the wrap failed: retry soon, not a poll interval later. Network
                 // failures retry every tick (the circuit breaker paces them); refusals every few seconds.
@@ -354,8 +411,8 @@ public final class VaultKeyring: Sendable {
         if let created = info.versionCreated[active.vaultVersion], created != active.vaultCreated { return "Vault key was recreated" }
         if isStale(info, active: active) { return nil }
         if info.versionCreated[active.vaultVersion] == nil { return "Vault key was recreated" }
-        if active.encryptions.load(ordering: .relaxed) >= config.localKEKMaxEncryptions { return "local KEK reached its encryption limit" }
-        if now - active.createdAt >= config.localKEKMaxAge { return "local KEK reached its maximum age" }
+        if active.encryptions.load(ordering: .relaxed) >= renewalEncryptions(config) { return "local KEK near its encryption limit" }
+        if now - active.createdAt >= renewalAge(config) { return "local KEK near its maximum age" }
         return nil
     }
 
@@ -373,7 +430,49 @@ public final class VaultKeyring: Sendable {
         try installNewKEK(info: info, reason: "requested")
     }
 
+    /// Called by Encrypt when `exhausted` may not encrypt any more: the first caller has Vault wrap a new local KEK,
+    /// the others wait for it and use it. After a failed attempt, callers fail at once for a second instead of each
+    /// waiting for Vault again.
+    private func replaceExhausted(_ exhausted: ActiveKEK) throws(VaultError) -> ActiveKEK {
+        renewLock.lock()
+        defer { renewLock.unlock() }
+        let current = state.withLock { $0.active }
+        if let current, current !== exhausted, current.exhaustion(config: configuration, now: now()) == nil { return current }
+        let reason = exhausted.exhaustion(config: configuration, now: now()) ?? "the local KEK reached a limit"
+        if let failure = renewalFailure.withLock({ $0 }), now() - failure.at < 1 {
+            throw VaultError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(failure.message)")
+        }
+        guard let info = state.withLock({ $0.keyInfo }) else { throw VaultError(.unavailable, "\(reason); Vault key not read yet") }
+        do {
+            try installNewKEKLocked(info: info, reason: reason)
+        } catch {
+            throw VaultError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(error.message)")
+        }
+        guard let fresh = state.withLock({ $0.active }), fresh !== exhausted else { throw VaultError(.unavailable, "\(reason)") }
+        return fresh
+    }
+
     private func installNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
+        renewLock.lock()
+        defer { renewLock.unlock() }
+        try installNewKEKLocked(info: info, reason: reason)
+    }
+
+    /// Called with `renewLock` held.
+    private func installNewKEKLocked(info: TransitKeyInfo, reason: String) throws(VaultError) {
+        do {
+            try makeNewKEK(info: info, reason: reason)
+            renewalFailure.withLock { $0 = nil }
+        } catch {
+            let t = now()
+            renewalFailure.withLock { $0 = (t, error.message) }
+            // Whoever asked (background loop, Encrypt), a 403/404 on the wrap ends the use of every local KEK.
+            Self.revokeAccess(error, keyName: configuration.keyName, state: state, cache: cache, log: log)
+            throw error
+        }
+    }
+
+    private func makeNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
         let version = info.latestVersion
         let key: SymmetricKey
         do { key = try SymmetricKey.random() } catch { throw VaultError(.internalError, "cannot generate local KEK: \(error.description)") }
@@ -389,6 +488,25 @@ public final class VaultKeyring: Sendable {
             return old
         }
         if previous != fresh.keyID { log("info", "new local KEK (\(reason)); key_id \(fresh.keyID)") }
+    }
+
+    /// Vault answered 403 (access revoked or denied) or said the key is gone: every cached local KEK is dropped and
+    /// Encrypt and Status fail until a key read succeeds again. Returns whether `error` was such an answer.
+    @discardableResult
+    static func revokeAccess(_ error: VaultError, keyName: String, state: LockedValue<State>, cache: LocalKEKCache,
+                             log: VaultLog) -> Bool {
+        guard error.code == .permissionDenied || error.code == .failedPrecondition else { return false }
+        let dropped = cache.count
+        cache.clear()
+        let first = state.withLock { s -> Bool in
+            defer { s.blocked = error.message }
+            return s.blocked == nil
+        }
+        if first {
+            log("warn", "Vault refused kekd the key \(keyName): dropped \(dropped) cached local KEKs; Encrypt and Status fail "
+                + "until Vault allows access again (\(error.message))")
+        }
+        return true
     }
 
     /// Counts for tests: Vault decrypt batches, logins, renewals, TLS connections.

@@ -18,16 +18,22 @@ enum ProbeCommands {
 
     static func status(_ argv: [String]) -> Int32 {
         runCommand(argv, help: """
-            usage: kekctl status [--socket PATH] [--json]
+            usage: kekctl status [--socket PATH] [--timeout DURATION] [--liveness] [--json]
               Calls Status on a running kekd and prints version, health and key_id.
-              Exit 0 when healthy, 1 otherwise.
+              Exit 0 when healthy, 1 otherwise (also when kekd does not answer within --timeout, default 3s).
+              --liveness: exit 0 whenever kekd answers, healthy or not (a liveness probe must not restart kekd
+              for a key backend outage a restart cannot fix).
+              Fit for a static pod's exec probe: only callers kekd admits on its socket can run it.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json"])
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes())
+            let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
+            let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
+            guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
+            let client = try UnixGRPCClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
+            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(),
+                                           timeoutNanos: UInt64(timeout * 1e9))
             guard response.status.code == .ok, let message = response.message else {
                 printError("Status failed: \(response.status)")
-                return ExitCode.failure
+                return args.has("liveness") ? ExitCode.ok : ExitCode.failure
             }
             let status = try StatusResponse(serializedBytes: message[...])
             if args.has("json") {
@@ -35,7 +41,7 @@ enum ProbeCommands {
             } else {
                 print("version: \(status.version)\nhealthz: \(status.healthz)\nkey_id:  \(status.keyID)")
             }
-            return status.healthz == "ok" ? ExitCode.ok : ExitCode.failure
+            return status.healthz == "ok" || args.has("liveness") ? ExitCode.ok : ExitCode.failure
         }
     }
 

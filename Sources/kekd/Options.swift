@@ -58,6 +58,19 @@ struct FlagSet {
         return n
     }
 
+    /// A comma-separated list of numeric uids; nil when the flag is absent.
+    func uidList(_ name: String) throws(StartupError) -> Set<UInt32>? {
+        guard let list = values[name] else { return nil }
+        var uids = Set<UInt32>()
+        for part in list.split(separator: ",") {
+            guard let uid = UInt32(part.trimmingCharacters(in: .whitespaces)) else {
+                throw StartupError(.usage, "--\(name) must be comma-separated numbers, got \(list)")
+            }
+            uids.insert(uid)
+        }
+        return uids
+    }
+
     func seconds(_ name: String, default value: Double) throws(StartupError) -> Double {
         guard let raw = values[name] else { return value }
         guard let s = parseDuration(raw) else { throw StartupError(.usage, "--\(name): expected a duration like 5s, 10m, 720h, got \(raw)") }

@@ -17,7 +17,8 @@ usage: kekd serve [flags]
   --dev                        development mode: everything under ./state (key file created if missing)
   --listen ADDR                unix:///var/run/kmsplugin/socket.sock (a bare path works too)
   --socket-mode MODE           octal permissions of the socket file (default 0600)
-  --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0 and kekd's own uid)
+  --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
+  --status-only-uids LIST      peer uids that may call Status only, e.g. an exec probe (default: kekd's own uid)
   --backend file|vault         key backend (default file)
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
@@ -34,6 +35,9 @@ usage: kekd serve [flags]
   --max-header-list-size SIZE  request header list limit (default 16Ki)
   --max-queued-output SIZE     response bytes a non-reading client may make us hold (default 4Mi)
   --max-inflight-backend-calls N  calls waiting on a remote backend at once (default 256)
+  --max-buffered-request-bytes-per-connection SIZE  request bytes one connection may make us hold (default 4 x max-message-size)
+  --max-buffered-request-bytes SIZE  request bytes all connections together may make us hold (default 32Mi)
+  --request-timeout DURATION   time a stream gets to send its whole request, 0 = never (default 30s)
   --preface-timeout DURATION   time allowed for the HTTP/2 preface (default 10s)
   --idle-timeout DURATION      close connections idle this long, 0 = never (default 10m)
   --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
@@ -52,16 +56,18 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-ca-file PATH, --vault-client-cert PATH, --vault-client-key PATH, --vault-tls-server-name NAME
   --vault-connect-timeout D, --vault-request-timeout D, --vault-key-poll-interval D
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
+  --vault-cache-ttl D          how long an unwrapped local KEK stays cached (default 5m)
 
-exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 health endpoint
+exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {
-    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "backend", "key-file", "state-dir",
+    let valueFlags = Set<String>(["listen", "socket-mode", "allowed-uids", "status-only-uids", "backend", "key-file", "state-dir",
         "status-version", "health-addr", "audit-log", "audit-mode", "audit-max-size", "audit-max-files",
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
-        "log-level"]).union(VaultConfiguration.flagNames)
+        "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
+        "request-timeout"]).union(VaultConfiguration.flagNames)
     let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
@@ -84,20 +90,31 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         throw StartupError(.usage, "--socket-mode must be octal permissions like 0600")
     }
     server.socketMode = mode
-    if let list = flags.values["allowed-uids"] {
-        var uids = Set<UInt32>()
-        for part in list.split(separator: ",") {
-            guard let uid = UInt32(part.trimmingCharacters(in: .whitespaces)) else {
-                throw StartupError(.usage, "--allowed-uids must be comma-separated numbers, got \(list)")
-            }
-            uids.insert(uid)
-        }
+    if let uids = try flags.uidList("allowed-uids") {
         server.allowedUIDs = uids
+    } else if dev {
+        // A developer runs kekd and kekctl as themselves; in production kekd's own uid is no caller.
+        server.allowedUIDs.insert(getuid())
     }
+    if let uids = try flags.uidList("status-only-uids") { server.statusOnlyUIDs = uids }
     server.grpc.maxReceiveMessageSize = try flags.int("max-message-size", default: 4 << 20, min: 1024)
     server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
     server.grpc.http2.maxHeaderListSize = try flags.int("max-header-list-size", default: 16 << 10, min: 1024)
     server.grpc.http2.maxQueuedOutputBytes = try flags.int("max-queued-output", default: 4 << 20, min: 64 << 10)
+    // Both buffer caps must fit one message of the largest size (plus its 5-byte prefix), or it could never arrive.
+    let oneMessage = server.grpc.maxReceiveMessageSize + 5
+    server.grpc.maxBufferedRequestBytesPerConnection = try flags.int(
+        "max-buffered-request-bytes-per-connection", default: min(4 * server.grpc.maxReceiveMessageSize, 1 << 30),
+        min: oneMessage)
+    guard server.grpc.maxBufferedRequestBytesPerConnection <= 1 << 30 else {
+        throw StartupError(.usage, "--max-buffered-request-bytes-per-connection: at most 1Gi")
+    }
+    server.maxBufferedRequestBytes = try flags.int(
+        "max-buffered-request-bytes", default: max(32 << 20, server.grpc.maxBufferedRequestBytesPerConnection),
+        min: oneMessage)
+    let requestTimeout = try flags.seconds("request-timeout", default: 30)
+    guard requestTimeout <= 86_400 else { throw StartupError(.usage, "--request-timeout: at most 24h") }
+    server.grpc.requestTimeoutNanos = UInt64(requestTimeout * 1e9)
     server.maxConnections = try flags.int("max-connections", default: 64, min: 1)
     server.maxInFlightBackendCalls = try flags.int("max-inflight-backend-calls", default: 256, min: 1)
     server.prefaceTimeout = try flags.seconds("preface-timeout", default: 10)
@@ -193,8 +210,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
             ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
         ]
-        let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks)
-        do { try h.start() } catch {
+        let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks,
+                             limits: HealthServerLimits(), logger: logger)
+        // A taken port must not keep kekd from serving (whoever binds it first would decide): the bind is
+        // retried in the background. Only a malformed address stops kekd.
+        do { try h.start(retryingBind: true) } catch {
             throw StartupError(.health, "--health-addr \(health.host):\(health.port): \(error)")
         }
         healthServer = h
@@ -254,6 +274,10 @@ enum SignalWaiter {
 }
 
 SignalWaiter.blockAll()
+// Before any key is read: a core dump or a same-uid debugger would otherwise see KEKs and tokens.
+if let reason = ProcessHardening.disableCoreDumps() {
+    writeStandardError("kekd: cannot disable core dumps: \(reason)\n")
+}
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "serve":

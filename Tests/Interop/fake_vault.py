@@ -6,7 +6,9 @@ status codes and {"errors": [...]} bodies:
   GET  /v1/sys/health
   GET  /v1/auth/token/lookup-self          POST /v1/auth/token/renew-self
   POST /v1/auth/<approle-mount>/login      POST /v1/auth/<cert-mount>/login (needs a TLS client certificate)
-  GET/POST/DELETE /v1/<transit>/keys/<name>, POST .../keys/<name>/rotate
+  GET/POST/DELETE /v1/<transit>/keys/<name>, POST .../keys/<name>/rotate,
+  POST .../keys/<name>/config (min_decryption_version: older versions leave the key read's "keys" and their
+  ciphertexts are refused with Vault's "disallowed by policy (too old)")
   POST /v1/<transit>/encrypt/<name> (key_version)   POST /v1/<transit>/decrypt/<name> (batch_input)
 Real AES-256-GCM behind the transit endpoints (package `cryptography`).
 
@@ -14,7 +16,10 @@ Control endpoints (not counted as Vault requests), under /_fake/:
   GET  /_fake/stats        request counters
   POST /_fake/reset_stats
   POST /_fake/config       {"rules": [{"path": "transit/decrypt", "status": 503, "count": 2, "delay_ms": 0,
-                             "drop": false, "rate": 1.0}],   (count -1 = every request; rate = error rate) "delay_ms": 0, "sealed": false, "chunked": false,
+                             "drop": false, "rate": 1.0, "abuse": "flood"}],   (count -1 = every request; rate = error rate;
+                             abuse: a hostile server's endless answer: "trickle" 1-byte chunks 5 ms apart, "flood" 1-byte
+                             chunks as fast as possible, "extensions" 1-byte chunks behind 1000-byte chunk extensions,
+                             "continue" endless 100 Continue responses; each chunk its own TLS record; for 30 s at most) "delay_ms": 0, "sealed": false, "chunked": false,
                              "approle_token_ttl": 60, "approle_token_max_ttl": 3600, "cert_token_ttl": 60,
                              "secret_id": "new AppRole secret-id", "silent_close": false}
   POST /_fake/token        {"ttl": 60, "max_ttl": 0, "renewable": true} -> {"token": "..."} (a new token)
@@ -212,6 +217,26 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.state.silent_close:
             self.close_connection = True
 
+    def _abuse(self, mode):
+        """Never finishes the response: a broken or hostile Vault, until the client gives up (or 30 s pass)."""
+        self.close_connection = True
+        if mode == "continue":
+            piece, head = b"HTTP/1.1 100 Continue\r\n\r\n", b""
+        else:
+            piece = b"1;" + b"e" * 1000 + b"\r\nx\r\n" if mode == "extensions" else b"1\r\nx\r\n"
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        pause = 0.005 if mode == "trickle" else 0
+        end = time.time() + 30
+        try:
+            if head:
+                self.wfile.write(head)
+            while time.time() < end:
+                self.wfile.write(piece)  # unbuffered: one TLS record per piece
+                if pause:
+                    time.sleep(pause)
+        except OSError:
+            pass  # the client gave up: what we wanted
+
     def _error(self, status, *messages):
         self._send(status, {"errors": list(messages)})
 
@@ -252,6 +277,8 @@ class Handler(BaseHTTPRequestHandler):
             delay = state.delay_ms + (rule or {}).get("delay_ms", 0)
         if delay:
             time.sleep(delay / 1000.0)
+        if rule and rule.get("abuse"):
+            return self._abuse(rule["abuse"])
         if rule and rule.get("drop"):
             self.close_connection = True
             self.connection.close()
@@ -321,6 +348,17 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "no handler for route")
         kind, name = parts[0], parts[1]
         if kind == "keys":
+            if len(parts) == 3 and parts[2] == "config" and method == "POST":
+                key = state.keys.get(name)
+                if not key:
+                    return self._error(400, "no existing key named %s could be found" % name)
+                if "min_decryption_version" in body:
+                    wanted = int(body["min_decryption_version"])
+                    if wanted > key["latest"]:
+                        return self._error(400, "cannot set min decryption version of %d, latest key version is %d"
+                                           % (wanted, key["latest"]))
+                    key["min_decryption_version"] = max(1, wanted)
+                return self._send(204)
             if len(parts) == 3 and parts[2] == "rotate" and method == "POST":
                 key = state.keys.get(name)
                 if not key:
@@ -340,7 +378,7 @@ class Handler(BaseHTTPRequestHandler):
                 return self._error(404)
             return self._send(200, {"data": {
                 "name": name, "type": "aes256-gcm96", "latest_version": key["latest"],
-                "keys": {str(v): t for v, (_, t) in key["versions"].items()},
+                "keys": {str(v): t for v, (_, t) in key["versions"].items() if v >= key["min_decryption_version"]},
                 "min_decryption_version": key["min_decryption_version"], "min_encryption_version": 0,
                 "supports_encryption": True, "supports_decryption": True, "deletion_allowed": True,
                 "derived": False, "exportable": False}})
@@ -382,8 +420,10 @@ class Handler(BaseHTTPRequestHandler):
             raw = base64.b64decode(blob, validate=True)
         except ValueError:
             return {"error": "invalid ciphertext"}
-        if version not in key["versions"] or version < key["min_decryption_version"]:
+        if version not in key["versions"]:
             return {"error": "invalid key version"}
+        if version < key["min_decryption_version"]:
+            return {"error": "ciphertext or signature version is disallowed by policy (too old)"}
         try:
             plaintext = AESGCM(key["versions"][version][0]).decrypt(raw[:12], raw[12:], None)
         except Exception:  # noqa: BLE001 - any failure is "message authentication failed" in Vault
@@ -470,12 +510,15 @@ class FakeVaultProcess:
     def stats(self):
         return self.control("stats")
 
-    def admin(self, method, path):
+    def admin(self, method, path, body=None):
         """A Vault API call with a fresh non-expiring token, as an operator would make it (e.g. a key rotation)."""
         import http.client
         token = self.control("token", {"ttl": 0})["token"]
         conn = http.client.HTTPSConnection("127.0.0.1", self.info["port"], context=self._ssl, timeout=10)
-        conn.request(method, "/v1/" + path, headers={"X-Vault-Token": token})
+        headers = {"X-Vault-Token": token}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, "/v1/" + path, body=None if body is None else json.dumps(body), headers=headers)
         status = conn.getresponse().status
         conn.close()
         return status

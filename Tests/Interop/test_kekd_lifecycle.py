@@ -137,7 +137,8 @@ def test_health_and_metrics(kekd, kms_pb):
 
 
 def test_disallowed_peer_is_refused_and_audited(kekd_factory, kms_pb):
-    k = kekd_factory(extra=["--allowed-uids", "54321"])
+    # kekd runs as root here, and its own uid may call Status by default: take that away too.
+    k = kekd_factory(extra=["--allowed-uids", "54321", "--status-only-uids", "54321"])
     with pytest.raises(grpc.RpcError) as err:
         status(k, kms_pb, timeout=2)
     assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -106,19 +106,46 @@ def test_static_pod_command(kekd):
     assert kekd["image"] != "" and not kekd["image"].endswith(":latest")
 
 
-@pytest.mark.parametrize("probe,path", [("livenessProbe", "/livez"), ("readinessProbe", "/readyz"),
-                                        ("startupProbe", "/livez")])
-def test_probes_hit_the_health_endpoint_on_loopback(kekd, probe, path):
+@pytest.mark.parametrize("probe,liveness", [("livenessProbe", True), ("readinessProbe", False),
+                                            ("startupProbe", True)])
+def test_probes_call_status_over_the_socket(kekd, probe, liveness):
+    # exec probes: a TCP health port can be occupied or exhausted by any local user, kekd's socket cannot.
     p = kekd[probe]
-    get = p["httpGet"]
-    host, port = flag_value(kekd["command"], "--health-addr").rsplit(":", 1)
-    assert get["path"] == path
-    assert get["port"] == int(port)
-    # With hostNetwork the kubelet probes the node IP unless told otherwise; kekd listens on loopback only.
-    assert get["host"] == host == "127.0.0.1"
-    assert get.get("scheme", "HTTP") == "HTTP"
-    assert 1 <= p["timeoutSeconds"] < p.get("periodSeconds", 10)
+    assert "httpGet" not in p and "tcpSocket" not in p
+    command = p["exec"]["command"]
+    assert command[:2] == ["kekctl", "status"]
+    assert flag_value(command, "--socket") == SOCKET_URL[len("unix://"):] == flag_value(kekd["command"], "--listen")[len("unix://"):]
+    # Liveness must not restart kekd for a backend outage: only "kekd does not answer" fails it.
+    assert ("--liveness" in command) == liveness
+    timeout = flag_value(command, "--timeout")
+    assert re.fullmatch(r"\d+s", timeout)
+    # kekctl gives up before the kubelet does, so a hung kekd is a clean probe failure.
+    assert int(timeout[:-1]) < p["timeoutSeconds"] < p.get("periodSeconds", 10)
     assert p["failureThreshold"] >= 1
+
+
+def test_http_probes_stay_documented_as_the_alternative(kekd):
+    text = (MANIFESTS / "kekd-static-pod.yaml").read_text(encoding="utf-8")
+    host, port = flag_value(kekd["command"], "--health-addr").rsplit(":", 1)
+    commented = [l.strip().lstrip("#").strip() for l in text.splitlines() if l.strip().startswith("#")]
+    for path in ("/livez", "/readyz"):
+        assert any(f"host: {host}" in l and f"port: {port}" in l and f"path: {path}" in l for l in commented), path
+
+
+def test_kekd_uid_is_dedicated(kekd):
+    uid = kekd["securityContext"]["runAsUser"]
+    assert kekd["securityContext"]["runAsGroup"] == uid
+    # Not a uid other images run as (distroless nonroot, nobody, common USER values) ...
+    assert uid not in {0, 1000, 1001, 10001, 65532, 65533, 65534, 65535}
+    # ... nor one systemd hands out on the host (regular users, homed, DynamicUser=), nor a user-namespace pod uid.
+    assert 60706 <= uid <= 61183
+
+
+def test_allowed_uids_are_root_only(kekd):
+    command = kekd["command"]
+    if "--allowed-uids" in command:
+        assert flag_value(command, "--allowed-uids") == "0"
+    assert "--status-only-uids" not in command   # the default (kekd's own uid) serves the exec probes
 
 
 def test_liveness_is_not_more_eager_than_readiness(kekd):
@@ -151,14 +178,20 @@ def test_kekd_container_security_context(pod, kekd):
     assert seccomp["type"] == "RuntimeDefault"
 
 
+def init_steps(container):
+    """The commands of an init container's `sh -c` script, split on &&."""
+    command = container["command"]
+    assert command[:2] == ["sh", "-c"] and len(command) == 3
+    return [step.split() for step in command[2].split("&&")]
+
+
 def test_only_the_init_container_runs_as_root_and_only_chowns(pod, kekd):
-    uid = kekd["securityContext"]["runAsUser"]
     for c in pod["spec"].get("initContainers", []):
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"]["drop"] == ["ALL"]
         assert set(sc["capabilities"].get("add", [])) <= {"CHOWN"}
-        assert c["command"][0] == "chown" and c["command"][1] == f"{uid}:{uid}"
+        assert {step[0] for step in init_steps(c)} <= {"chown", "chmod"}
         assert "resources" in c
 
 
@@ -188,11 +221,17 @@ def test_host_folders_are_mounted(pod, kekd):
     assert state["mountPath"] == "/var/lib/kekd" and not state.get("readOnly", False)
     assert vols[state["name"]]["hostPath"] == {"path": "/var/lib/kekd", "type": "DirectoryOrCreate"}
 
-    # Every folder kekd writes on the host is handed to its uid by the init container.
+    # The audit and state folders are handed to kekd's uid; the socket folder stays root's, kekd's group may only
+    # create and remove entries in it (0730: no listing), everybody else may not enter.
     uid = kekd["securityContext"]["runAsUser"]
     (init,) = pod["spec"]["initContainers"]
-    assert init["command"][:2] == ["chown", f"{uid}:{uid}"]
-    assert set(init["command"][2:]) == {SOCKET_DIR, posixpath.dirname(audit_file), "/var/lib/kekd"}
+    steps = init_steps(init)
+    chowned = {path: step[1] for step in steps if step[0] == "chown" for path in step[2:]}
+    chmodded = {path: step[1] for step in steps if step[0] == "chmod" for path in step[2:]}
+    assert chowned == {SOCKET_DIR: f"0:{uid}", posixpath.dirname(audit_file): f"{uid}:{uid}", "/var/lib/kekd": f"{uid}:{uid}"}
+    assert chmodded == {SOCKET_DIR: "0730"}
+    # chmod while root still owns the folder: after the chown it would need CAP_FOWNER too.
+    assert steps.index(["chmod", "0730", SOCKET_DIR]) < steps.index(["chown", f"0:{uid}", SOCKET_DIR])
 
     # Every mount refers to a declared volume, every volume is used.
     used = {m["name"] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])

@@ -6,11 +6,13 @@ import concurrent.futures
 import contextlib
 import os
 import secrets
+import subprocess
 import time
 
 import grpc
 import pytest
 
+from conftest import KEKD, free_port
 from fake_vault import FakeVaultProcess
 
 KEY_ANNOTATION = "local-kek.kekd.io"
@@ -163,3 +165,140 @@ def test_vault_outage_keeps_encrypt_and_cached_decrypt_working(kekd_factory, kms
             except grpc.RpcError:
                 assert time.time() < deadline, "kekd did not recover after Vault returned"
                 time.sleep(0.2)
+
+
+@pytest.mark.parametrize("flag", ["--vault-token-file", "--vault-approle-secret-id-file", "--vault-client-key"])
+def test_credential_file_readable_by_others_is_refused_with_exit_6(vault, tmp_path, flag):
+    """Issue 15 item 11: Vault credential files get the key file's mode rule; the one-line reason names the file and
+    never its contents."""
+    source = {"--vault-token-file": "token_file", "--vault-approle-secret-id-file": "secret_id_file",
+              "--vault-client-key": "client_key"}[flag]
+    content = open(vault.info[source]).read()
+    exposed = tmp_path / "exposed-credential"
+    exposed.write_text(content)
+    os.chmod(exposed, 0o644)
+    auth = {"--vault-token-file": "token", "--vault-approle-secret-id-file": "approle", "--vault-client-key": "cert"}[flag]
+    flags = vault.kekd_flags(auth)
+    flags[flags.index(flag) + 1] = str(exposed)
+    state = tmp_path / "state"
+    state.mkdir()
+    audit_key = tmp_path / "audit-hmac.key"
+    audit_key.write_text(secrets.token_hex(32))
+    os.chmod(audit_key, 0o600)
+    r = subprocess.run([str(KEKD), "serve", "--backend", "vault", "--listen", f"unix://{state}/kekd.sock",
+                        "--state-dir", str(state), "--audit-log", str(state / "audit.log"), "--audit-hmac-key-file", str(audit_key),
+                        "--health-addr", f"127.0.0.1:{free_port()}", *flags], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 6, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert str(exposed) in lines[0] and "0644" in lines[0] and "chmod 600" in lines[0], lines[0]
+    secret = content.strip().splitlines()[-2 if source == "client_key" else -1]  # a line of the secret itself
+    assert secret not in r.stderr and secret not in r.stdout
+
+
+def test_tampered_or_foreign_ciphertext_is_invalid_argument(kekd_factory, kms_pb, vault, tmp_path):
+    """Issue 11 item 7: the Vault backend answers a tampered or foreign envelope as the file backend does."""
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path) as (c, _):
+        enc = c.encrypt(b"s" * 32)
+        other = c.encrypt(b"t" * 32)
+        flipped = kms_pb[0].EncryptResponse(ciphertext=enc.ciphertext[:-1] + bytes([enc.ciphertext[-1] ^ 1]),
+                                            key_id=enc.key_id, annotations=dict(enc.annotations))
+        swapped = kms_pb[0].EncryptResponse(ciphertext=enc.ciphertext[:13] + other.ciphertext[13:], key_id=enc.key_id,
+                                            annotations=dict(enc.annotations))
+        for bad in (flipped, swapped):
+            with pytest.raises(grpc.RpcError) as err:
+                c.decrypt(bad)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert c.decrypt(enc) == b"s" * 32
+
+
+def wait_for_rpc_error(call, timeout=10):
+    """The gRPC error `call` raises once it starts failing (within `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            call()
+        except grpc.RpcError as e:
+            return e
+        assert time.time() < deadline, "the call kept succeeding"
+        time.sleep(0.05)
+
+
+def test_revoked_kekd_stops_status_encrypt_and_decrypt(kekd_factory, kms_pb, vault, tmp_path):
+    """Issue 15 item 3: after the Transit key is deleted and every token revoked, Status fails at the gRPC level and
+    neither an uncached nor a cached local KEK decrypts any more."""
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path) as (o, _):
+        uncached = o.encrypt(b"u" * 32)
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path, "--vault-key-poll-interval", "200ms",
+                           "--vault-cache-ttl", "1h") as (c, _):
+        cached = c.encrypt(b"c" * 32)
+        assert c.decrypt(cached) == b"c" * 32
+        assert vault.admin("DELETE", "transit/keys/kekd") == 204
+        vault.control("revoke_all")
+        err = wait_for_rpc_error(c.status)
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+        for enc in (cached, uncached):
+            with pytest.raises(grpc.RpcError) as e:
+                c.decrypt(enc)
+            assert e.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION), e.value.details()
+        with pytest.raises(grpc.RpcError):
+            c.encrypt(b"x" * 32)
+
+
+def test_cached_local_kek_expires_after_cache_ttl(kekd_factory, kms_pb, vault, tmp_path):
+    """With no key poll to notice, a revoked kekd decrypts with a cached local KEK for at most --vault-cache-ttl."""
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path, "--vault-key-poll-interval", "1h",
+                           "--vault-cache-ttl", "1s") as (c, _):
+        enc = c.encrypt(b"t" * 32)
+        vault.control("revoke_all")
+        assert c.decrypt(enc) == b"t" * 32
+        time.sleep(1.1)
+        with pytest.raises(grpc.RpcError) as e:
+            c.decrypt(enc)
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value.details()
+        assert wait_for_rpc_error(c.status).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_min_decryption_version_is_failed_precondition(kekd_factory, kms_pb, vault, tmp_path):
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path, "--vault-key-poll-interval", "200ms") as (c, status):
+        old = c.encrypt(b"1" * 32)
+        assert c.decrypt(old) == b"1" * 32
+        vault.admin("POST", "transit/keys/kekd/rotate")
+        deadline = time.time() + 10
+        while c.status().key_id == status.key_id:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        new = c.encrypt(b"2" * 32)
+        assert vault.admin("POST", "transit/keys/kekd/config", {"min_decryption_version": 2}) == 204
+        err = wait_for_rpc_error(lambda: c.decrypt(old))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "min_decryption_version 2" in err.details(), err.details()
+        assert c.decrypt(new) == b"2" * 32
+        assert c.status().healthz == "ok"
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@pytest.mark.parametrize("abuse", ["flood", "extensions"])
+def test_hostile_vault_cannot_pin_a_core(kekd_factory, kms_pb, vault, tmp_path, abuse):
+    """Issue 15 item 10: a Vault that floods tiny chunks or sends an endless body costs kekd a failed Decrypt within
+    its deadline and little CPU."""
+    with vault_kekd_client(kekd_factory, kms_pb, vault, tmp_path) as (o, _):
+        foreign = o.encrypt(b"f" * 32)
+    kekd = start_vault_kekd(kekd_factory, vault, tmp_path, "--vault-request-timeout", "2s")
+    c = Client(kekd, kms_pb)
+    try:
+        wait_ready(c)
+        vault.control("config", {"rules": [{"path": "transit/decrypt", "abuse": abuse, "count": -1}]})
+        cpu, started = cpu_seconds(kekd.proc.pid), time.time()
+        with pytest.raises(grpc.RpcError) as e:
+            c.decrypt(foreign)
+        elapsed, used = time.time() - started, cpu_seconds(kekd.proc.pid) - cpu
+        print(f"{abuse}: {e.value.code()} after {elapsed:.2f} s, kekd CPU {used:.2f} s")
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+        assert elapsed < 2.9 and used < 1.5
+        assert c.status().healthz == "ok", "a broken Vault response is an outage, not a revocation"
+    finally:
+        c.close()

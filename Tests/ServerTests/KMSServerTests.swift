@@ -119,10 +119,29 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
 }
 
 @Test func peersOutsideAllowedUIDsAreRefused() throws {
-    let server = try startServer(FakeBackend(mayBlock: false)) { $0.allowedUIDs = [getuid() &+ 12345] }
+    let server = try startServer(FakeBackend(mayBlock: false)) {
+        $0.allowedUIDs = [getuid() &+ 12345]
+        $0.statusOnlyUIDs = []
+    }
     defer { server.shutdown() }
     let client = try UnixGRPCClient(socketPath: server.configuration.socketPath, ioTimeoutSeconds: 2)
     #expect(throws: (any Error).self) { try client.call(path: statusPath, message: []) }
+}
+
+@Test func statusOnlyPeersMayCallStatusButNotEncryptOrDecrypt() throws {
+    // The default: kekd's own uid (the test's) is status-only, root-only everything else.
+    let server = try startServer(FakeBackend(mayBlock: false)) { $0.allowedUIDs = [getuid() &+ 12345] }
+    defer { server.shutdown() }
+    #expect(server.configuration.statusOnlyUIDs == [getuid()])
+    let client = try UnixGRPCClient(socketPath: server.configuration.socketPath, ioTimeoutSeconds: 2)
+    #expect(try client.call(path: statusPath, message: []).status.code == .ok)
+    for path in ["/v2.KeyManagementService/Encrypt", "/v2.KeyManagementService/Decrypt"] {
+        #expect(try client.call(path: path, message: []).status.code == .permissionDenied, "\(path)")
+    }
+}
+
+@Test func kekdsOwnUIDIsNotACallerByDefault() {
+    #expect(ServerConfiguration(socketPath: "/x").allowedUIDs == [0])
 }
 
 @Test func inFlightLimitGivesResourceExhausted() throws {

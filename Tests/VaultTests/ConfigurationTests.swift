@@ -9,9 +9,9 @@ final class TempFiles {
         dir = NSTemporaryDirectory() + "kekd-vault-test-" + UUID().uuidString
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
-    func write(_ name: String, _ text: String) -> String {
+    func write(_ name: String, _ text: String, mode: Int = 0o600) -> String {
         let path = dir + "/" + name
-        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: mode])
         return path
     }
     deinit { try? FileManager.default.removeItem(atPath: dir) }
@@ -86,5 +86,66 @@ final class TempFiles {
         }
         let insecure = try? VaultConfiguration.parse(base.merging(["vault-addr": "http://127.0.0.1:8200", "vault-insecure-allow-http": "true"]) { $1 })
         #expect(insecure?.endpoint.secure == false)
+    }
+
+    /// Issue 15 item 11: credential files follow the key file's rules (mode and owner); the error names the file and
+    /// never its contents.
+    @Test func credentialFilesReadableByOthersAreRefused() {
+        let files = TempFiles()
+        let content = "hvs.must-not-appear-in-errors"
+        let open = files.write("open-token", content, mode: 0o644)
+        let groupSecret = files.write("group-secret-id", content, mode: 0o640)
+        let role = files.write("role-id", "role", mode: 0o644)  // an identifier, not a secret: any mode
+        let cert = files.write("c.pem", "x"), openKey = files.write("c.key", content, mode: 0o604)
+        let base = ["vault-addr": "https://v:8200", "vault-key": "k"]
+        let cases: [([String: String], String)] = [
+            (base.merging(["vault-token-file": open]) { $1 }, "--vault-token-file: Vault token file \(open) has mode 0644"),
+            (base.merging(["vault-approle-role-id-file": role, "vault-approle-secret-id-file": groupSecret]) { $1 },
+             "--vault-approle-secret-id-file: AppRole secret-id file \(groupSecret) has mode 0640"),
+            (base.merging(["vault-auth": "cert", "vault-client-cert": cert, "vault-client-key": openKey]) { $1 },
+             "--vault-client-key: Vault client key file \(openKey) has mode 0604"),
+            (base.merging(["vault-token-file": files.dir]) { $1 }, "is not a regular file"),
+        ]
+        for (flags, fragment) in cases {
+            do {
+                _ = try VaultConfiguration.parse(flags)
+                Issue.record("accepted \(flags)")
+            } catch {
+                #expect(error.code == .invalidArgument)
+                #expect(error.message.contains(fragment), "\(error.message) should mention \(fragment)")
+                #expect(!error.message.contains(content) && !error.message.contains("\n"))
+            }
+        }
+        let privateToken = files.write("token", content)
+        #expect((try? VaultConfiguration.parse(base.merging(["vault-token-file": privateToken]) { $1 })) != nil)
+    }
+
+    @Test func ownerMustBeKekdOrRoot() throws {
+        var st = stat()
+        st.st_mode = S_IFREG | 0o600
+        st.st_uid = geteuid()
+        #expect(CredentialFile.problem(st, path: "/t", what: "Vault token file") == nil)
+        st.st_uid = 0
+        #expect(CredentialFile.problem(st, path: "/t", what: "Vault token file") == nil)
+        st.st_uid = geteuid() == 4242 ? 4343 : 4242
+        let problem = CredentialFile.problem(st, path: "/t", what: "Vault token file")
+        #expect(problem?.contains("Vault token file /t is owned by uid \(st.st_uid)") == true, "\(problem ?? "accepted")")
+    }
+
+    /// A token file that becomes readable by others after startup is refused when it is next read.
+    @Test func aSecretFileThatBecameOpenIsRefusedOnReRead() throws {
+        let files = TempFiles()
+        let path = files.write("token", "hvs.secret-value\n")
+        let file = SecretFile(path: path, what: "Vault token file")
+        #expect(try file.read() == Array("hvs.secret-value".utf8))
+        #expect(chmod(path, 0o644) == 0)
+        do {
+            _ = try file.read()
+            Issue.record("a 0644 token file was read")
+        } catch {
+            #expect(error.message.contains("Vault token file \(path) has mode 0644") && !error.message.contains("secret-value"))
+        }
+        #expect(chmod(path, 0o600) == 0)
+        #expect(try file.read() == Array("hvs.secret-value".utf8))
     }
 }

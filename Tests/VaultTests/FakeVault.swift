@@ -64,9 +64,10 @@ final class FakeVault: @unchecked Sendable {
     func resetStats() throws { try call("reset_stats") }
 
     /// Transit admin operations, as an operator would do them with a root token.
-    func vault(_ method: String, _ path: String) throws -> Int {
+    func vault(_ method: String, _ path: String, _ body: [String: Any]? = nil) throws -> Int {
         let token = try call("token", ["ttl": 0])["token"] as? String ?? ""
-        let r = try control.send(HTTPRequest(method: method, path: "/v1/" + path, headers: [("X-Vault-Token", token)]),
+        let payload = try body.map { [UInt8](try JSONSerialization.data(withJSONObject: $0)) } ?? []
+        let r = try control.send(HTTPRequest(method: method, path: "/v1/" + path, headers: [("X-Vault-Token", token)], body: payload),
                                  deadline: Date(timeIntervalSinceNow: 5))
         return r.status
     }

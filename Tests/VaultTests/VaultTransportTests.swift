@@ -44,6 +44,7 @@ import Testing
             for ext in ["pem", "key"] {
                 let data = try Data(contentsOf: URL(fileURLWithPath: vault.string("\(prefix)_\(ext)")))
                 try data.write(to: URL(fileURLWithPath: files.dir + "/client.\(ext)"), options: .atomic)
+                _ = chmod(files.dir + "/client.\(ext)", 0o600)  // a client key must be private to kekd
             }
         }
         try install("other_client")  // a certificate the server does not trust
@@ -220,7 +221,8 @@ import Testing
         // The operator writes a new token into the file: picked up without a restart.
         let fresh = try vault.call("token", ["ttl": 0])["token"] as? String ?? ""
         Thread.sleep(forTimeInterval: 0.02)
-        _ = FileManager.default.createFile(atPath: vault.string("token_file"), contents: Data((fresh + "\n").utf8))
+        _ = FileManager.default.createFile(atPath: vault.string("token_file"), contents: Data((fresh + "\n").utf8),
+                                          attributes: [.posixPermissions: 0o600])
         try tokenRing.renewLocalKEK()
     }
 
@@ -250,7 +252,8 @@ import Testing
             #expect(error.code == .permissionDenied && error.message.contains("invalid role or secret ID"), "\(error.message)")
         }
         Thread.sleep(forTimeInterval: 0.02)
-        _ = FileManager.default.createFile(atPath: vault.string("secret_id_file"), contents: Data("rotated-secret-id\n".utf8))
+        _ = FileManager.default.createFile(atPath: vault.string("secret_id_file"), contents: Data("rotated-secret-id\n".utf8),
+                                          attributes: [.posixPermissions: 0o600])
         try ring.renewLocalKEK()
     }
 

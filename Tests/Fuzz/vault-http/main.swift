@@ -13,6 +13,8 @@
 // independence, as the client reads whatever the socket gives: when a response completes in `consumed` bytes, the
 // first `consumed` bytes alone give the same response (with or without EOF), and a shorter prefix asks for more.
 // Responses are parsed one after another from a slice that does not start at index 0, as the client's buffer does.
+// Resumption, as the client parses its growing buffer: the first part of the bytes and then all of them, with one
+// HTTPParseProgress, give exactly what a parse of all of them from scratch gives.
 import Vault
 
 func check(_ condition: Bool, _ message: @autoclosure () -> String) {
@@ -22,6 +24,17 @@ func check(_ condition: Bool, _ message: @autoclosure () -> String) {
 func parse(_ bytes: ArraySlice<UInt8>, atEOF: Bool, head: Bool, limits: HTTPParserLimits) -> Result<HTTPParseOutcome, HTTPParseError> {
     do throws(HTTPParseError) {
         return .success(try HTTPResponseParser.parse(bytes, atEOF: atEOF, requestWasHEAD: head, limits: limits))
+    } catch {
+        return .failure(error)
+    }
+}
+
+func parseResumed(_ bytes: ArraySlice<UInt8>, cut: Int, atEOF: Bool, head: Bool, limits: HTTPParserLimits) -> Result<HTTPParseOutcome, HTTPParseError> {
+    var progress = HTTPParseProgress()
+    do throws(HTTPParseError) {
+        let first = try HTTPResponseParser.parse(bytes.prefix(cut), atEOF: false, requestWasHEAD: head, limits: limits, progress: &progress)
+        if first != .needMore { return .success(first) }
+        return .success(try HTTPResponseParser.parse(bytes, atEOF: atEOF, requestWasHEAD: head, limits: limits, progress: &progress))
     } catch {
         return .failure(error)
     }
@@ -44,6 +57,9 @@ public func fuzzVaultHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     for _ in 0..<8 where start < buffer.count {
         let pending = buffer[start...]
         let outcome = parse(pending, atEOF: atEOF, head: head, limits: limits)
+        let resumeCut = Int(config >> 3) * pending.count / 32
+        check(parseResumed(pending, cut: resumeCut, atEOF: atEOF, head: head, limits: limits) == outcome,
+              "resumed after \(resumeCut) of \(pending.count) bytes: \(parseResumed(pending, cut: resumeCut, atEOF: atEOF, head: head, limits: limits)) vs \(outcome)")
         guard case .success(let result) = outcome else { return 0 }
         guard case .complete(let response, let consumed) = result else {
             check(!atEOF, "needMore at EOF")
