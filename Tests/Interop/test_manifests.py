@@ -292,6 +292,7 @@ OTHER_TOOL_FLAGS = {
     "--encryption-provider-config", "--encryption-provider-config-automatic-reload", "--allowed-uids",
     "--reuid", "--regid", "--clear-groups", "--name", "--cacert", "--cert", "--key", "--print-value-only",
     "--raw", "--from-literal", "--config",
+    "--now", "--create", "--kube-apiserver-arg",   # systemctl, systemd-tmpfiles, k3s (sections 9 and 10)
 }
 
 
@@ -308,6 +309,11 @@ def test_guide_covers_the_procedures_and_uses_only_known_flags():
     for name in ("kekd-static-pod.yaml", "encryption-configuration.yaml", "kube-apiserver-changes.yaml",
                  "Containerfile"):
         assert name in guide and (MANIFESTS / name).exists()
+    for name in ("systemd/kekd.service", "systemd/kekd.sysusers", "systemd/kekd.tmpfiles", "monitoring/kekd-rules.yaml",
+                 "monitoring/kekd-prometheusrule.yaml", "monitoring/kekd-dashboard.json"):
+        assert posixpath.basename(name) in guide and (MANIFESTS / name).exists(), name
+    for must in ("systemctl enable --now kekd", "kube-apiserver-arg:", "encryption-provider-config=", "/etc/rancher/k3s/"):
+        assert must in guide, f"guide lacks {must!r}"
 
 
 # ---- systemd unit (manifests/systemd/) -------------------------------------------------------------------------
