@@ -95,7 +95,11 @@ public final class SystemdNotifier: Sendable {
     /// Stops the watchdog thread (if any) and sends STOPPING=1.
     public func stopping() {
         stopped.withLock { $0 = true }
-        if watchdogRunning.withLock({ $0 }) { watchdogDone.wait() }
+        let wasRunning = watchdogRunning.withLock { running in
+            defer { running = false }
+            return running
+        }
+        if wasRunning { watchdogDone.wait() }
         notify("STOPPING=1")
     }
 }

@@ -70,6 +70,17 @@ def dashboard_queries():
     return out
 
 
+def dashboard_variable_selectors():
+    """(name, series selector) of every label_values() template variable: the node picker must list the kekds."""
+    out = []
+    for var in json.loads(DASHBOARD.read_text())["templating"]["list"]:
+        if var["type"] == "query":
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", var["definition"])
+            assert m, var["definition"]
+            out.append((var["name"], m.group(1)))
+    return out
+
+
 # ---- static checks ----------------------------------------------------------------------------------------------
 
 @needs_prometheus
@@ -287,6 +298,7 @@ def test_prometheus_scrapes_kekd_and_every_rule_and_panel_has_data(kekd_factory,
 
             pending = {f"record {name}": name for name in recording_names()}
             pending.update({f"panel {title!r}: {expr}": expr for title, expr in dashboard_queries()})
+            pending.update({f"variable {name}": expr for name, expr in dashboard_variable_selectors()})
             results = {}
 
             def all_have_data():
@@ -303,6 +315,7 @@ def test_prometheus_scrapes_kekd_and_every_rule_and_panel_has_data(kekd_factory,
                 raise AssertionError("queries that returned no data: " + "; ".join(pending)) from None
 
             # Things the data must show, not just exist.
+            assert {s["metric"]["instance"] for s in results["variable instance"]} == set(nodes)
             key_ids = {s["metric"]["key_id"] for s in prometheus.query('kekd_key_info{job="kekd"}')}
             assert len(key_ids) == 1, "both nodes use the same Vault key, hence one key_id"
             errors = prometheus.query('kekd_grpc_requests_total{job="kekd", op="Decrypt", code="DATA_LOSS"}')

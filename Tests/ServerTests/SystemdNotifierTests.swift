@@ -106,5 +106,7 @@ private final class DatagramReceiver {
         #expect(receiver.next() == nil, "a dead server must not be reported alive")
         notifier.stopping()
         #expect(receiver.next() == "STOPPING=1")
+        notifier.stopping()   // a second call neither hangs nor waits for the finished thread
+        #expect(receiver.next() == "STOPPING=1")
     }
 }
