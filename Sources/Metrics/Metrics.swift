@@ -3,6 +3,23 @@ import Glibc
 import Locking
 import Synchronization
 
+/// What the audit log reports at scrape time.
+public struct AuditFigures: Sendable {
+    public var written: Int, dropped: Int, failed: Int, queueDepth: Int, queueCapacity: Int
+    public init(written: Int, dropped: Int, failed: Int, queueDepth: Int, queueCapacity: Int) {
+        self.written = written; self.dropped = dropped; self.failed = failed
+        self.queueDepth = queueDepth; self.queueCapacity = queueCapacity
+    }
+}
+
+/// What the Vault backend reports at scrape time. Token figures are nil when the token does not expire.
+public struct VaultFigures: Sendable {
+    public var circuitOpen: Bool, tokenExpiry: Double?, tokenTTL: Double?
+    public init(circuitOpen: Bool, tokenExpiry: Double?, tokenTTL: Double?) {
+        self.circuitOpen = circuitOpen; self.tokenExpiry = tokenExpiry; self.tokenTTL = tokenTTL
+    }
+}
+
 /// Every figure kekd exports, under the `kekd_` prefix. Thread-safe; each observation is a few relaxed atomic
 /// adds (plus a short lock to find the slot of string-labelled backend and protocol-error series), with no
 /// allocation.
@@ -38,7 +55,8 @@ public final class KekdMetrics: Sendable {
     private let backendDurationLabels = LabelSlots(capacity: 15, overflow: LabelKey(first: "other", second: ""))
     private let backendDurations = HistogramBlock()
     private let keyID = LockedValue<String>("")
-    private let auditStats = LockedValue<(@Sendable () -> (written: Int, dropped: Int, queueDepth: Int))?>(nil)
+    private let auditStats = LockedValue<(@Sendable () -> AuditFigures)?>(nil)
+    private let vaultState = LockedValue<(@Sendable () -> VaultFigures)?>(nil)
 
     public init(version: String, backend: String) {
         self.version = version
@@ -93,8 +111,13 @@ public final class KekdMetrics: Sendable {
         self.keyID.withLock { $0 = keyID }
     }
 
-    public func setAuditStatsProvider(_ f: @escaping @Sendable () -> (written: Int, dropped: Int, queueDepth: Int)) {
+    public func setAuditStatsProvider(_ f: @escaping @Sendable () -> AuditFigures) {
         auditStats.withLock { $0 = f }
+    }
+
+    /// Vault backend only: circuit breaker and token lifetime, read at scrape time.
+    public func setVaultStateProvider(_ f: @escaping @Sendable () -> VaultFigures) {
+        vaultState.withLock { $0 = f }
     }
 
     // MARK: rendering
@@ -158,6 +181,17 @@ public final class KekdMetrics: Sendable {
         w.family("kekd_backend_cache_requests_total", .counter, help: "Lookups in the backend's key cache.")
         w.sample("kekd_backend_cache_requests_total", ["result": "hit"], cacheHits.load(ordering: .relaxed))
         w.sample("kekd_backend_cache_requests_total", ["result": "miss"], cacheMisses.load(ordering: .relaxed))
+        if let provider = vaultState.withLock({ $0 }) {
+            let vault = provider()
+            w.family("kekd_vault_circuit_open", .gauge, help: "1 while the Vault circuit breaker fails calls fast.")
+            w.sample("kekd_vault_circuit_open", vault.circuitOpen ? 1 : 0)
+            if let expiry = vault.tokenExpiry, let ttl = vault.tokenTTL {
+                w.family("kekd_vault_token_expiry_timestamp_seconds", .gauge, help: "When the Vault token expires unless renewed, Unix seconds.")
+                w.sample("kekd_vault_token_expiry_timestamp_seconds", expiry)
+                w.family("kekd_vault_token_ttl_seconds", .gauge, help: "Lease of the Vault token when last obtained or renewed.")
+                w.sample("kekd_vault_token_ttl_seconds", ttl)
+            }
+        }
         let currentKeyID = keyID.withLock { $0 }
         w.family("kekd_key_info", .gauge, help: "The key_id kekd currently encrypts with (value always 1).")
         if !currentKeyID.isEmpty {
@@ -172,8 +206,11 @@ public final class KekdMetrics: Sendable {
         w.family("kekd_audit_records_total", .counter, help: "Audit records, by result.")
         w.sample("kekd_audit_records_total", ["result": "written"], stats.written)
         w.sample("kekd_audit_records_total", ["result": "dropped"], stats.dropped)
+        w.sample("kekd_audit_records_total", ["result": "failed"], stats.failed)
         w.family("kekd_audit_queue_depth", .gauge, help: "Audit records waiting for the writer.")
         w.sample("kekd_audit_queue_depth", stats.queueDepth)
+        w.family("kekd_audit_queue_capacity", .gauge, help: "Audit records the queue holds before best-effort drops them.")
+        w.sample("kekd_audit_queue_capacity", stats.queueCapacity)
     }
 
     private func renderProcess(_ w: inout PrometheusTextWriter) {
@@ -184,6 +221,14 @@ public final class KekdMetrics: Sendable {
         if let fds = ProcessStats.openFileDescriptors() {
             w.family("kekd_process_open_fds", .gauge, help: "Open file descriptors of the kekd process.")
             w.sample("kekd_process_open_fds", fds)
+        }
+        if let maxFDs = ProcessStats.maxFileDescriptors() {
+            w.family("kekd_process_max_fds", .gauge, help: "Soft limit on open file descriptors (RLIMIT_NOFILE).")
+            w.sample("kekd_process_max_fds", maxFDs)
+        }
+        if let limit = ProcessStats.memoryLimitBytes() {
+            w.family("kekd_process_memory_limit_bytes", .gauge, help: "Memory limit of kekd's cgroup (memory.max), when one is set.")
+            w.sample("kekd_process_memory_limit_bytes", limit)
         }
         w.family("kekd_process_start_time_seconds", .gauge, help: "Start time of the process, Unix seconds.")
         w.sample("kekd_process_start_time_seconds", startTime)

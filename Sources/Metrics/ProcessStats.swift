@@ -27,6 +27,25 @@ enum ProcessStats {
         return max(0, count - 1)
     }
 
+    /// The soft RLIMIT_NOFILE: open() fails with EMFILE beyond it. (RLIM_INFINITY is all ones: rlim_t.max.)
+    static func maxFileDescriptors() -> Int? {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return nil }
+        return Int(exactly: limit.rlim_cur)
+    }
+
+    /// memory.max of this process's cgroup (v2): the container's or the systemd unit's memory limit. nil when
+    /// unlimited ("max") or not on cgroup v2. `root` is for tests.
+    static func memoryLimitBytes(root: String = "") -> Int? {
+        guard let membership = readSmallFile(root + "/proc/self/cgroup") else { return nil }
+        // cgroup v2 has one line, "0::/path"; v1 hierarchies have other numbers and are not read.
+        guard let line = membership.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else { return nil }
+        var path = String(line.dropFirst(3))
+        if path == "/" { path = "" }
+        guard let text = readSmallFile(root + "/sys/fs/cgroup" + path + "/memory.max") else { return nil }
+        return text.split(whereSeparator: { $0 == "\n" || $0 == " " }).first.flatMap { Int($0) }
+    }
+
     /// Process start as Unix time: field 22 of /proc/self/stat (clock ticks after boot) plus `btime` of /proc/stat.
     static func startTimeSeconds() -> Double? {
         guard let stat = readSmallFile("/proc/self/stat"),

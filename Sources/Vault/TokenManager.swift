@@ -28,6 +28,8 @@ final class TokenManager: Sendable {
         var renewable: Bool
         var renewAt: Double?
         var generation: Int
+        /// Lease of the last login or renewal (ttl keeps the first one, which renewals are compared with).
+        var lease: Double?
     }
 
     let method: VaultAuthMethod
@@ -128,7 +130,7 @@ final class TokenManager: Sendable {
     private func makeState(token: String, ttl: Double, renewable: Bool, at t: Double, generation: Int) -> TokenState {
         let ttlValue: Double? = ttl > 0 ? ttl : nil
         return TokenState(token: token, obtainedAt: t, ttl: ttlValue, renewable: renewable,
-                          renewAt: ttlValue.map { t + $0 * 2 / 3 }, generation: generation)
+                          renewAt: ttlValue.map { t + $0 * 2 / 3 }, generation: generation, lease: ttlValue)
     }
 
     private func credentialFilesChanged() -> Bool {
@@ -160,6 +162,7 @@ final class TokenManager: Sendable {
                     state.withLock { current in
                         guard current?.generation == s.generation, lease > 0 else { return }
                         current?.obtainedAt = t
+                        current?.lease = lease
                         current?.renewAt = t + lease * 2 / 3
                     }
                     // A lease shorter than the token's TTL means the max TTL is near: log in again while the old

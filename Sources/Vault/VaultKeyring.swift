@@ -155,6 +155,18 @@ public final class VaultKeyring: Sendable {
         public var detail: String
     }
 
+    /// For metrics: whether the circuit breaker is failing calls fast, and when the token expires unless renewed
+    /// (Unix seconds) with its lease; nil for a token that does not expire or before the first login.
+    public func telemetry() -> (circuitOpen: Bool, tokenExpiry: Double?, tokenLease: Double?) {
+        let open: Bool
+        switch client.breaker.state {
+        case .closed: open = false
+        case .open, .halfOpen: open = true
+        }
+        guard let token = tokens.currentState, let lease = token.lease else { return (open, nil, nil) }
+        return (open, token.obtainedAt + lease, lease)
+    }
+
     /// Cached state only; never I/O.
     public func health() -> Health {
         let problem = problems.message

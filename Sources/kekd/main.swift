@@ -124,6 +124,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     guard statusVersion == "v2" || statusVersion == "v2beta1" else { throw StartupError(.usage, "--status-version must be v2 or v2beta1") }
     let health = try parseHostPort(flags.string("health-addr", default: "127.0.0.1:8787"))
 
+    let notifier: SystemdNotifier?
+    do { notifier = try SystemdNotifier.fromEnvironment() } catch { throw StartupError(.usage, "$NOTIFY_SOCKET: \(error)") }
+
     // Key backend; metrics exist first so the backend can report its calls.
     let backendName = flags.string("backend", default: "file")
     let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
@@ -152,6 +155,10 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
             if !vault.waitUntilReady(timeout: 3) {
                 logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
+            }
+            metrics.setVaultStateProvider {
+                let t = vault.keyring.telemetry()
+                return VaultFigures(circuitOpen: t.circuitOpen, tokenExpiry: t.tokenExpiry, tokenTTL: t.tokenLease)
             }
             backend = vault
         } catch { throw StartupError(.vault, "vault backend: \(error)") }
@@ -196,7 +203,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     } catch {
         throw StartupError(.audit, "audit log: \(error)")
     }
-    metrics.setAuditStatsProvider { let s = audit.stats; return (s.written, s.dropped, s.queueDepth) }
+    metrics.setAuditStatsProvider {
+        let s = audit.stats
+        return AuditFigures(written: s.written, dropped: s.dropped, failed: s.failed, queueDepth: s.queueDepth,
+                            queueCapacity: audit.configuration.queueCapacity)
+    }
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
     let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
@@ -224,6 +235,10 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         throw StartupError(.socket, "socket \(socket): \(error)")
     }
 
+    // systemd Type=notify: ready once the socket accepts; the watchdog only while the server still listens.
+    notifier?.notify("READY=1")
+    if let notifier, let interval = SystemdNotifier.watchdogInterval() { notifier.startWatchdog(interval: interval) { kmsServer.isListening } }
+
     let status = backend.status()
     metrics.setKeyID(status.keyID)
     logger.info("kekd started", ["version": kekdVersion, "backend": backend.name, "key_id": status.keyID, "socket": socket,
@@ -244,6 +259,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             continue
         }
         logger.info("shutting down", ["signal": Int(signal), "grace_seconds": server.shutdownGrace])
+        notifier?.stopping()
         kmsServer.shutdown()
         healthServer?.stop()
         backend.close()

@@ -4,8 +4,12 @@ No cluster is involved; these checks pin the fields an operator would otherwise 
 (probe on the wrong port, key mounted as a file, identity provider first, ...), and keep the files consistent with
 each other and with the operator's guide.
 """
+import os
 import posixpath
 import re
+import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -327,6 +331,7 @@ OTHER_TOOL_FLAGS = {
     "--encryption-provider-config", "--encryption-provider-config-automatic-reload", "--allowed-uids",
     "--reuid", "--regid", "--clear-groups", "--name", "--cacert", "--cert", "--key", "--print-value-only",
     "--raw", "--from-literal", "--config",
+    "--now", "--create", "--kube-apiserver-arg",   # systemctl, systemd-tmpfiles, k3s (sections 9 and 10)
 }
 
 
@@ -343,3 +348,160 @@ def test_guide_covers_the_procedures_and_uses_only_known_flags():
     for name in ("kekd-static-pod.yaml", "encryption-configuration.yaml", "kube-apiserver-changes.yaml",
                  "Containerfile"):
         assert name in guide and (MANIFESTS / name).exists()
+    for name in ("systemd/kekd.service", "systemd/kekd.sysusers", "systemd/kekd.tmpfiles", "monitoring/kekd-rules.yaml",
+                 "monitoring/kekd-prometheusrule.yaml", "monitoring/kekd-dashboard.json"):
+        assert posixpath.basename(name) in guide and (MANIFESTS / name).exists(), name
+    for must in ("systemctl enable --now kekd", "kube-apiserver-arg:", "encryption-provider-config=", "/etc/rancher/k3s/"):
+        assert must in guide, f"guide lacks {must!r}"
+
+
+# ---- systemd unit (manifests/systemd/) -------------------------------------------------------------------------
+
+SYSTEMD = MANIFESTS / "systemd"
+SYSTEMD_SOCKET = "/run/kmsplugin/socket.sock"
+
+
+def unit_settings(text):
+    """{section: {key: [values in order]}} of a systemd unit: continuation lines joined, comments dropped."""
+    sections, current = {}, None
+    logical = re.sub(r"\\\n\s*", " ", text)
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+@pytest.fixture(scope="module")
+def unit():
+    return unit_settings((SYSTEMD / "kekd.service").read_text(encoding="utf-8"))
+
+
+def one(settings, key):
+    values = settings.get(key, [])
+    assert len(values) == 1, f"{key}: expected one value, got {values}"
+    return values[0]
+
+
+def seconds(value):
+    m = re.fullmatch(r"(\d+)(ms|s|min)?", value)
+    assert m, value
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "min": 60, None: 1}[m.group(2)]
+
+
+def test_systemd_unit_runs_kekd_as_a_notify_service(unit):
+    service = unit["Service"]
+    assert one(service, "Type") == "notify" and one(service, "NotifyAccess") == "main"
+    assert seconds(one(service, "WatchdogSec")) >= 10
+    command = one(service, "ExecStart").split()
+    assert command[:2] == ["/usr/local/bin/kekd", "serve"]
+    assert flag_value(command, "--listen") == "unix://" + SYSTEMD_SOCKET
+    assert flag_value(command, "--key-file") == "/etc/kekd/kek.json"
+    assert flag_value(command, "--health-addr") == "127.0.0.1:8787"
+    # Stopping: SIGTERM, and systemd waits longer than kekd's drain before it kills.
+    assert one(service, "KillSignal") == "SIGTERM"
+    assert seconds(one(service, "TimeoutStopSec")) > seconds(flag_value(command, "--shutdown-grace"))
+    assert one(service, "Restart") == "on-failure"
+    assert one(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert "network-online.target" in one(unit["Unit"], "After")
+    assert one(unit["Install"], "WantedBy") == "multi-user.target"
+
+
+def test_systemd_unit_sandbox(unit):
+    service = unit["Service"]
+    assert one(service, "User") == one(service, "Group") == "kekd"
+    for key in ("NoNewPrivileges", "PrivateTmp", "PrivateDevices", "ProtectHome", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "RestrictNamespaces",
+                "RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute"):
+        assert one(service, key) == "yes", key
+    assert one(service, "ProtectSystem") == "strict"
+    assert one(service, "CapabilityBoundingSet") == "" and one(service, "AmbientCapabilities") == ""
+    assert set(one(service, "RestrictAddressFamilies").split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert service["SystemCallFilter"][0] == "@system-service"
+    # Writable: exactly the socket, state and audit folders kekd is pointed at.
+    command = one(service, "ExecStart").split()
+    writable = set(one(service, "ReadWritePaths").split())
+    assert writable == {posixpath.dirname(SYSTEMD_SOCKET), flag_value(command, "--state-dir"),
+                        posixpath.dirname(flag_value(command, "--audit-log"))}
+    assert "/run/" + one(service, "RuntimeDirectory") == posixpath.dirname(SYSTEMD_SOCKET)
+    assert "/var/lib/" + one(service, "StateDirectory") == flag_value(command, "--state-dir")
+    assert "/var/log/" + one(service, "LogsDirectory") == posixpath.dirname(flag_value(command, "--audit-log"))
+    # A restart must not delete the socket folder under the apiserver's feet.
+    assert one(service, "RuntimeDirectoryPreserve") == "yes"
+
+
+def test_systemd_unit_flags_are_kekd_flags(unit):
+    flags = {a for a in one(unit["Service"], "ExecStart").split() if a.startswith("--")}
+    assert flags and flags <= binary_flags()
+
+
+def test_systemd_unit_socket_is_the_encryption_configuration_endpoint(encryption_config):
+    # /var/run is a symlink to /run on every systemd host: the static pod's path and the unit's are one file.
+    endpoint = encryption_config["resources"][0]["providers"][0]["kms"]["endpoint"]
+    assert endpoint.replace("unix:///var/run/", "unix:///run/") == "unix://" + SYSTEMD_SOCKET
+
+
+def systemd_analyze_verify(tmp_path, unit_text):
+    """`systemd-analyze verify` on a copy of the unit whose ExecStart points at the kekd just built: verify refuses
+    a unit whose binary does not exist, and /usr/local/bin/kekd is not installed on a test machine."""
+    from conftest import KEKD
+    copy = tmp_path / "kekd.service"
+    copy.write_text(unit_text.replace("ExecStart=/usr/local/bin/kekd ", f"ExecStart={KEKD} "))
+    return subprocess.run(["systemd-analyze", "verify", "--man=no", str(copy)], capture_output=True, text=True,
+                          cwd=tmp_path)
+
+
+needs_systemd_tools = pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd not installed (CI installs it)")
+
+
+@needs_systemd_tools
+def test_systemd_analyze_verify_passes(tmp_path):
+    text = (SYSTEMD / "kekd.service").read_text(encoding="utf-8")
+    out = systemd_analyze_verify(tmp_path, text)
+    # verify exits 0 on unknown keys but prints them: a clean unit prints nothing at all.
+    assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
+    # And the check can fail: a misspelt setting is reported.
+    broken = systemd_analyze_verify(tmp_path, text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))
+    assert "NoNewPrivilege" in broken.stdout + broken.stderr
+
+
+@needs_systemd_tools
+def test_systemd_analyze_security_rates_the_unit_well_sandboxed(tmp_path):
+    copy = tmp_path / "kekd.service"
+    copy.write_text((SYSTEMD / "kekd.service").read_text(encoding="utf-8"))
+    out = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(copy)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    m = re.search(r"Overall exposure level for kekd\.service: (\d+\.\d+)", out.stdout + out.stderr)
+    assert m, out.stdout + out.stderr
+    # 0 is a fully locked-down unit, 10 an unsandboxed one; systemd calls anything below 2.0 "OK".
+    assert float(m.group(1)) < 2.0, out.stdout
+
+
+@needs_systemd_tools
+def test_sysusers_and_tmpfiles_create_the_user_and_folders(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    sysusers = subprocess.run(["systemd-sysusers", f"--root={root}", str(SYSTEMD / "kekd.sysusers")],
+                              capture_output=True, text=True)
+    assert sysusers.returncode == 0, sysusers.stderr
+    (entry,) = [l.split(":") for l in (root / "etc/passwd").read_text().splitlines() if l.startswith("kekd:")]
+    uid, gid = int(entry[2]), int(entry[3])
+    # A system uid chosen by sysusers (not the image's fixed 65532), with no login shell.
+    assert 0 < uid < 1000 and uid != 65532
+    assert entry[5] == "/var/lib/kekd" and entry[6] == "/usr/sbin/nologin"
+    assert any(l.startswith(f"kekd:x:{gid}:") for l in (root / "etc/group").read_text().splitlines())
+
+    tmpfiles = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(SYSTEMD / "kekd.tmpfiles")],
+                              capture_output=True, text=True)
+    assert tmpfiles.returncode == 0, tmpfiles.stderr
+    expected = {"etc/kekd": 0o700, "var/lib/kekd": 0o700, "var/log/kekd": 0o700, "run/kmsplugin": 0o755}
+    for path, mode in expected.items():
+        st = os.stat(root / path)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == mode, path
+        if os.geteuid() == 0:
+            assert (st.st_uid, st.st_gid) == (uid, gid), f"{path} owned by the kekd user of the same root"

@@ -13,6 +13,7 @@ import Testing
         "kekd_key_info": "gauge", "kekd_audit_records_total": "counter", "kekd_audit_queue_depth": "gauge",
         "kekd_process_resident_memory_bytes": "gauge", "kekd_process_open_fds": "gauge",
         "kekd_build_info": "gauge", "kekd_process_start_time_seconds": "gauge",
+        "kekd_audit_queue_capacity": "gauge", "kekd_process_max_fds": "gauge",
     ]
 
     static func busyMetrics() -> KekdMetrics {
@@ -29,7 +30,7 @@ import Testing
         m.cache(hit: false)
         m.cache(hit: false)
         m.setKeyID("kek-1")
-        m.setAuditStatsProvider { (written: 7, dropped: 2, queueDepth: 3) }
+        m.setAuditStatsProvider { AuditFigures(written: 7, dropped: 2, failed: 1, queueDepth: 3, queueCapacity: 8192) }
         return m
     }
 
@@ -64,7 +65,56 @@ import Testing
         #expect(p.value("kekd_audit_records_total", ["result": "written"]) == 7)
         #expect(p.value("kekd_audit_records_total", ["result": "dropped"]) == 2)
         #expect(p.value("kekd_audit_queue_depth") == 3)
+        #expect(p.value("kekd_audit_records_total", ["result": "failed"]) == 1)
+        #expect(p.value("kekd_audit_queue_capacity") == 8192)
+        // The file backend has no Vault figures.
+        #expect(p.values("kekd_vault_circuit_open").isEmpty)
         #expect(p.value("kekd_build_info", ["version": "0.1.0", "backend": "file", "swift": "6"]) == 1)
+    }
+
+    @Test func vaultFiguresAreExportedWhenProvided() throws {
+        let m = KekdMetrics(version: "1", backend: "vault")
+        m.setVaultStateProvider { VaultFigures(circuitOpen: true, tokenExpiry: 1_700_000_000, tokenTTL: 3600) }
+        let p = try ExpositionParser.parse(m.render())
+        #expect(p.types["kekd_vault_circuit_open"] == "gauge")
+        #expect(p.value("kekd_vault_circuit_open") == 1)
+        #expect(p.value("kekd_vault_token_expiry_timestamp_seconds") == 1_700_000_000)
+        #expect(p.value("kekd_vault_token_ttl_seconds") == 3600)
+        // A token that never expires has no expiry series (an alert on it must not fire).
+        m.setVaultStateProvider { VaultFigures(circuitOpen: false, tokenExpiry: nil, tokenTTL: nil) }
+        let q = try ExpositionParser.parse(m.render())
+        #expect(q.value("kekd_vault_circuit_open") == 0)
+        #expect(q.values("kekd_vault_token_expiry_timestamp_seconds").isEmpty)
+        #expect(q.values("kekd_vault_token_ttl_seconds").isEmpty)
+    }
+
+    @Test func fileDescriptorLimitIsTheSoftRlimit() throws {
+        var limit = rlimit()
+        #expect(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        let p = try ExpositionParser.parse(KekdMetrics(version: "1", backend: "file").render())
+        // Unlimited (all ones) is not a limit an alert can compare against: no series then.
+        #expect(p.value("kekd_process_max_fds") == (limit.rlim_cur == rlim_t.max ? nil : Double(limit.rlim_cur)))
+    }
+
+    @Test func memoryLimitComesFromTheCgroupV2MemoryMax() throws {
+        let root = NSTemporaryDirectory() + "kekd-cgroup-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        func write(_ path: String, _ text: String) throws {
+            try FileManager.default.createDirectory(atPath: root + (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            try text.write(toFile: root + path, atomically: true, encoding: .utf8)
+        }
+        try write("/proc/self/cgroup", "0::/system.slice/kekd.service\n")
+        try write("/sys/fs/cgroup/system.slice/kekd.service/memory.max", "268435456\n")
+        #expect(ProcessStats.memoryLimitBytes(root: root) == 268_435_456)
+        try write("/sys/fs/cgroup/system.slice/kekd.service/memory.max", "max\n")
+        #expect(ProcessStats.memoryLimitBytes(root: root) == nil)
+        // Inside a container's cgroup namespace the path is "/".
+        try write("/proc/self/cgroup", "0::/\n")
+        try write("/sys/fs/cgroup/memory.max", "134217728\n")
+        #expect(ProcessStats.memoryLimitBytes(root: root) == 134_217_728)
+        // cgroup v1 only: no "0::" line, no limit read.
+        try write("/proc/self/cgroup", "4:memory:/x\n1:cpu:/\n")
+        #expect(ProcessStats.memoryLimitBytes(root: root) == nil)
     }
 
     @Test func onlyTheCurrentKeyIsExported() throws {

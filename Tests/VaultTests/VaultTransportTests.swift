@@ -272,4 +272,22 @@ import Testing
         }
         #expect(ring.client.http.connectionsOpened >= 10)
     }
+
+    @Test func telemetryReportsTokenLifetimeAndCircuitState() throws {
+        let vault = try FakeVault(extraArguments: ["--token-ttl", "3600"])
+        let ring = try manualKeyring(vault)
+        #expect(ring.telemetry().tokenExpiry == nil, "no token before the first login")
+        ring.maintain()
+        let t = ring.telemetry()
+        #expect(!t.circuitOpen)
+        let lease = try #require(t.tokenLease)
+        #expect(abs(lease - 3600) <= 2)
+        let expiry = try #require(t.tokenExpiry)
+        #expect(abs(expiry - (Date().timeIntervalSince1970 + lease)) < 30)
+        // Nothing listens on port 1: the first call that gets no reply opens the breaker.
+        let dead = try manualKeyring(vault, ["vault-addr": "https://127.0.0.1:1"])
+        dead.maintain()
+        #expect(dead.telemetry().circuitOpen)
+        #expect(dead.telemetry().tokenExpiry == nil)
+    }
 }
