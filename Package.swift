@@ -31,7 +31,7 @@ let package = Package(
 
         // The KMS service, envelope format, key backends.
         .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking"]),
-        .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL", "Locking"]),
+        .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL", "Locking", "JSON"]),
 
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking"]),

@@ -1,7 +1,9 @@
 // sd_notify(3) without libsystemd: one datagram per state change to the unix socket named by $NOTIFY_SOCKET.
 // Used with `Type=notify` (READY=1 once the KMS socket accepts, STOPPING=1 on shutdown) and `WatchdogSec=`
 // (WATCHDOG=1 at half of $WATCHDOG_USEC while the server is alive).
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Locking
 
 public final class SystemdNotifier: Sendable {
@@ -76,7 +78,7 @@ public final class SystemdNotifier: Sendable {
     public func startWatchdog(interval: Double, isAlive: @escaping @Sendable () -> Bool) {
         watchdogRunning.withLock { $0 = true }
         let period = max(interval / 2, 0.01)
-        let thread = Thread { [self] in
+        startThread(name: "kekd-watchdog", stackSize: 256 << 10) { [self] in
             while !stopped.withLock({ $0 }) {
                 if isAlive() { notify("WATCHDOG=1") }
                 var remaining = period
@@ -88,8 +90,6 @@ public final class SystemdNotifier: Sendable {
             }
             watchdogDone.signal()
         }
-        thread.name = "kekd-watchdog"
-        thread.start()
     }
 
     /// Stops the watchdog thread (if any) and sends STOPPING=1.

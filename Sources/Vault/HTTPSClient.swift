@@ -1,7 +1,8 @@
 // HTTP/1.1 over TLS with keep-alive and a small pool of idle connections. One attempt per `send`; retries, backoff
 // and the circuit breaker live in `VaultHTTP`, which knows which statuses are worth retrying.
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import Locking
 import Synchronization
 

@@ -1,5 +1,6 @@
 // Retry timing and the circuit breaker. Both are small and clock-injectable so tests can drive them exactly.
-import Foundation
+import FoundationEssentials
+import Glibc
 import Locking
 
 /// Exponential backoff with full jitter: attempt n (0-based) waits uniform(0, min(cap, base * 2^n)).

@@ -2,7 +2,7 @@
 // Every credential file follows the key file's rules: a regular file, not accessible by group or others, owned by
 // kekd's own uid or root.
 import Crypto
-import Foundation
+import FoundationEssentials
 import Locking
 #if canImport(Glibc)
 import Glibc

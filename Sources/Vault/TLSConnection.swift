@@ -1,7 +1,9 @@
 // TLS over a non-blocking TCP socket with OpenSSL libssl. Every operation takes an absolute deadline, so nothing
 // here can hang: connect, handshake, read and write all wait in poll() bounded by the caller's remaining time.
 import COpenSSL
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -292,7 +294,7 @@ final class TLSConnection: @unchecked Sendable {
         final class Box: @unchecked Sendable { var result: Result<[ResolvedAddress], TransportError>? }
         let box = Box()
         let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
+        startThread(name: "kekd-resolve", stackSize: 256 << 10) {
             box.result = lookup(host: host, port: port, numericOnly: false)
             done.signal()
         }

@@ -1,7 +1,9 @@
 // The Vault token's lifecycle: obtain (token file, AppRole, TLS certificate), look up its TTL, renew at about two
 // thirds of it, log in again when renewal fails, the token is revoked or reaches its max TTL. Tokens never leave this
 // type except as the X-Vault-Token header value, and never appear in messages.
-import Foundation
+import FoundationEssentials
+import JSON
+import Glibc
 import Locking
 import Synchronization
 
@@ -39,7 +41,7 @@ final class TokenManager: Sendable {
     private let secretIDFile: SecretFile?
     private let state = LockedValue<TokenState?>(nil)
     /// Serialises logins so a burst of callers with no token causes one login, not one each.
-    private let loginLock = NSLock()
+    private let loginLock = Lock()
     private let generationCounter = Atomic<Int>(0)
     private let lastDenialLogin = LockedValue<Double>(-1e9)
     private let now: @Sendable () -> Double
@@ -96,22 +98,22 @@ final class TokenManager: Sendable {
             let token = String(decoding: try file.read(), as: UTF8.self)
             let reply = try client.request(op: "lookup_self", method: "GET", path: "auth/token/lookup-self", token: token, deadline: deadline)
             guard reply.status == 200 else { throw VaultClient.error("token lookup-self", reply) }
-            let ttl = jsonInt(reply.data["ttl"]).map(Double.init) ?? 0
-            let renewable = reply.data["renewable"] as? Bool ?? false
+            let ttl = reply.data["ttl"]?.int.map(Double.init) ?? 0
+            let renewable = reply.data["renewable"]?.bool ?? false
             return makeState(token: token, ttl: ttl, renewable: renewable, at: t, generation: generation)
         case .appRole(_, _, let mount):
             guard let roleFile = roleIDFile, let secretFile = secretIDFile else { throw VaultError(.internalError, "approle files missing") }
-            let body: [String: Any] = ["role_id": String(decoding: try roleFile.read(), as: UTF8.self),
-                                       "secret_id": String(decoding: try secretFile.read(), as: UTF8.self)]
+            let body: JSONValue = .object(["role_id": .string(String(decoding: try roleFile.read(), as: UTF8.self)),
+                                           "secret_id": .string(String(decoding: try secretFile.read(), as: UTF8.self))])
             return try loginReply(path: "auth/\(mount)/login", body: body, at: t, generation: generation, deadline: deadline)
         case .cert(let mount, let role):
-            var body: [String: Any] = [:]
-            if let role { body["name"] = role }
-            return try loginReply(path: "auth/\(mount)/login", body: body, at: t, generation: generation, deadline: deadline)
+            var body: [String: JSONValue] = [:]
+            if let role { body["name"] = .string(role) }
+            return try loginReply(path: "auth/\(mount)/login", body: .object(body), at: t, generation: generation, deadline: deadline)
         }
     }
 
-    private func loginReply(path: String, body: [String: Any], at t: Double, generation: Int, deadline: Date) throws(VaultError) -> TokenState {
+    private func loginReply(path: String, body: JSONValue, at t: Double, generation: Int, deadline: Date) throws(VaultError) -> TokenState {
         let reply = try client.request(op: "login", method: "POST", path: path, body: body, token: nil, deadline: deadline)
         guard reply.status == 200 else {
             var error = VaultClient.error("\(method.name) login", reply)
@@ -119,12 +121,12 @@ final class TokenManager: Sendable {
             if error.code == .invalidArgument { error.code = .permissionDenied }
             throw error
         }
-        guard let token = reply.auth["client_token"] as? String, !token.isEmpty else {
+        guard let token = reply.auth["client_token"]?.string, !token.isEmpty else {
             throw VaultError(.unavailable, "Vault \(method.name) login returned no client_token")
         }
         logins.add(1, ordering: .relaxed)
-        let ttl = jsonInt(reply.auth["lease_duration"]).map(Double.init) ?? 0
-        return makeState(token: token, ttl: ttl, renewable: reply.auth["renewable"] as? Bool ?? false, at: t, generation: generation)
+        let ttl = reply.auth["lease_duration"]?.int.map(Double.init) ?? 0
+        return makeState(token: token, ttl: ttl, renewable: reply.auth["renewable"]?.bool ?? false, at: t, generation: generation)
     }
 
     private func makeState(token: String, ttl: Double, renewable: Bool, at t: Double, generation: Int) -> TokenState {
@@ -156,7 +158,7 @@ final class TokenManager: Sendable {
                 let reply = try client.request(op: "renew_self", method: "POST", path: "auth/token/renew-self", body: [:],
                                                token: s.token, deadline: deadline)
                 if reply.status == 200 {
-                    let lease = Double(jsonInt(reply.auth["lease_duration"]) ?? 0)
+                    let lease = Double(reply.auth["lease_duration"]?.int ?? 0)
                     renewals.add(1, ordering: .relaxed)
                     let t = now()
                     state.withLock { current in

@@ -1,6 +1,8 @@
 // The three Transit calls kekd makes: read the key's metadata, encrypt a local KEK under an explicit version, and
 // decrypt wrapped local KEKs in batches.
-import Foundation
+import FoundationEssentials
+import JSON
+import Glibc
 
 public struct TransitKeyInfo: Sendable, Equatable {
     public var latestVersion: Int
@@ -24,7 +26,7 @@ final class TransitAPI: Sendable {
         self.requestTimeout = requestTimeout
     }
 
-    private func call(_ op: String, _ method: String, _ path: String, _ body: [String: Any]?, deadline: Date) throws(VaultError) -> VaultReply {
+    private func call(_ op: String, _ method: String, _ path: String, _ body: JSONValue?, deadline: Date) throws(VaultError) -> VaultReply {
         try tokens.withToken(deadline: deadline) { (token: String) throws(VaultError) -> VaultReply in
             try client.request(op: op, method: method, path: path, body: body, token: token, deadline: deadline)
         }
@@ -41,38 +43,36 @@ final class TransitAPI: Sendable {
         let reply = try call("read_key", "GET", "\(mount)/keys/\(keyName)", nil, deadline: deadline)
         guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("read key \(keyName)", reply) }
         let data = reply.data
-        guard let latest = jsonInt(data["latest_version"]), latest > 0 else {
+        guard let latest = data["latest_version"]?.int, latest > 0 else {
             throw VaultError(.unavailable, "Vault key read: no latest_version")
         }
         var created: [Int: Int64] = [:]
-        for (version, value) in data["keys"] as? [String: Any] ?? [:] {
+        for (version, value) in data["keys"]?.object ?? [:] {
             guard let v = Int(version) else { continue }
-            if let seconds = jsonInt(value) { created[v] = Int64(seconds) }
-            else if let object = value as? [String: Any], let text = object["creation_time"] as? String { created[v] = Self.unixTime(text) }
-            else if let text = value as? String { created[v] = Self.unixTime(text) }
+            if let seconds = value.int { created[v] = Int64(seconds) }
+            else if let text = value["creation_time"]?.string { created[v] = Self.unixTime(text) }
+            else if let text = value.string { created[v] = Self.unixTime(text) }
         }
         return TransitKeyInfo(latestVersion: latest, versionCreated: created,
-                              minDecryptionVersion: jsonInt(data["min_decryption_version"]) ?? 1,
-                              minEncryptionVersion: jsonInt(data["min_encryption_version"]) ?? 0,
-                              supportsEncryption: data["supports_encryption"] as? Bool ?? true,
-                              type: data["type"] as? String ?? "")
+                              minDecryptionVersion: data["min_decryption_version"]?.int ?? 1,
+                              minEncryptionVersion: data["min_encryption_version"]?.int ?? 0,
+                              supportsEncryption: data["supports_encryption"]?.bool ?? true,
+                              type: data["type"]?.string ?? "")
     }
 
     /// RFC 3339 → unix seconds; 0 when unparsable (still deterministic for the key_id).
     static func unixTime(_ text: String) -> Int64 {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let d = f.date(from: text) { return Int64(d.timeIntervalSince1970) }
-        f.formatOptions = [.withInternetDateTime]
-        return f.date(from: text).map { Int64($0.timeIntervalSince1970) } ?? 0
+        let date = (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text))
+            ?? (try? Date.ISO8601FormatStyle().parse(text))
+        return date.map { Int64($0.timeIntervalSince1970) } ?? 0
     }
 
     /// Encrypts `plaintext` under exactly `keyVersion`; returns Vault's `vault:vN:...` ciphertext.
     func encrypt(_ plaintext: [UInt8], keyVersion: Int, deadline: Date) throws(VaultError) -> String {
-        let body: [String: Any] = ["plaintext": Data(plaintext).base64EncodedString(), "key_version": keyVersion]
+        let body: JSONValue = ["plaintext": .string(Data(plaintext).base64EncodedString()), "key_version": .number(Double(keyVersion))]
         let reply = try call("encrypt", "POST", "\(mount)/encrypt/\(keyName)", body, deadline: deadline)
         guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("encrypt", reply) }
-        guard let ciphertext = reply.data["ciphertext"] as? String, ciphertext.hasPrefix("vault:v\(keyVersion):") else {
+        guard let ciphertext = reply.data["ciphertext"]?.string, ciphertext.hasPrefix("vault:v\(keyVersion):") else {
             throw VaultError(.unavailable, "Vault encrypt returned no ciphertext for version \(keyVersion)")
         }
         return ciphertext
@@ -80,24 +80,23 @@ final class TransitAPI: Sendable {
 
     /// Decrypts many ciphertexts in one request. Per-item failures come back as per-item errors.
     func decryptBatch(_ ciphertexts: [String], deadline: Date) throws(VaultError) -> [Result<[UInt8], VaultError>] {
-        let body: [String: Any] = ["batch_input": ciphertexts.map { ["ciphertext": $0] }]
+        let body: JSONValue = ["batch_input": .array(ciphertexts.map { ["ciphertext": .string($0)] })]
         let reply = try call("decrypt", "POST", "\(mount)/decrypt/\(keyName)", body, deadline: deadline)
         // Vault answers 400 when any item failed but still lists every item's result.
-        guard reply.status == 200 || reply.status == 400, let results = reply.data["batch_results"] as? [Any] else {
+        guard reply.status == 200 || reply.status == 400, let results = reply.data["batch_results"]?.array else {
             throw keyGone(reply) ?? VaultClient.error("decrypt", reply)
         }
         guard results.count == ciphertexts.count else {
             throw VaultError(.unavailable, "Vault decrypt returned \(results.count) results for \(ciphertexts.count) inputs")
         }
         return results.map { item in
-            let object = item as? [String: Any] ?? [:]
-            if let error = object["error"] as? String, !error.isEmpty {
+            if let error = item["error"]?.string, !error.isEmpty {
                 // Vault's refusal below the key's min_decryption_version: retired on purpose, not a bad ciphertext.
                 let code: VaultErrorCode = error.contains("disallowed by policy (too old)") ? .failedPrecondition : .invalidArgument
                 let hint = code == .failedPrecondition ? " (below the key's min_decryption_version)" : ""
                 return .failure(VaultError(code, "Vault decrypt: \(String(error.prefix(200)))\(hint)"))
             }
-            guard let text = object["plaintext"] as? String, let bytes = Data(base64Encoded: text) else {
+            guard let text = item["plaintext"]?.string, let bytes = Data(base64Encoded: text) else {
                 return .failure(VaultError(.invalidArgument, "Vault decrypt returned no plaintext"))
             }
             return .success([UInt8](bytes))

@@ -2,7 +2,9 @@
 // misses go through `UnwrapBatcher`, which gives concurrent misses for the same wrapped key one shared Vault call
 // and sends misses for different keys that pile up meanwhile as one `batch_input` decrypt.
 import Crypto
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Locking
 import Synchronization
 
@@ -88,7 +90,7 @@ final class LocalKEKCache: Sendable {
 final class UnwrapBatcher: @unchecked Sendable {
     // All mutable state below is guarded by `cond`.
     private final class Pending { var result: Result<SymmetricKey, VaultError>? }
-    private let cond = NSCondition()
+    private let cond = Condition()
     private var pending: [String: Pending] = [:]
     private var queue: [String] = []
     private var leaderActive = false
@@ -133,7 +135,7 @@ final class UnwrapBatcher: @unchecked Sendable {
                 cond.broadcast()
                 continue
             }
-            if !cond.wait(until: deadline) && entry.result == nil {
+            if !cond.wait(seconds: deadline.timeIntervalSinceNow) && entry.result == nil {
                 cond.unlock()
                 throw VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK")
             }
@@ -141,7 +143,7 @@ final class UnwrapBatcher: @unchecked Sendable {
     }
 
     private func runOneBatch() {
-        if window > 0 { Thread.sleep(forTimeInterval: window) }  // let concurrent misses join this batch
+        if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch
         cond.lock()
         let batch = Array(queue.prefix(maxBatch))
         queue.removeFirst(batch.count)

@@ -1,7 +1,10 @@
 // Vault's HTTP API: JSON requests, retries with backoff + jitter, the circuit breaker, and the status-code → error
 // mapping. Authentication is layered on top by `TokenManager`.
 import Crypto
-import Foundation
+import FoundationEssentials
+import JSON
+import Locking
+import Glibc
 import KMS
 
 /// Error codes of this target; the backend maps them 1:1 onto KMSErrorCode (same gRPC numbers).
@@ -18,30 +21,20 @@ public struct VaultError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 /// A Vault reply: status and decoded JSON object (empty for 204 or a non-JSON body).
-struct VaultReply: @unchecked Sendable {  // JSON values are immutable Foundation objects once decoded
+struct VaultReply: Sendable {
     var status: Int
-    var json: [String: Any]
+    var json: JSONValue
 
-    var data: [String: Any] { json["data"] as? [String: Any] ?? [:] }
-    var auth: [String: Any] { json["auth"] as? [String: Any] ?? [:] }
+    var data: JSONValue { json["data"] ?? .null }
+    var auth: JSONValue { json["auth"] ?? .null }
     /// Vault's `{"errors": [...]}` joined and bounded (Vault's messages hold no secrets; ours never echo tokens).
     var errorText: String {
-        let errors = (json["errors"] as? [Any])?.compactMap { $0 as? String } ?? []
+        let errors = json["errors"]?.array?.compactMap(\.string) ?? []
         let text = errors.isEmpty ? "HTTP \(status)" : errors.joined(separator: "; ")
         return String(text.prefix(300))
     }
 }
 
-/// Reads a JSON number (Int, Double or numeric string) as Int.
-func jsonInt(_ value: Any?) -> Int? {
-    switch value {
-    case let n as Int: return n
-    case let d as Double where d.isFinite && abs(d) < 1e15: return Int(d)
-    case let n as NSNumber: return n.intValue
-    case let s as String: return Int(s)
-    default: return nil
-    }
-}
 
 /// Per-call hook for metrics: operation, result ("ok" or an error code name), seconds.
 public typealias BackendCallHook = @Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void
@@ -65,7 +58,7 @@ final class VaultClient: Sendable {
 
     /// Sends one logical request, retrying transient failures within `deadline`. Returns the final reply, whatever
     /// its status (callers decide what a 4xx means); throws only when no reply could be had.
-    func request(op: String, method: String, path: String, body: [String: Any]? = nil, token: String?,
+    func request(op: String, method: String, path: String, body: JSONValue? = nil, token: String?,
                  deadline: Date) throws(VaultError) -> VaultReply {
         var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("X-Vault-Request", "true")]
         if let token {
@@ -78,8 +71,7 @@ final class VaultClient: Sendable {
         if let namespace, !namespace.isEmpty { headers.append(("X-Vault-Namespace", namespace)) }
         var payload: [UInt8] = []
         if let body {
-            guard let data = try? JSONSerialization.data(withJSONObject: body) else { throw VaultError(.internalError, "cannot encode \(op) request") }
-            payload = [UInt8](data)
+            payload = body.serialized()
             headers.append(("Content-Type", "application/json"))
         }
         var request = HTTPRequest(method: method, path: "/v1/" + path, headers: headers, body: payload)
@@ -105,7 +97,7 @@ final class VaultClient: Sendable {
                 var response = try http.send(request, deadline: attemptDeadline)
                 defer { wipe(&response.body) }
                 breaker.recordSuccess()
-                let json = (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
+                let json = JSONValue.parse(response.body) ?? .object([:])
                 let reply = VaultReply(status: response.status, json: json)
                 if !Self.isRetryable(status: response.status) {
                     report(op, response.status < 300 ? nil : Self.code(forStatus: response.status), started)
@@ -134,7 +126,7 @@ final class VaultClient: Sendable {
     private func sleepBeforeRetry(_ attempt: Int, deadline: Date) -> Bool {
         let delay = backoff.delay(retry: attempt)
         guard Date(timeIntervalSinceNow: delay + 0.05) < deadline else { return false }
-        if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+        if delay > 0 { sleep(seconds: delay) }
         return true
     }
 

@@ -1,5 +1,6 @@
 // `kekd serve --backend vault ...` options: names, defaults and validation. Secrets are only ever file paths here.
-import Foundation
+import FoundationEssentials
+import Glibc
 
 public struct VaultConfiguration: Sendable, Equatable {
     public var address: String
@@ -136,7 +137,7 @@ public struct VaultConfiguration: Sendable, Equatable {
     }
 
     private static func count(_ text: String, _ name: String, max: Int) throws(VaultError) -> Int {
-        guard let n = HTTPResponseParser.parseDecimal(text.replacingOccurrences(of: "_", with: "")), n > 0, n <= max else {
+        guard let n = HTTPResponseParser.parseDecimal(String(text.filter { $0 != "_" })), n > 0, n <= max else {
             throw VaultError(.invalidArgument, "--\(name): \(text) is not a whole number in 1...\(max)")
         }
         return n

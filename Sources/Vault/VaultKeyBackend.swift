@@ -1,5 +1,6 @@
 // The KMS-facing adapter: `KeyBackend` over `VaultKeyring`, with Vault errors mapped onto KMS error codes.
-import Foundation
+import FoundationEssentials
+import Glibc
 import KMS
 
 public final class VaultKeyBackend: KeyBackend {

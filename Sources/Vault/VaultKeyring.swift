@@ -3,7 +3,9 @@
 // local KEK in an annotation, so Encrypt never calls Vault. Decrypt finds the local KEK in the cache or asks Vault
 // (batched). A background loop renews the token, polls the key's latest version and renews the local KEK.
 import Crypto
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Locking
 import Synchronization
 
@@ -80,7 +82,7 @@ public final class VaultKeyring: Sendable {
     let batcher: UnwrapBatcher
     private let state: LockedValue<State>
     /// Serialises making a new local KEK (background loop and an Encrypt that found its local KEK exhausted).
-    private let renewLock = NSLock()
+    private let renewLock = Lock()
     /// The last failed attempt to make a new local KEK: when, and why.
     private let renewalFailure = LockedValue<(at: Double, message: String)?>(nil)
     private let onCache: (@Sendable (Bool) -> Void)?
@@ -88,7 +90,7 @@ public final class VaultKeyring: Sendable {
     let problems: ProblemTracker
     private let now: @Sendable () -> Double
     private let stopped = Atomic<Bool>(false)
-    private let wake = NSCondition()
+    private let wake = Condition()
     private let loopDone = DispatchSemaphore(value: 0)
     private let tick: Double
 
@@ -100,7 +102,7 @@ public final class VaultKeyring: Sendable {
                 startBackground: Bool = true) throws(VaultError) {
         self.configuration = configuration
         self.onCache = onCache
-        let log = log ?? { level, message in FileHandle.standardError.write(Data("kekd vault \(level): \(message)\n".utf8)) }
+        let log = log ?? { level, message in writeStandardError("kekd vault \(level): \(message)\n") }
         self.log = log
         let problems = ProblemTracker(log: log)
         self.problems = problems
@@ -129,7 +131,7 @@ public final class VaultKeyring: Sendable {
             }
         }
         if startBackground {
-            Thread.detachNewThread { [self] in self.maintenanceLoop() }
+            startThread(name: "kekd-vault") { [self] in self.maintenanceLoop() }
         } else {
             loopDone.signal()
         }
@@ -330,7 +332,7 @@ public final class VaultKeyring: Sendable {
         let end = Date(timeIntervalSinceNow: timeout)
         while Date() < end {
             if state.withLock({ $0.active != nil && $0.blocked == nil }) { return true }
-            Thread.sleep(forTimeInterval: 0.02)
+            sleep(seconds: 0.02)
         }
         return state.withLock { $0.active != nil && $0.blocked == nil }
     }
@@ -357,7 +359,7 @@ public final class VaultKeyring: Sendable {
         while !stopped.load(ordering: .relaxed) {
             maintain()
             wake.lock()
-            if !stopped.load(ordering: .relaxed) { _ = wake.wait(until: Date(timeIntervalSinceNow: tick)) }
+            if !stopped.load(ordering: .relaxed) { _ = wake.wait(seconds: tick) }
             wake.unlock()
         }
         loopDone.signal()

@@ -63,7 +63,8 @@ struct FlagSet {
         guard let list = values[name] else { return nil }
         var uids = Set<UInt32>()
         for part in list.split(separator: ",") {
-            guard let uid = UInt32(part.trimmingCharacters(in: .whitespaces)) else {
+            let words = part.split(whereSeparator: { $0 == " " || $0 == "\t" })  // surrounding blanks only
+            guard words.count == 1, let uid = UInt32(words[0]) else {
                 throw StartupError(.usage, "--\(name) must be comma-separated numbers, got \(list)")
             }
             uids.insert(uid)
