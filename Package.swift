@@ -3,6 +3,12 @@
 import PackageDescription
 
 
+// Release executables are linked by lld with packed relative relocations (DT_RELR, glibc 2.36+): the static binary
+// keeps PIE (ASLR) but no longer reads ~0.9 MB of RELA entries at every start, about 1 MiB less resident (issue 12).
+let compactRelocations: [LinkerSetting] = [
+    .unsafeFlags(["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs"], .when(platforms: [.linux], configuration: .release)),
+]
+
 let package = Package(
     name: "kekd",
     products: [
@@ -42,8 +48,8 @@ let package = Package(
 
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"]),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"]),
+        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
