@@ -22,6 +22,7 @@ let package = Package(
         .target(name: "HPACK"),
         .target(name: "HTTP2", dependencies: ["HPACK"]),
         .target(name: "GRPC", dependencies: ["HTTP2"]),
+        .target(name: "YAML"),
 
         // Crypto primitives over OpenSSL EVP.
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
@@ -49,6 +50,7 @@ let package = Package(
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )
