@@ -106,9 +106,16 @@ struct BlockParser {
         return value
     }
 
+    /// Nesting deeper than any configuration needs is refused rather than recursed into (stack safety).
+    static let maxDepth = 64
+    private var depth = 0
+
     /// A node whose first line (lines[i]) is indented deeper than its parent.
     private mutating func parseBlock(parentIndent: Int) throws(YAMLError) -> YAMLValue {
         let line = lines[i]
+        depth += 1
+        defer { depth -= 1 }
+        if depth > Self.maxDepth { throw error(line, line.start, "nested deeper than \(Self.maxDepth) levels") }
         if isSequenceItem(line) { return try parseSequence(indent: line.indent) }
         if try mappingKey(line) != nil { return try parseMapping(indent: line.indent) }
         var reader = LineReader(line: line, pos: line.start)
@@ -374,8 +381,13 @@ struct LineReader {
     private static let flowIndicators: Set<UInt8> = [UInt8(ascii: ","), UInt8(ascii: "["), UInt8(ascii: "]"),
                                                      UInt8(ascii: "{"), UInt8(ascii: "}")]
 
+    private var flowDepth = 0
+
     private mutating func flow() throws(YAMLError) -> YAMLValue {
         let opening = pos
+        flowDepth += 1
+        defer { flowDepth -= 1 }
+        if flowDepth > BlockParser.maxDepth { throw error("nested deeper than \(BlockParser.maxDepth) levels") }
         let isSequence = current == UInt8(ascii: "[")
         let close = isSequence ? UInt8(ascii: "]") : UInt8(ascii: "}")
         pos += 1

@@ -115,6 +115,16 @@ import YAML
         #expect(throws: YAMLError.self) { try YAML.parse("a: 1\n---\nb: 2\n") }
     }
 
+    @Test func deepNestingIsRefusedNotRecursed() throws {
+        let deepBlock = String(repeating: "- ", count: 10_000) + "x\n"
+        let deepFlow = "a: " + String(repeating: "[", count: 10_000) + "\n"
+        for text in [deepBlock, deepFlow] {
+            #expect { try YAML.parse(text) } throws: { ($0 as? YAMLError)?.message.contains("nested deeper") == true }
+        }
+        let ok = String(repeating: "[", count: 60) + String(repeating: "]", count: 60)
+        #expect(throws: Never.self) { try YAML.parse(ok) }
+    }
+
     @Test(arguments: [
         ("a: 1\n  b: 2\n", 2, 3, "unexpected indentation"),
         ("a:\n\tb: 1\n", 2, 1, "tab"),
