@@ -182,6 +182,8 @@ BROKEN = {
     "config missing": (lambda n: os.remove(n.host(ENC_CONFIG)), {"encryption-config"}),
     "manifest missing": (lambda n: os.remove(n.host(MANIFEST)), {"apiserver-manifest"}),
     "key file mode 0644": (lambda n: os.chmod(n.host(KEY_FILE), 0o644), {"key-file"}),
+    # Without a loadable key file the audit chain key is unknown: that check warns instead of passing.
+    "key file corrupt": (lambda n: n.write(KEY_FILE, "{\"not\": \"a key file\"}"), {"key-file"}),
     "state folder writable by others": (lambda n: os.chmod(n.host(STATE_DIR), 0o777), {"state-dir"}),
 }
 
