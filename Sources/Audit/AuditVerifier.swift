@@ -145,13 +145,14 @@ public enum AuditVerifier {
     }
 
     /// Verifies the last `records` records of one file (`kekctl doctor`): the record just before them is trusted
-    /// only as the anchor of the chain (its chain value and seq), so a long log costs one read and `records` MACs.
+    /// only as the anchor of the chain (its chain value and seq), so a long log costs its tail and `records` MACs.
     public static func verifyTail(path: String, hmacKey: [UInt8], records: Int) -> AuditVerificationReport {
         var report = AuditVerificationReport()
         report.files = [path]
-        let bytes: [UInt8]
+        let bytes: [UInt8], linesBefore: Int
         do {
-            bytes = try POSIXFile.read(path: path)
+            // One more line than asked for: the anchor of the chain.
+            (bytes, linesBefore) = try POSIXFile.readTail(path: path, lines: max(records, 1) + 1)
         } catch {
             report.problem = AuditVerificationProblem(file: path, line: 0, reason: error.message)
             return report
@@ -163,7 +164,8 @@ public enum AuditVerifier {
         var cursor = Cursor()
         if first > 0 {
             guard let anchor = AuditLineParser.parse(lines[first - 1]) else {
-                report.problem = AuditVerificationProblem(file: path, line: first, reason: "malformed line: not a chained audit record")
+                report.problem = AuditVerificationProblem(file: path, line: linesBefore + first,
+                                                          reason: "malformed line: not a chained audit record")
                 return report
             }
             cursor.chain = anchor.chain
@@ -171,7 +173,7 @@ public enum AuditVerifier {
         }
         let start = first > 0 ? lines[first].startIndex : 0
         if let problem = verify(bytes: Array(complete[start...]), name: path, hmacKey: hmacKey, cursor: &cursor, report: &report) {
-            report.problem = AuditVerificationProblem(file: path, line: problem.line + first, reason: problem.reason)
+            report.problem = AuditVerificationProblem(file: path, line: problem.line + linesBefore + first, reason: problem.reason)
         }
         return report
     }

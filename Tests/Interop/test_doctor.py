@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
 
@@ -220,7 +221,30 @@ def test_tampered_audit_log_fails(node):
     pathlib.Path(node.host(STATE_DIR + "/audit.log")).write_bytes(b"".join(lines))
     code, report, failing = node.doctor_json()
     assert code == 1 and failing == {"audit-log"}, report
-    assert "audit chain broken" in next(c for c in report["checks"] if c["name"] == "audit-log")["detail"]
+    detail = next(c for c in report["checks"] if c["name"] == "audit-log")["detail"]
+    assert "audit chain broken" in detail and f"audit.log:{len(lines) - 1}:" in detail, detail
+
+
+def test_audit_window_on_a_longer_log(node):
+    """Only the tail is read, yet a problem is named by its line number in the whole file."""
+    subprocess.run([str(KEKCTL), "bench", "--socket", node.host(SOCKET), "--op", "Status", "--calls", "400",
+                    "--warmup", "0"], check=True, capture_output=True)
+    path = pathlib.Path(node.host(STATE_DIR + "/audit.log"))
+    for _ in range(100):
+        lines = node.audit_lines()
+        if len(lines) >= 400:
+            break
+        time.sleep(0.05)
+    assert len(lines) >= 400
+    target = len(lines) - 150          # 1-based line number of the altered record
+    lines[target - 1] = lines[target - 1].replace(b'"op":"Status"', b'"op":"Encrypt"')
+    path.write_bytes(b"".join(lines))
+    code, report, failing = node.doctor_json("--audit-records", "100")
+    assert code == 0, report
+    code, report, failing = node.doctor_json("--audit-records", "300")
+    assert code == 1 and failing == {"audit-log"}, report
+    detail = next(c for c in report["checks"] if c["name"] == "audit-log")["detail"]
+    assert f"audit.log:{target}:" in detail, detail
 
 
 def test_audit_check_reads_only_the_last_records(node):
