@@ -28,7 +28,7 @@ enum DoctorCommand {
           --audit-hmac-key-file F  the audit chain key when kekd was given one (default: derived from the key file)
           --audit-records N     how many of the newest audit records to verify (default 1000)
           --health-addr H:P     kekd's health endpoint (default 127.0.0.1:8787; off skips it)
-          --kekd-uid UID        the uid kekd runs as, which must own its files (default 65532)
+          --kekd-uid UID        the uid kekd runs as, which must own its files (default 60917, the image's)
 
         Not checked: /readyz/kms-providers through a kubeconfig, and the provider name in etcd.
         """
@@ -71,7 +71,7 @@ enum DoctorCommand {
             guard let mode = mode_t(args.value("socket-mode") ?? "0600", radix: 8), mode <= 0o777 else {
                 throw UsageError(message: "--socket-mode must be octal permissions such as 0600")
             }
-            guard let uid = uid_t(args.value("kekd-uid") ?? "65532") else { throw UsageError(message: "--kekd-uid must be a number") }
+            guard let uid = uid_t(args.value("kekd-uid") ?? "60917") else { throw UsageError(message: "--kekd-uid must be a number") }
             guard let records = Int(args.value("audit-records") ?? "1000"), records > 0 else {
                 throw UsageError(message: "--audit-records must be a positive number")
             }

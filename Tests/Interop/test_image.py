@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import tarfile
@@ -14,7 +15,8 @@ import pytest
 
 from conftest import KEKCTL, ROOT, wait_for_socket
 
-IMAGE_UID = 65532
+# The one place scripts/image names the uid.
+IMAGE_UID = int(re.search(r"^IMAGE_UID=(\d+)", (ROOT / "scripts/image").read_text(), re.M).group(1))
 
 
 def need(tool):
