@@ -445,7 +445,7 @@ struct Doctor {
             add("kms-cachesize", .ok, "no cachesize")
         }
         if let timeout = provider["timeout"]?.string {
-            switch parseDuration(timeout) {
+            switch goDurationSeconds(timeout) {
             case nil:
                 add("kms-timeout", .fail, "timeout \(timeout.debugDescription) is not a duration", fix: "set timeout: 3s")
             case let seconds? where seconds < 1 || seconds > 30:
@@ -556,8 +556,9 @@ private func folder(of path: String) -> String {
 @_silgen_name("adjtimex")
 private func kernelAdjtimex(_ buffer: UnsafeMutableRawPointer) -> Int32
 
-/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1m30s`), in seconds.
-func parseDuration(_ text: String) -> Double? {
+/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. KeyCommands.parseDuration
+/// reads kekctl's own flags (whole d/h/m/s), not Go's format.
+func goDurationSeconds(_ text: String) -> Double? {
     let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
     var rest = Substring(text)
     var total = 0.0

@@ -280,3 +280,11 @@ def test_versions():
     kekd = subprocess.run([str(KEKD), "--version"], capture_output=True, text=True, check=True).stdout.split()
     assert kekctl[0] == "kekctl" and kekd[0] == "kekd"
     assert kekctl[1] == kekd[1] and kekctl[1].count(".") == 2
+
+
+@pytest.mark.parametrize("timeout,status", [("2.5s", "ok"), ("1500ms", "ok"), ("1m30s", "warn"), ("500ms", "warn")])
+def test_kms_timeout_is_read_as_a_go_duration(node, timeout, status):
+    node.edit(ENC_CONFIG, "timeout: 3s", f"timeout: {timeout}")
+    code, report, failing = node.doctor_json()
+    assert code == 0 and failing == set(), report
+    assert next(c for c in report["checks"] if c["name"] == "kms-timeout")["status"] == status
