@@ -144,6 +144,40 @@ public enum AuditVerifier {
         return nil
     }
 
+    /// Verifies the last `records` records of one file (`kekctl doctor`): the record just before them is trusted
+    /// only as the anchor of the chain (its chain value and seq), so a long log costs its tail and `records` MACs.
+    public static func verifyTail(path: String, hmacKey: [UInt8], records: Int) -> AuditVerificationReport {
+        var report = AuditVerificationReport()
+        report.files = [path]
+        let bytes: [UInt8], linesBefore: Int
+        do {
+            // One more line than asked for: the anchor of the chain.
+            (bytes, linesBefore) = try POSIXFile.readTail(path: path, lines: max(records, 1) + 1)
+        } catch {
+            report.problem = AuditVerificationProblem(file: path, line: 0, reason: error.message)
+            return report
+        }
+        // kekd may be appending right now: a last line without its newline is a record being written, not damage.
+        let complete = bytes.lastIndex(of: 0x0A).map { Array(bytes[...$0]) } ?? []
+        let lines = splitLines(complete)
+        let first = max(0, lines.count - max(records, 1))
+        var cursor = Cursor()
+        if first > 0 {
+            guard let anchor = AuditLineParser.parse(lines[first - 1]) else {
+                report.problem = AuditVerificationProblem(file: path, line: linesBefore + first,
+                                                          reason: "malformed line: not a chained audit record")
+                return report
+            }
+            cursor.chain = anchor.chain
+            cursor.nextSeq = anchor.seq &+ 1
+        }
+        let start = first > 0 ? lines[first].startIndex : 0
+        if let problem = verify(bytes: Array(complete[start...]), name: path, hmacKey: hmacKey, cursor: &cursor, report: &report) {
+            report.problem = AuditVerificationProblem(file: path, line: problem.line + linesBefore + first, reason: problem.reason)
+        }
+        return report
+    }
+
     /// Lines without their newline; a final line without one is kept (and reported as truncated).
     private static func splitLines(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
         var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false)

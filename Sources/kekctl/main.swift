@@ -1,5 +1,6 @@
 // kekctl: manage kekd's keys and probe a running plugin.
 import Foundation
+import Server
 
 nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([String]) -> Int32)] = [
     ("init", "create a new key file with one primary version", KeyCommands.initKeyFile),
@@ -12,6 +13,7 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
     ("encrypt", "Encrypt stdin through a running kekd", ProbeCommands.encrypt),
     ("decrypt", "Decrypt stdin through a running kekd", ProbeCommands.decrypt),
     ("bench", "load-test a running kekd (used by scripts/bench)", ProbeCommands.bench),
+    ("doctor", "check kekd, kube-apiserver's encryption setup and the node", DoctorCommand.run),
 ]
 
 @MainActor func usage() -> String {
@@ -24,6 +26,10 @@ let argv = Array(CommandLine.arguments.dropFirst())
 guard let first = argv.first else {
     FileHandle.standardError.write(Data(usage().utf8))
     exit(ExitCode.usage)
+}
+if first == "--version" || first == "version" {
+    print("kekctl \(BuildInfo.version)")
+    exit(ExitCode.ok)
 }
 if first == "--help" || first == "-h" || first == "help" {
     print(usage())

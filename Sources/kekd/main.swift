@@ -7,7 +7,7 @@ import Metrics
 import Server
 import Vault
 
-let kekdVersion = "0.1.0"
+let kekdVersion = BuildInfo.version
 
 let serveHelp = """
 usage: kekd serve [flags]
