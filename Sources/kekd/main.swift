@@ -161,7 +161,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             let folder = (path as NSString).deletingLastPathComponent
             if !folder.isEmpty { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         }
-        // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
+        // kekctl list/retire read it with --state-dir (the same folder) or --usage-file.
         let usagePath = "\(stateDir)/usage.json"
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),

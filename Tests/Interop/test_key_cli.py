@@ -77,7 +77,7 @@ def test_usage_errors_and_help(command, key_file):
     assert kekctl(command, "--key-file", key_file, "stray", check=2).returncode == 2
 
 
-def test_rotate_list_retire_prune(key_file):
+def test_rotate_list_retire_prune(key_file, tmp_path):
     v1 = listed(key_file)[0]["key_id"]
     out = kekctl("rotate", "--key-file", key_file, check=0).stdout
     versions = listed(key_file)
@@ -93,8 +93,9 @@ def test_rotate_list_retire_prune(key_file):
     unknown = kekctl("retire", "--key-file", key_file, "--key-id", "kekd-v9-000000000000000000000000", check=1)
     assert "no key version" in unknown.stderr
 
-    retired = kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0)
-    assert "no usage data" in retired.stderr   # says so when it cannot check
+    state_dir = tmp_path / "state"   # explicit and empty: the result never depends on the host's /var/lib/kekd
+    retired = kekctl("retire", "--key-file", key_file, "--state-dir", str(state_dir), "--key-id", v1, check=0)
+    assert f"no usage data at {state_dir}/usage.json" in retired.stderr   # says so when it cannot check
     assert [v["state"] for v in listed(key_file)] == ["primary", "retired"]
     assert "already retired" in kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0).stdout
 
@@ -157,6 +158,33 @@ def test_retire_consults_usage_data(key_file, tmp_path):
     forced = kekctl("retire", "--key-file", key_file, "--key-id", second, "--usage-file", str(other_usage), "--force", check=0)
     assert "--force" in forced.stderr
     assert kekctl("retire", "--key-file", key_file, "--key-id", second, "--unused-for", "banana", check=2).returncode == 2
+
+
+def test_usage_data_is_read_only_where_the_caller_says(key_file, tmp_path):
+    """--state-dir DIR reads DIR/usage.json; without a flag kekctl reads usage.json next to the key file and never a
+    host default such as /var/lib/kekd/usage.json. The host folder is simulated in a private mount namespace (a
+    tmpfs over /var/lib seen by this kekctl alone), so the test touches no host path."""
+    old = listed(key_file)[0]["key_id"]
+    kekctl("rotate", "--key-file", key_file, check=0)
+    recent = json.dumps({"keys": {old: {"last_decrypt": rfc3339(datetime.timedelta(minutes=5))}}})
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "usage.json").write_text(recent)
+    refused = kekctl("retire", "--key-file", key_file, "--state-dir", str(state_dir), "--key-id", old, check=1)
+    assert "decrypted something" in refused.stderr
+    assert kekctl("list", "--key-file", key_file, "--state-dir", str(state_dir), "--usage-file", "x", check=2).returncode == 2
+
+    script = ('mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/kekd && printf %s "$USAGE" > /var/lib/kekd/usage.json '
+              '&& exec "$KEKCTL" retire --key-file "$KEY_FILE" --key-id "$KEY_ID"')
+    env = dict(os.environ, USAGE=recent, KEKCTL=KEKCTL, KEY_FILE=key_file, KEY_ID=old)
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount needs CAP_SYS_ADMIN)")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert f"no usage data at {pathlib.Path(key_file).parent}/usage.json" in proc.stderr
+    assert listed(key_file)[1]["state"] == "retired"
 
 
 def test_broken_usage_file_blocks_retire_unless_forced(key_file):
