@@ -82,6 +82,7 @@ public final class FileKeyBackend: KeyBackend {
     }
     private let current: LockedValue<KeySnapshot>
     private let lastRejection = LockedValue<String?>(nil)
+    private let rejectedReloads = Atomic<Int>(0)
     /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
     private let watch: LockedValue<WatchState>
     private let auditKey: [UInt8]
@@ -94,7 +95,7 @@ public final class FileKeyBackend: KeyBackend {
     public init(keyFilePath: String, pollInterval: Double? = 1.0, log: @escaping LogSink = KMSLog.stderr) throws(KMSError) {
         self.keyFilePath = keyFilePath
         self.log = log
-        let loaded = try KeyFileStore.load(path: keyFilePath)
+        let loaded = try KeyFileStore.load(path: keyFilePath, owner: .processOrRoot)
         let snapshot = try KeySnapshot(loaded.file)
         auditKey = try loaded.file.auditHMACKey()
         current = LockedValue(snapshot)
@@ -153,6 +154,13 @@ public final class FileKeyBackend: KeyBackend {
     /// 32 bytes: stable across rotation and pruning (see `KeyFile.auditHMACKey`).
     public func auditHMACKey() -> [UInt8]? { auditKey }
 
+    /// For `/readyz` (check `key-file`) and metrics: whether the file on disk was last loaded successfully (false
+    /// from a rejected reload until a good file is loaded; kekd keeps serving its previous keys meanwhile), and how
+    /// many reloads were rejected since start.
+    public var keyFileHealth: (valid: Bool, rejectedReloads: Int) {
+        (lastRejection.withLock { $0 } == nil, rejectedReloads.load(ordering: .relaxed))
+    }
+
     /// SIGHUP: re-read the file now, whether or not it looks changed; a rejection is always logged.
     public func reload() {
         watch.withLock { state in
@@ -205,7 +213,7 @@ public final class FileKeyBackend: KeyBackend {
     private func loadAndSwitch(_ state: inout WatchState) {
         let next: KeySnapshot
         do {
-            next = try KeySnapshot(KeyFileStore.load(path: keyFilePath).file)
+            next = try KeySnapshot(KeyFileStore.load(path: keyFilePath, owner: .processOrRoot).file)
         } catch {
             reject(error.message, &state)
             return
@@ -227,6 +235,7 @@ public final class FileKeyBackend: KeyBackend {
 
     private func reject(_ problem: String, _ state: inout WatchState) {
         lastRejection.withLock { $0 = problem }
+        rejectedReloads.add(1, ordering: .relaxed)
         guard state.lastProblem != problem else { return }
         state.lastProblem = problem
         log(KMSLog.line(level: "warn", msg: "key file change not applied, keeping the current keys: \(problem)",

@@ -109,6 +109,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     let backendName = flags.string("backend", default: "file")
     let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
     let backend: any KeyBackend
+    var fileBackend: FileKeyBackend?
     switch backendName {
     case "file":
         let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
@@ -119,9 +120,10 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
             logger.info("created development key file", ["path": keyFile])
         }
-        do { backend = try FileKeyBackend(keyFilePath: keyFile) } catch {
+        do { fileBackend = try FileKeyBackend(keyFilePath: keyFile) } catch {
             throw StartupError(.keyFile, error.message)
         }
+        backend = fileBackend!
     case "vault":
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
         do {
@@ -178,6 +180,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         throw StartupError(.audit, "audit log: \(error)")
     }
     metrics.setAuditStatsProvider { let s = audit.stats; return (s.written, s.dropped, s.queueDepth) }
+    if let fileBackend { metrics.setKeyFileHealthProvider { fileBackend.keyFileHealth } }
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
     let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
@@ -186,11 +189,17 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     // can rely on /livez answering, and /readyz reports "socket" not ready until the server below starts.
     var healthServer: HealthServer?
     if let health {
-        let checks = [
+        var checks = [
             ReadinessCheck(name: "socket") { (kmsServer.isListening, kmsServer.isListening ? "listening on \(socket)" : "not listening") },
             ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
             ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
         ]
+        if let fileBackend {
+            checks.append(ReadinessCheck(name: "key-file") {
+                let valid = fileBackend.keyFileHealth.valid
+                return (valid, valid ? "loaded" : "last change rejected, previous keys in use (see the log)")
+            })
+        }
         let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks)
         do { try h.start() } catch {
             throw StartupError(.health, "--health-addr \(health.host):\(health.port): \(error)")

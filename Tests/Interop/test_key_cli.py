@@ -317,3 +317,50 @@ def test_live_rotation_against_a_running_kekd(request):
         assert after.healthz == "ok" and after.key_id == second.key_id
         assert decrypt(stub.Encrypt(pb.EncryptRequest(plaintext=dek1, uid="e3"), timeout=5)) == dek1
         assert k.proc.poll() is None
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown files and switch uid")
+
+
+@needs_root
+def test_rotate_as_root_keeps_the_files_owner(key_file):
+    """kekctl run as root must not leave the key file root-owned: kekd (another uid) could no longer read it."""
+    folder = pathlib.Path(key_file).parent
+    os.chown(folder, 65534, 65534)
+    os.chown(key_file, 65534, 65534)
+    kekctl("rotate", "--key-file", key_file, check=0)
+    st = os.stat(key_file)
+    assert (st.st_uid, st.st_gid) == (65534, 65534) and stat.S_IMODE(st.st_mode) == 0o600
+    lock = os.stat(key_file + ".lock")
+    assert (lock.st_uid, lock.st_gid) == (65534, 65534)   # the owner's kekctl can still take the lock
+    assert [v["state"] for v in listed(key_file)] == ["primary", "active"]
+
+
+@needs_root
+def test_rotate_refuses_when_it_cannot_keep_the_owner():
+    """Not root and not able to give the new file the old one's group: refuse, write nothing."""
+    import shutil
+    import tempfile
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="kekd-owner-"))   # /tmp itself, so uid 65534 can reach it
+    try:
+        os.chmod(folder, 0o755)
+        keys = folder / "keys"
+        key_file = str(keys / "kek.json")
+        kekctl("init", "--key-file", key_file, check=0)
+        os.chown(keys, 65534, 65534)
+        os.chown(key_file, 65534, 0)   # group root: uid 65534 is not a member
+        os.chown(key_file + ".lock", 65534, 65534)
+        before = pathlib.Path(key_file).read_bytes()
+
+        def as_nobody():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        proc = subprocess.run([KEKCTL, "rotate", "--key-file", key_file], capture_output=True, text=True, timeout=30,
+                              preexec_fn=as_nobody)
+        assert proc.returncode == 1, proc.stderr
+        assert "could not keep its owner 65534:0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert pathlib.Path(key_file).read_bytes() == before
+        assert [p.name for p in keys.iterdir() if ".tmp-" in p.name] == []
+    finally:
+        shutil.rmtree(folder)
