@@ -26,6 +26,7 @@ usage: kekd serve [flags]
   --audit-max-size SIZE        rotate the audit file at this size (default 100Mi)
   --audit-max-files N          rotated audit files kept (default 10)
   --audit-hmac-key-file PATH   key for the audit chain (default: derived from the KEK)
+  --audit-new-chain            accept a new audit chain when the existing log's chain key is missing or replaced
   --max-message-size SIZE      largest request message (default 4Mi)
   --max-connections N          concurrent client connections (default 64)
   --max-concurrent-streams N   concurrent streams per connection (default 128)
@@ -60,7 +61,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
         "log-level"]).union(VaultConfiguration.flagNames)
-    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
+    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help", "audit-new-chain"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
 
@@ -150,14 +151,16 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             throw StartupError(.usage, "--audit-mode must be best-effort or fail-closed")
         }
         var hmacKey: [UInt8]
+        let newChain = flags.switches.contains("audit-new-chain")
         if let keyPath = flags.values["audit-hmac-key-file"] {
-            hmacKey = try AuditHMACKeyFile.load(path: keyPath)
+            hmacKey = try AuditChainKey.load(keyPath: keyPath, auditLog: path, createWhenFresh: false, newChain: newChain, logger: logger)
         } else if let derived = backend.auditHMACKey() {
             hmacKey = derived
         } else {
             // The Vault backend has no local secret to derive from: keep a random chain key in the state folder.
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            hmacKey = try AuditHMACKeyFile.loadOrCreate(path: "\(stateDir)/audit-hmac.key")
+            hmacKey = try AuditChainKey.load(keyPath: "\(stateDir)/audit-hmac.key", auditLog: path, createWhenFresh: true,
+                                             newChain: newChain, logger: logger)
         }
         if path != "-" {
             let folder = (path as NSString).deletingLastPathComponent
@@ -170,7 +173,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
                                                hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath,
                                                // fail-closed: give up on a stuck sink before kube-apiserver's 3 s deadline
-                                               failClosedTimeout: 2.5)
+                                               failClosedTimeout: 2.5, allowNewChain: newChain)
         wipe(&hmacKey)
         audit = try AuditLog(configuration: configuration)
         server.auditBlocksCalls = auditMode == .failClosed
@@ -180,6 +183,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         throw StartupError(.audit, "audit log: \(error)")
     }
     metrics.setAuditStatsProvider { let s = audit.stats; return (s.written, s.dropped, s.queueDepth) }
+    metrics.setAuditChainHeadProvider { audit.chainHead }
     if let fileBackend { metrics.setKeyFileHealthProvider { fileBackend.keyFileHealth } }
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
