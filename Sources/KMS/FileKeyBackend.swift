@@ -17,6 +17,8 @@ final class KeySnapshot: Sendable {
         let state: KeyState
         let keyID: String
         let key: SymmetricKey
+        /// Version 1 only: the key_id the first release gave a first-format key (see `KeyFile`); still accepted.
+        let firstReleaseKeyID: String?
     }
     let fileID: [UInt8]
     let auditSecret: [UInt8]
@@ -31,7 +33,8 @@ final class KeySnapshot: Sendable {
         for v in file.versions {
             let key: SymmetricKey
             do { key = try SymmetricKey(bytes: v.key) } catch { throw KMSError(.failedPrecondition, "key version \(v.version): \(error)") }
-            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key)
+            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key,
+                              firstReleaseKeyID: v.version == 1 ? KeyFile.firstReleaseLegacyKeyID(key: v.key) : nil)
             entries[v.version] = entry
             if v.state == .primary { primary = entry }
         }
@@ -134,7 +137,8 @@ public final class FileKeyBackend: KeyBackend {
         let version = try Envelope.keyVersion(of: ciphertext)
         let known = snapshot.entries[version]
         // key_ids are derived, so a version no longer in the file is still recognised as ours.
-        guard keyID == (known?.keyID ?? KeyFile.keyID(fileID: snapshot.fileID, version: version)) else {
+        guard keyID == (known?.keyID ?? KeyFile.keyID(fileID: snapshot.fileID, version: version))
+                || (known?.firstReleaseKeyID != nil && keyID == known?.firstReleaseKeyID) else {
             throw KMSError(.invalidArgument, "key_id does not match the ciphertext (foreign, tampered, or paired with another key_id)")
         }
         guard let entry = known else {

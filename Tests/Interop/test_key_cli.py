@@ -225,6 +225,31 @@ def test_first_format_key_file_loads_and_converts(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
 
 
+def test_first_format_key_id_reveals_nothing_cheap_and_text_keys_are_refused(tmp_path):
+    """The key_id of a first-format key comes from a PBKDF2 file id (recomputed here with Python's hashlib), not from
+    one SHA-256 of the key as in the first release; a key file that is printable text (a passphrase) is refused."""
+    import hashlib
+    key = os.urandom(32)
+    while all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in key):   # astronomically unlikely, but keep the test exact
+        key = os.urandom(32)
+    path = tmp_path / "legacy.key"
+    path.write_bytes(key)
+    os.chmod(path, 0o600)
+    file_id = hashlib.pbkdf2_hmac("sha256", key, b"kekd legacy key file id v2", 100_000, 16)
+    expected = "kekd-v1-" + hashlib.sha256(b"kekd key_id v1\0" + file_id + (1).to_bytes(4, "big")).hexdigest()[:24]
+    first_release = hashlib.sha256(b"kekd legacy key file id v1\0" + key).digest()[:16]
+    old = "kekd-v1-" + hashlib.sha256(b"kekd key_id v1\0" + first_release + (1).to_bytes(4, "big")).hexdigest()[:24]
+    assert [v["key_id"] for v in listed(str(path))] == [expected] and expected != old
+
+    for name, content in (("passphrase.key", b"correct horse battery staple!!!\n"),
+                          ("b64-passphrase.key", base64.b64encode(b"abcdefghijklmnopqrstuvwxyz012345") + b"\n")):
+        p = tmp_path / name
+        p.write_bytes(content)
+        os.chmod(p, 0o600)
+        refused = kekctl("list", "--key-file", str(p), check=1)
+        assert "printable text" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_concurrent_kekctl_runs_are_serialised(key_file):
     procs = [subprocess.Popen([KEKCTL, "rotate", "--key-file", key_file], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
              for _ in range(12)]
