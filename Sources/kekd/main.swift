@@ -121,10 +121,12 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
             logger.info("created development key file", ["path": keyFile])
         }
-        do { fileBackend = try FileKeyBackend(keyFilePath: keyFile) } catch {
+        let loaded: FileKeyBackend
+        do { loaded = try FileKeyBackend(keyFilePath: keyFile) } catch {
             throw StartupError(.keyFile, error.message)
         }
-        backend = fileBackend!
+        fileBackend = loaded
+        backend = loaded
     case "vault":
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
         do {
