@@ -50,8 +50,8 @@ final class AuditWriter: @unchecked Sendable {
                 throw AuditError("audit log \(configuration.path) was written with another chain key (the key is missing "
                                  + "or was replaced); restore it, or start a new chain with --audit-new-chain")
             }
-            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain",
-                                 fields: [("path", configuration.path)])
+            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain "
+                                 + "(--audit-new-chain), the old log is kept rotated", level: "warn", fields: [("path", configuration.path)])
             if sink.size > 0 && configuration.maxFiles > 0 { try sink.rotate() }
             startedNewChain = true
         } else if let (record, _) = last {

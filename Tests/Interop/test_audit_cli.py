@@ -370,7 +370,8 @@ def test_missing_or_replaced_chain_key_stops_kekd_unless_a_new_chain_is_accepted
                       subdir="s")
     status_once(k2, kms_pb)
     assert k2.stop() == 0
-    assert "new chain" in k2.stderr_text()
+    warnings = [json.loads(line) for line in k2.stderr_text().splitlines() if "new chain" in line]
+    assert warnings and all(w["level"] == "warn" for w in warnings)
     assert Path(k.audit + ".1").read_bytes() == old_log
     first = json.loads(Path(k.audit).read_text().splitlines()[0])
     assert first["seq"] == 1 and first["op"] == "AuditNewChain" and "--audit-new-chain" in first["message"]
