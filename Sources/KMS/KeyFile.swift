@@ -332,6 +332,16 @@ public struct KeyFile: Sendable, Equatable {
         keyID(fileID: Array(SHA256.hash(firstReleaseLegacyFileIDLabel + key).prefix(fileIDSize)), version: 1)
     }
 
+    /// The audit chain key the first release derived for a file that began as a first-format key (its file id was
+    /// one SHA-256 of version 1's key), so `kekctl audit verify` still checks logs written before the upgrade. For
+    /// any other file it is just a key that verifies nothing. nil once version 1 is pruned.
+    public func firstReleaseLegacyAuditHMACKey() throws(KMSError) -> [UInt8]? {
+        guard let first = versions.first(where: { $0.version == 1 }) else { return nil }
+        var before = self
+        before.fileID = Array(SHA256.hash(Self.firstReleaseLegacyFileIDLabel + first.key).prefix(Self.fileIDSize))
+        return try before.auditHMACKey()
+    }
+
     public static func == (a: KeyFile, b: KeyFile) -> Bool {
         a.fileID == b.fileID && constantTimeEqual(a.auditSecret, b.auditSecret) && a.versions.count == b.versions.count
             && zip(a.versions, b.versions).allSatisfy {

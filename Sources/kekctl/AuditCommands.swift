@@ -55,12 +55,24 @@ enum AuditCommands {
             let witness = try witness(parsed)
             var key = try hmacKey(parsed)
             defer { wipe(&key) }
-            let report = parsed.has("no-rotated")
-                ? AuditVerifier.verify(files: [path], hmacKey: key, witness: witness)
-                : AuditVerifier.verify(path: path, hmacKey: key, witness: witness)
+            func run(_ key: [UInt8]) -> AuditVerificationReport {
+                parsed.has("no-rotated")
+                    ? AuditVerifier.verify(files: [path], hmacKey: key, witness: witness)
+                    : AuditVerifier.verify(path: path, hmacKey: key, witness: witness)
+            }
+            let report = run(key)
             if report.ok {
                 print(report.summary)
                 return ExitCode.ok
+            }
+            // Logs written before the upgrade under a first-format key file used the first release's chain key.
+            if let keyFile = parsed.value("key-file"), var earlier = try? KeyFileStore.load(path: keyFile).file.firstReleaseLegacyAuditHMACKey() {
+                defer { wipe(&earlier) }
+                let retried = run(earlier)
+                if retried.ok {
+                    print(retried.summary + " (with the chain key a first-release kekd derived from this first-format key)")
+                    return ExitCode.ok
+                }
             }
             printError(report.summary)
             return ExitCode.failure

@@ -391,3 +391,37 @@ def status_once(k, kms_pb):
         kms_pb[1].KeyManagementServiceStub(channel).Status(kms_pb[0].StatusRequest(), timeout=10)
     finally:
         channel.close()
+
+
+def test_logs_from_before_the_upgrade_still_verify_with_a_first_format_key_file(tmp_path):
+    """A first-format key file's file id (the salt of its audit chain key) changed from one SHA-256 of the key to
+    PBKDF2; logs the first release wrote under it still verify with --key-file. Chain keys recomputed here."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = os.urandom(32)
+    while all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in key):
+        key = os.urandom(32)
+    key_path = tmp_path / "legacy.key"
+    key_path.write_bytes(key)
+    key_path.chmod(0o600)
+    audit_secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                        info=b"kekd legacy key file audit secret v1").derive(key)
+
+    def chain_key(file_id):
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id, info=b"kekd audit-chain hmac key v1").derive(audit_secret)
+
+    first_release = hashlib.sha256(b"kekd legacy key file id v1\0" + key).digest()[:16]
+    current = hashlib.pbkdf2_hmac("sha256", key, b"kekd legacy key file id v2", 100_000, 16)
+    for name, ck in (("old.log", chain_key(first_release)), ("new.log", chain_key(current))):
+        log = tmp_path / name
+        write(log, chained_lines(6, key=ck)[0])
+        r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "6 records" in r.stdout, r.stderr
+    # Any other key still fails.
+    log = tmp_path / "foreign.log"
+    write(log, chained_lines(6, key=os.urandom(32))[0])
+    r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "foreign.log:1:" in r.stderr
