@@ -132,13 +132,13 @@ enum POSIXFile {
 
 /// A JSON log line on stderr for conditions an operator must see (dropped or unwritable audit records).
 enum AuditDiagnostics {
-    static func log(_ message: String, fields: [(String, String)] = []) {
+    static func log(_ message: String, level: String = "error", fields: [(String, String)] = []) {
         var out = [UInt8]()
         out.append(0x7B)
         AuditJSON.appendKey("time", to: &out, first: true)
         AuditJSON.appendString(RFC3339.format(Date()), to: &out)
         AuditJSON.appendKey("level", to: &out)
-        AuditJSON.appendString("error", to: &out)
+        AuditJSON.appendString(level, to: &out)
         AuditJSON.appendKey("component", to: &out)
         AuditJSON.appendString("audit", to: &out)
         AuditJSON.appendKey("msg", to: &out)
