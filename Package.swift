@@ -31,6 +31,7 @@ let package = Package(
         .target(name: "HPACK"),
         .target(name: "HTTP2", dependencies: ["HPACK"]),
         .target(name: "GRPC", dependencies: ["HTTP2"]),
+        .target(name: "YAML"),
 
         // Crypto primitives over OpenSSL EVP.
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
@@ -49,7 +50,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "Locking"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -62,6 +63,7 @@ let package = Package(
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )

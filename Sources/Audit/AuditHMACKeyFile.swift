@@ -56,8 +56,7 @@ public enum AuditHMACKeyFile {
            let decoded = Data(base64Encoded: Data(Array(text) + paddingFor(text.count))), decoded.count >= minimumKeySize {
             return Array(decoded)
         }
-        let isText = contents.allSatisfy { ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
-        guard !isText, contents.count >= minimumKeySize else {
+        guard !isPrintableText(contents), contents.count >= minimumKeySize else {
             throw AuditError("audit HMAC key must be hex (\(2 * minimumKeySize)+ digits) or base64 text of at least "
                 + "\(minimumKeySize) bytes, or at least \(minimumKeySize) raw bytes")
         }

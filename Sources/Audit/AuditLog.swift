@@ -51,6 +51,13 @@ final class AuditCounters: Sendable {
     let syncs = Atomic<Int>(0)
     let writable = Atomic<Bool>(true)
     let lastError = LockedValue<String?>(nil)
+    /// seq of the last record in the sink and the first 8 bytes of its chain value (big-endian).
+    let head = LockedValue<(seq: UInt64, chainPrefix: UInt64)>((0, 0))
+
+    func publishHead(_ state: ChainState) {
+        let prefix = state.chain.prefix(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        head.withLock { $0 = (state.seq, prefix) }
+    }
 
     func fail(_ message: String) {
         writable.store(false, ordering: .relaxed)
@@ -77,8 +84,27 @@ public final class AuditLog: Sendable {
         self.configuration = configuration
         let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters)
         queue.pending.reserveCapacity(min(configuration.queueCapacity, 1 << 16))
+        let newChain = writer.startedNewChain
         queue.writerDone = false
         startThread(name: "kekd-audit") { writer.run() }
+        if newChain {
+            _ = record(AuditEvent(time: Date(), op: Self.newChainOp, backend: "", outcome: "OK",
+                                  message: "new audit chain started (--audit-new-chain): the previous log was written "
+                                      + "with a chain key kekd no longer has; it is kept rotated and verifies only with that key",
+                                  latencyMicros: 0))
+        }
+    }
+
+    /// `op` of the first record of a chain started because the previous chain's key was missing or replaced.
+    public static let newChainOp = "AuditNewChain"
+
+    /// The last record written: its seq and a 16-hex prefix of its chain value (seq 0, all zeros: none yet). An
+    /// off-node witness of these (kekd exports them as metrics) lets `kekctl audit verify --expect-seq/--expect-head`
+    /// detect records cut off the end, which the chain alone cannot.
+    public var chainHead: (lastSeq: UInt64, headHex: String) {
+        let (seq, prefix) = counters.head.withLock { $0 }
+        let hex = String(prefix, radix: 16)
+        return (seq, String(repeating: "0", count: 16 - hex.count) + hex)
     }
 
     deinit { close() }

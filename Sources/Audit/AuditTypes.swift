@@ -81,10 +81,14 @@ public struct AuditConfiguration: Sendable {
     /// fail-closed: the longest record() waits for its record to be written and synced (a stuck sink, e.g. a
     /// FIFO nobody reads, must not hang calls); it then returns false.
     public var failClosedTimeout: Double
+    /// When the existing log does not verify under `hmacKey` (its chain key is missing or was replaced): false
+    /// refuses to open (the old chain could no longer be verified, silently); true rotates it away and starts a new
+    /// chain whose first record says so (kekd's --audit-new-chain).
+    public var allowNewChain: Bool
 
     public init(path: String, maxSize: Int64 = 100 << 20, maxFiles: Int = 5, mode: AuditMode = .bestEffort,
                 hmacKey: [UInt8], queueCapacity: Int = 65536, usageFilePath: String? = nil,
-                usageFlushInterval: Double = 10, failClosedTimeout: Double = 10) {
+                usageFlushInterval: Double = 10, failClosedTimeout: Double = 10, allowNewChain: Bool = false) {
         self.path = path
         self.maxSize = maxSize
         self.maxFiles = maxFiles
@@ -94,6 +98,7 @@ public struct AuditConfiguration: Sendable {
         self.usageFilePath = usageFilePath
         self.usageFlushInterval = usageFlushInterval
         self.failClosedTimeout = failClosedTimeout
+        self.allowNewChain = allowNewChain
     }
 }
 

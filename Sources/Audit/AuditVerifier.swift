@@ -12,6 +12,21 @@ public struct AuditVerificationProblem: Sendable, Equatable, CustomStringConvert
     public var description: String { line > 0 ? "\(file):\(line): \(reason)" : "\(file): \(reason)" }
 }
 
+/// What an off-node witness saw of the chain head (kekd's `kekd_audit_last_seq` and `kekd_audit_chain_head_info`).
+/// The chain proves that no record was altered, removed or inserted *between* others, but a log cut at its end is
+/// still a valid chain: only a head seen earlier, somewhere else, shows the cut.
+public struct AuditWitness: Sendable, Equatable {
+    /// A seq the log must still contain.
+    public var seq: UInt64?
+    /// Lowercase hex prefix of a chain value the log must still contain (at `seq`, when given).
+    public var headHex: String?
+
+    public init(seq: UInt64? = nil, headHex: String? = nil) {
+        self.seq = seq
+        self.headHex = headHex?.lowercased()
+    }
+}
+
 public struct AuditVerificationReport: Sendable, Equatable {
     /// Oldest first.
     public var files: [String] = []
@@ -22,6 +37,12 @@ public struct AuditVerificationReport: Sendable, Equatable {
     public var reportedDropped: UInt64 = 0
     /// nil when everything verified.
     public var problem: AuditVerificationProblem?
+    /// Checked after the chain verified (set before verifying).
+    public var witness: AuditWitness?
+    /// The chain value (hex) of the record at `witness.seq`.
+    public var chainHexAtWitnessedSeq: String?
+    /// The seq of the first record whose chain value starts with `witness.headHex`.
+    public var seqWithWitnessedHead: UInt64?
     public var ok: Bool { problem == nil }
 
     public init() {}
@@ -32,7 +53,28 @@ public struct AuditVerificationReport: Sendable, Equatable {
         if let firstSeq, let lastSeq { s += " (seq \(firstSeq)-\(lastSeq))" }
         s += " in \(files.count) file\(files.count == 1 ? "" : "s")"
         if reportedDropped > 0 { s += "; the writer reported \(reportedDropped) records dropped before writing" }
+        if let witness {
+            s += "; witnessed" + (witness.seq.map { " seq \($0)" } ?? "") + (witness.headHex.map { " head \($0)" } ?? "") + " found"
+        }
         return s
+    }
+
+    /// Why the verified log does not contain what the witness saw, or nil.
+    func witnessProblem() -> String? {
+        guard let witness else { return nil }
+        let last = lastSeq.map { "last seq seen \($0)" } ?? "no records"
+        if let seq = witness.seq {
+            guard let chainHex = chainHexAtWitnessedSeq else {
+                return "seq \(seq) was witnessed but the log does not contain it (\(last)): records were cut off the end"
+            }
+            if let head = witness.headHex, !chainHex.hasPrefix(head) {
+                return "the record at seq \(seq) has chain head \(chainHex.prefix(16)), not the witnessed \(head) "
+                    + "(\(last)): the log was rewritten"
+            }
+        } else if let head = witness.headHex, seqWithWitnessedHead == nil {
+            return "no record has the witnessed chain head \(head) (\(last)): records were cut off the end or rewritten"
+        }
+        return nil
     }
 }
 
@@ -55,13 +97,14 @@ public enum AuditVerifier {
     }
 
     /// Verifies `path` and its rotated predecessors as one chain.
-    public static func verify(path: String, hmacKey: [UInt8]) -> AuditVerificationReport {
-        verify(files: filesToVerify(path: path), hmacKey: hmacKey)
+    public static func verify(path: String, hmacKey: [UInt8], witness: AuditWitness? = nil) -> AuditVerificationReport {
+        verify(files: filesToVerify(path: path), hmacKey: hmacKey, witness: witness)
     }
 
-    /// Verifies the given files, oldest first, as one chain.
-    public static func verify(files: [String], hmacKey: [UInt8]) -> AuditVerificationReport {
+    /// Verifies the given files, oldest first, as one chain; then, when given, that it still holds what `witness` saw.
+    public static func verify(files: [String], hmacKey: [UInt8], witness: AuditWitness? = nil) -> AuditVerificationReport {
         var report = AuditVerificationReport()
+        report.witness = witness
         var cursor = Cursor()
         for file in files {
             report.files.append(file)
@@ -76,6 +119,9 @@ public enum AuditVerifier {
                 report.problem = problem
                 return report
             }
+        }
+        if let reason = report.witnessProblem() {
+            report.problem = AuditVerificationProblem(file: files.last ?? "", line: 0, reason: reason)
         }
         return report
     }
@@ -134,6 +180,12 @@ public enum AuditVerifier {
                     : "record altered: chain value does not verify")
             }
             cursor.chain = record.chain
+            if let witness = report.witness {
+                if record.seq == witness.seq { report.chainHexAtWitnessedSeq = hexString(record.chain) }
+                if let head = witness.headHex, report.seqWithWitnessedHead == nil, hexString(record.chain).hasPrefix(head) {
+                    report.seqWithWitnessedHead = record.seq
+                }
+            }
             let (next, wrapped) = record.seq.addingReportingOverflow(1)
             cursor.nextSeq = wrapped ? nil : next
             report.records += 1
@@ -143,6 +195,40 @@ public enum AuditVerifier {
             report.reportedDropped = overflow ? UInt64.max : sum
         }
         return nil
+    }
+
+    /// Verifies the last `records` records of one file (`kekctl doctor`): the record just before them is trusted
+    /// only as the anchor of the chain (its chain value and seq), so a long log costs its tail and `records` MACs.
+    public static func verifyTail(path: String, hmacKey: [UInt8], records: Int) -> AuditVerificationReport {
+        var report = AuditVerificationReport()
+        report.files = [path]
+        let bytes: [UInt8], linesBefore: Int
+        do {
+            // One more line than asked for: the anchor of the chain.
+            (bytes, linesBefore) = try POSIXFile.readTail(path: path, lines: max(records, 1) + 1)
+        } catch {
+            report.problem = AuditVerificationProblem(file: path, line: 0, reason: error.message)
+            return report
+        }
+        // kekd may be appending right now: a last line without its newline is a record being written, not damage.
+        let complete = bytes.lastIndex(of: 0x0A).map { Array(bytes[...$0]) } ?? []
+        let lines = splitLines(complete)
+        let first = max(0, lines.count - max(records, 1))
+        var cursor = Cursor()
+        if first > 0 {
+            guard let anchor = AuditLineParser.parse(lines[first - 1]) else {
+                report.problem = AuditVerificationProblem(file: path, line: linesBefore + first,
+                                                          reason: "malformed line: not a chained audit record")
+                return report
+            }
+            cursor.chain = anchor.chain
+            cursor.nextSeq = anchor.seq &+ 1
+        }
+        let start = first > 0 ? lines[first].startIndex : 0
+        if let problem = verify(bytes: Array(complete[start...]), name: path, hmacKey: hmacKey, cursor: &cursor, report: &report) {
+            report.problem = AuditVerificationProblem(file: path, line: problem.line + linesBefore + first, reason: problem.reason)
+        }
+        return report
     }
 
     /// Lines without their newline; a final line without one is kept (and reported as truncated).

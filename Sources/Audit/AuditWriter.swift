@@ -26,6 +26,8 @@ final class AuditWriter: @unchecked Sendable {
     private var lossSinceLastLog = 0
     private var lastLossLog = 0.0
     private var lastLossReason = ""
+    /// True when init rotated away a log written under another chain key (allowed by `allowNewChain`).
+    private(set) var startedNewChain = false
 
     init(configuration: AuditConfiguration, queue: AuditQueue, counters: AuditCounters) throws {
         self.configuration = configuration
@@ -40,11 +42,18 @@ final class AuditWriter: @unchecked Sendable {
             : AuditSink.lastRecord(path: configuration.path + ".1")
         if let (record, previous) = last, let previous,
            !constantTimeEqual(AuditRecordFormat.chain(key: configuration.hmacKey, previous: previous, body: record.body), record.chain) {
-            // Written under another chain key (a new key file or --audit-hmac-key-file): one file, one key. The old
-            // file is rotated away intact and verifies with its own key; ours starts a new chain.
-            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain",
-                                 fields: [("path", configuration.path)])
+            // Written under another chain key (its key lost, or a new key file or --audit-hmac-key-file). Starting
+            // a new chain silently would leave the old logs unverifiable and hide a cut: only when allowed. Then one
+            // file, one key: the old file is rotated away intact and verifies with its own key.
+            guard configuration.allowNewChain else {
+                sink.close()
+                throw AuditError("audit log \(configuration.path) was written with another chain key (the key is missing "
+                                 + "or was replaced); restore it, or start a new chain with --audit-new-chain")
+            }
+            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain "
+                                 + "(--audit-new-chain), the old log is kept rotated", level: "warn", fields: [("path", configuration.path)])
             if sink.size > 0 && configuration.maxFiles > 0 { try sink.rotate() }
+            startedNewChain = true
         } else if let (record, _) = last {
             state.seq = record.seq
             state.chain = record.chain
@@ -52,6 +61,7 @@ final class AuditWriter: @unchecked Sendable {
             AuditDiagnostics.log("existing audit log ends without a recognisable record; starting a new chain",
                                  fields: [("path", configuration.path)])
         }
+        counters.publishHead(state)
     }
 
     func run() {
@@ -96,6 +106,7 @@ final class AuditWriter: @unchecked Sendable {
             if reopen { reopenSink() }
             if !batch.isEmpty {
                 let results = write(batch)
+                counters.publishHead(state)
                 if configuration.mode == .failClosed {
                     queue.lock.lock()
                     for (item, ok) in zip(batch, results) {

@@ -67,6 +67,49 @@ enum POSIXFile {
         if let e = syncDirectory(dir) { throw AuditError("cannot fsync \(dir): \(errorText(e))") }
     }
 
+    /// The end of the file from a line start on, holding at least `lines` newline-terminated lines (or the whole
+    /// file), and how many lines come before it: memory grows with `lines`, not with the file.
+    static func readTail(path: String, lines: Int) throws(AuditError) -> (bytes: [UInt8], linesBefore: Int) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw AuditError("cannot open \(path): \(errorText(errno))") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw AuditError("cannot stat \(path): \(errorText(errno))") }
+        let size = Int(st.st_size)
+        func readAt(_ offset: Int, _ count: Int) throws(AuditError) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: count)
+            var done = 0
+            while done < count {
+                let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+                if n < 0, errno == EINTR { continue }
+                if n < 0 { throw AuditError("cannot read \(path): \(errorText(errno))") }
+                if n == 0 { break }
+                done += n
+            }
+            return Array(out[0..<done])
+        }
+        var window = min(size, max(lines, 1) * 1024)
+        while true {
+            let offset = size - window
+            var bytes = try readAt(offset, window)
+            var start = 0
+            if offset > 0, let newline = bytes.firstIndex(of: 0x0A) { start = newline + 1 } else if offset > 0 { start = bytes.count }
+            if offset == 0 || bytes[start...].lazy.filter({ $0 == 0x0A }).count >= lines {
+                bytes.removeFirst(start)
+                var before = 0
+                var position = 0
+                while position < offset + start {
+                    let chunk = try readAt(position, min(1 << 16, offset + start - position))
+                    if chunk.isEmpty { break }
+                    before += chunk.lazy.filter { $0 == 0x0A }.count
+                    position += chunk.count
+                }
+                return (bytes, before)
+            }
+            window = min(size, window * 2)
+        }
+    }
+
     /// The whole file, or an error naming the path.
     static func read(path: String, limit: Int = Int.max) throws(AuditError) -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -89,13 +132,13 @@ enum POSIXFile {
 
 /// A JSON log line on stderr for conditions an operator must see (dropped or unwritable audit records).
 enum AuditDiagnostics {
-    static func log(_ message: String, fields: [(String, String)] = []) {
+    static func log(_ message: String, level: String = "error", fields: [(String, String)] = []) {
         var out = [UInt8]()
         out.append(0x7B)
         AuditJSON.appendKey("time", to: &out, first: true)
         AuditJSON.appendString(RFC3339.format(Date()), to: &out)
         AuditJSON.appendKey("level", to: &out)
-        AuditJSON.appendString("error", to: &out)
+        AuditJSON.appendString(level, to: &out)
         AuditJSON.appendKey("component", to: &out)
         AuditJSON.appendString("audit", to: &out)
         AuditJSON.appendKey("msg", to: &out)

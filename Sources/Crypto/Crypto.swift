@@ -144,6 +144,26 @@ public enum HKDFSHA256 {
     }
 }
 
+/// PBKDF2-HMAC-SHA256 (RFC 8018): deliberately slow, so a value derived from a possibly weak secret costs a
+/// guesser `iterations` HMACs per guess. Available in OpenSSL's FIPS provider.
+public enum PBKDF2SHA256 {
+    public static func derive(password: [UInt8], salt: [UInt8], iterations: Int, length: Int) throws(CryptoError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: length)
+        let ok = password.withUnsafeBytes { p in
+            PKCS5_PBKDF2_HMAC(p.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(password.count), salt, Int32(salt.count),
+                              Int32(iterations), EVP_sha256(), Int32(length), &out)
+        }
+        guard ok == 1 else { throw .openSSL("PKCS5_PBKDF2_HMAC") }
+        return out
+    }
+}
+
+/// Key files must hold random bytes; text (printable ASCII and whitespace only) is a passphrase or a typo, whose
+/// guessable bytes must never become a key. Shared by the key file's first format and the audit key file.
+public func isPrintableText(_ bytes: some Collection<UInt8>) -> Bool {
+    bytes.allSatisfy { ($0 >= 0x20 && $0 < 0x7F) || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     guard a.count == b.count else { return false }

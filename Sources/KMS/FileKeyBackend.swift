@@ -18,6 +18,8 @@ final class KeySnapshot: Sendable {
         let state: KeyState
         let keyID: String
         let key: SymmetricKey
+        /// Version 1 only: the key_id the first release gave a first-format key (see `KeyFile`); still accepted.
+        let firstReleaseKeyID: String?
     }
     let fileID: [UInt8]
     let auditSecret: [UInt8]
@@ -32,7 +34,8 @@ final class KeySnapshot: Sendable {
         for v in file.versions {
             let key: SymmetricKey
             do { key = try SymmetricKey(bytes: v.key) } catch { throw KMSError(.failedPrecondition, "key version \(v.version): \(error)") }
-            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key)
+            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key,
+                              firstReleaseKeyID: v.version == 1 ? KeyFile.firstReleaseLegacyKeyID(key: v.key) : nil)
             entries[v.version] = entry
             if v.state == .primary { primary = entry }
         }
@@ -83,6 +86,7 @@ public final class FileKeyBackend: KeyBackend {
     }
     private let current: LockedValue<KeySnapshot>
     private let lastRejection = LockedValue<String?>(nil)
+    private let rejectedReloads = Atomic<Int>(0)
     /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
     private let watch: LockedValue<WatchState>
     private let auditKey: [UInt8]
@@ -95,7 +99,7 @@ public final class FileKeyBackend: KeyBackend {
     public init(keyFilePath: String, pollInterval: Double? = 1.0, log: @escaping LogSink = KMSLog.stderr) throws(KMSError) {
         self.keyFilePath = keyFilePath
         self.log = log
-        let loaded = try KeyFileStore.load(path: keyFilePath)
+        let loaded = try KeyFileStore.load(path: keyFilePath, owner: .processOrRoot)
         let snapshot = try KeySnapshot(loaded.file)
         auditKey = try loaded.file.auditHMACKey()
         current = LockedValue(snapshot)
@@ -134,7 +138,8 @@ public final class FileKeyBackend: KeyBackend {
         let version = try Envelope.keyVersion(of: ciphertext)
         let known = snapshot.entries[version]
         // key_ids are derived, so a version no longer in the file is still recognised as ours.
-        guard keyID == (known?.keyID ?? KeyFile.keyID(fileID: snapshot.fileID, version: version)) else {
+        guard keyID == (known?.keyID ?? KeyFile.keyID(fileID: snapshot.fileID, version: version))
+                || (known?.firstReleaseKeyID != nil && keyID == known?.firstReleaseKeyID) else {
             throw KMSError(.invalidArgument, "key_id does not match the ciphertext (foreign, tampered, or paired with another key_id)")
         }
         guard let entry = known else {
@@ -153,6 +158,13 @@ public final class FileKeyBackend: KeyBackend {
     /// HKDF-SHA256(input key: the key file's audit secret, salt: its file id, info: "kekd audit-chain hmac key v1"),
     /// 32 bytes: stable across rotation and pruning (see `KeyFile.auditHMACKey`).
     public func auditHMACKey() -> [UInt8]? { auditKey }
+
+    /// For `/readyz` (check `key-file`) and metrics: whether the file on disk was last loaded successfully (false
+    /// from a rejected reload until a good file is loaded; kekd keeps serving its previous keys meanwhile), and how
+    /// many reloads were rejected since start.
+    public var keyFileHealth: (valid: Bool, rejectedReloads: Int) {
+        (lastRejection.withLock { $0 } == nil, rejectedReloads.load(ordering: .relaxed))
+    }
 
     /// SIGHUP: re-read the file now, whether or not it looks changed; a rejection is always logged.
     public func reload() {
@@ -204,7 +216,7 @@ public final class FileKeyBackend: KeyBackend {
     private func loadAndSwitch(_ state: inout WatchState) {
         let next: KeySnapshot
         do {
-            next = try KeySnapshot(KeyFileStore.load(path: keyFilePath).file)
+            next = try KeySnapshot(KeyFileStore.load(path: keyFilePath, owner: .processOrRoot).file)
         } catch {
             reject(error.message, &state)
             return
@@ -226,6 +238,7 @@ public final class FileKeyBackend: KeyBackend {
 
     private func reject(_ problem: String, _ state: inout WatchState) {
         lastRejection.withLock { $0 = problem }
+        rejectedReloads.add(1, ordering: .relaxed)
         guard state.lastProblem != problem else { return }
         state.lastProblem = problem
         log(KMSLog.line(level: "warn", msg: "key file change not applied, keeping the current keys: \(problem)",

@@ -13,11 +13,19 @@
 // owner are what protect it.
 //
 // The first format (the wire issue's `--key-file`) is a single raw key: exactly 32 bytes, or 44 characters of base64
-// with an optional trailing newline. It loads as version 1, primary, with a file id derived from the key under its own
-// label (`legacyFileIDLabel`), so its key_id is stable across restarts and machines and can never collide with the
-// key_id of a file made by `init` (whose file id is random). The first `rotate`/`retire` rewrites it in the JSON
-// format, keeping that derived file id and an audit secret derived from the key (one-way, so pruning version 1 later
-// really removes the key).
+// with an optional trailing newline. A key that is printable text (a passphrase, say) is refused. It loads as version
+// 1, primary, with a file id derived from the key (`legacyFileID`), so its key_id is stable across restarts and
+// machines and can never collide with the key_id of a file made by `init` (whose file id is random). The first
+// `rotate`/`retire` rewrites it in the JSON format, keeping that derived file id and an audit secret derived from the
+// key (one-way, so pruning version 1 later really removes the key).
+//
+// The legacy key_id is published (etcd, /metrics, logs), so it must not be a cheap test of a guessed key. Options:
+// a constant reveals nothing but hides a key change from kube-apiserver (it re-seeds only when the key_id changes);
+// a random id cannot be kept (the format has nowhere to store it, and every node must compute the same one); a fast
+// keyed hash is still a one-hash-per-guess oracle. So: refuse text keys (the guessable ones), and derive the file id
+// through PBKDF2 (`legacyFileIDIterations`), making each guess of a remaining weak key cost that many HMACs. The first
+// release derived it with one SHA-256 (`firstReleaseLegacyKeyID`); Decrypt still accepts that key_id for version 1,
+// which the AAD binds, so ciphertexts stored before keep decrypting.
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -45,7 +53,9 @@ public struct KeyFile: Sendable, Equatable {
     public static let currentFormatVersion = 1
     public static let fileIDSize = 16
     static let keyIDLabel = Array("kekd key_id v1\u{0}".utf8)
-    static let legacyFileIDLabel = Array("kekd legacy key file id v1\u{0}".utf8)
+    static let legacyFileIDLabel = Array("kekd legacy key file id v2".utf8)
+    static let legacyFileIDIterations = 100_000
+    static let firstReleaseLegacyFileIDLabel = Array("kekd legacy key file id v1\u{0}".utf8)
     static let legacyAuditSecretLabel = Array("kekd legacy key file audit secret v1".utf8)
     static let auditHMACInfo = Array("kekd audit-chain hmac key v1".utf8)
 
@@ -248,7 +258,14 @@ public struct KeyFile: Sendable, Equatable {
 
     /// Parses either format. `legacyCreated` is the creation time given to a first-format key (the file's mtime).
     public static func parse(_ bytes: [UInt8], legacyCreated: Date = Date(timeIntervalSince1970: 0)) throws(KMSError) -> KeyFile {
-        if let legacyKey = legacyKey(bytes) { return try fromLegacy(key: legacyKey, created: legacyCreated) }
+        if var legacyKey = legacyKey(bytes) {
+            defer { wipe(&legacyKey) }
+            guard !isPrintableText(legacyKey) else {
+                throw KMSError(.failedPrecondition, "the key file holds \(bytes.count == AES256GCM.keySize ? "" : "base64 of ")32 bytes of printable "
+                               + "text (a passphrase?), not a random key; create a key file with `kekctl init`")
+            }
+            return try fromLegacy(key: legacyKey, created: legacyCreated)
+        }
         guard bytes.first(where: { !isJSONSpace($0) }) == UInt8(ascii: "{") else {
             throw KMSError(.failedPrecondition, "not a kekd key file (expected JSON, or a 32-byte key in the first format; got \(bytes.count) bytes)")
         }
@@ -296,15 +313,34 @@ public struct KeyFile: Sendable, Equatable {
     }
 
     static func fromLegacy(key: [UInt8], created: Date) throws(KMSError) -> KeyFile {
-        let fileID = Array(SHA256.hash(legacyFileIDLabel + key).prefix(fileIDSize))
-        let auditSecret: [UInt8]
-        do { auditSecret = try HKDFSHA256.derive(inputKey: key, salt: [], info: legacyAuditSecretLabel, length: 32) } catch {
-            throw KMSError(.internalError, "deriving the legacy audit secret: \(error)")
+        let fileID: [UInt8], auditSecret: [UInt8]
+        do {
+            fileID = try PBKDF2SHA256.derive(password: key, salt: legacyFileIDLabel, iterations: legacyFileIDIterations,
+                                             length: fileIDSize)
+            auditSecret = try HKDFSHA256.derive(inputKey: key, salt: [], info: legacyAuditSecretLabel, length: 32)
+        } catch {
+            throw KMSError(.internalError, "deriving the legacy file id and audit secret: \(error)")
         }
         var file = KeyFile(fileID: fileID, auditSecret: auditSecret,
                            versions: [KeyVersion(version: 1, state: .primary, created: rfc3339(created), key: key)])
         file.isLegacyFormat = true
         return file
+    }
+
+    /// The key_id the first release gave a first-format key (file id: one SHA-256 of the key), accepted by Decrypt
+    /// for version 1 so ciphertexts stored under it still decrypt.
+    static func firstReleaseLegacyKeyID(key: [UInt8]) -> String {
+        keyID(fileID: Array(SHA256.hash(firstReleaseLegacyFileIDLabel + key).prefix(fileIDSize)), version: 1)
+    }
+
+    /// The audit chain key the first release derived for a file that began as a first-format key (its file id was
+    /// one SHA-256 of version 1's key), so `kekctl audit verify` still checks logs written before the upgrade. For
+    /// any other file it is just a key that verifies nothing. nil once version 1 is pruned.
+    public func firstReleaseLegacyAuditHMACKey() throws(KMSError) -> [UInt8]? {
+        guard let first = versions.first(where: { $0.version == 1 }) else { return nil }
+        var before = self
+        before.fileID = Array(SHA256.hash(Self.firstReleaseLegacyFileIDLabel + first.key).prefix(Self.fileIDSize))
+        return try before.auditHMACKey()
     }
 
     public static func == (a: KeyFile, b: KeyFile) -> Bool {

@@ -29,6 +29,14 @@ public struct FileFingerprint: Sendable, Equatable {
     }
 }
 
+/// Who may own a key file its reader trusts.
+public enum KeyFileOwnerRule: Sendable {
+    /// kekctl: an operator (often root) manages a file owned by kekd's uid.
+    case anyOwner
+    /// kekd: its own effective uid, or root. Any other owner could rewrite or chmod the file under kekd.
+    case processOrRoot
+}
+
 public enum KeyFileStore {
     /// A key file with 10,000 versions is about 1.2 MB; anything much larger is not a key file.
     public static let maxFileSize = 4 << 20
@@ -44,7 +52,7 @@ public enum KeyFileStore {
 
     /// Reads and fully validates a key file. Refuses files that are not regular, are accessible by group or others,
     /// are too large, corrupt, or break the state rules.
-    public static func load(path: String) throws(KMSError) -> (file: KeyFile, fingerprint: FileFingerprint) {
+    public static func load(path: String, owner: KeyFileOwnerRule = .anyOwner) throws(KMSError) -> (file: KeyFile, fingerprint: FileFingerprint) {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)   // O_NONBLOCK: a FIFO in its place must not hang us
         guard fd >= 0 else {
             let err = errno
@@ -55,6 +63,10 @@ public enum KeyFileStore {
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw KMSError(.failedPrecondition, "cannot stat key file \(path): \(errnoText(errno))") }
         guard st.st_mode & S_IFMT == S_IFREG else { throw KMSError(.failedPrecondition, "key file \(path) is not a regular file") }
+        if owner == .processOrRoot, st.st_uid != geteuid(), st.st_uid != 0 {
+            throw KMSError(.failedPrecondition, "key file \(path) is owned by uid \(st.st_uid): it must be owned by kekd's uid "
+                           + "\(geteuid()) or root; run `chown \(geteuid()) \(path)`")
+        }
         let permissions = st.st_mode & 0o777
         guard permissions & 0o077 == 0 else {
             throw KMSError(.failedPrecondition, "key file \(path) has mode \(String(permissions, radix: 8, uppercase: false).leftPadded(4)): "
@@ -104,6 +116,11 @@ public enum KeyFileStore {
         let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else { throw KMSError(.failedPrecondition, "cannot open lock file \(lockPath): \(errnoText(errno))") }
         defer { close(fd) }   // closing releases the lock
+        // A lock file root created must stay usable by the key file's owner (kekctl run as kekd's uid). Best effort.
+        var keyStat = stat(), lockStat = stat()
+        if stat(path, &keyStat) == 0, fstat(fd, &lockStat) == 0, lockStat.st_uid != keyStat.st_uid || lockStat.st_gid != keyStat.st_gid {
+            _ = fchown(fd, keyStat.st_uid, keyStat.st_gid)
+        }
         let deadline = Date().addingTimeInterval(lockTimeout)
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let err = errno
@@ -117,10 +134,14 @@ public enum KeyFileStore {
     }
 
     /// Temp file in the same folder (mode 0600), write, fsync, then rename over `path` (or link, refusing an existing
-    /// `path`, when `replace` is false), then fsync the folder so the new name is durable.
+    /// `path`, when `replace` is false), then fsync the folder so the new name is durable. A replacement keeps the
+    /// replaced file's owner and group: kekctl run as root must not leave a root-owned file that kekd (another uid)
+    /// can no longer read. When it cannot (not root, and not that owner), it refuses before writing anything.
     static func writeAtomically(_ bytes: [UInt8], to path: String, replace: Bool) throws(KMSError) {
         var content = bytes
         defer { wipe(&content) }
+        var replaced = stat()
+        let keepOwner = replace && stat(path, &replaced) == 0
         let folder = parentFolder(of: path)
         let tempPrefix = "." + Locking.lastPathComponent(of: path) + ".tmp-"
         removeStaleTempFiles(folder: folder, prefix: tempPrefix)
@@ -132,6 +153,12 @@ public enum KeyFileStore {
         defer { if !renamed { unlink(tempPath) } }
         do {
             defer { close(fd) }
+            if keepOwner, replaced.st_uid != geteuid() || replaced.st_gid != getegid() {
+                guard fchown(fd, replaced.st_uid, replaced.st_gid) == 0 else {
+                    throw KMSError(.failedPrecondition, "refusing to rewrite \(path): the new file could not keep its owner "
+                                   + "\(replaced.st_uid):\(replaced.st_gid) (\(errnoText(errno))); run kekctl as that user or as root")
+                }
+            }
             guard fchmod(fd, 0o600) == 0 else { throw KMSError(.internalError, "chmod \(tempPath): \(errnoText(errno))") }
             try writeAll(fd: fd, content, path: tempPath)
             guard fsync(fd) == 0 else { throw KMSError(.internalError, "fsync \(tempPath): \(errnoText(errno))") }

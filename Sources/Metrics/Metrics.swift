@@ -57,6 +57,8 @@ public final class KekdMetrics: Sendable {
     private let keyID = LockedValue<String>("")
     private let auditStats = LockedValue<(@Sendable () -> AuditFigures)?>(nil)
     private let vaultState = LockedValue<(@Sendable () -> VaultFigures)?>(nil)
+    private let auditChainHead = LockedValue<(@Sendable () -> (lastSeq: UInt64, headHex: String))?>(nil)
+    private let keyFileHealth = LockedValue<(@Sendable () -> (valid: Bool, rejectedReloads: Int))?>(nil)
 
     public init(version: String, backend: String) {
         self.version = version
@@ -120,6 +122,17 @@ public final class KekdMetrics: Sendable {
         vaultState.withLock { $0 = f }
     }
 
+    /// The audit chain's position (last seq written and a hex prefix of its chain value), so an off-node
+    /// Prometheus witnesses it and `kekctl audit verify --expect-seq/--expect-head` can detect a cut tail.
+    public func setAuditChainHeadProvider(_ f: @escaping @Sendable () -> (lastSeq: UInt64, headHex: String)) {
+        auditChainHead.withLock { $0 = f }
+    }
+
+    /// The local key file's state (file backend only): loaded successfully, and reloads rejected since start.
+    public func setKeyFileHealthProvider(_ f: @escaping @Sendable () -> (valid: Bool, rejectedReloads: Int)) {
+        keyFileHealth.withLock { $0 = f }
+    }
+
     // MARK: rendering
 
     public func render() -> String {
@@ -129,6 +142,7 @@ public final class KekdMetrics: Sendable {
         renderHealth(&w)
         renderBackend(&w)
         renderAudit(&w)
+        renderKeyFile(&w)
         renderProcess(&w)
         return w.output
     }
@@ -211,6 +225,22 @@ public final class KekdMetrics: Sendable {
         w.sample("kekd_audit_queue_depth", stats.queueDepth)
         w.family("kekd_audit_queue_capacity", .gauge, help: "Audit records the queue holds before best-effort drops them.")
         w.sample("kekd_audit_queue_capacity", stats.queueCapacity)
+
+        guard let headProvider = auditChainHead.withLock({ $0 }) else { return }
+        let head = headProvider()
+        w.family("kekd_audit_last_seq", .gauge, help: "seq of the last audit record written (0: none yet).")
+        w.sample("kekd_audit_last_seq", head.lastSeq)
+        w.family("kekd_audit_chain_head_info", .gauge, help: "Hex prefix of the last audit record's chain value (value always 1).")
+        w.sample("kekd_audit_chain_head_info", ["head": head.headHex], 1)
+    }
+
+    private func renderKeyFile(_ w: inout PrometheusTextWriter) {
+        guard let provider = keyFileHealth.withLock({ $0 }) else { return }
+        let health = provider()
+        w.family("kekd_key_file_valid", .gauge, help: "1 when the key file was last loaded successfully, 0 after a rejected reload.")
+        w.sample("kekd_key_file_valid", health.valid ? 1 : 0)
+        w.family("kekd_key_file_reload_failures_total", .counter, help: "Key file reloads rejected (kekd kept its previous keys).")
+        w.sample("kekd_key_file_reload_failures_total", health.rejectedReloads)
     }
 
     private func renderProcess(_ w: inout PrometheusTextWriter) {

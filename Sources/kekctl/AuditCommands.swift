@@ -8,13 +8,21 @@ import KMS
 enum AuditCommands {
     static let help = """
         usage: kekctl audit verify PATH (--audit-hmac-key-file F | --key-file F) [--no-rotated]
+                                   [--expect-seq N] [--expect-head HEX]
 
         Verifies the audit log PATH and its rotated predecessors (PATH.1, PATH.2, ..., oldest first) as one
         chain: every line a chained record, seq without gaps or reordering, every chain value correct, and each
         file linked to the one before it. Prints a one-line summary and exits 0, or names the first broken,
         missing or reordered record (file:line: reason) and exits 1. Exit 2 on usage errors.
         --no-rotated checks PATH alone (it may name a rotated file, e.g. one written under an earlier chain key:
-        kekd starts a new chain, in a new file, when its chain key changes).
+        kekd starts a new chain, in a new file, only with --audit-new-chain).
+
+        The chain cannot show records cut off the END of the log: a shortened log is still a valid chain and plain
+        verify passes. Compare it with what an off-node witness (Prometheus scraping kekd) saw:
+          --expect-seq N      the log must still contain seq N (kekd_audit_last_seq at some earlier time)
+          --expect-head HEX   ... and a record whose chain value starts with HEX (kekd_audit_chain_head_info's
+                              head label, 8-64 hex digits); with --expect-seq, the record at seq N
+        Either failing exits 1 with a one-line reason naming the last seq seen.
 
         The chain key is the one kekd used:
           --audit-hmac-key-file F  the file given to kekd's --audit-hmac-key-file: 32 or more raw bytes, or
@@ -40,22 +48,53 @@ enum AuditCommands {
 
     static func verify(_ args: [String]) -> Int32 {
         runCommand(args, help: help) { args in
-            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file"], switchFlags: ["no-rotated"])
+            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file", "expect-seq", "expect-head"],
+                                       switchFlags: ["no-rotated"])
             guard parsed.positionals.count == 1, let path = parsed.positionals.first else {
                 throw UsageError(message: "audit verify needs exactly one PATH")
             }
+            let witness = try witness(parsed)
             var key = try hmacKey(parsed)
             defer { wipe(&key) }
-            let report = parsed.has("no-rotated")
-                ? AuditVerifier.verify(files: [path], hmacKey: key)
-                : AuditVerifier.verify(path: path, hmacKey: key)
+            func run(_ key: [UInt8]) -> AuditVerificationReport {
+                parsed.has("no-rotated")
+                    ? AuditVerifier.verify(files: [path], hmacKey: key, witness: witness)
+                    : AuditVerifier.verify(path: path, hmacKey: key, witness: witness)
+            }
+            let report = run(key)
             if report.ok {
                 print(report.summary)
                 return ExitCode.ok
             }
+            // Logs written before the upgrade under a first-format key file used the first release's chain key.
+            if let keyFile = parsed.value("key-file"), var earlier = try? KeyFileStore.load(path: keyFile).file.firstReleaseLegacyAuditHMACKey() {
+                defer { wipe(&earlier) }
+                let retried = run(earlier)
+                if retried.ok {
+                    print(retried.summary + " (with the chain key a first-release kekd derived from this first-format key)")
+                    return ExitCode.ok
+                }
+            }
             printError(report.summary)
             return ExitCode.failure
         }
+    }
+
+    private static func witness(_ parsed: Arguments) throws(UsageError) -> AuditWitness? {
+        let seqText = parsed.value("expect-seq"), headText = parsed.value("expect-head")
+        guard seqText != nil || headText != nil else { return nil }
+        var witness = AuditWitness()
+        if let seqText {
+            guard let seq = UInt64(seqText), seq >= 1 else { throw UsageError(message: "--expect-seq must be a seq number ≥ 1, got \(seqText.prefix(40))") }
+            witness.seq = seq
+        }
+        if let headText {
+            guard (8...64).contains(headText.utf8.count), headText.utf8.allSatisfy({ $0 < 0x80 && Character(Unicode.Scalar($0)).isHexDigit }) else {
+                throw UsageError(message: "--expect-head must be 8 to 64 hex digits, got \(headText.prefix(70))")
+            }
+            witness.headHex = headText.lowercased()
+        }
+        return witness
     }
 
     private static func hmacKey(_ parsed: Arguments) throws -> [UInt8] {

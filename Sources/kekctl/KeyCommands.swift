@@ -67,18 +67,19 @@ enum KeyCommands {
 
     static func list(_ args: [String]) -> Int32 {
         runCommand(args, help: """
-            usage: kekctl list --key-file PATH [--json] [--usage-file PATH]
+            usage: kekctl list --key-file PATH [--json] [--usage-file PATH | --state-dir DIR]
 
             Lists the key versions: version, state (primary | active | retired), key_id, creation time, and when each
-            was last used to encrypt/decrypt if kekd's usage file exists (default: usage.json next to the key file,
-            else /var/lib/kekd/usage.json; the data is this node's only). --json prints an array of objects with
+            was last used to encrypt/decrypt if kekd's usage file exists (--usage-file, or usage.json in --state-dir
+            (kekd's --state-dir, e.g. /var/lib/kekd), default: usage.json next to the key file; the data is this
+            node's only). --json prints an array of objects with
             version, key_id, state, created and, when known, last_used_encrypt and last_used_decrypt. Never prints
             key bytes.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file"], switchFlags: ["json"])
+            let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file", "state-dir"], switchFlags: ["json"])
             let path = try keyFilePath(arguments)
+            let usagePath = try usageFilePath(arguments, keyFile: path)
             let file = try KeyFileStore.load(path: path).file
-            let usagePath = usageFilePath(arguments, keyFile: path)
             var usage: [String: KeyUsageRecord] = [:]
             switch loadUsage(path: usagePath) {
             case .missing: break
@@ -114,20 +115,21 @@ enum KeyCommands {
 
     static func retire(_ args: [String]) -> Int32 {
         runCommand(args, help: """
-            usage: kekctl retire --key-file PATH --key-id ID [--unused-for 720h] [--force] [--usage-file PATH]
+            usage: kekctl retire --key-file PATH --key-id ID [--unused-for 720h] [--force] [--usage-file PATH | --state-dir DIR]
 
             Retires a key version: kekd then refuses to decrypt its ciphertexts (FAILED_PRECONDITION). Refuses the
-            primary. When kekd's usage file exists (default: usage.json next to the key file, else
-            /var/lib/kekd/usage.json), refuses a version that decrypted anything within --unused-for (default 720h;
+            primary. When kekd's usage file exists (--usage-file, or usage.json in --state-dir (kekd's --state-dir,
+            e.g. /var/lib/kekd), default: usage.json next to the key file), refuses a version that decrypted anything
+            within --unused-for (default 720h;
             units d, h, m, s) unless --force. The usage data is this node's only: check every control-plane node (and
             re-encrypt all Secrets) before retiring.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file"], switchFlags: ["force"])
+            let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file", "state-dir"], switchFlags: ["force"])
             let path = try keyFilePath(arguments)
             let keyID = try arguments.required("key-id")
             let window = try parseDuration(arguments.value("unused-for") ?? "720h")
             let force = arguments.has("force")
-            let usagePath = usageFilePath(arguments, keyFile: path)
+            let usagePath = try usageFilePath(arguments, keyFile: path)
             let usage = loadUsage(path: usagePath)
             let now = Date()
             let outcome = try KeyFileStore.update(path: path) { (file: inout KeyFile) throws(KMSError) -> (version: UInt32, changed: Bool, note: String?) in
@@ -189,18 +191,17 @@ enum KeyCommands {
         return try arguments.required("key-file")
     }
 
-    /// kekd's default state folder, where it keeps usage.json unless --state-dir says otherwise.
-    static let defaultStateFolder = "/var/lib/kekd"
-
-    /// --usage-file, else usage.json next to the key file, else in kekd's default state folder (the first that exists).
-    private static func usageFilePath(_ arguments: Arguments, keyFile: String) -> String {
-        if let path = arguments.value("usage-file") { return path }
-        let besideKeyFile = parentFolder(of: keyFile) + "/usage.json"
-        let inStateFolder = defaultStateFolder + "/usage.json"
-        if !FileManager.default.fileExists(atPath: besideKeyFile) && FileManager.default.fileExists(atPath: inStateFolder) {
-            return inStateFolder
+    /// --usage-file, else usage.json in --state-dir, else usage.json next to the key file. Only paths the caller
+    /// named or implied: never a host default such as /var/lib/kekd, which would make the result depend on the
+    /// machine kekctl happens to run on.
+    private static func usageFilePath(_ arguments: Arguments, keyFile: String) throws(UsageError) -> String {
+        switch (arguments.value("usage-file"), arguments.value("state-dir")) {
+        case (let path?, nil): return path
+        case (nil, let folder?): return folder + "/usage.json"
+        case (.some, .some): throw UsageError(message: "give either --usage-file or --state-dir, not both")
+        case (nil, nil):
+            return parentFolder(of: keyFile) + "/usage.json"
         }
-        return besideKeyFile
     }
 
     private static func columns(_ fields: [String]) -> String {

@@ -1,7 +1,8 @@
 // kekctl: manage kekd's keys and probe a running plugin.
 import FoundationEssentials
-import Locking
 import Glibc
+import Locking
+import Server
 
 nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([String]) -> Int32)] = [
     ("init", "create a new key file with one primary version", KeyCommands.initKeyFile),
@@ -14,6 +15,7 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
     ("encrypt", "Encrypt stdin through a running kekd", ProbeCommands.encrypt),
     ("decrypt", "Decrypt stdin through a running kekd", ProbeCommands.decrypt),
     ("bench", "load-test a running kekd (used by scripts/bench)", ProbeCommands.bench),
+    ("doctor", "check kekd, kube-apiserver's encryption setup and the node", DoctorCommand.run),
 ]
 
 @MainActor func usage() -> String {
@@ -26,6 +28,10 @@ let argv = Array(CommandLine.arguments.dropFirst())
 guard let first = argv.first else {
     writeStandardError(usage())
     exit(ExitCode.usage)
+}
+if first == "--version" || first == "version" {
+    print("kekctl \(BuildInfo.version)")
+    exit(ExitCode.ok)
 }
 if first == "--help" || first == "-h" || first == "help" {
     print(usage())

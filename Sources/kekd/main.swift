@@ -9,7 +9,7 @@ import Metrics
 import Server
 import Vault
 
-let kekdVersion = "0.1.0"
+let kekdVersion = BuildInfo.version
 
 let serveHelp = """
 usage: kekd serve [flags]
@@ -29,6 +29,7 @@ usage: kekd serve [flags]
   --audit-max-size SIZE        rotate the audit file at this size (default 100Mi)
   --audit-max-files N          rotated audit files kept (default 10)
   --audit-hmac-key-file PATH   key for the audit chain (default: derived from the KEK)
+  --audit-new-chain            accept a new audit chain when the existing log's chain key is missing or replaced
   --max-message-size SIZE      largest request message (default 4Mi)
   --max-connections N          concurrent client connections (default 64)
   --max-concurrent-streams N   concurrent streams per connection (default 128)
@@ -68,7 +69,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
         "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
         "request-timeout"]).union(VaultConfiguration.flagNames)
-    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help"])
+    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help", "audit-new-chain"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
 
@@ -131,6 +132,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     let backendName = flags.string("backend", default: "file")
     let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
     let backend: any KeyBackend
+    var fileBackend: FileKeyBackend?
     switch backendName {
     case "file":
         let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
@@ -141,9 +143,12 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
             logger.info("created development key file", ["path": keyFile])
         }
-        do { backend = try FileKeyBackend(keyFilePath: keyFile) } catch {
+        let loaded: FileKeyBackend
+        do { loaded = try FileKeyBackend(keyFilePath: keyFile) } catch {
             throw StartupError(.keyFile, error.message)
         }
+        fileBackend = loaded
+        backend = loaded
     case "vault":
         let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
         do {
@@ -174,27 +179,29 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             throw StartupError(.usage, "--audit-mode must be best-effort or fail-closed")
         }
         var hmacKey: [UInt8]
+        let newChain = flags.switches.contains("audit-new-chain")
         if let keyPath = flags.values["audit-hmac-key-file"] {
-            hmacKey = try AuditHMACKeyFile.load(path: keyPath)
+            hmacKey = try AuditChainKey.load(keyPath: keyPath, auditLog: path, createWhenFresh: false, newChain: newChain, logger: logger)
         } else if let derived = backend.auditHMACKey() {
             hmacKey = derived
         } else {
             // The Vault backend has no local secret to derive from: keep a random chain key in the state folder.
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-            hmacKey = try AuditHMACKeyFile.loadOrCreate(path: "\(stateDir)/audit-hmac.key")
+            hmacKey = try AuditChainKey.load(keyPath: "\(stateDir)/audit-hmac.key", auditLog: path, createWhenFresh: true,
+                                             newChain: newChain, logger: logger)
         }
         if path != "-" {
             let folder = parentFolder(of: path)
             if folder != "." { try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700]) }
         }
-        // kekctl list/retire read it next to the key file or in /var/lib/kekd: keep it in the state folder.
+        // kekctl list/retire read it with --state-dir (the same folder) or --usage-file.
         let usagePath = "\(stateDir)/usage.json"
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let configuration = AuditConfiguration(path: path, maxSize: Int64(try flags.int("audit-max-size", default: 100 << 20, min: 4096)),
                                                maxFiles: try flags.int("audit-max-files", default: 10, min: 1), mode: auditMode,
                                                hmacKey: hmacKey, queueCapacity: 8192, usageFilePath: usagePath,
                                                // fail-closed: give up on a stuck sink before kube-apiserver's 3 s deadline
-                                               failClosedTimeout: 2.5)
+                                               failClosedTimeout: 2.5, allowNewChain: newChain)
         wipe(&hmacKey)
         audit = try AuditLog(configuration: configuration)
         server.auditBlocksCalls = auditMode == .failClosed
@@ -208,6 +215,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         return AuditFigures(written: s.written, dropped: s.dropped, failed: s.failed, queueDepth: s.queueDepth,
                             queueCapacity: audit.configuration.queueCapacity)
     }
+    metrics.setAuditChainHeadProvider { audit.chainHead }
+    if let fileBackend { metrics.setKeyFileHealthProvider { fileBackend.keyFileHealth } }
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
     let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
@@ -216,11 +225,17 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     // can rely on /livez answering, and /readyz reports "socket" not ready until the server below starts.
     var healthServer: HealthServer?
     if let health {
-        let checks = [
+        var checks = [
             ReadinessCheck(name: "socket") { (kmsServer.isListening, kmsServer.isListening ? "listening on \(socket)" : "not listening") },
             ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
             ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
         ]
+        if let fileBackend {
+            checks.append(ReadinessCheck(name: "key-file") {
+                let valid = fileBackend.keyFileHealth.valid
+                return (valid, valid ? "loaded" : "last change rejected, previous keys in use (see the log)")
+            })
+        }
         let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks,
                              limits: HealthServerLimits(), logger: logger)
         // A taken port must not keep kekd from serving (whoever binds it first would decide): the bind is

@@ -92,26 +92,53 @@ import Glibc
         #expect(report.ok && report.records == 10 && report.lastSeq == 10, "\(report.summary)")
     }
 
-    @Test func aNewChainKeyStartsANewChainInANewFile() throws {
+    @Test func aNewChainKeyIsRefusedUnlessANewChainIsAllowed() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let path = dir + "/audit.log"
         try writeRecords(path, count: 5)
+        let before = try Data(contentsOf: URL(fileURLWithPath: path))
         var config = configuration(path)
         config.hmacKey = [UInt8](repeating: 7, count: 32)
+        // The old chain's key is gone: starting a new chain silently would make the old log unverifiable.
+        #expect(throws: AuditError.self) { try AuditLog(configuration: config) }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
+        #expect(!FileManager.default.fileExists(atPath: path + ".1"))
+
+        config.allowNewChain = true
         let log = try AuditLog(configuration: config)
         for i in 0..<3 { _ = log.record(sampleEvent(i)) }
         log.close()
         let old = AuditVerifier.verify(files: [path + ".1"], hmacKey: testKey)
         #expect(old.ok && old.records == 5, "\(old.summary)")
         let new = AuditVerifier.verify(files: [path], hmacKey: config.hmacKey)
-        #expect(new.ok && new.records == 3 && new.firstSeq == 1, "\(new.summary)")
-        // The same key again: the chain simply continues.
+        #expect(new.ok && new.records == 4 && new.firstSeq == 1, "\(new.summary)")
+        // The new chain's first record says why it exists.
+        let firstLine = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")[0]
+        #expect(firstLine.contains("\"op\":\"\(AuditLog.newChainOp)\"") && firstLine.contains("--audit-new-chain"))
+        // The same key again: the chain simply continues, with no second notice.
         let again = try AuditLog(configuration: config)
         _ = again.record(sampleEvent(9))
         again.close()
-        #expect(AuditVerifier.verify(files: [path], hmacKey: config.hmacKey).lastSeq == 4)
+        #expect(AuditVerifier.verify(files: [path], hmacKey: config.hmacKey).lastSeq == 5)
         #expect(!FileManager.default.fileExists(atPath: path + ".2"))
+    }
+
+    @Test func chainHeadFollowsTheLastRecordWritten() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        #expect(log.chainHead.lastSeq == 0 && log.chainHead.headHex == String(repeating: "0", count: 16))
+        for i in 0..<4 { #expect(log.record(sampleEvent(i))) }
+        let lastLine = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").last ?? ""
+        let chainHex = lastLine.split(separator: "\"").dropLast().last.map(String.init) ?? ""
+        #expect(log.chainHead.lastSeq == 4 && chainHex.count == 64 && chainHex.hasPrefix(log.chainHead.headHex))
+        log.close()
+        // A restarted writer reports the head of the file it continues.
+        let reopened = try AuditLog(configuration: configuration(path))
+        #expect(reopened.chainHead.lastSeq == 4 && chainHex.hasPrefix(reopened.chainHead.headHex))
+        reopened.close()
     }
 
     @Test func restartAfterACrashedPartialLineKeepsTheEvidence() throws {

@@ -38,6 +38,29 @@ import Testing
         #expect(verify(Array(lines.dropLast()), at: path) == nil)
     }
 
+    @Test func aCutTailIsDetectedAgainstAWitnessedHead() throws {
+        let (dir, lines, path) = try goodLog()
+        defer { removeTree(dir) }
+        func chainHex(_ line: String) -> String { line.split(separator: "\"").dropLast().last.map(String.init) ?? "" }
+        let head10 = String(chainHex(lines[9]).prefix(16)), head7 = String(chainHex(lines[6]).prefix(16))
+        writeLines(lines, to: path)
+        #expect(AuditVerifier.verify(files: [path], hmacKey: testKey, witness: AuditWitness(seq: 10, headHex: head10)).ok)
+        // A witness from earlier still holds once the log has grown.
+        #expect(AuditVerifier.verify(files: [path], hmacKey: testKey, witness: AuditWitness(seq: 7, headHex: head7.uppercased())).ok)
+
+        writeLines(Array(lines.prefix(7)), to: path)
+        #expect(AuditVerifier.verify(files: [path], hmacKey: testKey).ok)   // the chain alone cannot see it
+        for witness in [AuditWitness(seq: 10), AuditWitness(headHex: head10), AuditWitness(seq: 10, headHex: head10)] {
+            let report = AuditVerifier.verify(files: [path], hmacKey: testKey, witness: witness)
+            let problem = try #require(report.problem)
+            #expect(problem.line == 0 && problem.reason.contains("last seq seen 7"), "\(problem)")
+        }
+        // The seq is there but with another chain value: rewritten.
+        let rewritten = try #require(AuditVerifier.verify(files: [path], hmacKey: testKey,
+                                                          witness: AuditWitness(seq: 7, headHex: head10)).problem)
+        #expect(rewritten.reason.contains("rewritten"), "\(rewritten)")
+    }
+
     @Test func alteredRecord() throws {
         let (dir, lines, path) = try goodLog()
         defer { removeTree(dir) }

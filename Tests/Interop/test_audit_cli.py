@@ -21,6 +21,7 @@ def bin_dir() -> Path:
 
 
 KEKCTL = bin_dir() / "kekctl"
+KEKD = bin_dir() / "kekd"
 KEY = bytes(range(32))
 
 
@@ -258,3 +259,169 @@ def test_kekd_audit_log_verifies_end_to_end(kekd_factory, kms_pb, mode, max_size
     write(Path(target), lines[:1] + lines[2:])
     r = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and f"{os.path.basename(target)}:2:" in r.stderr, r.stderr
+
+
+def test_cut_tail_passes_plain_verify_but_not_a_witness(tmp_path, key_file):
+    """Records cut off the end leave a valid chain: plain verify passes (documented), but --expect-seq /
+    --expect-head with what an off-node witness saw earlier fail, naming the last seq seen."""
+    log = tmp_path / "audit.log"
+    lines, head = chained_lines(20)
+    write(log, lines)
+    head16 = head.hex()[:16]
+    ok = verify(log, key_file, "--expect-seq", "20", "--expect-head", head16)
+    assert ok.returncode == 0 and "witnessed seq 20" in ok.stdout, ok.stderr
+
+    write(log, lines[:15])
+    assert verify(log, key_file).returncode == 0
+    for witness in (["--expect-seq", "20"], ["--expect-head", head16], ["--expect-seq", "20", "--expect-head", head16]):
+        r = verify(log, key_file, *witness)
+        assert r.returncode == 1 and "last seq seen 15" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    # A witness taken before the cut point still holds.
+    assert verify(log, key_file, "--expect-seq", "15").returncode == 0
+    for bad in (["--expect-seq", "0"], ["--expect-seq", "x"], ["--expect-head", "abc"], ["--expect-head", "z" * 16]):
+        assert verify(log, key_file, *bad).returncode == 2
+
+
+def metric_samples(port):
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def chain_head(port):
+    """(kekd_audit_last_seq, the head label of kekd_audit_chain_head_info), as Prometheus would scrape them."""
+    samples = metric_samples(port)
+    heads = [dict(labels)["head"] for (name, labels), v in samples.items() if name == "kekd_audit_chain_head_info"]
+    assert len(heads) == 1
+    return int(samples[("kekd_audit_last_seq", ())]), heads[0]
+
+
+def test_kekd_exports_its_chain_head_and_a_cut_is_caught_against_it(kekd_factory, kms_pb):
+    import time
+
+    import grpc
+
+    k = kekd_factory(extra=["--audit-mode", "fail-closed"])   # a record is on disk before its call returns
+    channel = grpc.insecure_channel(k.target)
+    stub = kms_pb[1].KeyManagementServiceStub(channel)
+    for _ in range(6):
+        stub.Status(kms_pb[0].StatusRequest(), timeout=10)
+    channel.close()
+    seq, head = chain_head(k.health_port)
+    assert seq >= 6 and len(head) == 16
+    assert k.stop() == 0
+    lines = Path(k.audit).read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["seq"] == seq and last["chain"].startswith(head)
+
+    base = [str(KEKCTL), "audit", "verify", k.audit, "--key-file", k.key_file]
+    witness = ["--expect-seq", str(seq), "--expect-head", head]
+    assert subprocess.run(base + witness, capture_output=True, timeout=60).returncode == 0
+    write(Path(k.audit), lines[:-3])
+    assert subprocess.run(base, capture_output=True, timeout=60).returncode == 0
+    r = subprocess.run(base + witness, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and f"last seq seen {seq - 3}" in r.stderr, r.stderr
+
+    # kekd restarted on the cut log continues from the cut; its new head no longer matches the witness.
+    k2 = kekd_factory(subdir=k.dir.name)
+    deadline = time.time() + 10
+    while chain_head(k2.health_port)[0] != seq - 3 and time.time() < deadline:
+        time.sleep(0.1)
+    assert chain_head(k2.health_port)[0] == seq - 3
+
+
+def start_fails(args, timeout=30):
+    p = subprocess.run([str(KEKD), "serve", *args], capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stderr.strip()
+
+
+def test_missing_or_replaced_chain_key_stops_kekd_unless_a_new_chain_is_accepted(kekd_factory, kms_pb, tmp_path):
+    """The file backend with --audit-hmac-key-file: a vanished key file, or a replaced one, next to existing records
+    exits 5 with one line; --audit-new-chain starts, rotates the old log away and says so in the first record."""
+    import secrets
+
+    chain_key = tmp_path / "chain.key"
+    chain_key.write_text(secrets.token_hex(32))
+    chain_key.chmod(0o600)
+    k = kekd_factory(extra=["--audit-mode", "fail-closed", "--audit-hmac-key-file", str(chain_key)], subdir="s")
+    status_once(k, kms_pb)
+    assert k.stop() == 0
+    old_log = Path(k.audit).read_bytes()
+    assert old_log
+
+    args = ["--listen", f"unix://{k.dir}/kekd2.sock", "--key-file", k.key_file, "--state-dir", str(k.dir),
+            "--audit-log", k.audit, "--health-addr", "off", "--audit-hmac-key-file", str(chain_key)]
+    original_key = chain_key.read_bytes()
+    chain_key.unlink()
+    rc, err = start_fails(args)
+    assert rc == 5 and "missing" in err and "--audit-new-chain" in err and len(err.splitlines()) == 1, err
+    chain_key.write_text(secrets.token_hex(32))   # a different key at the same path
+    chain_key.chmod(0o600)
+    rc, err = start_fails(args)
+    assert rc == 5 and "another chain key" in err and "--audit-new-chain" in err and len(err.splitlines()) == 1, err
+    assert Path(k.audit).read_bytes() == old_log   # refused without touching the log
+
+    chain_key.unlink()
+    k2 = kekd_factory(extra=["--audit-mode", "fail-closed", "--audit-hmac-key-file", str(chain_key), "--audit-new-chain"],
+                      subdir="s")
+    status_once(k2, kms_pb)
+    assert k2.stop() == 0
+    warnings = [json.loads(line) for line in k2.stderr_text().splitlines() if "new chain" in line]
+    assert warnings and all(w["level"] == "warn" for w in warnings)
+    assert Path(k.audit + ".1").read_bytes() == old_log
+    first = json.loads(Path(k.audit).read_text().splitlines()[0])
+    assert first["seq"] == 1 and first["op"] == "AuditNewChain" and "--audit-new-chain" in first["message"]
+    r = verify(k.audit, chain_key, "--no-rotated")
+    assert r.returncode == 0, r.stderr
+    # The old log still verifies with the old key.
+    old_key = tmp_path / "old.key"
+    old_key.write_bytes(original_key)
+    old_key.chmod(0o600)
+    assert verify(k.audit + ".1", old_key, "--no-rotated").returncode == 0
+
+
+def status_once(k, kms_pb):
+    import grpc
+    channel = grpc.insecure_channel(k.target)
+    try:
+        kms_pb[1].KeyManagementServiceStub(channel).Status(kms_pb[0].StatusRequest(), timeout=10)
+    finally:
+        channel.close()
+
+
+def test_logs_from_before_the_upgrade_still_verify_with_a_first_format_key_file(tmp_path):
+    """A first-format key file's file id (the salt of its audit chain key) changed from one SHA-256 of the key to
+    PBKDF2; logs the first release wrote under it still verify with --key-file. Chain keys recomputed here."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = os.urandom(32)
+    while all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in key):
+        key = os.urandom(32)
+    key_path = tmp_path / "legacy.key"
+    key_path.write_bytes(key)
+    key_path.chmod(0o600)
+    audit_secret = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                        info=b"kekd legacy key file audit secret v1").derive(key)
+
+    def chain_key(file_id):
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id, info=b"kekd audit-chain hmac key v1").derive(audit_secret)
+
+    first_release = hashlib.sha256(b"kekd legacy key file id v1\0" + key).digest()[:16]
+    current = hashlib.pbkdf2_hmac("sha256", key, b"kekd legacy key file id v2", 100_000, 16)
+    for name, ck in (("old.log", chain_key(first_release)), ("new.log", chain_key(current))):
+        log = tmp_path / name
+        write(log, chained_lines(6, key=ck)[0])
+        r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "6 records" in r.stdout, r.stderr
+    # Any other key still fails.
+    log = tmp_path / "foreign.log"
+    write(log, chained_lines(6, key=os.urandom(32))[0])
+    r = subprocess.run([str(KEKCTL), "audit", "verify", str(log), "--key-file", str(key_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "foreign.log:1:" in r.stderr

@@ -233,3 +233,66 @@ def test_rotation_without_sighup_reaches_status_and_metrics(kekd, kms_pb):
         metrics = http_get(kekd.health_port, "/metrics")[1]
     assert f'kekd_key_info{{key_id="{after}"}} 1' in metrics
     assert before not in metrics
+
+
+def metric_samples(port):
+    """/metrics parsed by prometheus_client's own parser: {(name, frozenset(labels)): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    code, text = http_get(port, "/metrics")
+    assert code == 200
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown files to another uid")
+
+
+@needs_root
+def test_key_file_owned_by_another_uid_exits_3(tmp_path):
+    key = tmp_path / "kek.json"
+    subprocess.run([str(KEKCTL), "init", "--key-file", str(key)], check=True, capture_output=True)
+    os.chown(key, 65534, 65534)   # mode stays 0600: only the owner is wrong
+    rc, err = start_fails(base_args(tmp_path))
+    assert rc == 3 and "owned by uid 65534" in err and len(err.splitlines()) == 1
+
+
+def test_rejected_key_file_reload_fails_readyz_until_a_good_file_loads(kekd, kms_pb):
+    """A broken key file never takes effect (kekd keeps its keys and Status stays ok), but it is no longer silent:
+    /readyz fails check `key-file` and kekd_key_file_valid is 0 until a good file is loaded."""
+    port = kekd.health_port
+    good = open(kekd.key_file, "rb").read()
+    samples = metric_samples(port)
+    assert samples[("kekd_key_file_valid", frozenset())] == 1
+    assert samples[("kekd_key_file_reload_failures_total", frozenset())] == 0
+    assert "key-file" in http_get(port, "/readyz?verbose")[1]
+
+    with open(kekd.key_file, "wb") as f:   # in place, keeping mode 0600: only the content is broken
+        f.write(good.replace(b'"primary"', b'"primery"'))
+    assert wait_until(lambda: http_get(port, "/readyz")[0] == 503)
+    code, body = http_get(port, "/readyz?verbose")
+    assert code == 503 and "[-]key-file" in body and "[+]key-backend" in body
+    samples = metric_samples(port)
+    assert samples[("kekd_key_file_valid", frozenset())] == 0
+    assert samples[("kekd_key_file_reload_failures_total", frozenset())] >= 1
+    assert status(kekd, kms_pb).healthz == "ok"   # the previous keys still serve
+
+    with open(kekd.key_file, "wb") as f:
+        f.write(good)
+    assert wait_until(lambda: http_get(port, "/readyz")[0] == 200)
+    assert metric_samples(port)[("kekd_key_file_valid", frozenset())] == 1
+
+    if os.geteuid() == 0:   # a reload is held to the same owner rule as the start
+        os.chown(kekd.key_file, 65534, 65534)
+        assert wait_until(lambda: http_get(port, "/readyz")[0] == 503)
+        assert "owned by uid 65534" in kekd.stderr_text()
+        os.chown(kekd.key_file, 0, 0)
+        assert wait_until(lambda: http_get(port, "/readyz")[0] == 200)

@@ -77,7 +77,7 @@ def test_usage_errors_and_help(command, key_file):
     assert kekctl(command, "--key-file", key_file, "stray", check=2).returncode == 2
 
 
-def test_rotate_list_retire_prune(key_file):
+def test_rotate_list_retire_prune(key_file, tmp_path):
     v1 = listed(key_file)[0]["key_id"]
     out = kekctl("rotate", "--key-file", key_file, check=0).stdout
     versions = listed(key_file)
@@ -93,8 +93,9 @@ def test_rotate_list_retire_prune(key_file):
     unknown = kekctl("retire", "--key-file", key_file, "--key-id", "kekd-v9-000000000000000000000000", check=1)
     assert "no key version" in unknown.stderr
 
-    retired = kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0)
-    assert "no usage data" in retired.stderr   # says so when it cannot check
+    state_dir = tmp_path / "state"   # explicit and empty: the result never depends on the host's /var/lib/kekd
+    retired = kekctl("retire", "--key-file", key_file, "--state-dir", str(state_dir), "--key-id", v1, check=0)
+    assert f"no usage data at {state_dir}/usage.json" in retired.stderr   # says so when it cannot check
     assert [v["state"] for v in listed(key_file)] == ["primary", "retired"]
     assert "already retired" in kekctl("retire", "--key-file", key_file, "--key-id", v1, check=0).stdout
 
@@ -159,6 +160,33 @@ def test_retire_consults_usage_data(key_file, tmp_path):
     assert kekctl("retire", "--key-file", key_file, "--key-id", second, "--unused-for", "banana", check=2).returncode == 2
 
 
+def test_usage_data_is_read_only_where_the_caller_says(key_file, tmp_path):
+    """--state-dir DIR reads DIR/usage.json; without a flag kekctl reads usage.json next to the key file and never a
+    host default such as /var/lib/kekd/usage.json. The host folder is simulated in a private mount namespace (a
+    tmpfs over /var/lib seen by this kekctl alone), so the test touches no host path."""
+    old = listed(key_file)[0]["key_id"]
+    kekctl("rotate", "--key-file", key_file, check=0)
+    recent = json.dumps({"keys": {old: {"last_decrypt": rfc3339(datetime.timedelta(minutes=5))}}})
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "usage.json").write_text(recent)
+    refused = kekctl("retire", "--key-file", key_file, "--state-dir", str(state_dir), "--key-id", old, check=1)
+    assert "decrypted something" in refused.stderr
+    assert kekctl("list", "--key-file", key_file, "--state-dir", str(state_dir), "--usage-file", "x", check=2).returncode == 2
+
+    script = ('mount -t tmpfs tmpfs /var/lib && mkdir -p /var/lib/kekd && printf %s "$USAGE" > /var/lib/kekd/usage.json '
+              '&& exec "$KEKCTL" retire --key-file "$KEY_FILE" --key-id "$KEY_ID"')
+    env = dict(os.environ, USAGE=recent, KEKCTL=KEKCTL, KEY_FILE=key_file, KEY_ID=old)
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("no private mount namespace here (unshare --mount needs CAP_SYS_ADMIN)")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert f"no usage data at {pathlib.Path(key_file).parent}/usage.json" in proc.stderr
+    assert listed(key_file)[1]["state"] == "retired"
+
+
 def test_broken_usage_file_blocks_retire_unless_forced(key_file):
     old = listed(key_file)[0]["key_id"]
     kekctl("rotate", "--key-file", key_file, check=0)
@@ -195,6 +223,31 @@ def test_first_format_key_file_loads_and_converts(tmp_path):
     assert after[1]["key_id"] == before[0]["key_id"]   # ciphertexts under the first format keep their key_id
     assert json.loads(path.read_text())["kind"] == "kekd-key-file"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_first_format_key_id_reveals_nothing_cheap_and_text_keys_are_refused(tmp_path):
+    """The key_id of a first-format key comes from a PBKDF2 file id (recomputed here with Python's hashlib), not from
+    one SHA-256 of the key as in the first release; a key file that is printable text (a passphrase) is refused."""
+    import hashlib
+    key = os.urandom(32)
+    while all(0x20 <= b < 0x7F or b in (9, 10, 13) for b in key):   # astronomically unlikely, but keep the test exact
+        key = os.urandom(32)
+    path = tmp_path / "legacy.key"
+    path.write_bytes(key)
+    os.chmod(path, 0o600)
+    file_id = hashlib.pbkdf2_hmac("sha256", key, b"kekd legacy key file id v2", 100_000, 16)
+    expected = "kekd-v1-" + hashlib.sha256(b"kekd key_id v1\0" + file_id + (1).to_bytes(4, "big")).hexdigest()[:24]
+    first_release = hashlib.sha256(b"kekd legacy key file id v1\0" + key).digest()[:16]
+    old = "kekd-v1-" + hashlib.sha256(b"kekd key_id v1\0" + first_release + (1).to_bytes(4, "big")).hexdigest()[:24]
+    assert [v["key_id"] for v in listed(str(path))] == [expected] and expected != old
+
+    for name, content in (("passphrase.key", b"correct horse battery staple!!!\n"),
+                          ("b64-passphrase.key", base64.b64encode(b"abcdefghijklmnopqrstuvwxyz012345") + b"\n")):
+        p = tmp_path / name
+        p.write_bytes(content)
+        os.chmod(p, 0o600)
+        refused = kekctl("list", "--key-file", str(p), check=1)
+        assert "printable text" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_concurrent_kekctl_runs_are_serialised(key_file):
@@ -289,3 +342,50 @@ def test_live_rotation_against_a_running_kekd(request):
         assert after.healthz == "ok" and after.key_id == second.key_id
         assert decrypt(stub.Encrypt(pb.EncryptRequest(plaintext=dek1, uid="e3"), timeout=5)) == dek1
         assert k.proc.poll() is None
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown files and switch uid")
+
+
+@needs_root
+def test_rotate_as_root_keeps_the_files_owner(key_file):
+    """kekctl run as root must not leave the key file root-owned: kekd (another uid) could no longer read it."""
+    folder = pathlib.Path(key_file).parent
+    os.chown(folder, 65534, 65534)
+    os.chown(key_file, 65534, 65534)
+    kekctl("rotate", "--key-file", key_file, check=0)
+    st = os.stat(key_file)
+    assert (st.st_uid, st.st_gid) == (65534, 65534) and stat.S_IMODE(st.st_mode) == 0o600
+    lock = os.stat(key_file + ".lock")
+    assert (lock.st_uid, lock.st_gid) == (65534, 65534)   # the owner's kekctl can still take the lock
+    assert [v["state"] for v in listed(key_file)] == ["primary", "active"]
+
+
+@needs_root
+def test_rotate_refuses_when_it_cannot_keep_the_owner():
+    """Not root and not able to give the new file the old one's group: refuse, write nothing."""
+    import shutil
+    import tempfile
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="kekd-owner-"))   # /tmp itself, so uid 65534 can reach it
+    try:
+        os.chmod(folder, 0o755)
+        keys = folder / "keys"
+        key_file = str(keys / "kek.json")
+        kekctl("init", "--key-file", key_file, check=0)
+        os.chown(keys, 65534, 65534)
+        os.chown(key_file, 65534, 0)   # group root: uid 65534 is not a member
+        os.chown(key_file + ".lock", 65534, 65534)
+        before = pathlib.Path(key_file).read_bytes()
+
+        def as_nobody():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+        proc = subprocess.run([KEKCTL, "rotate", "--key-file", key_file], capture_output=True, text=True, timeout=30,
+                              preexec_fn=as_nobody)
+        assert proc.returncode == 1, proc.stderr
+        assert "could not keep its owner 65534:0" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert pathlib.Path(key_file).read_bytes() == before
+        assert [p.name for p in keys.iterdir() if ".tmp-" in p.name] == []
+    finally:
+        shutil.rmtree(folder)

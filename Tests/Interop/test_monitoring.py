@@ -273,8 +273,8 @@ def drive_calls(kms_pb, writer, reader):
         with pytest.raises(grpc.RpcError) as failure:
             w.Decrypt(pb.DecryptRequest(ciphertext=bytes(tampered), key_id=encrypted[0].key_id, uid="u",
                                         annotations=dict(encrypted[0].annotations)), timeout=3)
-        # The Vault backend reports a failed authentication tag as DATA_LOSS.
-        assert failure.value.code() == grpc.StatusCode.DATA_LOSS
+        # Both backends answer a failed authentication tag as INVALID_ARGUMENT (issue 11 item 7).
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @needs_prometheus
@@ -317,7 +317,7 @@ def test_prometheus_scrapes_kekd_and_every_rule_and_panel_has_data(kekd_factory,
             assert {s["metric"]["instance"] for s in results["variable instance"]} == set(nodes)
             key_ids = {s["metric"]["key_id"] for s in prometheus.query('kekd_key_info{job="kekd"}')}
             assert len(key_ids) == 1, "both nodes use the same Vault key, hence one key_id"
-            errors = prometheus.query('kekd_grpc_requests_total{job="kekd", op="Decrypt", code="DATA_LOSS"}')
+            errors = prometheus.query('kekd_grpc_requests_total{job="kekd", op="Decrypt", code="INVALID_ARGUMENT"}')
             assert [s["metric"]["instance"] for s in errors] == ["node-a"]
             misses = prometheus.query('kekd_backend_cache_requests_total{job="kekd", instance="node-b", result="miss"}')
             assert float(misses[0]["value"][1]) >= 1, "node-b's cold Decrypts missed the cache"

@@ -302,3 +302,36 @@ def test_hostile_vault_cannot_pin_a_core(kekd_factory, kms_pb, vault, tmp_path, 
         assert c.status().healthz == "ok", "a broken Vault response is an outage, not a revocation"
     finally:
         c.close()
+
+
+def test_deleted_chain_key_in_the_state_folder_stops_kekd(kekd_factory, kms_pb, vault):
+    """The Vault backend keeps its random audit chain key in STATE_DIR/audit-hmac.key. Deleted while audit records
+    exist, kekd must not silently make a new key and chain (the old logs could never be verified again): exit 5 with
+    one line; --audit-new-chain accepts a new chain."""
+    import subprocess
+    from conftest import KEKD
+
+    vault_flags = ["--backend", "vault", *vault.kekd_flags("token")]
+    k = kekd_factory(extra=vault_flags, init_key=False, subdir="v")
+    c = Client(k, kms_pb)
+    wait_ready(c)
+    c.close()
+    assert k.stop() == 0
+    chain_key = k.dir / "audit-hmac.key"
+    assert chain_key.exists() and os.path.getsize(k.audit) > 0
+    chain_key.unlink()
+
+    args = [str(KEKD), "serve", "--listen", f"unix://{k.dir}/kekd2.sock", "--state-dir", str(k.dir),
+            "--audit-log", k.audit, "--health-addr", "off", *vault_flags]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    err = p.stderr.strip().splitlines()[-1]   # after the Vault backend's JSON log lines: the one-line reason
+    assert p.returncode == 5 and err.startswith("kekd: audit chain key") and "audit-hmac.key is missing" in err, err
+    assert "--audit-new-chain" in err and not chain_key.exists()
+
+    k2 = kekd_factory(extra=[*vault_flags, "--audit-new-chain"], init_key=False, subdir="v")
+    c = Client(k2, kms_pb)
+    wait_ready(c)
+    c.close()
+    assert k2.stop() == 0
+    assert chain_key.exists() and os.path.exists(k.audit + ".1")
+    assert '"op":"AuditNewChain"' in open(k.audit).readline()

@@ -175,7 +175,10 @@ import Testing
     #expect(a.versions.count == 1 && a.primary?.version == 1 && a.primary?.key == key)
     // Path-independent: the same key gives the same key_id wherever it lives.
     #expect(a.keyID(forVersion: 1) == b.keyID(forVersion: 1))
-    #expect(a.fileID == Array(SHA256.hash(KeyFile.legacyFileIDLabel + key).prefix(16)))
+    #expect(a.fileID == (try PBKDF2SHA256.derive(password: key, salt: KeyFile.legacyFileIDLabel,
+                                                  iterations: KeyFile.legacyFileIDIterations, length: 16)))
+    // Not the first release's one-SHA-256 key_id, which was a cheap test of a guessed key.
+    #expect(a.keyID(forVersion: 1) != KeyFile.firstReleaseLegacyKeyID(key: key))
 
     // A backend on the first format encrypts; after `rotate` converts the file, those ciphertexts still decrypt
     // and the audit HMAC key stays the same.
@@ -195,6 +198,47 @@ import Testing
     // Wrong-size first-format files are errors, not keys.
     try writeFile(folder.file("short.key"), Array(repeating: 7, count: 31))
     #expect(throws: KMSError.self) { try KeyFileStore.load(path: folder.file("short.key")) }
+}
+
+@Test func firstFormatKeysThatAreTextAreRefused() throws {
+    let folder = TempFolder()
+    let passphrase = Array("correct horse battery staple!!!\n".utf8)
+    #expect(passphrase.count == 32)
+    let base64OfText = Array((Data("abcdefghijklmnopqrstuvwxyz012345".utf8).base64EncodedString() + "\n").utf8)
+    for (name, bytes) in [("text.key", passphrase), ("b64text.key", base64OfText)] {
+        try writeFile(folder.file(name), bytes)
+        do {
+            _ = try KeyFileStore.load(path: folder.file(name))
+            Issue.record("\(name) loaded as a key")
+        } catch {
+            #expect(error.message.contains("printable text") && !error.message.contains("\n"), "\(error.message)")
+        }
+    }
+}
+
+@Test func ciphertextsUnderTheFirstReleaseLegacyKeyIDStillDecrypt() throws {
+    let folder = TempFolder()
+    let key = try SecureRandom.bytes(32)
+    try writeFile(folder.file("raw.key"), key)
+    // What the first release returned for this key file: same envelope, its key_id bound in the AAD.
+    let oldKeyID = KeyFile.firstReleaseLegacyKeyID(key: key)
+    let annotations = [FileKeyBackend.annotationKey: FileKeyBackend.annotationValue]
+    let old = try Envelope.seal(plaintext: [9, 8, 7], key: try SymmetricKey(bytes: key), keyVersion: 1, keyID: oldKeyID,
+                                annotations: annotations)
+    let backend = try FileKeyBackend(keyFilePath: folder.file("raw.key"), pollInterval: nil, log: { _ in })
+    defer { backend.close() }
+    #expect(backend.status().keyID != oldKeyID)
+    #expect(try backend.decrypt(ciphertext: old, keyID: oldKeyID, annotations: annotations, uid: "u") == [9, 8, 7])
+    // The new key_id does not open it (the AAD binds the old one), and neither does the old key_id of another key.
+    #expect(throws: KMSError.self) {
+        try backend.decrypt(ciphertext: old, keyID: backend.status().keyID, annotations: annotations, uid: "u")
+    }
+    let foreign = KeyFile.firstReleaseLegacyKeyID(key: try SecureRandom.bytes(32))
+    #expect(throws: KMSError.self) { try backend.decrypt(ciphertext: old, keyID: foreign, annotations: annotations, uid: "u") }
+    // Still accepted once `rotate` converted the file.
+    try KeyFileStore.update(path: folder.file("raw.key")) { (file: inout KeyFile) throws(KMSError) in _ = try file.rotate() }
+    backend.reload()
+    #expect(try backend.decrypt(ciphertext: old, keyID: oldKeyID, annotations: annotations, uid: "u") == [9, 8, 7])
 }
 
 @Test func concurrentWritersAreSerialisedByTheLock() throws {

@@ -14,6 +14,8 @@ import Testing
         "kekd_process_resident_memory_bytes": "gauge", "kekd_process_open_fds": "gauge",
         "kekd_build_info": "gauge", "kekd_process_start_time_seconds": "gauge",
         "kekd_audit_queue_capacity": "gauge", "kekd_process_max_fds": "gauge",
+        "kekd_audit_last_seq": "gauge", "kekd_audit_chain_head_info": "gauge",
+        "kekd_key_file_valid": "gauge", "kekd_key_file_reload_failures_total": "counter",
     ]
 
     static func busyMetrics() -> KekdMetrics {
@@ -31,7 +33,20 @@ import Testing
         m.cache(hit: false)
         m.setKeyID("kek-1")
         m.setAuditStatsProvider { AuditFigures(written: 7, dropped: 2, failed: 1, queueDepth: 3, queueCapacity: 8192) }
+        m.setAuditChainHeadProvider { (lastSeq: 41, headHex: "00ff00ff00ff00ff") }
+        m.setKeyFileHealthProvider { (valid: false, rejectedReloads: 2) }
         return m
+    }
+
+    @Test func chainHeadAndKeyFileHealthAreExported() {
+        let text = Self.busyMetrics().render()
+        #expect(text.contains("\nkekd_audit_last_seq 41\n"))
+        #expect(text.contains("\nkekd_audit_chain_head_info{head=\"00ff00ff00ff00ff\"} 1\n"))
+        #expect(text.contains("\nkekd_key_file_valid 0\n"))
+        #expect(text.contains("\nkekd_key_file_reload_failures_total 2\n"))
+        // Without providers (Vault backend: no key file) the families are absent, not zero.
+        let bare = KekdMetrics(version: "0.1.0", backend: "vault").render()
+        #expect(!bare.contains("kekd_key_file_valid") && !bare.contains("kekd_audit_last_seq"))
     }
 
     @Test func everyLineIsStrictlyWellFormed() throws {

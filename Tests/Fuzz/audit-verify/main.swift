@@ -109,7 +109,8 @@ public func fuzzAuditVerify(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
 
 func writeLog(folder: String, name: String, maxSize: Int64, key: [UInt8] = hmacKey, events: [AuditEvent]) throws -> String {
     let path = folder + "/" + name
-    let log = try AuditLog(configuration: AuditConfiguration(path: path, maxSize: maxSize, maxFiles: 9, mode: .failClosed, hmacKey: key))
+    let log = try AuditLog(configuration: AuditConfiguration(path: path, maxSize: maxSize, maxFiles: 9, mode: .failClosed, hmacKey: key,
+                                                             allowNewChain: true))   // the key-changed seed starts a new chain
     for event in events { check(log.record(event), "seed record not written") }
     log.close()
     return path
