@@ -37,11 +37,11 @@ let package = Package(
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
 
         // The KMS service, envelope format, key backends.
-        .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking"]),
+        .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON"]),
         .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL", "Locking", "JSON"]),
 
         // Observers of the service layer.
-        .target(name: "Audit", dependencies: ["Crypto", "Locking"]),
+        .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
         .target(name: "Metrics", dependencies: ["Locking"]),
 
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.

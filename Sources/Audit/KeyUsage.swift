@@ -2,11 +2,12 @@
 // File format (a contract with kekctl): {"keys":{"<key_id>":{"last_encrypt":"<RFC3339>","last_decrypt":"<RFC3339>"}}}
 // A missing or null time means "not seen". Written atomically, mode 0600.
 import FoundationEssentials
+import JSON
 #if canImport(Glibc)
 import Glibc
 #endif
 
-public struct KeyUsageRecord: Codable, Sendable, Equatable {
+public struct KeyUsageRecord: Sendable, Equatable {
     public var lastEncrypt: Date?
     public var lastDecrypt: Date?
 
@@ -15,27 +16,24 @@ public struct KeyUsageRecord: Codable, Sendable, Equatable {
         self.lastDecrypt = lastDecrypt
     }
 
-    enum CodingKeys: String, CodingKey {
-        case lastEncrypt = "last_encrypt"
-        case lastDecrypt = "last_decrypt"
+    /// `{"last_encrypt": "<RFC 3339>", "last_decrypt": ...}`; a missing or null time is "not seen".
+    init(json: JSONValue) throws(AuditError) {
+        guard json.object != nil else { throw AuditError("a key usage entry is not an object") }
+        lastEncrypt = try Self.time(json["last_encrypt"])
+        lastDecrypt = try Self.time(json["last_decrypt"])
     }
 
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        lastEncrypt = try Self.decodeTime(c, .lastEncrypt)
-        lastDecrypt = try Self.decodeTime(c, .lastDecrypt)
+    var json: JSONValue {
+        var o: [String: JSONValue] = [:]
+        if let lastEncrypt { o["last_encrypt"] = .string(RFC3339.format(lastEncrypt)) }
+        if let lastDecrypt { o["last_decrypt"] = .string(RFC3339.format(lastDecrypt)) }
+        return .object(o)
     }
 
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        if let lastEncrypt { try c.encode(RFC3339.format(lastEncrypt), forKey: .lastEncrypt) }
-        if let lastDecrypt { try c.encode(RFC3339.format(lastDecrypt), forKey: .lastDecrypt) }
-    }
-
-    private static func decodeTime(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys) throws -> Date? {
-        guard let text = try c.decodeIfPresent(String.self, forKey: key) else { return nil }
-        guard let date = RFC3339.parse(text) else {
-            throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "not an RFC 3339 time: \(text)")
+    private static func time(_ value: JSONValue?) throws(AuditError) -> Date? {
+        guard let value, !value.isNull else { return nil }
+        guard let text = value.string, let date = RFC3339.parse(text) else {
+            throw AuditError("not an RFC 3339 time in a key usage entry")
         }
         return date
     }
@@ -54,26 +52,28 @@ public struct KeyUsageRecord: Codable, Sendable, Equatable {
 }
 
 public enum KeyUsageFile {
-    private struct Contents: Codable { var keys: [String: KeyUsageRecord] }
     /// The file is small (one entry per key version); anything larger is not ours.
     static let maxFileSize = 16 << 20
 
     /// The usage per key_id. Throws (never traps) on a missing, unreadable or malformed file.
     public static func load(path: String) throws -> [String: KeyUsageRecord] {
         let bytes = try POSIXFile.read(path: path, limit: maxFileSize)
-        do {
-            return try JSONDecoder().decode(Contents.self, from: Data(bytes)).keys
-        } catch {
-            throw AuditError("malformed key usage file \(path): \(error)")
+        guard let keys = JSONValue.parse(bytes)?["keys"]?.object else {
+            throw AuditError("malformed key usage file \(path): not {\"keys\": {...}}")
         }
+        var usage: [String: KeyUsageRecord] = [:]
+        for (keyID, entry) in keys {
+            do { usage[keyID] = try KeyUsageRecord(json: entry) } catch {
+                throw AuditError("malformed key usage file \(path): \(error)")
+            }
+        }
+        return usage
     }
 
     /// Replaces the file atomically (temp file, fsync, rename, fsync the folder), mode 0600.
     public static func write(_ usage: [String: KeyUsageRecord], path: String) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data = try encoder.encode(Contents(keys: usage))
-        try POSIXFile.atomicWrite(path: path, bytes: Array(data) + [0x0A])
+        let contents: JSONValue = ["keys": .object(usage.mapValues(\.json))]
+        try POSIXFile.atomicWrite(path: path, bytes: contents.serialized() + [0x0A])
     }
 }
 

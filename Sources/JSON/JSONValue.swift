@@ -1,7 +1,7 @@
-// A JSON document as a value, for the clients that read replies whose shape they only partly know (Vault).
-// FoundationEssentials' JSONDecoder/JSONEncoder do the parsing and printing; JSONSerialization and NSNumber live in
-// full Foundation, which kekd does not load (issue 12).
-import FoundationEssentials
+// A JSON document (RFC 8259) as a value, with its own small parser and writer. kekd reads and writes a handful of
+// small documents (the key file, usage data, Vault replies); doing it here instead of through Codable keeps the
+// serving process off JSONDecoder/JSONEncoder, whose generic machinery alone costs about 2.5 MiB resident
+// (issue 12), and makes the accepted syntax exactly what this file says.
 
 public enum JSONValue: Sendable, Equatable {
     case null
@@ -11,16 +11,21 @@ public enum JSONValue: Sendable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    /// Parses `bytes`; nil when they are not one JSON value.
-    public static func parse(_ bytes: [UInt8]) -> JSONValue? {
-        try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))
+    /// Parses `bytes` as exactly one JSON value (surrounding whitespace allowed); nil when they are not one, hold
+    /// invalid UTF-8, or nest more than `maxDepth` arrays and objects. A repeated object key keeps its last value.
+    public static func parse(_ bytes: [UInt8], maxDepth: Int = 64) -> JSONValue? {
+        var parser = Parser(bytes: bytes, maxDepth: maxDepth)
+        guard let value = parser.value(depth: 0) else { return nil }
+        parser.skipSpace()
+        return parser.at == bytes.count ? value : nil
     }
 
-    /// Compact JSON text with sorted keys.
+    /// Compact JSON text, object keys sorted; integral numbers below 2^53 without a fraction (Vault refuses
+    /// `"key_version": 2.0`), non-finite numbers as null.
     public func serialized() -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(self)).map { [UInt8]($0) } ?? Array("null".utf8)
+        var out: [UInt8] = []
+        write(to: &out)
+        return out
     }
 
     public subscript(key: String) -> JSONValue? {
@@ -32,6 +37,7 @@ public enum JSONValue: Sendable, Equatable {
     public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
     public var array: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
     public var object: [String: JSONValue]? { if case .object(let o) = self { return o }; return nil }
+    public var isNull: Bool { self == .null }
 
     /// A number, or a string holding a decimal integer (Vault writes some integers as strings), as Int.
     public var int: Int? {
@@ -41,31 +47,206 @@ public enum JSONValue: Sendable, Equatable {
         default: return nil
         }
     }
-}
 
-extension JSONValue: Codable {
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null }
-        else if let b = try? container.decode(Bool.self) { self = .bool(b) }
-        else if let d = try? container.decode(Double.self) { self = .number(d) }
-        else if let s = try? container.decode(String.self) { self = .string(s) }
-        else if let a = try? container.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try container.decode([String: JSONValue].self)) }
+    private func write(to out: inout [UInt8]) {
+        switch self {
+        case .null: out += Array("null".utf8)
+        case .bool(let b): out += Array((b ? "true" : "false").utf8)
+        case .number(let d):
+            if !d.isFinite { out += Array("null".utf8) }
+            else if d == d.rounded(), abs(d) < 9_007_199_254_740_992 { out += Array(String(Int64(d)).utf8) }
+            else { out += Array(d.description.utf8) }
+        case .string(let s): Self.writeString(s, to: &out)
+        case .array(let items):
+            out.append(UInt8(ascii: "["))
+            for (i, item) in items.enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                item.write(to: &out)
+            }
+            out.append(UInt8(ascii: "]"))
+        case .object(let members):
+            out.append(UInt8(ascii: "{"))
+            for (i, key) in members.keys.sorted().enumerated() {
+                if i > 0 { out.append(UInt8(ascii: ",")) }
+                Self.writeString(key, to: &out)
+                out.append(UInt8(ascii: ":"))
+                members[key]!.write(to: &out)
+            }
+            out.append(UInt8(ascii: "}"))
+        }
     }
 
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        switch self {
-        case .null: try container.encodeNil()
-        case .bool(let b): try container.encode(b)
-        case .number(let d):
-            // Integers print without a fraction: Vault rejects "key_version": 2.0.
-            if d == d.rounded(), abs(d) < 1e15 { try container.encode(Int(d)) } else { try container.encode(d) }
-        case .string(let s): try container.encode(s)
-        case .array(let a): try container.encode(a)
-        case .object(let o): try container.encode(o)
+    /// Quote, backslash and control characters escaped; everything else as UTF-8.
+    private static func writeString(_ s: String, to out: inout [UInt8]) {
+        let hex = Array("0123456789abcdef".utf8)
+        out.append(UInt8(ascii: "\""))
+        for byte in s.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): out += [0x5C, 0x22]
+            case UInt8(ascii: "\\"): out += [0x5C, 0x5C]
+            case 0x0A: out += [0x5C, UInt8(ascii: "n")]
+            case 0x0D: out += [0x5C, UInt8(ascii: "r")]
+            case 0x09: out += [0x5C, UInt8(ascii: "t")]
+            case 0..<0x20: out += [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            default: out.append(byte)
+            }
         }
+        out.append(UInt8(ascii: "\""))
+    }
+}
+
+private struct Parser {
+    let bytes: [UInt8]
+    let maxDepth: Int
+    var at = 0
+
+    init(bytes: [UInt8], maxDepth: Int) {
+        self.bytes = bytes
+        self.maxDepth = maxDepth
+    }
+
+    mutating func skipSpace() {
+        while at < bytes.count, bytes[at] == 0x20 || bytes[at] == 0x0A || bytes[at] == 0x0D || bytes[at] == 0x09 { at += 1 }
+    }
+
+    mutating func value(depth: Int) -> JSONValue? {
+        skipSpace()
+        guard at < bytes.count else { return nil }
+        switch bytes[at] {
+        case UInt8(ascii: "{"): return depth < maxDepth ? object(depth: depth) : nil
+        case UInt8(ascii: "["): return depth < maxDepth ? array(depth: depth) : nil
+        case UInt8(ascii: "\""): return string().map(JSONValue.string)
+        case UInt8(ascii: "t"): return literal("true", .bool(true))
+        case UInt8(ascii: "f"): return literal("false", .bool(false))
+        case UInt8(ascii: "n"): return literal("null", .null)
+        default: return number()
+        }
+    }
+
+    private mutating func literal(_ word: String, _ value: JSONValue) -> JSONValue? {
+        let w = Array(word.utf8)
+        guard at + w.count <= bytes.count, Array(bytes[at..<at + w.count]) == w else { return nil }
+        at += w.count
+        return value
+    }
+
+    private mutating func object(depth: Int) -> JSONValue? {
+        at += 1
+        var members: [String: JSONValue] = [:]
+        skipSpace()
+        if at < bytes.count, bytes[at] == UInt8(ascii: "}") { at += 1; return .object(members) }
+        while true {
+            skipSpace()
+            guard at < bytes.count, bytes[at] == UInt8(ascii: "\""), let key = string() else { return nil }
+            skipSpace()
+            guard at < bytes.count, bytes[at] == UInt8(ascii: ":") else { return nil }
+            at += 1
+            guard let member = value(depth: depth + 1) else { return nil }
+            members[key] = member
+            skipSpace()
+            guard at < bytes.count else { return nil }
+            if bytes[at] == UInt8(ascii: ",") { at += 1; continue }
+            if bytes[at] == UInt8(ascii: "}") { at += 1; return .object(members) }
+            return nil
+        }
+    }
+
+    private mutating func array(depth: Int) -> JSONValue? {
+        at += 1
+        var items: [JSONValue] = []
+        skipSpace()
+        if at < bytes.count, bytes[at] == UInt8(ascii: "]") { at += 1; return .array(items) }
+        while true {
+            guard let item = value(depth: depth + 1) else { return nil }
+            items.append(item)
+            skipSpace()
+            guard at < bytes.count else { return nil }
+            if bytes[at] == UInt8(ascii: ",") { at += 1; continue }
+            if bytes[at] == UInt8(ascii: "]") { at += 1; return .array(items) }
+            return nil
+        }
+    }
+
+    /// A string literal starting at the opening quote; nil on a bad escape, a raw control character, a lone
+    /// surrogate or invalid UTF-8.
+    private mutating func string() -> String? {
+        at += 1
+        var out: [UInt8] = []
+        while at < bytes.count {
+            let byte = bytes[at]
+            at += 1
+            switch byte {
+            case UInt8(ascii: "\""): return String(validating: out, as: UTF8.self)
+            case UInt8(ascii: "\\"):
+                guard at < bytes.count else { return nil }
+                let escape = bytes[at]
+                at += 1
+                switch escape {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(escape)
+                case UInt8(ascii: "b"): out.append(0x08)
+                case UInt8(ascii: "f"): out.append(0x0C)
+                case UInt8(ascii: "n"): out.append(0x0A)
+                case UInt8(ascii: "r"): out.append(0x0D)
+                case UInt8(ascii: "t"): out.append(0x09)
+                case UInt8(ascii: "u"):
+                    guard var scalar = hex4() else { return nil }
+                    if (0xD800..<0xDC00).contains(scalar) {
+                        guard at + 1 < bytes.count, bytes[at] == UInt8(ascii: "\\"), bytes[at + 1] == UInt8(ascii: "u") else { return nil }
+                        at += 2
+                        guard let low = hex4(), (0xDC00..<0xE000).contains(low) else { return nil }
+                        scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    }
+                    guard let u = Unicode.Scalar(scalar) else { return nil }
+                    out += Array(String(Character(u)).utf8)
+                default: return nil
+                }
+            case 0..<0x20: return nil
+            default: out.append(byte)
+            }
+        }
+        return nil
+    }
+
+    private mutating func hex4() -> UInt32? {
+        guard at + 4 <= bytes.count else { return nil }
+        var v: UInt32 = 0
+        for byte in bytes[at..<at + 4] {
+            let digit: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): digit = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): digit = byte - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            v = v << 4 | UInt32(digit)
+        }
+        at += 4
+        return v
+    }
+
+    /// RFC 8259's number grammar, converted by the standard library.
+    private mutating func number() -> JSONValue? {
+        let start = at
+        func digits(_ p: inout Parser) -> Int {
+            let s = p.at
+            while p.at < p.bytes.count, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(p.bytes[p.at]) { p.at += 1 }
+            return p.at - s
+        }
+        if at < bytes.count, bytes[at] == UInt8(ascii: "-") { at += 1 }
+        let intStart = at
+        let intDigits = digits(&self)
+        guard intDigits > 0, !(intDigits > 1 && bytes[intStart] == UInt8(ascii: "0")) else { return nil }
+        if at < bytes.count, bytes[at] == UInt8(ascii: ".") {
+            at += 1
+            guard digits(&self) > 0 else { return nil }
+        }
+        if at < bytes.count, bytes[at] == UInt8(ascii: "e") || bytes[at] == UInt8(ascii: "E") {
+            at += 1
+            if at < bytes.count, bytes[at] == UInt8(ascii: "+") || bytes[at] == UInt8(ascii: "-") { at += 1 }
+            guard digits(&self) > 0 else { return nil }
+        }
+        guard let d = Double(String(decoding: bytes[start..<at], as: UTF8.self)) else { return nil }
+        return .number(d)
     }
 }
 

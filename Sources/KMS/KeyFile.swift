@@ -28,6 +28,7 @@
 // which the AAD binds, so ciphertexts stored before keep decrypting.
 import Crypto
 import FoundationEssentials
+import JSON
 import Glibc
 
 public enum KeyState: String, Sendable, Codable, CaseIterable {
@@ -241,21 +242,6 @@ public struct KeyFile: Sendable, Equatable {
         return Array(s.utf8)
     }
 
-    private struct StoredFile: Decodable {
-        var kind: String
-        var format_version: Int
-        var file_id: String
-        var audit_secret: String
-        var versions: [StoredVersion]
-        var checksum: String
-    }
-    private struct StoredVersion: Decodable {
-        var version: UInt32
-        var state: String
-        var created: String
-        var key: String
-    }
-
     /// Parses either format. `legacyCreated` is the creation time given to a first-format key (the file's mtime).
     public static func parse(_ bytes: [UInt8], legacyCreated: Date = Date(timeIntervalSince1970: 0)) throws(KMSError) -> KeyFile {
         if var legacyKey = legacyKey(bytes) {
@@ -269,10 +255,7 @@ public struct KeyFile: Sendable, Equatable {
         guard bytes.first(where: { !isJSONSpace($0) }) == UInt8(ascii: "{") else {
             throw KMSError(.failedPrecondition, "not a kekd key file (expected JSON, or a 32-byte key in the first format; got \(bytes.count) bytes)")
         }
-        let stored: StoredFile
-        do { stored = try JSONDecoder().decode(StoredFile.self, from: Data(bytes)) } catch {
-            throw KMSError(.failedPrecondition, "key file is corrupt: not valid kekd key file JSON (\(describe(error)))")
-        }
+        let stored = try StoredFile(bytes)
         guard stored.kind == kind else { throw KMSError(.failedPrecondition, "key file kind is \"\(stored.kind.prefix(40))\", expected \"\(kind)\"") }
         guard stored.format_version == currentFormatVersion else {
             throw KMSError(.failedPrecondition, "key file format_version \(stored.format_version) is not supported (this build reads \(currentFormatVersion))")
@@ -381,17 +364,56 @@ public struct KeyFile: Sendable, Equatable {
         }
         return out
     }
+}
 
-    /// A short reason from a DecodingError, without echoing file content (which holds keys).
-    private static func describe(_ error: Error) -> String {
-        guard let decoding = error as? DecodingError else { return "syntax error" }
-        switch decoding {
-        case .keyNotFound(let key, _): return "missing field \(key.stringValue)"
-        case .typeMismatch(_, let ctx), .valueNotFound(_, let ctx):
-            return "wrong type at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
-        case .dataCorrupted(let ctx):
-            return ctx.codingPath.isEmpty ? "syntax error" : "bad value at \(ctx.codingPath.map(\.stringValue).joined(separator: "."))"
-        @unknown default: return "syntax error"
+/// The key file's JSON, field by field: unknown fields are ignored, a missing field or a wrong type is an error
+/// naming the field (never its value).
+private struct StoredFile {
+    var kind: String
+    var format_version: Int
+    var file_id: String
+    var audit_secret: String
+    var versions: [StoredVersion]
+    var checksum: String
+
+    struct StoredVersion {
+        var version: UInt32
+        var state: String
+        var created: String
+        var key: String
+    }
+
+    init(_ bytes: [UInt8]) throws(KMSError) {
+        guard let json = JSONValue.parse(bytes), let top = json.object else { throw Self.corrupt("syntax error") }
+        kind = try Self.string(top, "kind")
+        format_version = try Self.integer(top, "format_version", max: Int(Int32.max))
+        file_id = try Self.string(top, "file_id")
+        audit_secret = try Self.string(top, "audit_secret")
+        checksum = try Self.string(top, "checksum")
+        guard let list = top["versions"]?.array else { throw Self.corrupt("missing field or wrong type: versions") }
+        versions = []
+        for (i, item) in list.enumerated() {
+            guard let v = item.object else { throw Self.corrupt("wrong type at versions.\(i)") }
+            versions.append(StoredVersion(version: UInt32(try Self.integer(v, "version", max: Int(UInt32.max), at: "versions.\(i)")),
+                                          state: try Self.string(v, "state", at: "versions.\(i)"),
+                                          created: try Self.string(v, "created", at: "versions.\(i)"),
+                                          key: try Self.string(v, "key", at: "versions.\(i)")))
         }
+    }
+
+    private static func corrupt(_ what: String) -> KMSError {
+        KMSError(.failedPrecondition, "key file is corrupt: not valid kekd key file JSON (\(what))")
+    }
+
+    private static func string(_ o: [String: JSONValue], _ name: String, at path: String = "") throws(KMSError) -> String {
+        guard let s = o[name]?.string else { throw corrupt("missing field or wrong type: \(path.isEmpty ? "" : path + ".")\(name)") }
+        return s
+    }
+
+    private static func integer(_ o: [String: JSONValue], _ name: String, max: Int, at path: String = "") throws(KMSError) -> Int {
+        guard case .number(let d)? = o[name], d == d.rounded(), d >= 0, d <= Double(max) else {
+            throw corrupt("missing field or wrong type: \(path.isEmpty ? "" : path + ".")\(name)")
+        }
+        return Int(d)
     }
 }

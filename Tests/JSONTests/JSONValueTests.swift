@@ -18,6 +18,7 @@ import Testing
     #expect(data["wrap_info"] == .null)
     #expect(data["ratio"] == .number(0.5))
     #expect(data["ratio"]?.int == 0)
+    #expect(data["wrap_info"]?.isNull == true)
     #expect(data["missing"] == nil)
     #expect(data["type"]?.int == nil)
 }
