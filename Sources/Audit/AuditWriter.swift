@@ -1,6 +1,7 @@
 // The writer thread: batches, the chain, rotation, failure rollback, loss reports, key usage.
 import Crypto
 import FoundationEssentials
+import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -64,6 +65,9 @@ final class AuditWriter: @unchecked Sendable {
         counters.publishHead(state)
     }
 
+    /// A batch this large came from a burst: its buffer is released and the heap trimmed once the queue drains.
+    static let largeBatch = 512
+
     func run() {
         // A FIFO or pipe sink whose reader went away must give EPIPE (a failed write), not kill kekd: SIGPIPE
         // from write(2) is sent to the writing thread, so blocking it here is enough, whatever the process does.
@@ -73,12 +77,25 @@ final class AuditWriter: @unchecked Sendable {
         pthread_sigmask(SIG_BLOCK, &pipeSignal, nil)
         var batch: [QueuedRecord] = []
         var nextUsageFlush = monotonicSeconds() + configuration.usageFlushInterval
+        var trimDue = false
+        var lastTrim = 0.0
         while true {
             queue.lock.lock()
+            if trimDue && queue.pending.isEmpty && monotonicSeconds() - lastTrim >= 1 {
+                // A burst filled the queue with thousands of records (each a few small allocations); once it has
+                // drained, hand the freed pages back instead of keeping the burst's high-water mark resident for
+                // good (issue 12: 1.4 M calls grew kekd by several MiB). At most once a second, only when idle.
+                queue.lock.unlock()
+                releaseFreeHeapMemory()
+                lastTrim = monotonicSeconds()
+                trimDue = false
+                queue.lock.lock()
+            }
             while queue.pending.isEmpty && !queue.closing && !queue.reopenRequested && queue.droppedSinceLastBatch == 0 {
                 queue.writerIdle = true
                 // Idle, but a usage flush or a pending loss report may be due.
-                let deadlines = [usage.dirty ? nextUsageFlush : nil, lossSinceLastLog > 0 ? lastLossLog + 1 : nil]
+                let deadlines = [usage.dirty ? nextUsageFlush : nil, lossSinceLastLog > 0 ? lastLossLog + 1 : nil,
+                                 trimDue ? lastTrim + 1 : nil]
                 if let deadline = deadlines.compactMap({ $0 }).min() {
                     if monotonicSeconds() >= deadline { break }
                     queue.writerWake.wait(queue.lock, until: deadline)
@@ -116,7 +133,12 @@ final class AuditWriter: @unchecked Sendable {
                     queue.callerWake.broadcast()
                     queue.lock.unlock()
                 }
-                batch.removeAll(keepingCapacity: true)
+                if batch.count >= Self.largeBatch {
+                    batch = []  // the next swap hands the queue a small array, not the burst's capacity
+                    trimDue = true
+                } else {
+                    batch.removeAll(keepingCapacity: true)
+                }
             }
             if lossSinceLastLog > 0 { noteLoss(0, reason: lastLossReason) }
             if monotonicSeconds() >= nextUsageFlush {

@@ -42,6 +42,19 @@ public func startThread(name: String, stackSize: Int = defaultThreadStackSize,
 private func setThreadName(_ thread: pthread_t, _ name: UnsafePointer<CChar>) -> Int32
 #endif
 
+/// Returns free heap pages to the kernel (glibc's malloc_trim): after a burst, freed memory otherwise stays
+/// resident as the allocator's high-water mark.
+public func releaseFreeHeapMemory() {
+    #if canImport(Glibc)
+    _ = mallocTrim(0)
+    #endif
+}
+
+#if canImport(Glibc)
+@_silgen_name("malloc_trim")
+private func mallocTrim(_ pad: Int) -> Int32
+#endif
+
 /// Blocks the calling thread for `seconds` (fractions allowed); returns early only if `seconds` <= 0.
 public func sleep(seconds: Double) {
     guard seconds > 0 else { return }

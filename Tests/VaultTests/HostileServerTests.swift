@@ -52,7 +52,9 @@ import Glibc
         print("extensions: \(String(describing: error)) after \(wall) s, \(cpu) s CPU")
         guard case .protocolError(let message)? = error else { Issue.record("\(String(describing: error))"); return }
         #expect(message.contains("larger than") || message.contains("too many tiny chunks"), "\(message)")
-        #expect(wall < 5 && cpu < 1.0, "\(wall) s, \(cpu) s CPU")
+        // A reader without the byte cap would keep parsing until the 10 s deadline; the bound leaves room for a
+        // sanitizer build on a busy machine (about 0.25 s of CPU in a plain debug build).
+        #expect(wall < 5 && cpu < 3.0, "\(wall) s, \(cpu) s CPU")
     }
 
     @Test func endlessInterimResponsesEndWithinTheDeadline() throws {
