@@ -161,8 +161,10 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             if !vault.waitUntilReady(timeout: 3) {
                 logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
             }
-            metrics.setVaultStateProvider {
-                let t = vault.keyring.telemetry()
+            // Weak: the backend's call hooks hold `metrics`, so a strong capture would make a cycle that outlives
+            // serve (LeakSanitizer reports it at exit).
+            metrics.setVaultStateProvider { [weak keyring = vault.keyring] in
+                guard let t = keyring?.telemetry() else { return VaultFigures(circuitOpen: false, tokenExpiry: nil, tokenTTL: nil) }
                 return VaultFigures(circuitOpen: t.circuitOpen, tokenExpiry: t.tokenExpiry, tokenTTL: t.tokenLease)
             }
             backend = vault

@@ -12,6 +12,7 @@ import h2.connection
 import h2.events
 import h2.settings
 
+from conftest import SANITIZED
 from test_h2_raw import connect
 
 ENCRYPT_HEADERS = [(":method", "POST"), (":scheme", "http"), (":path", "/v2.KeyManagementService/Encrypt"),
@@ -151,7 +152,7 @@ def test_flood_of_incomplete_messages_keeps_rss_bounded_and_others_served(kekd, 
           f"{len(client.reset_codes())} streams reset")
     # The flood was real: far more than one connection's cap was sent, yet kekd stayed small.
     assert total["sent"] > 32 * MiB
-    assert total["peak_rss"] < 64 * MiB
+    assert SANITIZED or total["peak_rss"] < 64 * MiB
     refused = [sid for sid, code in client.reset_codes().items() if code == 11]  # ENHANCE_YOUR_CALM
     assert refused, "streams over the per-connection cap are refused with ENHANCE_YOUR_CALM"
     assert metric(kekd, "kekd_http2_protocol_errors_total", {"kind": "request_buffer_limit"}) >= len(refused)

@@ -12,7 +12,7 @@ import time
 import grpc
 import pytest
 
-from conftest import KEKD, free_port
+from conftest import KEKD, SANITIZED, free_port
 from fake_vault import FakeVaultProcess
 
 KEY_ANNOTATION = "local-kek.kekd.io"
@@ -270,8 +270,16 @@ def test_min_decryption_version_is_failed_precondition(kekd_factory, kms_pb, vau
             time.sleep(0.05)
         new = c.encrypt(b"2" * 32)
         assert vault.admin("POST", "transit/keys/kekd/config", {"min_decryption_version": 2}) == 204
-        err = wait_for_rpc_error(lambda: c.decrypt(old))
-        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "min_decryption_version 2" in err.details(), err.details()
+        # Until kekd's key poll sees the new minimum, Vault itself refuses the old version (also FAILED_PRECONDITION);
+        # from then on kekd refuses it before asking Vault, naming the minimum.
+        deadline = time.time() + 10
+        while True:
+            err = wait_for_rpc_error(lambda: c.decrypt(old))
+            assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+            if "min_decryption_version 2" in err.details():
+                break
+            assert time.time() < deadline, err.details()
+            time.sleep(0.1)
         assert c.decrypt(new) == b"2" * 32
         assert c.status().healthz == "ok"
 
@@ -298,7 +306,7 @@ def test_hostile_vault_cannot_pin_a_core(kekd_factory, kms_pb, vault, tmp_path, 
         elapsed, used = time.time() - started, cpu_seconds(kekd.proc.pid) - cpu
         print(f"{abuse}: {e.value.code()} after {elapsed:.2f} s, kekd CPU {used:.2f} s")
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
-        assert elapsed < 2.9 and used < 1.5
+        assert elapsed < 2.9 and used < (4.5 if SANITIZED else 1.5)
         assert c.status().healthz == "ok", "a broken Vault response is an outage, not a revocation"
     finally:
         c.close()
