@@ -332,7 +332,10 @@ def test_deleted_chain_key_in_the_state_folder_stops_kekd(kekd_factory, kms_pb, 
     args = [str(KEKD), "serve", "--listen", f"unix://{k.dir}/kekd2.sock", "--state-dir", str(k.dir),
             "--audit-log", k.audit, "--health-addr", "off", *vault_flags]
     p = subprocess.run(args, capture_output=True, text=True, timeout=30)
-    err = p.stderr.strip().splitlines()[-1]   # after the Vault backend's JSON log lines: the one-line reason
+    # The one-line reason, among the Vault backend's JSON log lines (its thread may log after it).
+    reasons = [line for line in p.stderr.splitlines() if line.startswith("kekd: ")]
+    assert len(reasons) == 1, p.stderr
+    err = reasons[0]
     assert p.returncode == 5 and err.startswith("kekd: audit chain key") and "audit-hmac.key is missing" in err, err
     assert "--audit-new-chain" in err and not chain_key.exists()
 
