@@ -192,8 +192,6 @@ public enum KeyFileStore {
         guard fsync(fd) == 0 else { throw KMSError(.internalError, "fsync folder \(folder): \(errnoText(errno))") }
     }
 
-    static func parentFolder(of path: String) -> String { Locking.parentFolder(of: path) }
-
     static func makeParentFolders(of path: String) throws(KMSError) {
         let folder = parentFolder(of: path)
         var info = stat()

@@ -1,5 +1,6 @@
 // kekd logs JSON lines on stderr. The KMS layer logs rarely (key file reloads), so this stays tiny.
 import FoundationEssentials
+import JSON
 import Glibc
 import Locking
 
@@ -17,24 +18,8 @@ public enum KMSLog {
         return s + "}"
     }
 
+    /// A JSON string literal, escaped by the JSON target's writer.
     static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
+        String(decoding: JSONValue.string(text).serialized(), as: UTF8.self)
     }
 }

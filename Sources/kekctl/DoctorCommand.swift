@@ -324,20 +324,26 @@ struct Doctor {
         return trimmed(mount.hostPath) + rest
     }
 
+    /// The YAML document at host path `path` (under --root); nil after failing `check` when it is missing,
+    /// unreadable or outside the YAML subset.
+    private mutating func loadYAML(check: String, path: String, missingFix: String, syntaxFix: String) -> YAMLValue? {
+        guard let text = try? String(contentsOfFile: options.host(path), encoding: .utf8) else {
+            add(check, .fail, "\(path) is missing or unreadable", fix: missingFix)
+            return nil
+        }
+        do {
+            return try YAML.parse(text)
+        } catch {
+            add(check, .fail, "\(path): \(error)", fix: syntaxFix)
+            return nil
+        }
+    }
+
     private mutating func checkAPIServer() {
         let manifestPath = DoctorCommand.manifestPath
-        guard let text = try? String(contentsOfFile: options.host(manifestPath), encoding: .utf8) else {
-            add("apiserver-manifest", .fail, "\(manifestPath) is missing or unreadable",
-                fix: "run doctor on a control-plane node with a static-pod kube-apiserver (or pass --root)")
-            return
-        }
-        let pod: YAMLValue
-        do {
-            pod = try YAML.parse(text)
-        } catch {
-            add("apiserver-manifest", .fail, "\(manifestPath): \(error)", fix: "fix the manifest's YAML")
-            return
-        }
+        guard let pod = loadYAML(check: "apiserver-manifest", path: manifestPath,
+                                 missingFix: "run doctor on a control-plane node with a static-pod kube-apiserver (or pass --root)",
+                                 syntaxFix: "fix the manifest's YAML") else { return }
         let containers = pod["spec"]?["containers"]?.sequence ?? []
         guard let container = containers.first(where: { $0["name"]?.string == "kube-apiserver" }) ?? containers.first else {
             add("apiserver-manifest", .fail, "\(manifestPath) has no container", fix: "restore kubeadm's manifest")
@@ -380,18 +386,9 @@ struct Doctor {
     }
 
     private mutating func checkEncryptionConfig(containerPath: String, hostPath: String, mounts: [HostPathMount], configMounted: Bool) {
-        guard let text = try? String(contentsOfFile: options.host(hostPath), encoding: .utf8) else {
-            add("encryption-config", .fail, "\(hostPath) is missing or unreadable",
-                fix: "write the EncryptionConfiguration (manifests/encryption-config.yaml) to \(hostPath)")
-            return
-        }
-        let config: YAMLValue
-        do {
-            config = try YAML.parse(text)
-        } catch {
-            add("encryption-config", .fail, "\(hostPath): \(error)", fix: "fix the file's YAML")
-            return
-        }
+        guard let config = loadYAML(check: "encryption-config", path: hostPath,
+                                    missingFix: "write the EncryptionConfiguration (manifests/encryption-config.yaml) to \(hostPath)",
+                                    syntaxFix: "fix the file's YAML") else { return }
         guard config["kind"]?.string == "EncryptionConfiguration", let resources = config["resources"]?.sequence else {
             add("encryption-config", .fail, "\(hostPath) is not an EncryptionConfiguration with resources",
                 fix: "start from manifests/encryption-config.yaml")
