@@ -48,6 +48,12 @@ public final class KMSService: Sendable {
         return DecryptResponse(plaintext: plaintext)
     }
 
+    /// The backend a Decrypt under `keyID` goes to (the audit record's `backend`): with several backends the one its
+    /// key_id belongs to.
+    public func decryptBackendName(keyID: String) -> String {
+        (backend as? BackendSet)?.servingBackendName(decryptKeyID: keyID) ?? backend.name
+    }
+
     private func validateUID(_ uid: String) throws(KMSError) {
         guard uid.utf8.count <= KMSLimits.maxUIDBytes else {
             throw KMSError(.invalidArgument, "uid is \(uid.utf8.count) bytes, the limit is \(KMSLimits.maxUIDBytes)")

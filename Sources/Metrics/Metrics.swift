@@ -12,6 +12,15 @@ public struct AuditFigures: Sendable {
     }
 }
 
+/// One configured key backend at scrape time: its kind, its role (`encrypt` or `decrypt-only`) and whether it can
+/// serve that role.
+public struct BackendFigures: Sendable {
+    public var backend: String
+    public var role: String
+    public var healthy: Bool
+    public init(backend: String, role: String, healthy: Bool) { self.backend = backend; self.role = role; self.healthy = healthy }
+}
+
 /// What the Vault backend reports at scrape time. Token figures are nil when the token does not expire.
 public struct VaultFigures: Sendable {
     public var circuitOpen: Bool, tokenExpiry: Double?, tokenTTL: Double?
@@ -59,6 +68,7 @@ public final class KekdMetrics: Sendable {
     private let vaultState = LockedValue<(@Sendable () -> VaultFigures)?>(nil)
     private let auditChainHead = LockedValue<(@Sendable () -> (lastSeq: UInt64, headHex: String))?>(nil)
     private let keyFileHealth = LockedValue<(@Sendable () -> (valid: Bool, rejectedReloads: Int))?>(nil)
+    private let backendStates = LockedValue<(@Sendable () -> [BackendFigures])?>(nil)
 
     public init(version: String, backend: String) {
         self.version = version
@@ -133,6 +143,11 @@ public final class KekdMetrics: Sendable {
         keyFileHealth.withLock { $0 = f }
     }
 
+    /// Every configured key backend (the encrypting one and any decrypt-only ones), read at scrape time.
+    public func setBackendsProvider(_ f: @escaping @Sendable () -> [BackendFigures]) {
+        backendStates.withLock { $0 = f }
+    }
+
     // MARK: rendering
 
     public func render() -> String {
@@ -205,6 +220,11 @@ public final class KekdMetrics: Sendable {
                 w.family("kekd_vault_token_ttl_seconds", .gauge, help: "Lease of the Vault token when last obtained or renewed.")
                 w.sample("kekd_vault_token_ttl_seconds", ttl)
             }
+        }
+        if let provider = backendStates.withLock({ $0 }) {
+            let backends = provider()
+            w.family("kekd_backend_up", .gauge, help: "1 while a configured key backend can serve its role, by backend and role (encrypt, decrypt-only).")
+            for b in backends { w.sample("kekd_backend_up", ["backend": b.backend, "role": b.role], b.healthy ? 1 : 0) }
         }
         let currentKeyID = keyID.withLock { $0 }
         w.family("kekd_key_info", .gauge, help: "The key_id kekd currently encrypts with (value always 1).")

@@ -11,6 +11,8 @@ struct CallOutcome: Sendable {
     var uid: String?
     var keyID: String?
     var ciphertext: [UInt8]?
+    /// The backend that served the call when it is not the encrypting one (a Decrypt routed to a decrypt-only backend).
+    var backend: String?
 }
 
 enum KMSMethod: String, CaseIterable, Sendable {
@@ -69,10 +71,11 @@ struct KMSDispatcher: Sendable {
             do {
                 let response = try service.decrypt(request)
                 return CallOutcome(op: method.op, status: .ok, response: response.serializedBytes(), uid: request.uid,
-                                   keyID: request.keyID, ciphertext: request.ciphertext)
+                                   keyID: request.keyID, ciphertext: request.ciphertext,
+                                   backend: service.decryptBackendName(keyID: request.keyID))
             } catch {
                 return CallOutcome(op: method.op, status: Self.status(error), uid: request.uid, keyID: request.keyID,
-                                   ciphertext: request.ciphertext)
+                                   ciphertext: request.ciphertext, backend: service.decryptBackendName(keyID: request.keyID))
             }
         }
     }

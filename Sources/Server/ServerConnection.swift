@@ -240,7 +240,7 @@ final class ServerConnection: @unchecked Sendable {
 
     private func auditEvent(_ outcome: CallOutcome, streamID: UInt32, arrived: UInt64, finished: UInt64) -> AuditEvent {
         let wallArrival = Date(timeIntervalSinceNow: -Double(Posix.monotonicNanos() - arrived) / 1e9)
-        return AuditEvent(time: wallArrival, op: outcome.op, uid: outcome.uid, keyID: outcome.keyID, backend: server.backendName,
+        return AuditEvent(time: wallArrival, op: outcome.op, uid: outcome.uid, keyID: outcome.keyID, backend: outcome.backend ?? server.backendName,
                           outcome: outcome.status.code.name, message: outcome.status.code == .ok ? nil : outcome.status.message,
                           latencyMicros: Int64((finished - arrived) / 1000),
                           peer: AuditPeer(pid: peer.pid, uid: peer.uid, gid: peer.gid), connection: id, stream: streamID,

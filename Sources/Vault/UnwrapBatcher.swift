@@ -112,19 +112,35 @@ final class UnwrapBatcher: @unchecked Sendable {
     func unwrap(_ wrapped: String, deadline: Date) throws(VaultError) -> SymmetricKey {
         cond.lock()
         if let key = cache.get(wrapped) { cond.unlock(); return key }
-        let entry: Pending
-        if let existing = pending[wrapped] {
-            entry = existing
-        } else {
-            entry = Pending()
-            pending[wrapped] = entry
-            queue.append(wrapped)
+        cond.unlock()
+        return try unwrapAll([wrapped], deadline: deadline)[0].get()
+    }
+
+    /// The unwrapped keys for `list`, in order, from the cache or Vault: the misses join one pending batch (up to
+    /// `maxBatch` per Vault call), shared with concurrent Decrypts missing the same keys. Waits at most until
+    /// `deadline`; what is still missing then fails with UNAVAILABLE.
+    func unwrapAll(_ list: [String], deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+        var results = [Result<SymmetricKey, VaultError>?](repeating: nil, count: list.count)
+        var waiting: [(index: Int, entry: Pending)] = []
+        cond.lock()
+        for (i, wrapped) in list.enumerated() {
+            if let key = cache.get(wrapped) { results[i] = .success(key); continue }
+            if let existing = pending[wrapped] {
+                waiting.append((i, existing))
+            } else {
+                let entry = Pending()
+                pending[wrapped] = entry
+                queue.append(wrapped)
+                waiting.append((i, entry))
+            }
         }
         while true {
-            if let result = entry.result {
-                cond.unlock()
-                return try result.get()
+            waiting.removeAll { item in
+                guard let result = item.entry.result else { return false }
+                results[item.index] = result
+                return true
             }
+            if waiting.isEmpty { break }
             if !leaderActive && !queue.isEmpty {
                 // Lead one batch; whoever is still waiting afterwards leads the next one.
                 leaderActive = true
@@ -135,11 +151,15 @@ final class UnwrapBatcher: @unchecked Sendable {
                 cond.broadcast()
                 continue
             }
-            if !cond.wait(seconds: deadline.timeIntervalSinceNow) && entry.result == nil {
-                cond.unlock()
-                throw VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK")
+            if !cond.wait(seconds: deadline.timeIntervalSinceNow) && waiting.allSatisfy({ $0.entry.result == nil }) {
+                for item in waiting {
+                    results[item.index] = .failure(VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK"))
+                }
+                break
             }
         }
+        cond.unlock()
+        return results.map { $0 ?? .failure(VaultError(.internalError, "local KEK not unwrapped")) }
     }
 
     private func runOneBatch() {

@@ -26,6 +26,12 @@ public struct VaultConfiguration: Sendable, Equatable {
     public var cacheTTL: Double = 300
     /// Tests only: permits http:// addresses.
     public var insecureAllowHTTP = false
+    /// Decrypt only (another backend encrypts): no local KEK is ever made, so kekd needs no permission to encrypt
+    /// with the key; the key is still polled (min_decryption_version, revocation). Set by kekd, not a flag.
+    public var decryptOnly = false
+    /// Where the record of issued and unwrapped local KEKs lives (kekd: `STATE_DIR/vault-keks.json`); nil = none.
+    /// At start the most recent ones are unwrapped with one batched call. Set by kekd, not a flag.
+    public var issuedKEKRecordPath: String?
 
     public init(address: String, keyName: String, auth: VaultAuthMethod, tls: TLSSettings = .init()) throws(VaultError) {
         self.address = address

@@ -35,6 +35,9 @@ public final class VaultKeyBackend: KeyBackend {
 
     public func status() -> BackendStatus {
         let health = keyring.health()
+        if keyring.configuration.decryptOnly {
+            return BackendStatus(healthy: health.canDecrypt, keyID: "", detail: health.detail)
+        }
         // An empty key_id when we cannot encrypt makes the apiserver's probe fail instead of extending its write DEK.
         return BackendStatus(healthy: health.canEncrypt, keyID: health.canEncrypt ? health.keyID : "", detail: health.detail)
     }

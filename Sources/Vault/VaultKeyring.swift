@@ -6,6 +6,7 @@ import Crypto
 import Dispatch
 import FoundationEssentials
 import Glibc
+import KMS
 import Locking
 import Synchronization
 
@@ -80,6 +81,8 @@ public final class VaultKeyring: Sendable {
     let transit: TransitAPI
     let cache: LocalKEKCache
     let batcher: UnwrapBatcher
+    /// Wrapped local KEKs issued or unwrapped, kept across restarts to warm the cache with one Vault call.
+    let record: IssuedKEKStore?
     private let state: LockedValue<State>
     /// Serialises making a new local KEK (background loop and an Encrypt that found its local KEK exhausted).
     private let renewLock = Lock()
@@ -130,6 +133,9 @@ public final class VaultKeyring: Sendable {
                 Self.revokeAccess(error, keyName: keyName, state: state, cache: cache, log: log)
             }
         }
+        record = configuration.issuedKEKRecordPath.map { path in
+            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration), log: { log("warn", $0) })
+        }
         if startBackground {
             startThread(name: "kekd-vault") { [self] in self.maintenanceLoop() }
         } else {
@@ -149,12 +155,24 @@ public final class VaultKeyring: Sendable {
         return "kekd-vault-" + hexString(SHA256.hash(input).prefix(16)) + "-v\(version)"
     }
 
+    /// Who a record of wrapped local KEKs belongs to: the Transit key, wherever kekd reaches it from.
+    static func recordOwner(_ config: VaultConfiguration) -> String {
+        let endpoint = config.endpoint
+        let fields = ["kekd-vault-record-v1", endpoint.host.lowercased(), String(endpoint.port), config.namespace ?? "",
+                      config.transitMount, config.keyName]
+        var input: [UInt8] = []
+        for field in fields { input += Array(field.utf8) + [0] }
+        return "vault-" + hexString(SHA256.hash(input).prefix(16))
+    }
+
     // MARK: Status / Encrypt / Decrypt
 
     public struct Health: Sendable, Equatable {
         public var canEncrypt: Bool
         public var keyID: String
         public var detail: String
+        /// Decrypt-only: whether the key was read and Vault has not refused it.
+        public var canDecrypt = true
     }
 
     /// For metrics: whether the circuit breaker is failing calls fast, and when the token expires unless renewed
@@ -172,6 +190,17 @@ public final class VaultKeyring: Sendable {
     /// Cached state only; never I/O.
     public func health() -> Health {
         let problem = problems.message
+        if configuration.decryptOnly {
+            // Ready to decrypt once the key was read and Vault has not refused it; it never encrypts.
+            return state.withLock { s in
+                if let blocked = s.blocked { return Health(canEncrypt: false, keyID: "", detail: blocked, canDecrypt: false) }
+                guard s.keyInfo != nil else {
+                    return Health(canEncrypt: false, keyID: "", detail: "Vault key not read yet" + (problem.map { ": \($0)" } ?? ""),
+                                  canDecrypt: false)
+                }
+                return Health(canEncrypt: false, keyID: "", detail: problem.map { "decrypt-only (Vault problem: \($0))" } ?? "decrypt-only")
+            }
+        }
         return state.withLock { s in
             if let blocked = s.blocked { return Health(canEncrypt: false, keyID: s.active?.keyID ?? "", detail: blocked) }
             guard let active = s.active else {
@@ -197,6 +226,7 @@ public final class VaultKeyring: Sendable {
     /// Seals the DEK (seed) under the active local KEK. Calls Vault only when the local KEK reached a limit the
     /// background loop could not renew it before (then UNAVAILABLE if Vault cannot wrap a new one).
     public func encrypt(_ plaintext: [UInt8]) throws(VaultError) -> VaultEnvelope {
+        if configuration.decryptOnly { throw VaultError(.failedPrecondition, "the Vault backend is decrypt-only here") }
         let (activeOrNil, blocked) = state.withLock { ($0.active, $0.blocked) }
         if let blocked { throw VaultError(.failedPrecondition, blocked) }
         guard var active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
@@ -242,10 +272,12 @@ public final class VaultKeyring: Sendable {
         let key: SymmetricKey
         if let cached = cache.get(wrapped) {
             onCache?(true)
+            record?.touch(wrapped: wrapped)
             key = cached
         } else {
             onCache?(false)
             key = try batcher.unwrap(wrapped, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+            record?.note(wrapped: wrapped, keyVersion: version)
         }
         let nonce = Array(ciphertext[1...Self.nonceSize])
         let sealed = Array(ciphertext[(1 + Self.nonceSize)...])
@@ -329,12 +361,14 @@ public final class VaultKeyring: Sendable {
 
     /// Waits until a local KEK exists (or Vault says it cannot), at most `timeout` seconds.
     public func waitUntilReady(timeout: Double) -> Bool {
+        let decryptOnly = configuration.decryptOnly
+        let ready = { (s: State) in (decryptOnly ? s.keyInfo != nil : s.active != nil) && s.blocked == nil }
         let end = Date(timeIntervalSinceNow: timeout)
         while Date() < end {
-            if state.withLock({ $0.active != nil && $0.blocked == nil }) { return true }
+            if state.withLock({ ready($0) }) { return true }
             sleep(seconds: 0.02)
         }
-        return state.withLock { $0.active != nil && $0.blocked == nil }
+        return state.withLock { ready($0) }
     }
 
     func wakeMaintenance() {
@@ -356,13 +390,41 @@ public final class VaultKeyring: Sendable {
     }
 
     private func maintenanceLoop() {
+        warmFromRecord()
         while !stopped.load(ordering: .relaxed) {
             maintain()
+            record?.save(now: now())
             wake.lock()
             if !stopped.load(ordering: .relaxed) { _ = wake.wait(seconds: tick) }
             wake.unlock()
         }
+        record?.save(now: now(), force: true)
         loopDone.signal()
+    }
+
+    /// At start: unwraps the most recently used local KEKs of the record with one batched Vault call, so the
+    /// apiserver's decrypts after a reboot find them cached. Concurrent Decrypts missing the same keys join that call.
+    /// Entries Vault refuses are dropped from the record; a failed call leaves it for next time.
+    func warmFromRecord() {
+        guard let record else { return }
+        record.load()
+        let recent = record.mostRecent(min(IssuedKEKStore.defaultCapacity, configuration.cacheSize))
+            .filter { Self.parseWrapped(Array($0.wrapped.utf8)) != nil }
+        guard !recent.isEmpty else { return }
+        let wrapped = recent.map(\.wrapped)
+        let results = batcher.unwrapAll(wrapped, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+        var refused: [String] = []
+        var warmed = 0
+        for (w, result) in zip(wrapped, results) {
+            switch result {
+            case .success: warmed += 1
+            case .failure(let error) where error.code == .invalidArgument: refused.append(w)
+            case .failure: break
+            }
+        }
+        record.remove(refused)
+        log("info", "warmed \(warmed) of \(wrapped.count) recorded local KEKs with one batched Vault call"
+            + (refused.isEmpty ? "" : "; \(refused.count) refused by Vault and dropped from the record"))
     }
 
     /// One maintenance step (also callable from tests): token upkeep, key poll, local KEK renewal.
@@ -376,7 +438,8 @@ public final class VaultKeyring: Sendable {
             }
         }
         let t = now()
-        let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || $0.active == nil) }
+        let decryptOnly = configuration.decryptOnly
+        let (active, due) = state.withLock { ($0.active, t >= $0.nextPoll || ($0.active == nil && !decryptOnly)) }
         let overused = active.map { $0.encryptions.load(ordering: .relaxed) >= Self.renewalEncryptions(configuration)
             || t - $0.createdAt >= Self.renewalAge(configuration) } ?? false
         guard due || overused else { return }
@@ -386,7 +449,7 @@ public final class VaultKeyring: Sendable {
                 problems.clear(.vault)
                 return
             }
-            let reason = info.supportsEncryption ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
+            let reason = info.supportsEncryption && !decryptOnly ? Self.needsNewKEK(active: active, info: info, config: configuration, now: t) : nil
             let raisedMinimum = state.withLock { s -> Int? in
                 let before = s.keyInfo?.minDecryptionVersion ?? 1
                 return info.minDecryptionVersion > before ? info.minDecryptionVersion : nil
@@ -397,7 +460,7 @@ public final class VaultKeyring: Sendable {
                 s.nextPoll = t + configuration.keyPollInterval
                 // Unblock only when the current local KEK stays valid; otherwise installNewKEK unblocks, so Status
                 // never shows the key_id of a deleted key again.
-                if !info.supportsEncryption { s.blocked = "Vault key \(configuration.keyName) does not support encryption" }
+                if !info.supportsEncryption && !decryptOnly { s.blocked = "Vault key \(configuration.keyName) does not support encryption" }
                 else if reason == nil { s.blocked = nil }
             }
             if let reason { try installNewKEK(info: info, reason: reason) }
@@ -495,6 +558,7 @@ public final class VaultKeyring: Sendable {
         let fresh = ActiveKEK(key: key, wrapped: wrapped, keyID: Self.keyID(config: configuration, version: version, created: created),
                               vaultVersion: version, vaultCreated: created, createdAt: now())
         cache.put(wrapped, key)
+        record?.note(wrapped: wrapped, keyVersion: version)
         let previous = state.withLock { s -> String? in
             let old = s.active?.keyID
             s.active = fresh

@@ -19,7 +19,10 @@ usage: kekd serve [flags]
   --socket-mode MODE           octal permissions of the socket file (default 0600)
   --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
   --status-only-uids LIST      peer uids that may call Status only, e.g. an exec probe (default: kekd's own uid)
-  --backend file|vault         key backend (default file)
+  --backend file|vault         key backend that encrypts (default file)
+  --decrypt-also KIND          also decrypt with a KIND backend (file, vault), never encrypt with it; repeatable, one
+                               per kind; its flags take the prefix decrypt-also-: --decrypt-also-key-file PATH,
+                               --decrypt-also-vault-addr URL, --decrypt-also-vault-token-file PATH, ...
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
   --status-version v2|v2beta1  version reported by Status (v2beta1 for kube-apiserver 1.27/1.28)
@@ -68,8 +71,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
         "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
-        "request-timeout"]).union(VaultConfiguration.flagNames)
-    let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help", "audit-new-chain"])
+        "request-timeout"]).union(BackendKind.allFlagNames)
+    let (otherArgs, decryptAlso) = try DecryptAlsoFlags.extract(args)
+    let flags = try FlagSet(otherArgs, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help", "audit-new-chain"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
 
@@ -131,47 +135,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     // Key backend; metrics exist first so the backend can report its calls.
     let backendName = flags.string("backend", default: "file")
     let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
-    let backend: any KeyBackend
-    var fileBackend: FileKeyBackend?
-    switch backendName {
-    case "file":
-        let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
-        if dev && !FileManager.default.fileExists(atPath: keyFile) {
-            do {
-                try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-                try FileKeyBackend.initializeKeyFile(path: keyFile)
-            } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
-            logger.info("created development key file", ["path": keyFile])
-        }
-        let loaded: FileKeyBackend
-        do { loaded = try FileKeyBackend(keyFilePath: keyFile) } catch {
-            throw StartupError(.keyFile, error.message)
-        }
-        fileBackend = loaded
-        backend = loaded
-    case "vault":
-        let vaultFlags = flags.values.filter { VaultConfiguration.flagNames.contains($0.key) }
-        do {
-            let configuration = try VaultConfiguration.parse(vaultFlags)
-            let vault = try VaultKeyBackend(configuration: configuration,
-                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
-                                            onCache: { hit in metrics.cache(hit: hit) })
-            // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
-            // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
-            if !vault.waitUntilReady(timeout: 3) {
-                logger.warn("Vault not ready yet; serving, Status fails until the first local KEK is wrapped", ["key": configuration.keyName])
-            }
-            // Weak: the backend's call hooks hold `metrics`, so a strong capture would make a cycle that outlives
-            // serve (LeakSanitizer reports it at exit).
-            metrics.setVaultStateProvider { [weak keyring = vault.keyring] in
-                guard let t = keyring?.telemetry() else { return VaultFigures(circuitOpen: false, tokenExpiry: nil, tokenTTL: nil) }
-                return VaultFigures(circuitOpen: t.circuitOpen, tokenExpiry: t.tokenExpiry, tokenTTL: t.tokenLease)
-            }
-            backend = vault
-        } catch { throw StartupError(.vault, "vault backend: \(error)") }
-    case let other:
-        throw StartupError(.usage, "--backend must be file or vault, got \(other)")
-    }
+    let backend = try buildBackends(encrypting: backendName, flags: flags.values, decryptAlso: decryptAlso,
+                                    context: BackendContext(dev: dev, stateDir: stateDir, logger: logger, metrics: metrics))
 
     // The audit log observes the service.
     let audit: AuditLog
@@ -218,7 +183,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
                             queueCapacity: audit.configuration.queueCapacity)
     }
     metrics.setAuditChainHeadProvider { audit.chainHead }
-    if let fileBackend { metrics.setKeyFileHealthProvider { fileBackend.keyFileHealth } }
+    registerBackendMetrics(backend, metrics: metrics)
 
     let service = KMSService(backend: backend, statusVersion: statusVersion)
     let kmsServer = KMSServer(configuration: server, service: service, audit: audit, metrics: metrics, logger: logger)
@@ -229,15 +194,9 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     if let health {
         var checks = [
             ReadinessCheck(name: "socket") { (kmsServer.isListening, kmsServer.isListening ? "listening on \(socket)" : "not listening") },
-            ReadinessCheck(name: "key-backend") { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) },
             ReadinessCheck(name: "audit-log") { (audit.isWritable, audit.isWritable ? "writable" : "not writable") },
         ]
-        if let fileBackend {
-            checks.append(ReadinessCheck(name: "key-file") {
-                let valid = fileBackend.keyFileHealth.valid
-                return (valid, valid ? "loaded" : "last change rejected, previous keys in use (see the log)")
-            })
-        }
+        checks.insert(contentsOf: backendReadinessChecks(backend), at: 1)
         let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks,
                              limits: HealthServerLimits(), logger: logger)
         // A taken port must not keep kekd from serving (whoever binds it first would decide): the bind is
@@ -258,7 +217,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
 
     let status = backend.status()
     metrics.setKeyID(status.keyID)
-    logger.info("kekd started", ["version": kekdVersion, "backend": backend.name, "key_id": status.keyID, "socket": socket,
+    logger.info("kekd started", ["version": kekdVersion, "backend": backend.name,
+                                 "decrypt_also": backend.decryptOnly.map(\.name).joined(separator: ","), "key_id": status.keyID, "socket": socket,
                                  "health": health.map { "\($0.host):\($0.port)" } ?? "off", "audit_mode": audit.configuration.mode.rawValue])
 
     // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.

@@ -1,0 +1,97 @@
+// Several key backends in one kekd: one encrypts, the others only decrypt (moving data from one backend to another
+// without a second plugin). Decrypt is routed by the key_id's prefix, which says which kind of backend issued it, and
+// the chosen backend then checks the envelope itself; no backend is ever tried on another's ciphertext.
+
+/// The kind of backend a key_id belongs to, from its prefix. Every kind's key_ids have their own prefix, so they
+/// never collide. A new kind is one entry in `kinds`.
+public enum KeyIDKind {
+    /// (kind, does this key_id have the kind's prefix). `kekd-v` is checked after `kekd-vault-`'s own test: the file
+    /// backend's prefix is `kekd-v` followed by a digit.
+    static let kinds: [(kind: String, matches: @Sendable (String) -> Bool)] = [
+        ("vault", { $0.hasPrefix("kekd-vault-") }),
+        ("pkcs11", { $0.hasPrefix("kekd-pkcs11-") }),
+        ("file", { keyID in
+            guard keyID.hasPrefix("kekd-v"), let next = keyID.utf8.dropFirst(6).first else { return false }
+            return next >= UInt8(ascii: "0") && next <= UInt8(ascii: "9")
+        }),
+    ]
+
+    /// "file", "vault", "pkcs11", or nil for a key_id no kekd backend issues.
+    public static func of(_ keyID: String) -> String? {
+        kinds.first { $0.matches(keyID) }?.kind
+    }
+
+    public static var known: [String] { kinds.map(\.kind) }
+}
+
+/// One backend of a `BackendSet` and what it does there, for `/readyz` and metrics.
+public struct BackendMember: Sendable {
+    public enum Role: String, Sendable { case encrypt, decryptOnly = "decrypt-only" }
+    public let backend: any KeyBackend
+    public let role: Role
+    public var kind: String { backend.name }
+}
+
+public final class BackendSet: KeyBackend {
+    public let encrypting: any KeyBackend
+    public let decryptOnly: [any KeyBackend]
+    private let byKind: [String: any KeyBackend]
+
+    /// Throws when two backends are of the same kind (their key_ids could not be told apart).
+    public init(encrypting: any KeyBackend, decryptOnly: [any KeyBackend] = []) throws(KMSError) {
+        self.encrypting = encrypting
+        self.decryptOnly = decryptOnly
+        var byKind: [String: any KeyBackend] = [:]
+        for backend in [encrypting] + decryptOnly {
+            guard byKind[backend.name] == nil else {
+                throw KMSError(.invalidArgument, "two \(backend.name) backends: at most one backend of each kind")
+            }
+            byKind[backend.name] = backend
+        }
+        self.byKind = byKind
+    }
+
+    public var members: [BackendMember] {
+        [BackendMember(backend: encrypting, role: .encrypt)] + decryptOnly.map { BackendMember(backend: $0, role: .decryptOnly) }
+    }
+
+    /// The encrypting backend's: Encrypt, Status and the audit record of those calls name it.
+    public var name: String { encrypting.name }
+    public var mayBlock: Bool { members.contains { $0.backend.mayBlock } }
+
+    public func status() -> BackendStatus { encrypting.status() }
+
+    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        try encrypting.encrypt(plaintext: plaintext, uid: uid)
+    }
+
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        try backend(forKeyID: keyID).decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, uid: uid)
+    }
+
+    /// The backend that decrypts under `keyID`: INVALID_ARGUMENT for a key_id no kekd backend issues,
+    /// FAILED_PRECONDITION naming the kind when that kind is not configured here.
+    public func backend(forKeyID keyID: String) throws(KMSError) -> any KeyBackend {
+        guard let kind = KeyIDKind.of(keyID) else {
+            throw KMSError(.invalidArgument, "key_id was not issued by kekd (no known backend prefix: "
+                           + "file kekd-v<N>-, vault kekd-vault-, pkcs11 kekd-pkcs11-)")
+        }
+        guard let backend = byKind[kind] else {
+            throw KMSError(.failedPrecondition, "key_id belongs to the \(kind) backend, which this kekd does not have "
+                           + "(configured: \(members.map(\.kind).joined(separator: ", ")))")
+        }
+        return backend
+    }
+
+    /// For the audit record: the backend a Decrypt under `keyID` is (or would be) served by, else the encrypting one.
+    public func servingBackendName(decryptKeyID keyID: String) -> String {
+        (try? backend(forKeyID: keyID))?.name ?? name
+    }
+
+    /// The encrypting backend's: the audit chain follows the backend that writes (`--audit-hmac-key-file` keeps one
+    /// chain across a change of encrypting backend).
+    public func auditHMACKey() -> [UInt8]? { encrypting.auditHMACKey() }
+
+    public func reload() { for member in members { member.backend.reload() } }
+    public func close() { for member in members { member.backend.close() } }
+}
