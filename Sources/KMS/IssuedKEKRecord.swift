@@ -66,7 +66,8 @@ public final class IssuedKEKStore: Sendable {
             records = []
         }
         inner.withLock { s in
-            s.entries = Dictionary(records.map { ($0.wrapped, $0) }, uniquingKeysWith: { a, b in a.lastUsed >= b.lastUsed ? a : b })
+            // Entries noted since start (a Decrypt racing the load) are kept.
+            for r in records where (s.entries[r.wrapped]?.lastUsed ?? .distantPast) < r.lastUsed { s.entries[r.wrapped] = r }
             Self.trim(&s.entries, to: capacity)
         }
         return records

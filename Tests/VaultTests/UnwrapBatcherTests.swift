@@ -45,6 +45,33 @@ import Testing
         #expect(batcher.batches.load(ordering: .relaxed) == batches.count)
     }
 
+    /// The start-up warm-up: many keys in one call, a concurrent Decrypt of one of them joins it, cached ones and
+    /// per-item failures come back in order.
+    @Test func unwrapAllSendsTheMissesAsOneBatchSharedWithConcurrentMisses() throws {
+        let fake = FakeUnwrap(latency: 0.05)
+        let cache = LocalKEKCache(capacity: 100)
+        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        cache.put("k0", try SymmetricKey(bytes: SHA256.hash(Array("k0".utf8))))
+        let names = (0..<40).map { "k\($0)" } + ["bad1"]
+        let joined = DispatchGroup()
+        joined.enter()
+        Thread.detachNewThread {
+            Thread.sleep(forTimeInterval: 0.01)  // inside the first batch's gathering window or waiting on it
+            _ = try? batcher.unwrap("k7", deadline: Date(timeIntervalSinceNow: 5))
+            joined.leave()
+        }
+        let results = batcher.unwrapAll(names, deadline: Date(timeIntervalSinceNow: 5))
+        #expect(joined.wait(timeout: .now() + 5) == .success)
+        #expect(results.count == names.count)
+        for (name, result) in zip(names, results) where name != "bad1" {
+            #expect((try? result.get())?.bytes == SHA256.hash(Array(name.utf8)), "\(name)")
+        }
+        if case .success = results.last! { Issue.record("bad1 unwrapped") }
+        let batches = fake.batches.withLock { $0 }
+        #expect(batches.count == 1, "\(batches.count) Vault calls")
+        #expect(batches.flatMap { $0 }.count == 40, "k0 was cached; every other key went to Vault once")
+    }
+
     @Test func perItemFailuresStayPerItemAndAreNotCached() throws {
         let fake = FakeUnwrap(latency: 0)
         let cache = LocalKEKCache(capacity: 10)

@@ -50,6 +50,30 @@ import Testing
         #expect(envelopes[0].annotations.keys.sorted() == [VaultKeyring.localKEKAnnotation])
     }
 
+    /// A decrypt-only keyring (another backend encrypts) never has Vault wrap a local KEK, is ready once the key is
+    /// read, refuses to encrypt, and decrypts what an encrypting keyring wrote.
+    @Test func aDecryptOnlyKeyringNeverEncryptsWithVault() throws {
+        let vault = try FakeVault()
+        let writer = try vault.keyring()
+        let seed = Array(repeating: UInt8(5), count: 32)
+        let envelope = try writer.encrypt(seed)
+        writer.close()
+        try vault.resetStats()
+        var configuration = try VaultConfiguration.parse(vault.flags())
+        configuration.decryptOnly = true
+        let reader = try VaultKeyring(configuration: configuration, log: { _, _ in }, maintenanceTick: 0.05)
+        defer { reader.close() }
+        #expect(reader.waitUntilReady(timeout: 10))
+        let health = reader.health()
+        #expect(health.canDecrypt && !health.canEncrypt && health.keyID.isEmpty)
+        #expect(throws: VaultError.self) { try reader.encrypt(seed) }
+        #expect(try reader.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations) == seed)
+        Thread.sleep(forTimeInterval: 0.3)  // several maintenance ticks: still no local KEK, and no poll every tick
+        let stats = try vault.stats()
+        #expect(stats.byOp["encrypt", default: 0] == 0)
+        #expect(stats.byOp["read_key", default: 0] == 1)
+    }
+
     @Test func coldDecryptStormIsBatchedAndSingleFlighted() throws {
         let vault = try FakeVault()
         let writer = try vault.keyring()
