@@ -7,14 +7,13 @@ import json
 import os
 import secrets
 import subprocess
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
 
 from conftest import KEKD
 from fake_vault import FakeVaultProcess
+from test_kekd_lifecycle import http_get
 from test_vault_backend import Client, wait_ready
 
 FILE_PREFIX = "kekd-v"
@@ -29,14 +28,6 @@ def vault(tmp_path):
 
 def decrypt_only_vault_flags(vault):
     return ["--decrypt-also", "vault", *[("--decrypt-also-" + f[2:]) if f.startswith("--") else f for f in vault.kekd_flags()]]
-
-
-def http_get(port, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 def write_seeds(client, n):
