@@ -58,7 +58,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "HTTPClient", "JSON"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking"]),
         .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
-        .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "KMSProto", "JSON"]),
+        .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "HTTPClient", "KMSProto", "JSON"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
