@@ -36,9 +36,17 @@ let package = Package(
         // Crypto primitives over OpenSSL EVP.
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
 
+        // HTTP/1.1 over TLS (keep-alive, deadlines, client certificates, host-name verification, chunked bodies): the
+        // client Vault, the Kubernetes API client and the etcd client share.
+        .target(name: "HTTPClient", dependencies: ["COpenSSL", "Crypto", "Locking"]),
+
+        // etcd's range API (JSON gateway over HTTPClient), and the census of what etcd stores (kekctl census).
+        .target(name: "Etcd", dependencies: ["HTTPClient", "JSON"]),
+        .target(name: "Census", dependencies: ["Etcd", "KMSProto", "JSON"]),
+
         // The KMS service, envelope format, key backends.
         .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON"]),
-        .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL", "Locking", "JSON"]),
+        .target(name: "Vault", dependencies: ["HTTPClient", "KMS", "Crypto", "Locking", "JSON"]),
 
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
@@ -50,7 +58,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -60,6 +68,8 @@ let package = Package(
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "HPACK"]),
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking"]),
+        .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
+        .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "HTTPClient", "KMSProto", "JSON"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
