@@ -6,6 +6,7 @@ import Glibc
 import KMS
 import Locking
 import Metrics
+import PKCS11
 import Server
 import Vault
 
@@ -19,7 +20,7 @@ usage: kekd serve [flags]
   --socket-mode MODE           octal permissions of the socket file (default 0600)
   --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
   --status-only-uids LIST      peer uids that may call Status only, e.g. an exec probe (default: kekd's own uid)
-  --backend file|vault         key backend (default file)
+  --backend file|vault|pkcs11  key backend (default file)
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
   --status-version v2|v2beta1  version reported by Status (v2beta1 for kube-apiserver 1.27/1.28)
@@ -59,7 +60,10 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
   --vault-cache-ttl D          how long an unwrapped local KEK stays cached (default 5m)
 
-exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr
+
+\(pkcs11Help)
+exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr,
+            9 PKCS#11 token (module, token, PIN or key not usable at start)
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {
@@ -68,7 +72,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
         "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
-        "request-timeout"]).union(VaultConfiguration.flagNames)
+        "request-timeout"]).union(VaultConfiguration.flagNames).union(PKCS11Configuration.flagNames)
     let flags = try FlagSet(args, valueFlags: valueFlags, switchFlags: ["dev", "fips", "help", "audit-new-chain"])
     if flags.switches.contains("help") { print(serveHelp); return 0 }
     let dev = flags.switches.contains("dev")
@@ -133,6 +137,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     let metrics = KekdMetrics(version: kekdVersion, backend: backendName)
     let backend: any KeyBackend
     var fileBackend: FileKeyBackend?
+    var pkcs11Backend: PKCS11KeyBackend?
     switch backendName {
     case "file":
         let keyFile = flags.string("key-file", default: dev ? "\(stateDir)/kek.json" : "/etc/kekd/kek.json")
@@ -169,8 +174,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
             }
             backend = vault
         } catch { throw StartupError(.vault, "vault backend: \(error)") }
+    case "pkcs11":
+        pkcs11Backend = try makePKCS11Backend(flags, metrics: metrics)
+        backend = pkcs11Backend!
     case let other:
-        throw StartupError(.usage, "--backend must be file or vault, got \(other)")
+        throw StartupError(.usage, "--backend must be file, vault or pkcs11, got \(other)")
     }
 
     // The audit log observes the service.
@@ -238,6 +246,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
                 return (valid, valid ? "loaded" : "last change rejected, previous keys in use (see the log)")
             })
         }
+        if let pkcs11Backend { checks.append(pkcs11ReadinessCheck(pkcs11Backend)) }
         let h = HealthServer(host: health.host, port: health.port, metrics: metrics, checks: checks,
                              limits: HealthServerLimits(), logger: logger)
         // A taken port must not keep kekd from serving (whoever binds it first would decide): the bind is
