@@ -19,6 +19,11 @@ public struct PKCS11Error: Error, Sendable, Equatable, CustomStringConvertible {
     /// The session is gone: open another one.
     var sessionLost: Bool { rv == UInt(CKR_SESSION_HANDLE_INVALID) || rv == UInt(CKR_SESSION_CLOSED) }
     var notLoggedIn: Bool { rv == UInt(CKR_USER_NOT_LOGGED_IN) }
+    /// The token refused the PIN itself: trying the same PIN again only brings a lockout closer.
+    var pinRefused: Bool {
+        guard let rv else { return false }
+        return [CKR_PIN_INCORRECT, CKR_PIN_INVALID, CKR_PIN_LEN_RANGE, CKR_PIN_EXPIRED, CKR_PIN_LOCKED].map { UInt($0) }.contains(rv)
+    }
     /// The caller's data was refused (a tampered or foreign wrapped key), not the token failing.
     public var badInput: Bool {
         guard let rv else { return false }

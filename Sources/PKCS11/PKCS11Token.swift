@@ -21,6 +21,9 @@ public final class PKCS11Token: Sendable {
         /// Bumped by every (re)connect: sessions of an older generation are dropped, never reused.
         var generation = 0
         var pinStamp: FileStamp?
+        /// The PIN file the token refused, and why: not tried again until the file changes, so retries never lock
+        /// the token's PIN (many HSMs lock it after a few failures).
+        var refusedPIN: (stamp: FileStamp?, error: PKCS11Error)?
     }
     private let state = LockedValue(State())
     /// Serialises connect/disconnect (C_Finalize must not race C_Initialize).
@@ -41,7 +44,10 @@ public final class PKCS11Token: Sendable {
     @discardableResult
     public func connect() throws(PKCS11Error) -> TokenInfo {
         try connectLock.withLock { () throws(PKCS11Error) -> TokenInfo in
-            try timed("connect") { () throws(PKCS11Error) -> TokenInfo in
+            if let refused = state.withLock({ $0.refusedPIN }), refused.stamp == FileStamp(path: configuration.pinFile) {
+                throw PKCS11Error(rv: refused.error.rv, refused.error.message + " (not retried until --pkcs11-pin-file changes)")
+            }
+            return try timed("connect") { () throws(PKCS11Error) -> TokenInfo in
                 dropSessionsAndFinalize()
                 try module.initialize()
                 let (slot, info) = try findToken()
@@ -51,10 +57,12 @@ public final class PKCS11Token: Sendable {
                 let session = try module.openSession(slot: slot)
                 do throws(PKCS11Error) { try module.login(session, pin: secret) } catch {
                     module.closeSession(session)
-                    throw PKCS11Error(rv: error.rv, "log in to token \(info.label): \(error.message)")
+                    let failure = PKCS11Error(rv: error.rv, "log in to token \(info.label): \(error.message)")
+                    if error.pinRefused { state.withLock { $0.refusedPIN = (stamp, failure) } }
+                    throw failure
                 }
                 state.withLock { s in
-                    s.slot = slot; s.info = info; s.pinStamp = stamp
+                    s.slot = slot; s.info = info; s.pinStamp = stamp; s.refusedPIN = nil
                     s.generation &+= 1
                     s.idle = [session]
                 }

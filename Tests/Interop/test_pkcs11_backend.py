@@ -279,3 +279,28 @@ def test_encrypt_and_cached_decrypt_never_touch_the_hsm(kekd_factory, hsm, kms_p
     assert results == [i.to_bytes(4, "big") for i in range(32)]
     assert hsm_ops() == started + 2, "one C_DecryptInit + C_Decrypt for the one uncached local KEK"
     channel.close()
+
+
+def test_pin_file_followed_and_a_wrong_pin_never_retried(kekd_factory, hsm, kms_pb):
+    """A changed PIN file is re-read; a PIN the token refused is not tried again until the file changes (retrying
+    it every second would lock a real HSM's PIN)."""
+    pb = kms_pb[0]
+    k = kekd_factory(extra=hsm.kekd_flags(), init_key=False)
+    channel, stub = stub_for(k, kms_pb)
+    enc = encrypt(stub, pb, b"kept")
+    hsm.pin_file.write_text("wrong-pin\n")
+
+    def pin_refused():
+        return 'kekd_pkcs11_token_error_info{error="CKR_PIN_INCORRECT"} 1' in health(k, "/metrics")[1]
+    wait_for(pin_refused, what="the wrong PIN to be reported")
+    assert health(k, "/readyz")[0] == 503
+    _, metrics = health(k, "/metrics")
+    time.sleep(3)   # three poll intervals
+    logins = lambda m: sum(int(float(line.rsplit(" ", 1)[1])) for line in m.splitlines()
+                           if line.startswith('kekd_backend_requests_total{op="connect"'))
+    assert logins(health(k, "/metrics")[1]) == logins(metrics), "the refused PIN was tried again"
+    assert decrypt(stub, pb, enc) == b"kept" and encrypt(stub, pb).key_id == enc.key_id
+    hsm.pin_file.write_text(PIN + "\n")
+    wait_for(lambda: health(k, "/readyz")[0] == 200, what="recovery after the PIN file was fixed")
+    assert "wrong-pin" not in k.stderr_text() and PIN not in k.stderr_text()
+    channel.close()
