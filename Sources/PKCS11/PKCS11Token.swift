@@ -178,6 +178,11 @@ public final class PKCS11Token: Sendable {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw PKCS11Error(rv: nil, "cannot read --pkcs11-pin-file \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
+        // The Vault credential files' rule: a regular file only kekd's uid (or root) owns and nobody else may read.
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { throw PKCS11Error(rv: nil, "--pkcs11-pin-file \(path) is not a regular file") }
+        guard st.st_mode & 0o077 == 0 else { throw PKCS11Error(rv: nil, "--pkcs11-pin-file \(path) is accessible by group or others (chmod 600)") }
+        guard st.st_uid == getuid() || st.st_uid == 0 else { throw PKCS11Error(rv: nil, "--pkcs11-pin-file \(path) is owned by uid \(st.st_uid), not kekd's uid or root") }
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 512)
         while bytes.count <= 4096 {

@@ -195,6 +195,10 @@ def test_missing_module_and_missing_pin_file(hsm, tmp_path):
     assert code == 9 and len(lines) == 1 and "cannot load PKCS#11 module" in lines[0], lines
     code, lines = start_failing(hsm, tmp_path, pin_file=tmp_path / "no-pin")
     assert code == 9 and len(lines) == 1 and "--pkcs11-pin-file" in lines[0], lines
+    hsm.pin_file.chmod(0o640)
+    code, lines = start_failing(hsm, tmp_path)
+    assert code == 9 and len(lines) == 1 and "accessible by group or others" in lines[0] and PIN not in lines[0], lines
+    hsm.pin_file.chmod(0o600)
     proc = subprocess.run([str(KEKD), "serve", "--backend", "pkcs11", "--pkcs11-module", SOFTHSM, "--health-addr", "off",
                            "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "--pkcs11-token-label or --pkcs11-slot is required" in proc.stderr
