@@ -12,7 +12,7 @@ import Synchronization
 public final class PKCS11KeyBackend: KeyBackend {
     /// Annotation carrying the HSM-wrapped local KEK.
     public static let localKEKAnnotation = "pkcs11-local-kek.kekd.io"
-    static let formatVersion: UInt8 = 1
+    static let envelopeDomain = "kekd-pkcs11-envelope-v1"
     /// A local KEK is replaced after this many encryptions (random 96-bit nonces: far below 2^32).
     static let renewalEncryptions = 1 << 30
     static let hardEncryptionLimit = 1 << 31
@@ -47,6 +47,9 @@ public final class PKCS11KeyBackend: KeyBackend {
     private let log: LogSink
     private let stopped = Atomic<Bool>(false)
     private let forceReconnect = Atomic<Bool>(false)
+    /// Serialises rescans (background loop, a Decrypt meeting an unknown version).
+    private let refreshLock = Lock()
+    private let lastUnscheduledRescan = LockedValue<Double>(-.infinity)
     private let wake = Condition()
     private let loopDone = Condition()
     private let loopRunning = Atomic<Bool>(false)
@@ -94,18 +97,13 @@ public final class PKCS11KeyBackend: KeyBackend {
         if used >= Self.renewalEncryptions { wakeMaintenance() }
         guard used <= Self.hardEncryptionLimit else { throw KMSError(.unavailable, "local KEK exhausted; waiting for the token to wrap a new one") }
         let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
-        do {
-            let nonce = try SecureRandom.bytes(AES256GCM.nonceSize)
-            let sealed = try AES256GCM.seal(key: active.key.bytes, nonce: nonce, plaintext: plaintext,
-                                            aad: Self.envelopeAAD(keyID: active.keyID, annotations: annotations))
-            return EncryptResult(ciphertext: [Self.formatVersion] + nonce + sealed, keyID: active.keyID, annotations: annotations)
-        } catch {
-            throw KMSError(.internalError, "local encryption failed: \(error.description)")
-        }
+        let ciphertext = try LocalKEKEnvelope.seal(plaintext, key: active.key, domain: Self.envelopeDomain, keyID: active.keyID,
+                                                   annotations: annotations)
+        return EncryptResult(ciphertext: ciphertext, keyID: active.keyID, annotations: annotations)
     }
 
     public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
-        guard ciphertext.count >= 1 + AES256GCM.nonceSize + AES256GCM.tagSize, ciphertext[0] == Self.formatVersion else {
+        guard LocalKEKEnvelope.isWellFormed(ciphertext) else {
             throw KMSError(.invalidArgument, "ciphertext is not a kekd PKCS#11 envelope")
         }
         guard let annotation = annotations[Self.localKEKAnnotation] else {
@@ -115,8 +113,13 @@ public final class PKCS11KeyBackend: KeyBackend {
               keyIDVersion == wrapped.version else {
             throw KMSError(.invalidArgument, "key_id or annotation \(Self.localKEKAnnotation) was not issued by kekd's PKCS#11 backend")
         }
-        let (found, expectedKeyID, problem) = state.withLock { s in
-            (s.versions.first { $0.version == wrapped.version }, s.keyIDs[wrapped.version], s.problem)
+        func lookup() -> (KeyFamilyVersion?, String?, (name: String, message: String)?) {
+            state.withLock { s in (s.versions.first { $0.version == wrapped.version }, s.keyIDs[wrapped.version], s.problem) }
+        }
+        var (found, expectedKeyID, problem) = lookup()
+        if found.map({ !constantTimeEqual($0.id, wrapped.keyObjectID) }) ?? true, problem == nil, rescanSoon() {
+            // A version another node's kekctl made since our last rescan: look now rather than a poll interval later.
+            (found, expectedKeyID, problem) = lookup()
         }
         let family = configuration.keyLabel
         guard let found, constantTimeEqual(found.id, wrapped.keyObjectID) else {
@@ -142,13 +145,7 @@ public final class PKCS11KeyBackend: KeyBackend {
                 }
             }.get()
         }
-        do {
-            return try AES256GCM.open(key: key.bytes, nonce: Array(ciphertext[1...AES256GCM.nonceSize]),
-                                      sealed: Array(ciphertext[(1 + AES256GCM.nonceSize)...]),
-                                      aad: Self.envelopeAAD(keyID: keyID, annotations: annotations))
-        } catch {
-            throw KMSError(.invalidArgument, "ciphertext or annotations failed authentication")
-        }
+        return try LocalKEKEnvelope.open(ciphertext, key: key, domain: Self.envelopeDomain, keyID: keyID, annotations: annotations)
     }
 
     private func unwrap(_ wrapped: WrappedLocalKEK, handle: UInt, keyID: String) -> Result<SymmetricKey, KMSError> {
@@ -170,26 +167,27 @@ public final class PKCS11KeyBackend: KeyBackend {
     /// Binds the local KEK to the key_id it is issued under.
     static func wrapAAD(keyID: String) -> [UInt8] { Array("kekd-pkcs11-local-kek-v1".utf8) + [0] + Array(keyID.utf8) }
 
-    /// AAD binding the key_id and every annotation (length-prefixed, sorted by name).
-    static func envelopeAAD(keyID: String, annotations: [String: [UInt8]]) -> [UInt8] {
-        var out = Array("kekd-pkcs11-envelope-v1".utf8)
-        func put(_ bytes: [UInt8]) {
-            let n = UInt32(truncatingIfNeeded: bytes.count)
-            out += [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + bytes
-        }
-        put(Array(keyID.utf8))
-        for name in annotations.keys.sorted() {
-            put(Array(name.utf8))
-            put(annotations[name] ?? [])
-        }
-        return out
-    }
-
     // MARK: Token upkeep
 
     /// Rescans the key family (reconnecting first when asked, after a problem, or when the PIN file changed) and
     /// wraps a new local KEK when the encrypting version changed or the current one is worn.
     func refresh(reconnect: Bool) throws(PKCS11Error) {
+        try refreshLock.withLock { () throws(PKCS11Error) in try refreshLocked(reconnect: reconnect) }
+    }
+
+    /// A rescan now, at most once a second (a stream of foreign key_ids must not keep the token busy); whether one ran.
+    private func rescanSoon() -> Bool {
+        let now = monotonicSeconds()
+        guard lastUnscheduledRescan.withLock({ last in
+            guard now - last >= 1 else { return false }
+            last = now
+            return true
+        }) else { return false }
+        do { try refresh(reconnect: false) } catch { noteProblem(error) }
+        return true
+    }
+
+    private func refreshLocked(reconnect: Bool) throws(PKCS11Error) {
         if reconnect || state.withLock({ $0.problem != nil }) || token.pinFileChanged {
             try token.connect()
         }

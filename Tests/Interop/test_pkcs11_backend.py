@@ -8,13 +8,12 @@ import pathlib
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
 
 from conftest import KEKCTL, KEKD
+from test_kekd_lifecycle import http_get
 
 # The grpcio interop suite, run against this backend too (the tests that read the key file are left out).
 from test_grpc_interop import (  # noqa: F401  (collected here with the pkcs11 `kekd` fixture below)
@@ -92,11 +91,7 @@ def decrypt(stub, pb, enc, timeout=5):
 
 
 def health(k, path):
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{k.health_port}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    return http_get(k.health_port, path)
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):
@@ -185,6 +180,7 @@ def start_failing(hsm, tmp_path, **flags):
 def test_wrong_pin_fails_start_with_one_clear_line(hsm, tmp_path):
     wrong = tmp_path / "wrong-pin"
     wrong.write_text("not-the-pin\n")
+    wrong.chmod(0o600)
     code, lines = start_failing(hsm, tmp_path, pin_file=wrong)
     assert code == 9 and len(lines) == 1, lines
     assert "CKR_PIN_INCORRECT" in lines[0] and "not-the-pin" not in lines[0] and PIN not in lines[0]
@@ -308,3 +304,19 @@ def test_pin_file_followed_and_a_wrong_pin_never_retried(kekd_factory, hsm, kms_
     wait_for(lambda: health(k, "/readyz")[0] == 200, what="recovery after the PIN file was fixed")
     assert "wrong-pin" not in k.stderr_text() and PIN not in k.stderr_text()
     channel.close()
+
+
+def test_a_version_made_elsewhere_is_found_at_once(kekd_factory, hsm, kms_pb):
+    """Another node's kekd encrypts under a version this kekd has not rescanned yet (poll interval 1h): its Decrypt
+    looks at the token at once instead of failing until the next poll."""
+    pb = kms_pb[0]
+    slow = kekd_factory(extra=[*hsm.kekd_flags(), "--pkcs11-poll-interval", "1h"], init_key=False)
+    hsm.kekctl("rotate")
+    other = kekd_factory(extra=hsm.kekd_flags(), init_key=False)
+    c1, other_stub = stub_for(other, kms_pb)
+    enc = encrypt(other_stub, pb, b"from the other node")
+    c2, slow_stub = stub_for(slow, kms_pb)
+    assert enc.key_id != slow_stub.Status(pb.StatusRequest(), timeout=3).key_id
+    assert decrypt(slow_stub, pb, enc) == b"from the other node"
+    c1.close()
+    c2.close()
