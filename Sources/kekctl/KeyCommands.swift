@@ -188,8 +188,7 @@ enum KeyCommands {
         }
     }
 
-    static func columns(_ fields: [String]) -> String {
-        let widths = [8, 8, 32, 21, 21, 0]
+    static func columns(_ fields: [String], widths: [Int] = [8, 8, 32, 21, 21, 0]) -> String {
         return zip(fields, widths).map { $1 == 0 ? $0 : padded($0, to: $1) }
             .joined(separator: " ")
     }

@@ -133,10 +133,11 @@ enum PKCS11Commands {
                     last_used_decrypt: used?.lastDecrypt.map(KeyFile.rfc3339), last_used_encrypt: used?.lastEncrypt.map(KeyFile.rfc3339))
             }, pretty: true))
         } else {
-            print(KeyCommands.columns(["VERSION", "STATE", "KEY_ID", "LABEL", "LAST_DECRYPT", "LAST_ENCRYPT"]))
+            let widths = [8, 8, 48, 24, 21, 0]
+            print(KeyCommands.columns(["VERSION", "STATE", "KEY_ID", "LABEL", "LAST_DECRYPT", "LAST_ENCRYPT"], widths: widths))
             for (v, keyID, used) in rows {
                 print(KeyCommands.columns([String(v.version), family.state(v), keyID, KeyFamily.label(family: family.label, version: v.version, retired: v.retired),
-                                           used?.lastDecrypt.map(KeyFile.rfc3339) ?? "-", used?.lastEncrypt.map(KeyFile.rfc3339) ?? "-"]))
+                                           used?.lastDecrypt.map(KeyFile.rfc3339) ?? "-", used?.lastEncrypt.map(KeyFile.rfc3339) ?? "-"], widths: widths))
             }
         }
         return ExitCode.ok

@@ -60,8 +60,8 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
   --vault-cache-ttl D          how long an unwrapped local KEK stays cached (default 5m)
 
-
 \(pkcs11Help)
+
 exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr,
             9 PKCS#11 token (module, token, PIN or key not usable at start)
 """

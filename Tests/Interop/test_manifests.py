@@ -317,7 +317,7 @@ def binary_flags():
     import subprocess
     from conftest import KEKCTL, KEKD
     texts = [subprocess.run([str(KEKD), "serve", "--help"], capture_output=True, text=True).stdout]
-    for sub in ("init", "rotate", "list", "retire", "prune", "status", "encrypt", "decrypt", "bench", "doctor"):
+    for sub in ("init", "rotate", "list", "retire", "prune", "status", "encrypt", "decrypt", "bench", "doctor", "pkcs11"):
         texts.append(subprocess.run([str(KEKCTL), sub, "--help"], capture_output=True, text=True).stdout)
     texts.append(subprocess.run([str(KEKCTL), "audit", "verify", "--help"], capture_output=True, text=True).stdout)
     flags = set()
@@ -332,6 +332,7 @@ OTHER_TOOL_FLAGS = {
     "--reuid", "--regid", "--clear-groups", "--name", "--cacert", "--cert", "--key", "--print-value-only",
     "--raw", "--from-literal", "--config",
     "--now", "--create", "--kube-apiserver-arg",   # systemctl, systemd-tmpfiles, k3s (sections 9 and 10)
+    "--init-token", "--free", "--label", "--pin", "--so-pin", "--list-tokens",   # softhsm2-util, p11tool (section 3a)
 }
 
 
