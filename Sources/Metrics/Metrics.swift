@@ -66,6 +66,7 @@ public final class KekdMetrics: Sendable {
     private let keyID = LockedValue<String>("")
     private let auditStats = LockedValue<(@Sendable () -> AuditFigures)?>(nil)
     private let vaultState = LockedValue<(@Sendable () -> VaultFigures)?>(nil)
+    let pkcs11Problem = LockedValue<(@Sendable () -> String?)?>(nil)  // rendered in Metrics+PKCS11.swift
     private let auditChainHead = LockedValue<(@Sendable () -> (lastSeq: UInt64, headHex: String))?>(nil)
     private let keyFileHealth = LockedValue<(@Sendable () -> (valid: Bool, rejectedReloads: Int))?>(nil)
     private let backendStates = LockedValue<(@Sendable () -> [BackendFigures])?>(nil)
@@ -155,6 +156,7 @@ public final class KekdMetrics: Sendable {
         renderCalls(&w)
         renderConnections(&w)
         renderHealth(&w)
+        renderPKCS11(&w)
         renderBackend(&w)
         renderAudit(&w)
         renderKeyFile(&w)

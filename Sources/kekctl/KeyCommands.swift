@@ -140,24 +140,8 @@ enum KeyCommands {
                     throw KMSError(.failedPrecondition, "refusing to retire key version \(version.version) (key_id \(keyID)): it is the primary; rotate first")
                 }
                 if version.state == .retired { return (version.version, false, nil) }
-                var note: String?
-                switch usage {
-                case .missing:
-                    note = "no usage data at \(usagePath): cannot tell whether key_id \(keyID) still decrypts anything"
-                case .unreadable(let reason):
-                    guard force else {
-                        throw KMSError(.failedPrecondition, "usage file \(usagePath) is unreadable (\(reason)); fix it, or pass --force to retire without checking")
-                    }
-                    note = "usage file \(usagePath) is unreadable (\(reason)); retiring because of --force"
-                case .loaded(let records):
-                    if let last = records[keyID]?.lastDecrypt, now.timeIntervalSince(last) < window {
-                        guard force else {
-                            throw KMSError(.failedPrecondition, "refusing to retire key version \(version.version) (key_id \(keyID)): it decrypted something at "
-                                           + "\(KeyFile.rfc3339(last)), within --unused-for \(formatDuration(window)); re-encrypt the data first or pass --force")
-                        }
-                        note = "key_id \(keyID) decrypted something at \(KeyFile.rfc3339(last)); retiring because of --force"
-                    }
-                }
+                let note = try retirementCheck(what: "key version \(version.version)", keyID: keyID, usage: usage, usagePath: usagePath,
+                                               window: window, force: force, now: now)
                 return (version.version, try file.retire(version: version.version), note)
             }
             if let note = outcome.note { printError("warning: " + note) }
@@ -204,8 +188,7 @@ enum KeyCommands {
         }
     }
 
-    private static func columns(_ fields: [String]) -> String {
-        let widths = [8, 8, 32, 21, 21, 0]
+    static func columns(_ fields: [String], widths: [Int] = [8, 8, 32, 21, 21, 0]) -> String {
         return zip(fields, widths).map { $1 == 0 ? $0 : padded($0, to: $1) }
             .joined(separator: " ")
     }
@@ -224,6 +207,28 @@ enum KeyCommands {
         }
         guard digits.isEmpty, !text.isEmpty else { throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)") }
         return total
+    }
+
+    /// The usage rule shared by every retire command: refuses a key_id that decrypted within `window` (or unreadable
+    /// usage data) unless `force`; returns a warning to print, if any.
+    static func retirementCheck(what: String, keyID: String, usage: UsageData, usagePath: String, window: TimeInterval,
+                                force: Bool, now: Date) throws(KMSError) -> String? {
+        switch usage {
+        case .missing:
+            return "no usage data at \(usagePath): cannot tell whether key_id \(keyID) still decrypts anything"
+        case .unreadable(let reason):
+            guard force else {
+                throw KMSError(.failedPrecondition, "usage file \(usagePath) is unreadable (\(reason)); fix it, or pass --force to retire without checking")
+            }
+            return "usage file \(usagePath) is unreadable (\(reason)); retiring because of --force"
+        case .loaded(let records):
+            guard let last = records[keyID]?.lastDecrypt, now.timeIntervalSince(last) < window else { return nil }
+            guard force else {
+                throw KMSError(.failedPrecondition, "refusing to retire \(what) (key_id \(keyID)): it decrypted something at "
+                               + "\(KeyFile.rfc3339(last)), within --unused-for \(formatDuration(window)); re-encrypt the data first or pass --force")
+            }
+            return "key_id \(keyID) decrypted something at \(KeyFile.rfc3339(last)); retiring because of --force"
+        }
     }
 
     private static func formatDuration(_ seconds: TimeInterval) -> String {

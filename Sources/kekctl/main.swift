@@ -10,6 +10,7 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
     ("list", "list key versions (never key bytes)", KeyCommands.list),
     ("retire", "retire a key version", KeyCommands.retire),
     ("prune", "drop retired key versions from the key file", KeyCommands.prune),
+    ("pkcs11", "HSM key family: `kekctl pkcs11 init|rotate|list|retire`", PKCS11Commands.run),
     ("audit", "audit log tools: `kekctl audit verify PATH`", AuditCommands.run),
     ("status", "call Status on a running kekd", ProbeCommands.status),
     ("encrypt", "Encrypt stdin through a running kekd", ProbeCommands.encrypt),

@@ -4,6 +4,7 @@
 import FoundationEssentials
 import KMS
 import Metrics
+import PKCS11
 import Server
 import Vault
 
@@ -23,7 +24,7 @@ struct BackendKind: Sendable {
     let flagNames: [String]
     let build: Build
 
-    static let all: [BackendKind] = [.file, .vault]
+    static let all: [BackendKind] = [.file, .vault, .pkcs11]
 
     static func named(_ name: String) -> BackendKind? { all.first { $0.name == name } }
     static var names: String { all.map(\.name).joined(separator: ", ") }
@@ -159,13 +160,16 @@ func buildBackends(encrypting kindName: String, flags: [String: String], decrypt
 }
 
 /// `/readyz` checks for the backends: `key-backend` (the encrypting one) and `key-backend-decrypt-only-KIND` for
-/// each decrypt-only one, plus `key-file` when a file backend is configured.
+/// each decrypt-only one, plus `key-file` when a file backend is configured and `pkcs11` for a PKCS#11 one.
 func backendReadinessChecks(_ backends: BackendSet) -> [ReadinessCheck] {
     var checks: [ReadinessCheck] = []
     for member in backends.members {
         let backend = member.backend
         let name = member.role == .encrypt ? "key-backend" : "key-backend-decrypt-only-\(member.kind)"
         checks.append(ReadinessCheck(name: name) { let s = backend.status(); return (s.healthy, s.healthy ? "ok" : s.detail) })
+    }
+    for member in backends.members {
+        if let hsm = member.backend as? PKCS11KeyBackend { checks.append(pkcs11ReadinessCheck(hsm)) }
     }
     if let file = backends.fileBackend {
         checks.append(ReadinessCheck(name: "key-file") {

@@ -11,6 +11,7 @@ enum StartupExit: Int32 {
     case vault = 6
     case fips = 7
     case health = 8
+    case hsm = 9
 }
 
 struct StartupError: Error {

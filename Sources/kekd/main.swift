@@ -6,6 +6,7 @@ import Glibc
 import KMS
 import Locking
 import Metrics
+import PKCS11
 import Server
 import Vault
 
@@ -19,10 +20,11 @@ usage: kekd serve [flags]
   --socket-mode MODE           octal permissions of the socket file (default 0600)
   --allowed-uids LIST          peer uids allowed to connect, comma-separated (default: 0; --dev: 0 and your uid)
   --status-only-uids LIST      peer uids that may call Status only, e.g. an exec probe (default: kekd's own uid)
-  --backend file|vault         key backend that encrypts (default file)
-  --decrypt-also KIND          also decrypt with a KIND backend (file, vault), never encrypt with it; repeatable, one
-                               per kind; its flags take the prefix decrypt-also-: --decrypt-also-key-file PATH,
-                               --decrypt-also-vault-addr URL, --decrypt-also-vault-token-file PATH, ...
+  --backend file|vault|pkcs11  key backend that encrypts (default file)
+  --decrypt-also KIND          also decrypt with a KIND backend (file, vault, pkcs11), never encrypt with it;
+                               repeatable, one per kind; its flags take the prefix decrypt-also-:
+                               --decrypt-also-key-file PATH, --decrypt-also-vault-addr URL,
+                               --decrypt-also-vault-token-file PATH, --decrypt-also-pkcs11-module PATH, ...
   --key-file PATH              local key file (default /etc/kekd/kek.json; --dev: ./state/kek.json)
   --state-dir DIR              folder for the audit log and usage data (default /var/lib/kekd; --dev: ./state)
   --status-version v2|v2beta1  version reported by Status (v2beta1 for kube-apiserver 1.27/1.28)
@@ -62,7 +64,10 @@ Vault Transit backend (--backend vault); secrets are read from files only:
   --vault-local-kek-max-encryptions N, --vault-local-kek-max-age D, --vault-cache-size N
   --vault-cache-ttl D          how long an unwrapped local KEK stays cached (default 5m)
 
-exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr
+\(pkcs11Help)
+
+exit codes: 0 ok, 2 usage, 3 key file, 4 socket, 5 audit log, 6 Vault, 7 FIPS, 8 malformed --health-addr,
+            9 PKCS#11 token (module, token, PIN or key not usable at start)
 """
 
 func runServe(_ args: [String]) throws(StartupError) -> Int32 {

@@ -1,0 +1,291 @@
+// `--backend pkcs11`: the Vault backend's hierarchy over an HSM. A random local KEK (AES-256) is wrapped once by the
+// token's key (CKM_AES_GCM on the token, key never leaves it) and kept in memory; Encrypt seals under it locally and
+// ships the wrapped local KEK in an annotation, so Encrypt and Status never touch the HSM. Decrypt asks the token
+// only on a cache miss (one round per wrapped KEK). A background loop rescans the token every poll interval,
+// follows a new key version, and reconnects after the token went away or the PIN file changed.
+import Crypto
+import Glibc
+import KMS
+import Locking
+import Synchronization
+
+public final class PKCS11KeyBackend: KeyBackend {
+    /// Annotation carrying the HSM-wrapped local KEK.
+    public static let localKEKAnnotation = "pkcs11-local-kek.kekd.io"
+    static let envelopeDomain = "kekd-pkcs11-envelope-v1"
+    /// A local KEK is replaced after this many encryptions (random 96-bit nonces: far below 2^32).
+    static let renewalEncryptions = 1 << 30
+    static let hardEncryptionLimit = 1 << 31
+
+    /// The local KEK Encrypt uses, with the key_id Status reports for it.
+    final class ActiveKEK: Sendable {
+        let key: SymmetricKey
+        let wrapped: String
+        let keyID: String
+        let version: Int
+        let encryptions = Atomic<Int>(0)
+        init(key: SymmetricKey, wrapped: String, keyID: String, version: Int) {
+            self.key = key; self.wrapped = wrapped; self.keyID = keyID; self.version = version
+        }
+    }
+
+    struct State {
+        var versions: [KeyFamilyVersion] = []
+        var keyIDs: [Int: String] = [:]
+        var active: ActiveKEK?
+        /// Why the token cannot be used now (CK_RV name or short reason, and the one-line message); nil when fine.
+        var problem: (name: String, message: String)?
+        var serial = ""
+    }
+
+    public let configuration: PKCS11Configuration
+    public let token: PKCS11Token
+    private let state = LockedValue(State())
+    private let cache: UnwrappedKEKCache
+    private let flights = SingleFlight()
+    private let onCache: (@Sendable (Bool) -> Void)?
+    private let log: LogSink
+    private let stopped = Atomic<Bool>(false)
+    private let forceReconnect = Atomic<Bool>(false)
+    /// Serialises rescans (background loop, a Decrypt meeting an unknown version).
+    private let refreshLock = Lock()
+    private let lastUnscheduledRescan = LockedValue<Double>(-.infinity)
+    private let wake = Condition()
+    private let loopDone = Condition()
+    private let loopRunning = Atomic<Bool>(false)
+
+    /// Connects, logs in, scans the key family and wraps the first local KEK; throws a one-line reason when any of
+    /// that fails (kekd exits with its HSM code). Then the background loop keeps it current.
+    public init(configuration: PKCS11Configuration, onBackendCall: PKCS11CallHook? = nil,
+                onCache: (@Sendable (Bool) -> Void)? = nil, log: LogSink? = nil, startBackground: Bool = true) throws(KMSError) {
+        self.configuration = configuration
+        self.onCache = onCache
+        self.log = log ?? KMSLog.stderr
+        cache = UnwrappedKEKCache(capacity: configuration.cacheSize)
+        do {
+            token = try PKCS11Token(configuration: configuration, onCall: onBackendCall)
+            try refresh(reconnect: true)
+        } catch {
+            throw KMSError(.unavailable, "pkcs11: \(error.message)")
+        }
+        if startBackground {
+            loopRunning.store(true, ordering: .relaxed)
+            startThread(name: "kekd-pkcs11") { [self] in self.maintenanceLoop() }
+        }
+    }
+
+    public var name: String { "pkcs11" }
+    public var mayBlock: Bool { true }
+
+    // MARK: Status / Encrypt / Decrypt
+
+    /// Cached state only. An unreachable token does not fail Status: Encrypt keeps working with the cached local KEK.
+    public func status() -> BackendStatus {
+        state.withLock { s in
+            guard let active = s.active else { return BackendStatus(healthy: false, keyID: "", detail: "no local KEK (PKCS#11 token not reached)") }
+            let detail = s.problem.map { "ok (encrypting with the cached local KEK; PKCS#11 problem: \($0.message))" } ?? "ok"
+            return BackendStatus(healthy: true, keyID: active.keyID, detail: detail)
+        }
+    }
+
+    /// For /readyz and metrics: nil when the token answers, else (CK_RV name or reason, message).
+    public var tokenProblem: (name: String, message: String)? { state.withLock { $0.problem } }
+
+    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        guard let active = state.withLock({ $0.active }) else { throw KMSError(.unavailable, "no local KEK (PKCS#11 token not reached)") }
+        let used = active.encryptions.add(1, ordering: .relaxed).newValue
+        if used >= Self.renewalEncryptions { wakeMaintenance() }
+        guard used <= Self.hardEncryptionLimit else { throw KMSError(.unavailable, "local KEK exhausted; waiting for the token to wrap a new one") }
+        let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
+        let ciphertext = try LocalKEKEnvelope.seal(plaintext, key: active.key, domain: Self.envelopeDomain, keyID: active.keyID,
+                                                   annotations: annotations)
+        return EncryptResult(ciphertext: ciphertext, keyID: active.keyID, annotations: annotations)
+    }
+
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        guard LocalKEKEnvelope.isWellFormed(ciphertext) else {
+            throw KMSError(.invalidArgument, "ciphertext is not a kekd PKCS#11 envelope")
+        }
+        guard let annotation = annotations[Self.localKEKAnnotation] else {
+            throw KMSError(.invalidArgument, "annotation \(Self.localKEKAnnotation) missing")
+        }
+        guard let wrapped = WrappedLocalKEK(text: annotation), let keyIDVersion = KeyFamily.version(ofKeyID: keyID),
+              keyIDVersion == wrapped.version else {
+            throw KMSError(.invalidArgument, "key_id or annotation \(Self.localKEKAnnotation) was not issued by kekd's PKCS#11 backend")
+        }
+        func lookup() -> (KeyFamilyVersion?, String?, (name: String, message: String)?) {
+            state.withLock { s in (s.versions.first { $0.version == wrapped.version }, s.keyIDs[wrapped.version], s.problem) }
+        }
+        var (found, expectedKeyID, problem) = lookup()
+        if found.map({ !constantTimeEqual($0.id, wrapped.keyObjectID) }) ?? true, problem == nil, rescanSoon() {
+            // A version another node's kekctl made since our last rescan: look now rather than a poll interval later.
+            (found, expectedKeyID, problem) = lookup()
+        }
+        let family = configuration.keyLabel
+        guard let found, constantTimeEqual(found.id, wrapped.keyObjectID) else {
+            throw KMSError(.failedPrecondition, "key version \(wrapped.version) of \(family) that wrapped this local KEK is not on the token")
+        }
+        // Checked before the cache: retiring a version must stop kekd at once, cached local KEKs included.
+        guard !found.retired else { throw KMSError(.failedPrecondition, "key version \(wrapped.version) of \(family) is retired") }
+        guard expectedKeyID == keyID else { throw KMSError(.invalidArgument, "key_id was not issued by kekd for this key version") }
+        let text = String(decoding: annotation, as: UTF8.self)
+        let key: SymmetricKey
+        if let cached = cache.get(text) {
+            onCache?(true)
+            key = cached
+        } else {
+            onCache?(false)
+            // Fail fast while the token is away: the background loop reconnects, Decrypts must not queue on it.
+            if let problem { throw KMSError(.unavailable, "PKCS#11 token unavailable: \(problem.message)") }
+            key = try flights.run(text, deadline: monotonicSeconds() + configuration.requestTimeout) {
+                if let cached = cache.get(text) { return .success(cached) }
+                return unwrap(wrapped, handle: found.handle, keyID: keyID).map { key in
+                    cache.put(text, key)
+                    return key
+                }
+            }.get()
+        }
+        return try LocalKEKEnvelope.open(ciphertext, key: key, domain: Self.envelopeDomain, keyID: keyID, annotations: annotations)
+    }
+
+    private func unwrap(_ wrapped: WrappedLocalKEK, handle: UInt, keyID: String) -> Result<SymmetricKey, KMSError> {
+        do {
+            var plain = try token.withSession("unwrap") { (session: UInt) throws(PKCS11Error) -> [UInt8] in
+                try token.module.decryptGCM(session, key: handle, iv: wrapped.iv, aad: Self.wrapAAD(keyID: keyID), sealed: wrapped.sealed)
+            }
+            defer { wipe(&plain) }
+            guard let key = try? SymmetricKey(bytes: plain) else { return .failure(KMSError(.invalidArgument, "wrapped local KEK has the wrong size")) }
+            return .success(key)
+        } catch {
+            // A refused wrapped key is the caller's bad input; anything else means the token is not usable now.
+            if error.badInput { return .failure(KMSError(.invalidArgument, "the token refused the wrapped local KEK (\(error.name ?? "error"))")) }
+            noteProblem(error)
+            return .failure(KMSError(.unavailable, "PKCS#11 token unavailable: \(error.message)"))
+        }
+    }
+
+    /// Binds the local KEK to the key_id it is issued under.
+    static func wrapAAD(keyID: String) -> [UInt8] { Array("kekd-pkcs11-local-kek-v1".utf8) + [0] + Array(keyID.utf8) }
+
+    // MARK: Token upkeep
+
+    /// Rescans the key family (reconnecting first when asked, after a problem, or when the PIN file changed) and
+    /// wraps a new local KEK when the encrypting version changed or the current one is worn.
+    func refresh(reconnect: Bool) throws(PKCS11Error) {
+        try refreshLock.withLock { () throws(PKCS11Error) in try refreshLocked(reconnect: reconnect) }
+    }
+
+    /// A rescan now, at most once a second (a stream of foreign key_ids must not keep the token busy); whether one ran.
+    private func rescanSoon() -> Bool {
+        let now = monotonicSeconds()
+        guard lastUnscheduledRescan.withLock({ last in
+            guard now - last >= 1 else { return false }
+            last = now
+            return true
+        }) else { return false }
+        do { try refresh(reconnect: false) } catch { noteProblem(error) }
+        return true
+    }
+
+    private func refreshLocked(reconnect: Bool) throws(PKCS11Error) {
+        if reconnect || state.withLock({ $0.problem != nil }) || token.pinFileChanged {
+            try token.connect()
+        }
+        let serial = token.info?.serial ?? ""
+        let family = configuration.keyLabel
+        let versions = try token.withSession("scan") { (session: UInt) throws(PKCS11Error) -> [KeyFamilyVersion] in
+            try KeyFamily.versions(of: token.module.findSecretKeys(session), family: family)
+        }
+        guard let primary = KeyFamily.primary(versions) else {
+            throw PKCS11Error(rv: nil, "no usable key \(family)-vN on token \(token.info?.label ?? "?") (run kekctl pkcs11 init)")
+        }
+        let keyIDs = versions.reduce(into: [Int: String]()) { $0[$1.version] = KeyFamily.keyID(tokenSerial: serial, family: family, version: $1.version, id: $1.id) }
+        let current = state.withLock { $0.active }
+        let primaryKeyID = keyIDs[primary.version] ?? ""
+        var fresh: ActiveKEK?
+        if current?.keyID != primaryKeyID || (current?.encryptions.load(ordering: .relaxed) ?? 0) >= Self.renewalEncryptions {
+            fresh = try wrapNewKEK(primary: primary, keyID: primaryKeyID)
+        }
+        let (hadProblem, previous) = state.withLock { s -> (Bool, String?) in
+            defer {
+                s.versions = versions; s.keyIDs = keyIDs; s.serial = serial; s.problem = nil
+                if let fresh { s.active = fresh }
+            }
+            return (s.problem != nil, s.active?.keyID)
+        }
+        if hadProblem { log(KMSLog.line(level: "info", msg: "PKCS#11 token usable again", fields: [("backend", "pkcs11")])) }
+        if let fresh, previous != fresh.keyID {
+            log(KMSLog.line(level: "info", msg: "new local KEK under \(KeyFamily.label(family: family, version: fresh.version))",
+                            fields: [("backend", "pkcs11"), ("key_id", fresh.keyID)]))
+        }
+    }
+
+    private func wrapNewKEK(primary: KeyFamilyVersion, keyID: String) throws(PKCS11Error) -> ActiveKEK {
+        let key: SymmetricKey, iv: [UInt8]
+        do { key = try SymmetricKey.random(); iv = try SecureRandom.bytes(WrappedLocalKEK.ivSize) } catch {
+            throw PKCS11Error(rv: nil, "cannot generate a local KEK: \(error.description)")
+        }
+        let sealed = try token.withSession("wrap") { (session: UInt) throws(PKCS11Error) -> [UInt8] in
+            try token.module.encryptGCM(session, key: primary.handle, iv: iv, aad: Self.wrapAAD(keyID: keyID), plaintext: key.bytes)
+        }
+        let wrapped = WrappedLocalKEK(version: primary.version, keyObjectID: primary.id, iv: iv, sealed: sealed).text
+        cache.put(wrapped, key)
+        return ActiveKEK(key: key, wrapped: wrapped, keyID: keyID, version: primary.version)
+    }
+
+    private func noteProblem(_ error: PKCS11Error) {
+        let first = state.withLock { s -> Bool in
+            defer { s.problem = (error.name ?? "unavailable", error.message) }
+            return s.problem == nil
+        }
+        if first {
+            log(KMSLog.line(level: "warn", msg: "PKCS#11 token unusable; cached local KEKs keep working, uncached Decrypts fail "
+                            + "with UNAVAILABLE until it is back: \(error.message)", fields: [("backend", "pkcs11")]))
+        }
+    }
+
+    private func maintenanceLoop() {
+        while !stopped.load(ordering: .relaxed) {
+            // A token that is away is retried every second or two, a healthy one rescanned every poll interval.
+            let down = state.withLock { $0.problem != nil }
+            wake.lock()
+            if !stopped.load(ordering: .relaxed) {
+                _ = wake.wait(seconds: down ? min(configuration.pollInterval, 1) : configuration.pollInterval)
+            }
+            wake.unlock()
+            if stopped.load(ordering: .relaxed) { break }
+            do { try refresh(reconnect: forceReconnect.exchange(false, ordering: .relaxed)) } catch { noteProblem(error) }
+        }
+        loopDone.lock()
+        loopRunning.store(false, ordering: .relaxed)
+        loopDone.broadcast()
+        loopDone.unlock()
+    }
+
+    private func wakeMaintenance() {
+        wake.lock(); wake.signal(); wake.unlock()
+    }
+
+    /// SIGHUP: reconnect (re-reading the PIN file) and rescan now.
+    public func reload() {
+        forceReconnect.store(true, ordering: .relaxed)
+        wakeMaintenance()
+    }
+
+    /// The local KEK changes with rotation and the HSM key never leaves the token, so there is nothing stable to
+    /// derive an audit key from: kekd keeps a random chain key in its state folder (as for Vault).
+    public func auditHMACKey() -> [UInt8]? { nil }
+
+    public func close() {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
+        wakeMaintenance()
+        loopDone.lock()
+        let end = monotonicSeconds() + 5
+        while loopRunning.load(ordering: .relaxed) && monotonicSeconds() < end { _ = loopDone.wait(seconds: 0.1) }
+        loopDone.unlock()
+        token.disconnect()
+    }
+
+    /// Counts for tests.
+    var cachedKEKs: Int { cache.count }
+}
