@@ -13,6 +13,9 @@ public struct PKCS11Configuration: Sendable, Equatable {
     public var cacheSize: Int = 1024
     /// How long a Decrypt waits for the token on a cache miss.
     public var requestTimeout: Double = 5
+    /// Where the record of wrapped local KEKs lives (kekd: STATE_DIR/pkcs11-keks.json), so a restart unwraps the
+    /// recent ones before the apiserver asks; nil: no record (kekctl).
+    public var issuedKEKRecordPath: String?
 
     public init(modulePath: String, token: TokenSelector, pinFile: String, keyLabel: String) {
         self.modulePath = modulePath; self.token = token; self.pinFile = pinFile; self.keyLabel = keyLabel

@@ -42,6 +42,8 @@ public final class PKCS11KeyBackend: KeyBackend {
     public let token: PKCS11Token
     private let state = LockedValue(State())
     private let cache: UnwrappedKEKCache
+    /// Wrapped local KEKs issued or unwrapped lately (wrapped form only), warmed at start.
+    let record: IssuedKEKStore?
     private let flights = SingleFlight()
     private let onCache: (@Sendable (Bool) -> Void)?
     private let log: LogSink
@@ -62,6 +64,11 @@ public final class PKCS11KeyBackend: KeyBackend {
         self.onCache = onCache
         self.log = log ?? KMSLog.stderr
         cache = UnwrappedKEKCache(capacity: configuration.cacheSize)
+        let log = self.log
+        record = configuration.issuedKEKRecordPath.map { path in
+            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration),
+                           log: { log(KMSLog.line(level: "warn", msg: $0, fields: [("backend", "pkcs11")])) })
+        }
         do {
             token = try PKCS11Token(configuration: configuration, onCall: onBackendCall)
             try refresh(reconnect: true)
@@ -70,7 +77,10 @@ public final class PKCS11KeyBackend: KeyBackend {
         }
         if startBackground {
             loopRunning.store(true, ordering: .relaxed)
-            startThread(name: "kekd-pkcs11") { [self] in self.maintenanceLoop() }
+            startThread(name: "kekd-pkcs11") { [self] in
+                self.warmFromRecord()
+                self.maintenanceLoop()
+            }
         }
     }
 
@@ -132,6 +142,7 @@ public final class PKCS11KeyBackend: KeyBackend {
         let key: SymmetricKey
         if let cached = cache.get(text) {
             onCache?(true)
+            record?.touch(wrapped: text)
             key = cached
         } else {
             onCache?(false)
@@ -141,6 +152,7 @@ public final class PKCS11KeyBackend: KeyBackend {
                 if let cached = cache.get(text) { return .success(cached) }
                 return unwrap(wrapped, handle: found.handle, keyID: keyID).map { key in
                     cache.put(text, key)
+                    record?.note(wrapped: text, keyVersion: wrapped.version)
                     return key
                 }
             }.get()
@@ -230,6 +242,7 @@ public final class PKCS11KeyBackend: KeyBackend {
         }
         let wrapped = WrappedLocalKEK(version: primary.version, keyObjectID: primary.id, iv: iv, sealed: sealed).text
         cache.put(wrapped, key)
+        record?.note(wrapped: wrapped, keyVersion: primary.version)
         return ActiveKEK(key: key, wrapped: wrapped, keyID: keyID, version: primary.version)
     }
 
@@ -255,7 +268,9 @@ public final class PKCS11KeyBackend: KeyBackend {
             wake.unlock()
             if stopped.load(ordering: .relaxed) { break }
             do { try refresh(reconnect: forceReconnect.exchange(false, ordering: .relaxed)) } catch { noteProblem(error) }
+            record?.save(now: monotonicSeconds())
         }
+        record?.save(now: monotonicSeconds(), force: true)
         loopDone.lock()
         loopRunning.store(false, ordering: .relaxed)
         loopDone.broadcast()
@@ -284,6 +299,55 @@ public final class PKCS11KeyBackend: KeyBackend {
         while loopRunning.load(ordering: .relaxed) && monotonicSeconds() < end { _ = loopDone.wait(seconds: 0.1) }
         loopDone.unlock()
         token.disconnect()
+    }
+
+    // MARK: Record of wrapped local KEKs
+
+    /// Who a record belongs to: the key family on its token, however the token is found.
+    static func recordOwner(_ configuration: PKCS11Configuration) -> String {
+        let token: String
+        switch configuration.token {
+        case .label(let label): token = "label\u{0}" + label
+        case .slot(let slot): token = "slot\u{0}" + String(slot)
+        }
+        let input = Array("kekd-pkcs11-record-v1\u{0}\(token)\u{0}\(configuration.keyLabel)".utf8)
+        return "pkcs11-" + hexString(SHA256.hash(input).prefix(16))
+    }
+
+    /// At start, on the backend's own thread (serving does not wait for it): unwraps the most recently used local
+    /// KEKs of the record, one token call each (PKCS#11 has no batch), so the apiserver's decrypts after a reboot find
+    /// them cached. A Decrypt missing one of them meanwhile shares its unwrap (single flight). Entries the token
+    /// refuses or whose key version is gone or retired are dropped from the record.
+    func warmFromRecord() {
+        guard let record else { return }
+        record.load()
+        let recent = record.mostRecent(min(IssuedKEKStore.defaultCapacity, configuration.cacheSize))
+        guard !recent.isEmpty else { return }
+        var warmed = 0
+        var dropped: [String] = []
+        for entry in recent where !stopped.load(ordering: .relaxed) {
+            if cache.get(entry.wrapped) != nil { warmed += 1; continue }
+            guard let wrapped = WrappedLocalKEK(text: Array(entry.wrapped.utf8)) else { dropped.append(entry.wrapped); continue }
+            let (found, keyID, problem) = state.withLock { s in
+                (s.versions.first { $0.version == wrapped.version }, s.keyIDs[wrapped.version], s.problem)
+            }
+            if problem != nil { break }
+            guard let found, !found.retired, constantTimeEqual(found.id, wrapped.keyObjectID), let keyID else {
+                dropped.append(entry.wrapped); continue
+            }
+            let result = try? flights.run(entry.wrapped, deadline: monotonicSeconds() + configuration.requestTimeout) {
+                if let cached = cache.get(entry.wrapped) { return .success(cached) }
+                return unwrap(wrapped, handle: found.handle, keyID: keyID).map { key in
+                    cache.put(entry.wrapped, key)
+                    return key
+                }
+            }.get()
+            if result != nil { warmed += 1 } else if state.withLock({ $0.problem == nil }) { dropped.append(entry.wrapped) }
+        }
+        record.remove(dropped)
+        log(KMSLog.line(level: "info", msg: "warmed \(warmed) of \(recent.count) recorded local KEKs from the token"
+                        + (dropped.isEmpty ? "" : "; \(dropped.count) no longer usable and dropped from the record"),
+                        fields: [("backend", "pkcs11")]))
     }
 
     /// Counts for tests.

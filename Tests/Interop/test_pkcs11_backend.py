@@ -350,3 +350,57 @@ def test_pkcs11_to_file_migration_with_the_token_decrypt_only(kekd_factory, hsm,
     code, ready = health(node, "/readyz?verbose")
     assert code == 200 and "key-backend-decrypt-only-pkcs11" in ready and "[+]pkcs11 ok" in ready, ready
     channel.close()
+
+
+def test_a_restart_warms_the_recorded_local_keks_before_the_apiserver_asks(kekd_factory, hsm, kms_pb, counting_module):
+    """Issue 13 section 3 for the token: kekd records the wrapped local KEKs it issued (STATE_DIR/pkcs11-keks.json,
+    wrapped form only) and unwraps the recent ones at start, so the Decrypts after a restart cost no token calls.
+    PKCS#11 has no batch: the warm-up is one C_Decrypt per recorded local KEK, made before the first Decrypt asks."""
+    pb = kms_pb[0]
+    shim, hsm_ops = counting_module
+    envelopes = []
+    for run in range(3):  # every start wraps a new local KEK: three local KEKs
+        k = kekd_factory(extra=hsm.kekd_flags(module=shim), subdir="node", init_key=False)
+        channel, stub = stub_for(k, kms_pb)
+        envelopes.append(encrypt(stub, pb, data=bytes([run]) * 32))
+        channel.close()
+        assert k.stop() == 0
+    record = k.dir / "pkcs11-keks.json"
+    assert oct(record.stat().st_mode & 0o777) == "0o600"
+    text = record.read_text()
+    assert text.count('"wrapped"') == 3
+    for e in envelopes:  # the record holds the annotation's wrapped form, never a key
+        assert e.annotations["pkcs11-local-kek.kekd.io"].decode() in text
+
+    def restart_and_decrypt():
+        k = kekd_factory(extra=hsm.kekd_flags(module=shim), subdir="node", init_key=False)
+        wait_for(lambda: "recorded local KEKs" in k.stderr_text(), what="the warm-up")
+        channel, stub = stub_for(k, kms_pb)
+        before = hsm_ops()
+        assert [decrypt(stub, pb, e) for e in envelopes] == [bytes([i]) * 32 for i in range(3)]
+        used = hsm_ops() - before
+        channel.close()
+        assert k.stop() == 0
+        return used, k.stderr_text()
+
+    used, log = restart_and_decrypt()
+    assert used == 0, "recorded local KEKs were unwrapped again at Decrypt time"
+    assert "warmed 4 of 4 recorded local KEKs" in log, log  # three old ones and the one this start wrapped
+
+    # No record (deleted), or a corrupt one: a cold start, one token unwrap per local KEK at Decrypt time.
+    record.unlink()
+    k = kekd_factory(extra=hsm.kekd_flags(module=shim), subdir="node", init_key=False)
+    channel, stub = stub_for(k, kms_pb)
+    before = hsm_ops()
+    assert [decrypt(stub, pb, e) for e in envelopes] == [bytes([i]) * 32 for i in range(3)]
+    assert hsm_ops() - before == 6, "C_DecryptInit + C_Decrypt per uncached local KEK"
+    channel.close()
+    assert k.stop() == 0
+    record.write_text("{not json")
+    record.chmod(0o600)
+    k = kekd_factory(extra=hsm.kekd_flags(module=shim), subdir="node", init_key=False)
+    channel, stub = stub_for(k, kms_pb)
+    assert [decrypt(stub, pb, e) for e in envelopes] == [bytes([i]) * 32 for i in range(3)]
+    channel.close()
+    assert k.stop() == 0
+    assert k.stderr_text().count("record") >= 1
