@@ -44,6 +44,9 @@ let package = Package(
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
         .target(name: "Metrics", dependencies: ["Locking"]),
 
+        // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
+        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking"]),
+
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
 
@@ -64,6 +67,7 @@ let package = Package(
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
+        .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )
