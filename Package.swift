@@ -36,9 +36,13 @@ let package = Package(
         // Crypto primitives over OpenSSL EVP.
         .target(name: "Crypto", dependencies: ["COpenSSL"]),
 
+        // HTTP/1.1 over TLS (keep-alive, deadlines, client certificates, host-name verification, chunked bodies): the
+        // client Vault, the Kubernetes API client and the etcd client share.
+        .target(name: "HTTPClient", dependencies: ["COpenSSL", "Crypto", "Locking"]),
+
         // The KMS service, envelope format, key backends.
         .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON"]),
-        .target(name: "Vault", dependencies: ["KMS", "Crypto", "COpenSSL", "Locking", "JSON"]),
+        .target(name: "Vault", dependencies: ["HTTPClient", "KMS", "Crypto", "Locking", "JSON"]),
 
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
@@ -63,6 +67,7 @@ let package = Package(
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "HPACK"]),
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking"]),
+        .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),

@@ -1,59 +1,11 @@
 // Secrets come only from files, and files change (rotated secret-ids, renewed certificates): re-read on change.
-// Every credential file follows the key file's rules: a regular file, not accessible by group or others, owned by
-// kekd's own uid or root.
+// Every credential file follows the key file's rules (HTTPClient's `CredentialFile`).
 import Crypto
 import FoundationEssentials
 import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Identity of a file's current contents, cheap to compare (no read).
-struct FileStamp: Equatable, Sendable {
-    var modified: Double
-    var size: Int64
-    var inode: UInt64
-
-    static func of(_ path: String) -> FileStamp? {
-        var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return FileStamp(st)
-    }
-
-    init(_ st: stat) {
-        modified = Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9
-        size = Int64(st.st_size)
-        inode = UInt64(st.st_ino)
-    }
-}
-
-enum CredentialFile {
-    /// Why `st` (of the credential file `path`, described as `what`) is not private enough, or nil. The reason
-    /// names the file, never its contents.
-    static func problem(_ st: stat, path: String, what: String) -> String? {
-        guard st.st_mode & S_IFMT == S_IFREG else { return "\(what) \(path) is not a regular file" }
-        let permissions = st.st_mode & 0o777
-        if permissions & 0o077 != 0 {
-            let mode = String(permissions, radix: 8)
-            return "\(what) \(path) has mode \(String(repeating: "0", count: max(0, 4 - mode.count)) + mode): "
-                + "it must not be accessible by group or others; run `chmod 600 \(path)`"
-        }
-        let uid = geteuid()
-        if st.st_uid != uid && st.st_uid != 0 {
-            return "\(what) \(path) is owned by uid \(st.st_uid): it must be owned by kekd's uid \(uid) or root"
-        }
-        return nil
-    }
-
-    /// Checks the file `path` points at (following symlinks, as mounted Secrets use them).
-    static func check(_ path: String, what: String) throws(VaultError) {
-        var st = stat()
-        guard stat(path, &st) == 0 else {
-            throw VaultError(.invalidArgument, "cannot read \(what) \(path): \(String(cString: strerror(errno)))")
-        }
-        if let problem = problem(st, path: path, what: what) { throw VaultError(.invalidArgument, problem) }
-    }
-}
 
 /// A small secret (token, role-id, secret-id) read from a file, re-read when the file changes.
 final class SecretFile: Sendable {

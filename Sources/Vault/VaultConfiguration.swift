@@ -29,7 +29,7 @@ public struct VaultConfiguration: Sendable, Equatable {
 
     public init(address: String, keyName: String, auth: VaultAuthMethod, tls: TLSSettings = .init()) throws(VaultError) {
         self.address = address
-        self.endpoint = try Endpoint(url: address)
+        do { self.endpoint = try Endpoint(url: address, what: "Vault address") } catch { throw VaultError(.invalidArgument, error.message) }
         self.keyName = keyName
         self.auth = auth
         self.tls = tls
@@ -62,7 +62,7 @@ public struct VaultConfiguration: Sendable, Equatable {
         /// A file holding a secret: also private to kekd, as the key file must be.
         func secretFile(_ name: String, _ what: String) throws(VaultError) -> String? {
             guard let path = try readableFile(name) else { return nil }
-            do { try CredentialFile.check(path, what: what) } catch { throw bad("--\(name): \(error.message)") }
+            if let problem = CredentialFile.checkProblem(path, what: what) { throw bad("--\(name): \(problem)") }
             return path
         }
         guard let address = value("vault-addr") else { throw bad("--vault-addr is required (e.g. https://vault.example:8200)") }
@@ -72,7 +72,7 @@ public struct VaultConfiguration: Sendable, Equatable {
         }
         let insecure = try boolean(value("vault-insecure-allow-http") ?? "false", "vault-insecure-allow-http")
         let endpoint: Endpoint
-        do { endpoint = try Endpoint(url: address) } catch { throw bad("--vault-addr: \(error.message)") }
+        do { endpoint = try Endpoint(url: address, what: "Vault address") } catch { throw bad("--vault-addr: \(error.message)") }
         if !endpoint.secure && !insecure { throw bad("--vault-addr must use https:// (http:// only with --vault-insecure-allow-http true, for tests)") }
 
         let tls = TLSSettings(caFile: try readableFile("vault-ca-file"), clientCertFile: try readableFile("vault-client-cert"),

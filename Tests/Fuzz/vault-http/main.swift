@@ -15,7 +15,7 @@
 // Responses are parsed one after another from a slice that does not start at index 0, as the client's buffer does.
 // Resumption, as the client parses its growing buffer: the first part of the bytes and then all of them, with one
 // HTTPParseProgress, give exactly what a parse of all of them from scratch gives.
-import Vault
+import HTTPClient
 
 func check(_ condition: Bool, _ message: @autoclosure () -> String) {
     if !condition { fatalError("vault-http fuzz invariant: \(message())") }

@@ -60,7 +60,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
 public struct HTTPParserLimits: Sendable {
     public var maxHeaderBytes = 16 * 1024
     public var maxHeaderCount = 100
-    /// Vault replies kekd asks for are a few KiB (a 128-item batch decrypt is ~15 KiB).
+    /// Vault replies kekd asks for are a few KiB (a 128-item batch decrypt is ~15 KiB); callers reading pages of
+    /// objects (etcd ranges, Kubernetes lists) raise it.
     public var maxBodyBytes = 1024 * 1024
     public init() {}
 }
@@ -275,7 +276,7 @@ public enum HTTPResponseParser {
     }
 
     /// Non-negative decimal without sign, at most 15 digits (no overflow possible).
-    static func parseDecimal(_ s: String) -> Int? {
+    public static func parseDecimal(_ s: String) -> Int? {
         let u = Array(s.utf8)
         guard !u.isEmpty, u.count <= 15, u.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
         return u.reduce(0) { $0 * 10 + Int($1 - 48) }
@@ -365,7 +366,8 @@ public enum HTTPResponseParser {
 }
 
 extension StringProtocol {
-    func trimmingSpaces() -> String {
+    /// Without leading and trailing spaces and tabs (HTTP's optional white space).
+    public func trimmingSpaces() -> String {
         var s = Substring(self)
         while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
         while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }

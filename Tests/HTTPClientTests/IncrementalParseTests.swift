@@ -1,7 +1,7 @@
 // The client parses a growing buffer with an HTTPParseProgress, resuming where the last call stopped (issue 15 item
 // 10). Resumed and from-scratch parses must agree however the bytes arrive, and the work must stay linear.
 import Testing
-@testable import Vault
+@testable import HTTPClient
 
 @Suite struct IncrementalParseTests {
     static let responses: [String] = [

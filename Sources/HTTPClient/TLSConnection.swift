@@ -17,7 +17,6 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
     case certificateVerification(String)
     case closed
     case protocolError(String)
-    case circuitOpen
 
     public var description: String {
         switch self {
@@ -28,7 +27,6 @@ public enum TransportError: Error, Equatable, Sendable, CustomStringConvertible 
         case .certificateVerification(let m): return "certificate verification failed: \(m)"
         case .closed: return "connection closed by peer"
         case .protocolError(let m): return "bad HTTP response: \(m)"
-        case .circuitOpen: return "Vault unreachable (circuit open, failing fast)"
         }
     }
 }
@@ -48,7 +46,7 @@ public struct TLSSettings: Sendable, Equatable {
 }
 
 /// The most recent OpenSSL error as text (error strings hold no key material).
-func openSSLErrorText(_ fallback: String) -> String {
+public func openSSLErrorText(_ fallback: String) -> String {
     var text = ""
     while true {
         let code = ERR_get_error()
@@ -94,7 +92,7 @@ final class TLSContext: @unchecked Sendable {
         if let cert = settings.clientCertFile {
             let key = settings.clientKeyFile ?? cert
             // Checked on every rebuild too: a key file that became readable by others is refused, as at startup.
-            do { try CredentialFile.check(key, what: "Vault client key file") } catch { throw .tls(error.message) }
+            if let problem = CredentialFile.checkProblem(key, what: "client key file") { throw .tls(problem) }
             guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
                 throw .tls(openSSLErrorText("cannot load client certificate \(cert)"))
             }

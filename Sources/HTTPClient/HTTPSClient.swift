@@ -1,5 +1,6 @@
 // HTTP/1.1 over TLS with keep-alive and a small pool of idle connections. One attempt per `send`; retries, backoff
-// and the circuit breaker live in `VaultHTTP`, which knows which statuses are worth retrying.
+// and circuit breaking belong to the caller (Vault's `VaultHTTP`, the Kubernetes and etcd clients), which knows
+// which statuses are worth retrying.
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -17,6 +18,13 @@ public struct HTTPRequest: Sendable {
     }
 }
 
+/// A server address the caller's user gave that is not scheme://host[:port]; the message names it.
+public struct AddressError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
 /// Where the client connects: parsed from `https://host:port` (or `http://` in explicit insecure test mode).
 public struct Endpoint: Sendable, Equatable {
     public var secure: Bool
@@ -24,24 +32,25 @@ public struct Endpoint: Sendable, Equatable {
     public var port: UInt16
 
     /// Parses scheme://host[:port][/]; IPv6 literals in brackets. No user-info, path, query or fragment.
-    public init(url: String) throws(VaultError) {
+    /// `what` names the address in messages ("Vault address", "etcd endpoint").
+    public init(url: String, what: String = "address") throws(AddressError) {
         let lower = url.lowercased()
         let rest: Substring
         if lower.hasPrefix("https://") { secure = true; rest = url.dropFirst(8) }
         else if lower.hasPrefix("http://") { secure = false; rest = url.dropFirst(7) }
-        else { throw VaultError(.invalidArgument, "Vault address must start with https:// (got \(url))") }
+        else { throw AddressError("\(what) must start with https:// (got \(url))") }
         var hostPort = rest
         if hostPort.hasSuffix("/") { hostPort = hostPort.dropLast() }
         guard !hostPort.isEmpty, !hostPort.contains("/"), !hostPort.contains("@"), !hostPort.contains("?"), !hostPort.contains("#") else {
-            throw VaultError(.invalidArgument, "Vault address must be scheme://host[:port] (got \(url))")
+            throw AddressError("\(what) must be scheme://host[:port] (got \(url))")
         }
         var portText: Substring? = nil
         if hostPort.hasPrefix("[") {
-            guard let close = hostPort.firstIndex(of: "]") else { throw VaultError(.invalidArgument, "bad IPv6 address in \(url)") }
+            guard let close = hostPort.firstIndex(of: "]") else { throw AddressError("bad IPv6 address in \(url)") }
             host = String(hostPort[hostPort.index(after: hostPort.startIndex)..<close])
             let after = hostPort[hostPort.index(after: close)...]
             if !after.isEmpty {
-                guard after.hasPrefix(":") else { throw VaultError(.invalidArgument, "bad address \(url)") }
+                guard after.hasPrefix(":") else { throw AddressError("bad address \(url)") }
                 portText = after.dropFirst()
             }
         } else if let colon = hostPort.lastIndex(of: ":") {
@@ -50,10 +59,10 @@ public struct Endpoint: Sendable, Equatable {
         } else {
             host = String(hostPort)
         }
-        guard !host.isEmpty else { throw VaultError(.invalidArgument, "Vault address has no host (\(url))") }
+        guard !host.isEmpty else { throw AddressError("\(what) has no host (\(url))") }
         if let portText {
             guard let p = HTTPResponseParser.parseDecimal(String(portText)), p > 0, p <= 65535 else {
-                throw VaultError(.invalidArgument, "bad port in Vault address \(url)")
+                throw AddressError("bad port in \(what) \(url)")
             }
             port = UInt16(p)
         } else {
@@ -61,7 +70,7 @@ public struct Endpoint: Sendable, Equatable {
         }
     }
 
-    var hostHeader: String {
+    public var hostHeader: String {
         let h = host.contains(":") ? "[\(host)]" : host
         return (port == (secure ? 443 : 80)) ? h : "\(h):\(port)"
     }
@@ -72,14 +81,22 @@ public final class HTTPSClient: Sendable {
     public let connectTimeout: Double
     private let tlsSettings: TLSSettings
     private let maxIdle: Int
+    private let limits: HTTPParserLimits
+    /// Wire bytes one response may take: the header and body limits plus room for chunk framing. Beyond it the server
+    /// is broken or hostile (an endless body of chunk extensions or 100 Continues would otherwise never end).
+    private let maxResponseBytes: Int
     private let idle = LockedValue<[TLSConnection]>([])
     private let context = LockedValue<(stamps: [FileStamp?], ctx: TLSContext)?>(nil)
     /// Connections opened so far (for tests and metrics: proves reuse).
     private let opened = Atomic<Int>(0)
 
-    public init(endpoint: Endpoint, tls: TLSSettings, connectTimeout: Double = 1.0, maxIdle: Int = 8) throws(TransportError) {
+    /// `limits` bound each response (Vault's default: 1 MiB bodies; a client reading pages of objects raises it).
+    public init(endpoint: Endpoint, tls: TLSSettings, connectTimeout: Double = 1.0, maxIdle: Int = 8,
+                limits: HTTPParserLimits = .init()) throws(TransportError) {
         self.endpoint = endpoint
         self.tlsSettings = tls
+        self.limits = limits
+        self.maxResponseBytes = limits.maxHeaderBytes + limits.maxBodyBytes + 64 * 1024
         self.connectTimeout = connectTimeout
         self.maxIdle = maxIdle
         // OpenSSL writes with write(2): a peer that closed would otherwise kill the process with SIGPIPE.
@@ -154,9 +171,6 @@ public final class HTTPSClient: Sendable {
         }
     }
 
-    /// Wire bytes one response may take: the header and body limits plus room for chunk framing. Beyond it the server
-    /// is broken or hostile (an endless body of chunk extensions or 100 Continues would otherwise never end).
-    static let maxResponseBytes = HTTPParserLimits().maxHeaderBytes + HTTPParserLimits().maxBodyBytes + 64 * 1024
     /// A response read in more than this many pieces must average `minAverageReadBytes` per read: a server that
     /// sends one byte per TLS record makes every read cheap for it and costly for us.
     static let freeReads = 4096
@@ -172,7 +186,7 @@ public final class HTTPSClient: Sendable {
             let outcome: HTTPParseOutcome
             do {
                 // Resumes where the previous call stopped: each byte is parsed once, however the server splits them.
-                outcome = try HTTPResponseParser.parse(buffer[...], atEOF: atEOF, requestWasHEAD: isHEAD, progress: &progress)
+                outcome = try HTTPResponseParser.parse(buffer[...], atEOF: atEOF, requestWasHEAD: isHEAD, limits: limits, progress: &progress)
             } catch {
                 conn.markBroken()
                 throw .protocolError(error.description)
@@ -190,9 +204,9 @@ public final class HTTPSClient: Sendable {
                     atEOF = true
                 }
                 reads += 1
-                if buffer.count > Self.maxResponseBytes {
+                if buffer.count > maxResponseBytes {
                     conn.markBroken()
-                    throw .protocolError("response larger than \(Self.maxResponseBytes) bytes")
+                    throw .protocolError("\(Self.tooLargeSign) \(maxResponseBytes) bytes")
                 }
                 if reads > Self.freeReads && buffer.count < reads * Self.minAverageReadBytes {
                     conn.markBroken()
@@ -213,9 +227,20 @@ public final class HTTPSClient: Sendable {
     }
 }
 
+extension HTTPSClient {
+    /// How the "response too large" protocol errors start, so callers can tell them apart (and ask for less).
+    static let tooLargeSign = "response larger than"
+}
+
 extension TransportError {
+    /// The response exceeded the client's byte limits: asking for a smaller page may succeed.
+    public var isResponseTooLarge: Bool {
+        guard case .protocolError(let message) = self else { return false }
+        return message.hasPrefix(HTTPSClient.tooLargeSign) || message == HTTPParseError.bodyTooLarge.description
+    }
+
     /// What a keep-alive connection the server already closed looks like on the next request.
-    var isStaleConnectionSign: Bool {
+    public var isStaleConnectionSign: Bool {
         switch self {
         case .closed, .connect: return true
         default: return false

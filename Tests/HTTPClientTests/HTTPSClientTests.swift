@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Vault
+@testable import HTTPClient
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,7 +32,7 @@ private final class SilentListener {
         #expect(try Endpoint(url: "https://[fd00::1]").hostHeader == "[fd00::1]")
         #expect(try Endpoint(url: "http://h").port == 80)
         for bad in ["https://", "https://h:0", "https://h:x", "https://h/v1", "https://[::1", "vault:8200"] {
-            #expect(throws: VaultError.self, "\(bad)") { try Endpoint(url: bad) }
+            #expect(throws: AddressError.self, "\(bad)") { try Endpoint(url: bad) }
         }
     }
 

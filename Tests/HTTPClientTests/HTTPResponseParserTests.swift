@@ -1,5 +1,5 @@
 import Testing
-@testable import Vault
+@testable import HTTPClient
 
 private func parse(_ text: String, atEOF: Bool = false, limits: HTTPParserLimits = .init()) throws(HTTPParseError) -> HTTPParseOutcome {
     try HTTPResponseParser.parse(Array(text.utf8)[...], atEOF: atEOF, limits: limits)

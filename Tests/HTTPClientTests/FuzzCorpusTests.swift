@@ -4,9 +4,9 @@
 // (Tests/Fuzz/vault-http/main.swift).
 import Foundation
 import Testing
-import Vault
+import HTTPClient
 
-@Suite struct VaultFuzzCorpusTests {
+@Suite struct HTTPFuzzCorpusTests {
     static let folder = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz/corpus/vault-http")
 
