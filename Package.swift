@@ -47,9 +47,14 @@ let package = Package(
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
         .target(name: "Metrics", dependencies: ["Locking"]),
+        // A strict Prometheus text-format reader (pure): kekd's metrics tests and rotate-cluster's apiserver metrics.
+        .target(name: "PrometheusParser"),
+
+        // A Kubernetes API client: kubeconfig, credentials (token, client certificate, exec plugins), REST calls.
+        .target(name: "Kubernetes", dependencies: ["HTTPClient", "JSON", "YAML", "Locking"]),
 
         // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
-        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking"]),
+        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault"]),
 
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
@@ -70,8 +75,9 @@ let package = Package(
         .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
-        .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
+        .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]

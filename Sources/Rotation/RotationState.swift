@@ -1,6 +1,8 @@
 // What a cluster rotation has done so far, persisted after every step so that a run killed at any point (Ctrl-C,
 // a crash, a reboot) resumes where it stopped and the state file always describes the cluster's real situation.
+import FoundationEssentials
 import JSON
+import KMS
 
 /// The phases of `kekctl rotate-cluster`, in the order they run.
 public enum RotationPhase: String, Sendable, CaseIterable {
@@ -94,4 +96,27 @@ public struct RotationError: Error, Sendable, Equatable, CustomStringConvertible
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
+}
+
+/// The state file: `--state-file`, default ./kekctl-rotation.json, written atomically with mode 0600.
+public enum RotationStateFile {
+    public static let defaultPath = "./kekctl-rotation.json"
+
+    /// nil when there is no state file (a fresh start).
+    public static func load(path: String) throws(RotationError) -> RotationState? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else { throw RotationError("cannot read state file \(path)") }
+        switch RotationState.parse([UInt8](data)) {
+        case .success(let state): return state
+        case .failure(let error): throw RotationError("\(path): \(error.message)")
+        }
+    }
+
+    public static func save(_ state: RotationState, path: String) throws(RotationError) {
+        do {
+            try KeyFileStore.writeAtomically(state.json().serialized() + [0x0a], to: path, replace: true)
+        } catch {
+            throw RotationError("cannot write state file \(path): \(error.message)")
+        }
+    }
 }
