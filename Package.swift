@@ -40,6 +40,10 @@ let package = Package(
         // client Vault, the Kubernetes API client and the etcd client share.
         .target(name: "HTTPClient", dependencies: ["COpenSSL", "Crypto", "Locking"]),
 
+        // etcd's range API (JSON gateway over HTTPClient), and the census of what etcd stores (kekctl census).
+        .target(name: "Etcd", dependencies: ["HTTPClient", "JSON"]),
+        .target(name: "Census", dependencies: ["Etcd", "KMSProto", "JSON"]),
+
         // The KMS service, envelope format, key backends.
         .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON"]),
         .target(name: "Vault", dependencies: ["HTTPClient", "KMS", "Crypto", "Locking", "JSON"]),
@@ -62,7 +66,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -73,6 +77,7 @@ let package = Package(
         .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
         .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking"]),
         .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
+        .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "KMSProto", "JSON"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser"]),
