@@ -58,7 +58,7 @@ let package = Package(
         .target(name: "Kubernetes", dependencies: ["HTTPClient", "JSON", "YAML", "Locking"]),
 
         // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
-        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault"]),
+        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault", "Census", "Etcd"]),
 
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
@@ -66,7 +66,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),

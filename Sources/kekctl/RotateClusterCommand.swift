@@ -1,7 +1,9 @@
 // `kekctl rotate-cluster`: parses flags and assembles the Rotation state machine with the real cluster (Kubernetes
 // API), key backend (key file or Vault), this node's kekd and a verifier. The phases themselves live in Rotation.
+import Etcd
 import FoundationEssentials
 import Glibc
+import HTTPClient
 import JSON
 import KMSProto
 import Kubernetes
@@ -65,7 +67,7 @@ enum RotateClusterCommand {
             var options = RotationOptions(provider: try args.required("provider"))
             options.resources = (args.value("resources") ?? "secrets").split(separator: ",").map { String($0) }
             for resource in options.resources {
-                do { _ = try ResourceKind(resource) } catch { throw UsageError(message: error.message) }
+                do { _ = try ResourceKind(resource) } catch let error as RotationError { throw UsageError(message: error.message) }
             }
             options.settleSeconds = try KeyCommands.parseDuration(args.value("settle") ?? "5m")
             options.convergeTimeout = try KeyCommands.parseDuration(args.value("converge-timeout") ?? "10m")
@@ -115,11 +117,9 @@ enum RotateClusterCommand {
             }
             let apiservers = args.value("apiservers").map { $0.split(separator: ",").map(String.init) }
             let fleet = KubernetesFleet(client: client, apiservers: apiservers)
-            let verifier: MigrationVerifier
+            var verifier: MigrationVerifier = MetricsVerifier(fleet: fleet, provider: options.provider)
             if let etcd = args.value("etcd-endpoint") {
-                verifier = try etcdVerifier(args, endpoint: etcd)
-            } else {
-                verifier = MetricsVerifier(fleet: fleet, provider: options.provider)
+                verifier = try etcdVerifier(args, endpoint: etcd, fallback: verifier)
             }
 
             installInterruptHandlers()
@@ -186,6 +186,19 @@ enum RotateClusterCommand {
             return nil
         default:
             throw UsageError(message: "--backend must be file or vault")
+        }
+    }
+
+    /// The census verifier over etcd's client certificate (kubeadm's healthcheck-client by default), with the
+    /// apiservers' metrics as the fallback when etcd does not answer at all.
+    private static func etcdVerifier(_ args: Arguments, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
+        let tls = TLSSettings(caFile: args.value("etcd-cacert") ?? "/etc/kubernetes/pki/etcd/ca.crt",
+                              clientCertFile: args.value("etcd-cert") ?? "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
+                              clientKeyFile: args.value("etcd-key") ?? "/etc/kubernetes/pki/etcd/healthcheck-client.key")
+        do {
+            return CensusVerifier(client: try EtcdClient(url: endpoint, tls: tls), fallback: fallback)
+        } catch {
+            throw UsageError(message: "--etcd-endpoint: \(error.message)")
         }
     }
 
