@@ -44,9 +44,9 @@ public final class EtcdClient: Sendable {
     /// range), so one page never holds more than about this much, however large the values.
     public static let maxPageBytes = 32 << 20
 
-    /// `url` is https://host:port (http:// for an etcd without TLS). TLS files are read now and re-read on change.
-    public init(url: String, tls: TLSSettings, connectTimeout: Double = 5, requestTimeout: Double = 30) throws(EtcdError) {
-        do { endpoint = try Endpoint(url: url, what: "etcd endpoint") } catch { throw EtcdError(.failed, error.message) }
+    /// `endpoint`: https://host:port (http:// for an etcd without TLS). TLS files are read now and re-read on change.
+    public init(endpoint: Endpoint, tls: TLSSettings, connectTimeout: Double = 5, requestTimeout: Double = 30) throws(EtcdError) {
+        self.endpoint = endpoint
         var limits = HTTPParserLimits()
         limits.maxBodyBytes = Self.maxPageBytes
         do {

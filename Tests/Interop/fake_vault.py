@@ -76,7 +76,7 @@ def _make_ca(name):
     return key, cert
 
 
-def _make_leaf(ca_key, ca_cert, name, server):
+def _make_leaf(ca_key, ca_cert, name, server, server_as_client=False):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -86,14 +86,17 @@ def _make_leaf(ca_key, ca_cert, name, server):
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # etcd's JSON gateway dials etcd itself with the server certificate: it must serve as a client one too.
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if server_as_client else [])
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     else:
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def make_certs(directory):
-    """CA, server cert (localhost, 127.0.0.1), client cert, and an unrelated CA (with a client cert of its own)."""
+def make_certs(directory, server_as_client=False):
+    """CA, server cert (localhost, 127.0.0.1; also for client use with `server_as_client`), client cert, and an
+    unrelated CA (with a client cert of its own)."""
     paths = {n: os.path.join(directory, n) for n in
              ["ca.pem", "server.pem", "server.key", "client.pem", "client.key", "other-ca.pem",
               "other-client.pem", "other-client.key"]}
@@ -101,7 +104,7 @@ def make_certs(directory):
         return paths
     ca_key, ca_cert = _make_ca("kekd test CA")
     _write_cert(paths["ca.pem"], ca_cert)
-    server_key, server_cert = _make_leaf(ca_key, ca_cert, "localhost", server=True)
+    server_key, server_cert = _make_leaf(ca_key, ca_cert, "localhost", server=True, server_as_client=server_as_client)
     _write_cert(paths["server.pem"], server_cert)
     _write_key(paths["server.key"], server_key)
     client_key, client_cert = _make_leaf(ca_key, ca_cert, "kekd-client", server=False)
