@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
-        .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking"]),
+        .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )

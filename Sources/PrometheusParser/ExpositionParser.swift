@@ -74,7 +74,7 @@ public enum ExpositionParser {
         return result
     }
 
-    static func familyName(of sample: String, types: [String: String]) -> String? {
+    public static func familyName(of sample: String, types: [String: String]) -> String? {
         if types[sample] != nil { return sample }
         for suffix in ["_bucket", "_sum", "_count"] where sample.hasSuffix(suffix) {
             let base = String(sample.dropLast(suffix.count))
@@ -83,7 +83,7 @@ public enum ExpositionParser {
         return nil
     }
 
-    static func parseNumber(_ text: String) -> Double? {
+    public static func parseNumber(_ text: String) -> Double? {
         switch text {
         case "+Inf": .infinity
         case "-Inf": -.infinity
@@ -93,7 +93,7 @@ public enum ExpositionParser {
     }
 
     /// `name="value",...` with the three escapes `\\`, `\"`, `\n`; anything else after a backslash is an error.
-    static func parseLabels(_ text: String) throws -> [String: String] {
+    public static func parseLabels(_ text: String) throws -> [String: String] {
         var labels: [String: String] = [:]
         var chars = Array(text.unicodeScalars)[...]
         func err(_ reason: String) -> ExpositionError { ExpositionError(line: 0, text: text, reason: reason) }

@@ -192,11 +192,11 @@ enum RotateClusterCommand {
     /// The census verifier over etcd's client certificate (kubeadm's healthcheck-client by default), with the
     /// apiservers' metrics as the fallback when etcd does not answer at all.
     private static func etcdVerifier(_ args: Arguments, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
-        let tls = TLSSettings(caFile: args.value("etcd-cacert") ?? "/etc/kubernetes/pki/etcd/ca.crt",
-                              clientCertFile: args.value("etcd-cert") ?? "/etc/kubernetes/pki/etcd/healthcheck-client.crt",
-                              clientKeyFile: args.value("etcd-key") ?? "/etc/kubernetes/pki/etcd/healthcheck-client.key")
-        do {
-            return CensusVerifier(client: try EtcdClient(url: endpoint, tls: tls), fallback: fallback)
+        let url: Endpoint
+        do throws(AddressError) { url = try Endpoint(url: endpoint, what: "--etcd-endpoint") } catch { throw UsageError(message: error.message) }
+        let tls = try CensusCommand.tlsSettings(args, secure: url.secure)
+        do throws(EtcdError) {
+            return CensusVerifier(client: try EtcdClient(endpoint: url, tls: tls), fallback: fallback)
         } catch {
             throw UsageError(message: "--etcd-endpoint: \(error.message)")
         }
