@@ -37,8 +37,9 @@ def storage_pb():
 
 
 class ControlPlane:
-    def __init__(self, tmp: pathlib.Path, kms_pb, storage_pb, nodes=3):
+    def __init__(self, tmp: pathlib.Path, kms_pb, storage_pb, nodes=3, vault=None):
         self.tmp = tmp
+        self.vault = vault
         self.storage_pb = storage_pb
         self.etcd = Etcd(tmp / "etcd")
         self.certs = make_certs(str(tmp))
@@ -48,6 +49,13 @@ class ControlPlane:
         for i in range(nodes):
             d = tmp / f"node{i}"
             d.mkdir()
+            if vault is not None:
+                hmac_key = d / "audit-hmac.key"
+                hmac_key.write_text(os.urandom(32).hex())
+                os.chmod(hmac_key, 0o600)
+                self.kekds.append(Kekd(d, ["--backend", "vault", "--audit-hmac-key-file", str(hmac_key), *vault.kekd_flags(),
+                                           "--vault-key-poll-interval", "300ms"], init_key=False))
+                continue
             if first_key is None:
                 subprocess.run([str(KEKCTL), "init", "--key-file", str(d / "kek.json")], check=True, capture_output=True)
                 first_key = d / "kek.json"
@@ -99,8 +107,17 @@ users:
         return {v["key_id"]: v["state"] for v in json.loads(out.stdout)}
 
     def command(self, *extra, settle="1s", converge_timeout="60s"):
-        return [str(KEKCTL), "rotate-cluster", "--provider", "kekd", "--kubeconfig", str(self.kubeconfig),
-                "--key-file", str(self.tmp / "node0" / "kek.json"), "--sync-command", f"sh {self.sync_script} {{file}}",
+        if self.vault is None:
+            backend = ["--key-file", str(self.tmp / "node0" / "kek.json"), "--sync-command", f"sh {self.sync_script} {{file}}"]
+        else:
+            # An operator token of its own (kekd's token should not be allowed to rotate or configure the key).
+            operator = self.tmp / "operator-token"
+            operator.write_text(self.vault.control("token", {"ttl": 0})["token"] + "\n")
+            os.chmod(operator, 0o600)
+            flags = self.vault.kekd_flags()
+            flags[flags.index("--vault-token-file") + 1] = str(operator)
+            backend = ["--backend", "vault", *flags]
+        return [str(KEKCTL), "rotate-cluster", "--provider", "kekd", "--kubeconfig", str(self.kubeconfig), *backend,
                 "--socket", self.kekds[0].socket, "--settle", settle, "--converge-timeout", converge_timeout,
                 "--poll-interval", "1s", "--qps", "2000", "--concurrency", "4", "--etcd-endpoint", self.etcd.url,
                 "--state-file", str(self.state_file), "--output", "json", *extra]
@@ -124,6 +141,17 @@ def clean_env():
 
 def events(stdout):
     return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def vault_key(vault):
+    """The transit key as Vault reports it (read with an operator token)."""
+    import http.client
+    token = vault.control("token", {"ttl": 0})["token"]
+    conn = http.client.HTTPSConnection("127.0.0.1", vault.info["port"], context=vault._ssl, timeout=10)
+    conn.request("GET", "/v1/transit/keys/" + vault.info["key"], headers={"X-Vault-Token": token})
+    data = json.loads(conn.getresponse().read())["data"]
+    conn.close()
+    return data
 
 
 @pytest.fixture
@@ -279,3 +307,26 @@ def test_unusable_kubeconfig_is_one_line(plane, tmp_path):
     assert out.returncode == 3
     assert "auth-provider is not supported" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_vault_rotation_and_retirement(tmp_path, kms_pb, storage_pb):
+    from fake_vault import FakeVaultProcess
+    with FakeVaultProcess(tmp_path / "vault") as vault:
+        plane = ControlPlane(tmp_path, kms_pb, storage_pb, nodes=2, vault=vault)
+        try:
+            deadline = time.time() + 15
+            while time.time() < deadline and not all(a.kms.key_id for a in plane.apiservers):
+                time.sleep(0.1)
+            plane.apiservers[0].create_secrets(300)
+            old = plane.key_id(0)
+            assert vault_key(vault)["latest_version"] == 1
+            out = plane.run("--retire")
+            assert out.returncode == 0, out.stderr + out.stdout
+            new = plane.key_id(0)
+            assert new != old and new.endswith("-v2") and plane.key_id(1) == new
+            assert stored_key_ids(plane.etcd, plane.storage_pb) == {new: 300}
+            key = vault_key(vault)
+            assert key["latest_version"] == 2 and key["min_decryption_version"] == 2
+            assert any("min_decryption_version to 2" in e["message"] for e in events(out.stdout))
+        finally:
+            plane.stop()
