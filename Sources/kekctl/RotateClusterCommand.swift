@@ -22,7 +22,8 @@ enum RotateClusterCommand {
                  (--key-file F [--sync-command 'CMD {file}' | --shared-key-file] | --backend vault --vault-... )
                  [--resources secrets] [--settle 5m] [--converge-timeout 10m] [--qps 50] [--concurrency 4]
                  [--etcd-endpoint URL --etcd-cacert F --etcd-cert F --etcd-key F] [--state-file F]
-                 [--skip-rotate --new-key-id ID] [--socket PATH] [--retire] [--dry-run] [--output text|json]
+                 [--skip-rotate --new-key-id ID] [--socket PATH] [--poll-interval 2s] [--retire] [--dry-run]
+                 [--output text|json]
 
         Rotates the KMS key of a whole control plane and proves the result. Phases, each printed as it starts and
         ends, each resumable from --state-file (default ./kekctl-rotation.json, mode 0600) after Ctrl-C, a crash or

@@ -317,7 +317,7 @@ def binary_flags():
     import subprocess
     from conftest import KEKCTL, KEKD
     texts = [subprocess.run([str(KEKD), "serve", "--help"], capture_output=True, text=True).stdout]
-    for sub in ("init", "rotate", "list", "retire", "prune", "status", "encrypt", "decrypt", "bench", "doctor", "census"):
+    for sub in ("init", "rotate", "list", "retire", "prune", "status", "encrypt", "decrypt", "bench", "doctor", "census", "rotate-cluster"):
         texts.append(subprocess.run([str(KEKCTL), sub, "--help"], capture_output=True, text=True).stdout)
     texts.append(subprocess.run([str(KEKCTL), "audit", "verify", "--help"], capture_output=True, text=True).stdout)
     flags = set()
