@@ -2,25 +2,15 @@
 // min_decryption_version to retire old versions. These need an operator token with update rights on
 // `transit/keys/NAME/rotate` and `transit/keys/NAME/config`, which kekd's own policy must not grant.
 import FoundationEssentials
-import HTTPClient
 import JSON
 
 public final class TransitAdmin: Sendable {
     public let configuration: VaultConfiguration
-    let client: VaultClient
-    let tokens: TokenManager
     let transit: TransitAPI
 
     public init(configuration: VaultConfiguration) throws(VaultError) {
         self.configuration = configuration
-        let http: HTTPSClient
-        do { http = try HTTPSClient(endpoint: configuration.endpoint, tls: configuration.tls, connectTimeout: configuration.connectTimeout) }
-        catch { throw VaultError(.invalidArgument, "Vault TLS setup: \(error.description)") }
-        client = VaultClient(http: http, breaker: CircuitBreaker(), backoff: Backoff(), requestTimeout: configuration.requestTimeout,
-                             namespace: configuration.namespace, onCall: nil)
-        tokens = TokenManager(method: configuration.auth, client: client)
-        transit = TransitAPI(client: client, tokens: tokens, mount: configuration.transitMount, keyName: configuration.keyName,
-                             requestTimeout: configuration.requestTimeout)
+        transit = try TransitAPI.make(configuration: configuration, onCall: nil)
     }
 
     private var deadline: Date { Date(timeIntervalSinceNow: max(configuration.requestTimeout * 4, 10)) }
@@ -40,8 +30,8 @@ public final class TransitAdmin: Sendable {
 
     private func post(_ op: String, _ path: String, _ body: JSONValue?) throws(VaultError) {
         let d = deadline
-        let reply = try tokens.withToken(deadline: d) { (token: String) throws(VaultError) -> VaultReply in
-            try client.request(op: op, method: "POST", path: path, body: body, token: token, deadline: d)
+        let reply = try transit.tokens.withToken(deadline: d) { (token: String) throws(VaultError) -> VaultReply in
+            try transit.client.request(op: op, method: "POST", path: path, body: body, token: token, deadline: d)
         }
         guard (200...299).contains(reply.status) else { throw VaultClient.error(op, reply) }
     }
