@@ -332,3 +332,28 @@ def test_vault_rotation_and_retirement(tmp_path, kms_pb, storage_pb):
             assert any("min_decryption_version to 2" in e["message"] for e in events(out.stdout))
         finally:
             plane.stop()
+
+
+def test_unreachable_apiserver_is_refused_by_name(plane):
+    dead = "https://127.0.0.1:1"
+    out = plane.run("--apiservers", f"{plane.apiservers[0].url},{dead}")
+    assert out.returncode == 3, out.stderr
+    assert dead in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not plane.state_file.exists()
+
+
+def test_etcd_refusing_the_certificate_fails_verify_resumably(plane):
+    plane.apiservers[0].create_secrets(20)
+    old = plane.key_id(0)
+    cmd = plane.command("--retire")
+    cmd[cmd.index("--etcd-cert") + 1] = plane.etcd.certs["other-client.pem"]
+    cmd[cmd.index("--etcd-key") + 1] = plane.etcd.certs["other-client.key"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=clean_env())
+    assert out.returncode == 1
+    assert "phase verify failed" in out.stderr and "certificate" in out.stderr
+    state = json.loads(plane.state_file.read_text())
+    assert state["phase"] == "verify" and not state["retired"]
+    assert plane.versions(0)[old] == "active"              # never retired without the proof
+    out = plane.run("--retire")
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert_rotated(plane, old, count=20)
