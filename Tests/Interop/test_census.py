@@ -222,6 +222,17 @@ def test_pages_are_read_at_one_revision_and_a_compaction_under_them_is_reported(
     assert out == b""
 
 
+def test_pages_of_large_values_are_split_until_they_fit(etcd):
+    """40 values of 1 MiB (53 MiB of base64) in one 500-key page pass the client's 32 MiB page cap: it asks again
+    for fewer keys until a page fits, and still counts every object once."""
+    value = b"k8s:enc:kms:v2:kekd:" + b"\x12\x05key-9\x0a\x80\x80\x40" + os.urandom(1 << 20)
+    for i in range(40):
+        etcd.put(f"/large/secrets/ns/big-{i:02}".encode(), value)
+    result = census(etcd, "--json", "--prefix", "/large/")
+    assert result.returncode == 0, result.stderr
+    assert groups_of(result.stdout) == {("secrets", "kms-v2", "kekd", "key-9"): 40}
+
+
 def peak_rss_mib(cmd):
     """Runs `cmd`; returns (stdout, stderr, exit code, peak resident MiB). The peak is the kernel's high-water mark of
     the new program's own memory (VmHWM), sampled until it exits: wait4's ru_maxrss would also count the forked
