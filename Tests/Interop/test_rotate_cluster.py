@@ -357,3 +357,30 @@ def test_etcd_refusing_the_certificate_fails_verify_resumably(plane):
     out = plane.run("--retire")
     assert out.returncode == 0, out.stderr + out.stdout
     assert_rotated(plane, old, count=20)
+
+
+def test_exec_credential_plugin_and_expired_credentials(plane, tmp_path):
+    plane.apiservers[0].create_secrets(7)
+    # A managed cluster's kubeconfig: the token comes from an exec plugin (client.authentication.k8s.io/v1).
+    plugin = tmp_path / "credential-plugin.sh"
+    plugin.write_text('#!/bin/sh\ncase "$KUBERNETES_EXEC_INFO" in *ExecCredential*) ;; *) exit 9;; esac\n'
+                      'printf \'{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential",'
+                      '"status":{"token":"%s","expirationTimestamp":"2099-01-01T00:00:00Z"}}\' "$TOKEN"\n')
+    plugin.chmod(0o700)
+    text = plane.kubeconfig.read_text()
+    exec_user = ("    exec:\n      apiVersion: client.authentication.k8s.io/v1\n      command: " + str(plugin) + "\n"
+                 "      env:\n      - name: TOKEN\n        value: " + plane.cluster.token + "\n")
+    managed = tmp_path / "managed-kubeconfig"
+    managed.write_text(text.replace(f"    token: {plane.cluster.token}\n", exec_user))
+    cmd = plane.command("--dry-run")
+    cmd[cmd.index("--kubeconfig") + 1] = str(managed)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=clean_env())
+    assert out.returncode == 0, out.stderr
+    assert any("would rewrite 7 secrets" in e["message"] for e in events(out.stdout))
+    # Expired (here: revoked) credentials: refused with a one-line reason, nothing changed, no token printed.
+    expired = tmp_path / "expired-kubeconfig"
+    expired.write_text(text.replace(plane.cluster.token, "expired-token-123"))
+    cmd[cmd.index("--kubeconfig") + 1] = str(expired)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=clean_env())
+    assert out.returncode == 3
+    assert "credentials" in out.stderr and "expired-token-123" not in out.stderr + out.stdout
