@@ -103,7 +103,7 @@ public final class KubernetesClient: Sendable {
     public func sibling(server other: String) throws(KubernetesError) -> KubernetesClient {
         if other == server { return self }
         var settings = tls
-        if settings.serverName == nil, let host = try? Endpoint(url: server, what: "apiserver address").host, !HTTPSHostIsIP(host) {
+        if settings.serverName == nil, let host = try? Endpoint(url: server, what: "apiserver address").host, !isIPLiteral(host) {
             settings.serverName = host
         }
         return try KubernetesClient(server: other, tls: settings, tokens: tokens, folder: folder, requestTimeout: requestTimeout)
@@ -214,7 +214,7 @@ public func percentEncoded(_ text: String) -> String {
 }
 
 /// Whether `host` is an IP literal (then certificate verification checks it as an IP SAN).
-func HTTPSHostIsIP(_ host: String) -> Bool {
+func isIPLiteral(_ host: String) -> Bool {
     var v4 = in_addr(), v6 = in6_addr()
     return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
 }
