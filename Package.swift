@@ -55,6 +55,14 @@ let package = Package(
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
         .target(name: "Metrics", dependencies: ["Locking"]),
+        // A strict Prometheus text-format reader (pure): kekd's metrics tests and rotate-cluster's apiserver metrics.
+        .target(name: "PrometheusParser"),
+
+        // A Kubernetes API client: kubeconfig, credentials (token, client certificate, exec plugins), REST calls.
+        .target(name: "Kubernetes", dependencies: ["HTTPClient", "JSON", "YAML", "Locking"]),
+
+        // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
+        .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault", "Census", "Etcd"]),
 
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
@@ -62,7 +70,7 @@ let package = Package(
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
         .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "PKCS11"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
@@ -77,8 +85,10 @@ let package = Package(
         .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11", "KMS", "Crypto"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
-        .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
+        .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
+        .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
         .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )

@@ -137,7 +137,7 @@ public enum KeyFileStore {
     /// `path`, when `replace` is false), then fsync the folder so the new name is durable. A replacement keeps the
     /// replaced file's owner and group: kekctl run as root must not leave a root-owned file that kekd (another uid)
     /// can no longer read. When it cannot (not root, and not that owner), it refuses before writing anything.
-    static func writeAtomically(_ bytes: [UInt8], to path: String, replace: Bool) throws(KMSError) {
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, replace: Bool) throws(KMSError) {
         var content = bytes
         defer { wipe(&content) }
         var replaced = stat()

@@ -1,6 +1,7 @@
 // The three Transit calls kekd makes: read the key's metadata, encrypt a local KEK under an explicit version, and
 // decrypt wrapped local KEKs in batches.
 import FoundationEssentials
+import HTTPClient
 import JSON
 import Glibc
 
@@ -24,6 +25,20 @@ final class TransitAPI: Sendable {
     init(client: VaultClient, tokens: TokenManager, mount: String, keyName: String, requestTimeout: Double) {
         self.client = client; self.tokens = tokens; self.mount = mount; self.keyName = keyName
         self.requestTimeout = requestTimeout
+    }
+
+    /// The stack every Transit user builds on the configuration: HTTPS client (certificate checks always on), the
+    /// retrying Vault client, the token manager, the Transit calls.
+    static func make(configuration: VaultConfiguration, onCall: BackendCallHook?) throws(VaultError) -> TransitAPI {
+        var tls = configuration.tls
+        tls.insecureSkipVerify = false
+        let http: HTTPSClient
+        do { http = try HTTPSClient(endpoint: configuration.endpoint, tls: tls, connectTimeout: configuration.connectTimeout) }
+        catch { throw VaultError(.invalidArgument, "Vault TLS setup: \(error.description)") }
+        let client = VaultClient(http: http, breaker: CircuitBreaker(), backoff: Backoff(), requestTimeout: configuration.requestTimeout,
+                                 namespace: configuration.namespace, onCall: onCall)
+        return TransitAPI(client: client, tokens: TokenManager(method: configuration.auth, client: client), mount: configuration.transitMount,
+                          keyName: configuration.keyName, requestTimeout: configuration.requestTimeout)
     }
 
     private func call(_ op: String, _ method: String, _ path: String, _ body: JSONValue?, deadline: Date) throws(VaultError) -> VaultReply {

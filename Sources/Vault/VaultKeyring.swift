@@ -111,16 +111,9 @@ public final class VaultKeyring: Sendable {
         self.problems = problems
         self.now = { Date().timeIntervalSince1970 }
         self.tick = maintenanceTick
-        var tls = configuration.tls
-        tls.insecureSkipVerify = false
-        let http: HTTPSClient
-        do { http = try HTTPSClient(endpoint: configuration.endpoint, tls: tls, connectTimeout: configuration.connectTimeout) }
-        catch { throw VaultError(.invalidArgument, "Vault TLS setup: \(error.description)") }
-        client = VaultClient(http: http, breaker: CircuitBreaker(), backoff: Backoff(), requestTimeout: configuration.requestTimeout,
-                             namespace: configuration.namespace, onCall: onBackendCall)
-        tokens = TokenManager(method: configuration.auth, client: client)
-        transit = TransitAPI(client: client, tokens: tokens, mount: configuration.transitMount, keyName: configuration.keyName,
-                             requestTimeout: configuration.requestTimeout)
+        transit = try TransitAPI.make(configuration: configuration, onCall: onBackendCall)
+        client = transit.client
+        tokens = transit.tokens
         let cache = LocalKEKCache(capacity: configuration.cacheSize, ttl: configuration.cacheTTL)
         self.cache = cache
         let state = LockedValue(State())

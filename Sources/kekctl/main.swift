@@ -18,6 +18,7 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
     ("bench", "load-test a running kekd (used by scripts/bench)", ProbeCommands.bench),
     ("doctor", "check kekd, kube-apiserver's encryption setup and the node", DoctorCommand.run),
     ("census", "count what etcd stores by storage kind and key_id (read-only)", CensusCommand.run),
+    ("rotate-cluster", "rotate the KMS key of a whole control plane, migrate and prove it; resumable", RotateClusterCommand.run),
 ]
 
 @MainActor func usage() -> String {

@@ -77,7 +77,7 @@ def etcd(storage_pb):
         items += [(f"/registry/secrets/local/{name}-{i}".encode(), prefix + os.urandom(16) + CIPHERTEXT) for i in range(n)]
     items += [(f"/registry/secrets/plain/json-{i}".encode(), identity_json(f"json-{i}")) for i in range(250)]
     items += [(f"/registry/secrets/plain/pb-{i}".encode(), b"k8s\x00\n\x0c\n\x02v1\x12\x06Secret" + PLAINTEXT) for i in range(120)]
-    items += [(f"/registry/secrets/odd/garbage-{i}".encode(), os.urandom(1) + b"\xff garbage " + PLAINTEXT) for i in range(30)]
+    items += [(f"/registry/secrets/odd/garbage-{i}".encode(), b"\x01\xff garbage " + PLAINTEXT) for i in range(30)]
     items += [(f"/registry/configmaps/kube-system/cm-{i}".encode(), identity_json(f"cm-{i}")) for i in range(400)]
     items += [(f"/registry/example.com/widgets/ns/w-{i}".encode(), kms_v2(storage_pb, "kekd", "key-2")) for i in range(77)]
     # Outside the prefix, on both sides of it: never counted.

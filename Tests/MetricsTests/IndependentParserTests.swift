@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 @testable import Metrics
+import PrometheusParser
 
 private let python = ProcessInfo.processInfo.environment["KEKD_PYTHON"]
 

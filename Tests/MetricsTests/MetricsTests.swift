@@ -3,6 +3,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import Metrics
+import PrometheusParser
 
 @Suite struct ExpositionFormatTests {
     static let requiredFamilies = [

@@ -1,40 +1,41 @@
-// A strict reader of the Prometheus text format, independent of the writer, for checking kekd's output.
+// A strict reader of the Prometheus text format, independent of the writer: the metrics tests check kekd's own
+// output with it, and `kekctl rotate-cluster` reads kube-apiserver's /metrics (the KMS key_id_hash metric) with it.
 
-struct ParsedSample: Equatable {
-    var name: String
-    var labels: [String: String]
-    var value: Double
+public struct ParsedSample: Equatable, Sendable {
+    public var name: String
+    public var labels: [String: String]
+    public var value: Double
 }
 
-struct ParsedExposition {
-    var samples: [ParsedSample] = []
-    var types: [String: String] = [:]     // family name -> counter | gauge | histogram
-    var helps: [String: String] = [:]
+public struct ParsedExposition: Sendable {
+    public var samples: [ParsedSample] = []
+    public var types: [String: String] = [:]     // family name -> counter | gauge | histogram | summary | untyped
+    public var helps: [String: String] = [:]
 
-    func values(_ name: String, where match: [String: String] = [:]) -> [Double] {
+    public func values(_ name: String, where match: [String: String] = [:]) -> [Double] {
         samples.filter { s in s.name == name && match.allSatisfy { s.labels[$0.key] == $0.value } }.map(\.value)
     }
 
-    func value(_ name: String, _ match: [String: String] = [:]) -> Double? {
+    public func value(_ name: String, _ match: [String: String] = [:]) -> Double? {
         let found = values(name, where: match)
         return found.count == 1 ? found[0] : nil
     }
 }
 
-struct ExpositionError: Error, CustomStringConvertible {
-    var line: Int
-    var text: String
-    var reason: String
-    var description: String { "line \(line): \(reason): \(text)" }
+public struct ExpositionError: Error, Sendable, CustomStringConvertible {
+    public var line: Int
+    public var text: String
+    public var reason: String
+    public var description: String { "line \(line): \(reason): \(text)" }
 }
 
-enum ExpositionParser {
+public enum ExpositionParser {
     /// Parses every line or throws on the first one that is not exactly HELP, TYPE or a sample whose family
     /// was declared (HELP then TYPE) before it. Duplicate series and redeclared families are errors too.
-    static func parse(_ text: String) throws -> ParsedExposition {
+    public static func parse(_ text: String) throws -> ParsedExposition {
         let helpLine = /^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) (.*)$/
         let typeLine = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$/
-        let sampleLine = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)$/
+        let sampleLine = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)(?: -?[0-9]+)?$/
         let number = /^(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)|\+Inf|-Inf|NaN)$/
         var result = ParsedExposition()
         var seenSeries = Set<String>()
@@ -73,16 +74,16 @@ enum ExpositionParser {
         return result
     }
 
-    static func familyName(of sample: String, types: [String: String]) -> String? {
+    public static func familyName(of sample: String, types: [String: String]) -> String? {
         if types[sample] != nil { return sample }
         for suffix in ["_bucket", "_sum", "_count"] where sample.hasSuffix(suffix) {
             let base = String(sample.dropLast(suffix.count))
-            if types[base] == "histogram" { return base }
+            if types[base] == "histogram" || (types[base] == "summary" && suffix != "_bucket") { return base }
         }
         return nil
     }
 
-    static func parseNumber(_ text: String) -> Double? {
+    public static func parseNumber(_ text: String) -> Double? {
         switch text {
         case "+Inf": .infinity
         case "-Inf": -.infinity
@@ -92,7 +93,7 @@ enum ExpositionParser {
     }
 
     /// `name="value",...` with the three escapes `\\`, `\"`, `\n`; anything else after a backslash is an error.
-    static func parseLabels(_ text: String) throws -> [String: String] {
+    public static func parseLabels(_ text: String) throws -> [String: String] {
         var labels: [String: String] = [:]
         var chars = Array(text.unicodeScalars)[...]
         func err(_ reason: String) -> ExpositionError { ExpositionError(line: 0, text: text, reason: reason) }
