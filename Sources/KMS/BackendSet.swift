@@ -61,6 +61,14 @@ public final class BackendSet: KeyBackend {
 
     public func status() -> BackendStatus { encrypting.status() }
 
+    public func wouldBlock(_ call: BackendCall) -> Bool {
+        switch call {
+        case .encrypt: return encrypting.wouldBlock(call)
+        // A key_id no backend here takes is refused at once, without blocking.
+        case .decrypt(let keyID, _): return (try? backend(forKeyID: keyID))?.wouldBlock(call) ?? false
+        }
+    }
+
     public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
         try encrypting.encrypt(plaintext: plaintext, uid: uid)
     }

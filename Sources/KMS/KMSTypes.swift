@@ -57,11 +57,20 @@ public struct EncryptResult: Sendable {
     }
 }
 
+/// A call as a backend sees it before doing it (`KeyBackend.wouldBlock`).
+public enum BackendCall: Sendable {
+    case encrypt
+    case decrypt(keyID: String, annotations: [String: [UInt8]])
+}
+
 public protocol KeyBackend: AnyObject, Sendable {
     /// "file" | "vault" (the audit record's `backend`).
     var name: String { get }
     /// True when encrypt/decrypt can wait on the network (the Server then uses a worker pool).
     var mayBlock: Bool { get }
+    /// Whether this call would wait on the network or a device now (a cache miss, a local KEK to replace). A call
+    /// that would not is answered on the connection's own thread, skipping the pool's hand-off; `true` is always safe.
+    func wouldBlock(_ call: BackendCall) -> Bool
     /// Cached state only, never I/O; keyID = the current primary's key_id.
     func status() -> BackendStatus
     /// The returned keyID is the primary's key_id from the same snapshot Status reads.
@@ -72,4 +81,9 @@ public protocol KeyBackend: AnyObject, Sendable {
     /// SIGHUP: re-read key material/credentials now (no-op if not applicable).
     func reload()
     func close()
+}
+
+extension KeyBackend {
+    /// A backend that never blocks answers every call inline; one that may, only what it says it can.
+    public func wouldBlock(_ call: BackendCall) -> Bool { mayBlock }
 }

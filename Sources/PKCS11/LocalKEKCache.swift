@@ -34,6 +34,9 @@ final class UnwrappedKEKCache: Sendable {
         }
     }
 
+    /// Without touching its use (a look before the call, not a use).
+    func contains(_ wrapped: String) -> Bool { inner.withLock { $0.entries[wrapped] != nil } }
+
     var count: Int { inner.withLock { $0.entries.count } }
 }
 

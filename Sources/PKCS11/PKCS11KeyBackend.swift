@@ -87,6 +87,16 @@ public final class PKCS11KeyBackend: KeyBackend {
     public var name: String { "pkcs11" }
     public var mayBlock: Bool { true }
 
+    /// Encrypt never touches the token; a Decrypt does only when its local KEK is not cached.
+    public func wouldBlock(_ call: BackendCall) -> Bool {
+        switch call {
+        case .encrypt: return false
+        case .decrypt(_, let annotations):
+            guard let annotation = annotations[Self.localKEKAnnotation] else { return false }
+            return !cache.contains(String(decoding: annotation, as: UTF8.self))
+        }
+    }
+
     // MARK: Status / Encrypt / Decrypt
 
     /// Cached state only. An unreachable token does not fail Status: Encrypt keeps working with the cached local KEK.

@@ -50,6 +50,12 @@ final class LocalKEKCache: Sendable {
         }
     }
 
+    /// Cached and not expired, without touching its use (a look before the call, not a use).
+    func contains(_ wrapped: String) -> Bool {
+        let t = now()
+        return inner.withLock { s in s.entries[wrapped].map { t < $0.expires } ?? false }
+    }
+
     var generation: Int { inner.withLock { $0.generation } }
 
     /// Caches `key` unless the cache was cleared since `generation` was read (nil: unconditionally).

@@ -33,6 +33,13 @@ public final class VaultKeyBackend: KeyBackend {
     public var name: String { "vault" }
     public var mayBlock: Bool { true }
 
+    public func wouldBlock(_ call: BackendCall) -> Bool {
+        switch call {
+        case .encrypt: return keyring.encryptWouldBlock()
+        case .decrypt(_, let annotations): return keyring.decryptWouldBlock(annotations: annotations)
+        }
+    }
+
     public func status() -> BackendStatus {
         let health = keyring.health()
         if keyring.configuration.decryptOnly {

@@ -242,6 +242,19 @@ public final class VaultKeyring: Sendable {
         }
     }
 
+    /// Encrypt waits on Vault only to replace a local KEK past its age or use limit (normally the background loop
+    /// replaced it before).
+    func encryptWouldBlock() -> Bool {
+        guard !configuration.decryptOnly, let active = state.withLock({ $0.active }) else { return false }
+        return active.exhaustion(config: configuration, now: now()) != nil
+    }
+
+    /// Decrypt waits on Vault only when its local KEK is not cached.
+    func decryptWouldBlock(annotations: [String: [UInt8]]) -> Bool {
+        guard let bytes = annotations[Self.localKEKAnnotation], let (wrapped, _) = Self.parseWrapped(bytes) else { return false }
+        return !cache.contains(wrapped)
+    }
+
     public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]]) throws(VaultError) -> [UInt8] {
         let minimum = 1 + Self.nonceSize + AES256GCM.tagSize
         guard ciphertext.count >= minimum, ciphertext[0] == Self.formatVersion else {

@@ -96,3 +96,16 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
     #expect(service.decryptBackendName(keyID: vaultKeyID) == "vault")
     #expect(KMSService(backend: NamedBackend("file")).decryptBackendName(keyID: vaultKeyID) == "file")
 }
+
+@Test func wouldBlockAsksTheBackendTheCallGoesTo() throws {
+    let vault = NamedBackend("vault", mayBlock: true), file = NamedBackend("file")
+    let set = try BackendSet(encrypting: vault, decryptOnly: [file])
+    #expect(set.wouldBlock(.encrypt))
+    #expect(set.wouldBlock(.decrypt(keyID: vaultKeyID, annotations: [:])))
+    #expect(!set.wouldBlock(.decrypt(keyID: fileKeyID, annotations: [:])))
+    // Refused at once (unknown prefix, or a kind this kekd does not have): nothing to wait for.
+    #expect(!set.wouldBlock(.decrypt(keyID: "garbage", annotations: [:])))
+    #expect(!set.wouldBlock(.decrypt(keyID: pkcs11KeyID, annotations: [:])))
+    let fileOnly = try BackendSet(encrypting: file)
+    #expect(!fileOnly.wouldBlock(.encrypt))
+}
