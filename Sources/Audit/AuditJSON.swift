@@ -11,6 +11,14 @@ enum AuditJSON {
     /// never carries raw bytes a terminal or log shipper could interpret. At most `maxScalars` scalars are kept;
     /// a cut string ends in "...".
     static func appendString(_ s: String, maxScalars: Int = Int.max, to out: inout [UInt8]) {
+        let utf8 = s.utf8
+        if utf8.count <= maxScalars && utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C }) {
+            // Printable ASCII that needs no escape (every op, key_id, outcome and most uids): copied as is.
+            out.append(0x22)
+            out.append(contentsOf: utf8)
+            out.append(0x22)
+            return
+        }
         out.append(0x22)
         var kept = 0
         for scalar in s.unicodeScalars {
@@ -56,7 +64,25 @@ enum AuditJSON {
     }
 
     static func appendInteger(_ n: some BinaryInteger, to out: inout [UInt8]) {
-        out.append(contentsOf: String(n).utf8)
+        if n < 0 { out.append(0x2D) }
+        appendDecimal(UInt64(truncatingIfNeeded: n.magnitude), minimumDigits: 1, to: &out)
+    }
+
+    /// Decimal digits written in place: no `String` on the audit path.
+    static func appendDecimal(_ value: UInt64, minimumDigits: Int, to out: inout [UInt8]) {
+        var count = 1
+        var rest = value
+        while rest >= 10 { rest /= 10; count += 1 }
+        count = max(count, minimumDigits)
+        let start = out.count
+        out.append(contentsOf: repeatElement(0x30, count: count))
+        var v = value
+        var i = start + count - 1
+        while v > 0 {
+            out[i] = 0x30 + UInt8(v % 10)
+            v /= 10
+            i -= 1
+        }
     }
 
     /// A quoted lowercase hex string.
@@ -182,9 +208,8 @@ enum RFC3339 {
     }
 
     private static func appendPadded(_ v: Int64, _ width: Int, _ out: inout [UInt8]) {
-        let digits = Array(String(v).utf8)
-        if digits.count < width { out.append(contentsOf: repeatElement(0x30, count: width - digits.count)) }
-        out.append(contentsOf: digits)
+        if v < 0 { out.append(0x2D) }
+        AuditJSON.appendDecimal(v.magnitude, minimumDigits: v < 0 ? width - 1 : width, to: &out)
     }
 
     private static func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }
