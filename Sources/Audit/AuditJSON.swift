@@ -11,14 +11,16 @@ enum AuditJSON {
     /// never carries raw bytes a terminal or log shipper could interpret. At most `maxScalars` scalars are kept;
     /// a cut string ends in "...".
     static func appendString(_ s: String, maxScalars: Int = Int.max, to out: inout [UInt8]) {
-        let utf8 = s.utf8
-        if utf8.count <= maxScalars && utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F && $0 != 0x22 && $0 != 0x5C }) {
-            // Printable ASCII that needs no escape (every op, key_id, outcome and most uids): copied as is.
+        // Printable ASCII that needs no escape (every op, key_id, outcome and most uids) is copied as is.
+        let copied = s.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard bytes.count <= maxScalars else { return false }
+            for b in bytes where b < 0x20 || b >= 0x7F || b == 0x22 || b == 0x5C { return false }
             out.append(0x22)
-            out.append(contentsOf: utf8)
+            out.append(contentsOf: bytes)
             out.append(0x22)
-            return
+            return true
         }
+        if copied == true { return }
         out.append(0x22)
         var kept = 0
         for scalar in s.unicodeScalars {
@@ -56,11 +58,20 @@ enum AuditJSON {
         for shift in stride(from: 12, through: 0, by: -4) { out.append(hexDigits[Int((unit >> UInt16(shift)) & 0xF)]) }
     }
 
-    static func appendKey(_ key: String, to out: inout [UInt8], first: Bool = false) {
+    /// `,"key":` (no comma when `first`). Keys are literals: plain ASCII, no escaping needed.
+    static func appendKey(_ key: StaticString, to out: inout [UInt8], first: Bool = false) {
         if !first { out.append(0x2C) }
         out.append(0x22)
-        out.append(contentsOf: key.utf8)
-        out.append(contentsOf: [0x22, 0x3A])
+        key.withUTF8Buffer { out.append(contentsOf: $0) }
+        out.append(0x22)
+        out.append(0x3A)
+    }
+
+    /// The same for a key chosen at run time (log fields), escaped like any string.
+    static func appendKey(named key: String, to out: inout [UInt8], first: Bool = false) {
+        if !first { out.append(0x2C) }
+        appendString(key, to: &out)
+        out.append(0x3A)
     }
 
     static func appendInteger(_ n: some BinaryInteger, to out: inout [UInt8]) {
@@ -70,18 +81,19 @@ enum AuditJSON {
 
     /// Decimal digits written in place: no `String` on the audit path.
     static func appendDecimal(_ value: UInt64, minimumDigits: Int, to out: inout [UInt8]) {
-        var count = 1
-        var rest = value
-        while rest >= 10 { rest /= 10; count += 1 }
-        count = max(count, minimumDigits)
-        let start = out.count
-        out.append(contentsOf: repeatElement(0x30, count: count))
-        var v = value
-        var i = start + count - 1
-        while v > 0 {
-            out[i] = 0x30 + UInt8(v % 10)
-            v /= 10
-            i -= 1
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { digits in
+            var i = 24
+            var v = value
+            repeat {
+                i -= 1
+                digits[i] = 0x30 + UInt8(truncatingIfNeeded: v % 10)
+                v /= 10
+            } while v > 0
+            while 24 - i < min(minimumDigits, 24) {
+                i -= 1
+                digits[i] = 0x30
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[i..<24]))
         }
     }
 
@@ -93,8 +105,15 @@ enum AuditJSON {
     }
 
     static func appendHexDigits(_ bytes: some Collection<UInt8>, to out: inout [UInt8]) {
-        for b in bytes { out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 0xF)]) }
+        out.reserveCapacity(out.count + 2 * bytes.count)
+        for b in bytes {
+            out.append(hexDigit(b >> 4))
+            out.append(hexDigit(b & 0xF))
+        }
     }
+
+    @inline(__always)
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? 0x30 + nibble : 0x57 + nibble }
 
     /// Lowercase hex of exactly `count` bytes, or nil. Strict: we only ever write lowercase.
     static func decodeHex(_ text: ArraySlice<UInt8>, count: Int) -> [UInt8]? {
