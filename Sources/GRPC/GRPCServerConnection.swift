@@ -139,13 +139,13 @@ public final class GRPCServerConnection {
             case let .streamError(streamID, code, reason):
                 forget(streamID)
                 if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
-                out.append(.streamProtocolError(kind: "\(code)", reason: reason))
+                out.append(.streamProtocolError(kind: code.label, reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
             case let .connectionError(code, reason):
                 releaseBufferedRequests()
                 inFlight.removeAll()
-                out.append(.connectionError(kind: "\(code)", reason: reason))
+                out.append(.connectionError(kind: code.label, reason: reason))
             default:
                 break
             }

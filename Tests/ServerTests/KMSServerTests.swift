@@ -16,7 +16,9 @@ private final class FakeBackend: KeyBackend, @unchecked Sendable {
     func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
         EncryptResult(ciphertext: plaintext.reversed(), keyID: "fake-key-1", annotations: [:])
     }
+    let decrypts = LockedValue(0)
     func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        decrypts.withLock { $0 += 1 }
         if ciphertext == Array("slow".utf8) { Thread.sleep(forTimeInterval: delay) }
         guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
         return ciphertext.reversed()
@@ -178,4 +180,18 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
     #expect(finished.wait(timeout: .now() + 5) == .success)
     #expect(result.withLock { $0 } == .ok)
     #expect(!FileManager.default.fileExists(atPath: path))
+}
+
+@Test(arguments: [false, true])
+func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) throws {
+    // grpc-timeout 0: the deadline has passed when the call is handed out, inline or on the pool.
+    let backend = FakeBackend(mayBlock: mayBlock)
+    let server = try startServer(backend)
+    defer { server.shutdown() }
+    let client = try UnixGRPCClient(socketPath: server.configuration.socketPath)
+    let request = DecryptRequest(ciphertext: [1, 2, 3], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    #expect(try client.call(path: decryptPath, message: request, timeoutNanos: 0).status.code == .deadlineExceeded)
+    #expect(backend.decrypts.withLock { $0 } == 0)
+    #expect(try client.call(path: decryptPath, message: request).status.code == .ok)
+    #expect(backend.decrypts.withLock { $0 } == 1)
 }
