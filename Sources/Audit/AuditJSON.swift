@@ -11,6 +11,16 @@ enum AuditJSON {
     /// never carries raw bytes a terminal or log shipper could interpret. At most `maxScalars` scalars are kept;
     /// a cut string ends in "...".
     static func appendString(_ s: String, maxScalars: Int = Int.max, to out: inout [UInt8]) {
+        // Printable ASCII that needs no escape (every op, key_id, outcome and most uids) is copied as is.
+        let copied = s.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard bytes.count <= maxScalars else { return false }
+            for b in bytes where b < 0x20 || b >= 0x7F || b == 0x22 || b == 0x5C { return false }
+            out.append(0x22)
+            out.append(contentsOf: bytes)
+            out.append(0x22)
+            return true
+        }
+        if copied == true { return }
         out.append(0x22)
         var kept = 0
         for scalar in s.unicodeScalars {
@@ -48,15 +58,43 @@ enum AuditJSON {
         for shift in stride(from: 12, through: 0, by: -4) { out.append(hexDigits[Int((unit >> UInt16(shift)) & 0xF)]) }
     }
 
-    static func appendKey(_ key: String, to out: inout [UInt8], first: Bool = false) {
+    /// `,"key":` (no comma when `first`). Keys are literals: plain ASCII, no escaping needed.
+    static func appendKey(_ key: StaticString, to out: inout [UInt8], first: Bool = false) {
         if !first { out.append(0x2C) }
         out.append(0x22)
-        out.append(contentsOf: key.utf8)
-        out.append(contentsOf: [0x22, 0x3A])
+        key.withUTF8Buffer { out.append(contentsOf: $0) }
+        out.append(0x22)
+        out.append(0x3A)
+    }
+
+    /// The same for a key chosen at run time (log fields), escaped like any string.
+    static func appendKey(named key: String, to out: inout [UInt8], first: Bool = false) {
+        if !first { out.append(0x2C) }
+        appendString(key, to: &out)
+        out.append(0x3A)
     }
 
     static func appendInteger(_ n: some BinaryInteger, to out: inout [UInt8]) {
-        out.append(contentsOf: String(n).utf8)
+        if n < 0 { out.append(0x2D) }
+        appendDecimal(UInt64(truncatingIfNeeded: n.magnitude), minimumDigits: 1, to: &out)
+    }
+
+    /// Decimal digits written in place: no `String` on the audit path.
+    static func appendDecimal(_ value: UInt64, minimumDigits: Int, to out: inout [UInt8]) {
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { digits in
+            var i = 24
+            var v = value
+            repeat {
+                i -= 1
+                digits[i] = 0x30 + UInt8(truncatingIfNeeded: v % 10)
+                v /= 10
+            } while v > 0
+            while 24 - i < min(minimumDigits, 24) {
+                i -= 1
+                digits[i] = 0x30
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[i..<24]))
+        }
     }
 
     /// A quoted lowercase hex string.
@@ -67,8 +105,15 @@ enum AuditJSON {
     }
 
     static func appendHexDigits(_ bytes: some Collection<UInt8>, to out: inout [UInt8]) {
-        for b in bytes { out.append(hexDigits[Int(b >> 4)]); out.append(hexDigits[Int(b & 0xF)]) }
+        out.reserveCapacity(out.count + 2 * bytes.count)
+        for b in bytes {
+            out.append(hexDigit(b >> 4))
+            out.append(hexDigit(b & 0xF))
+        }
     }
+
+    @inline(__always)
+    private static func hexDigit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? 0x30 + nibble : 0x57 + nibble }
 
     /// Lowercase hex of exactly `count` bytes, or nil. Strict: we only ever write lowercase.
     static func decodeHex(_ text: ArraySlice<UInt8>, count: Int) -> [UInt8]? {
@@ -182,9 +227,8 @@ enum RFC3339 {
     }
 
     private static func appendPadded(_ v: Int64, _ width: Int, _ out: inout [UInt8]) {
-        let digits = Array(String(v).utf8)
-        if digits.count < width { out.append(contentsOf: repeatElement(0x30, count: width - digits.count)) }
-        out.append(contentsOf: digits)
+        if v < 0 { out.append(0x2D) }
+        AuditJSON.appendDecimal(v.magnitude, minimumDigits: v < 0 ? width - 1 : width, to: &out)
     }
 
     private static func floorDiv(_ a: Int64, _ b: Int64) -> Int64 { a >= 0 ? a / b : -((-a + b - 1) / b) }

@@ -31,6 +31,12 @@ enum AuditRecordFormat {
     static func body(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(512)
+        appendBody(of: event, seq: seq, prevChain: prevChain, droppedBefore: droppedBefore, to: &out)
+        return out
+    }
+
+    static func appendBody(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64,
+                           to out: inout [UInt8]) {
         out.append(contentsOf: seqPrefix)
         AuditJSON.appendInteger(seq, to: &out)
         if let prevChain {
@@ -72,7 +78,7 @@ enum AuditRecordFormat {
             AuditJSON.appendInteger(peer.gid, to: &out)
             out.append(0x7D)
         } else {
-            out.append(contentsOf: Array("null".utf8))
+            out.append(contentsOf: null)
         }
         AuditJSON.appendKey("connection", to: &out)
         AuditJSON.appendInteger(event.connection, to: &out)
@@ -82,11 +88,18 @@ enum AuditRecordFormat {
             AuditJSON.appendKey("ciphertext_sha256", to: &out)
             AuditJSON.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
         }
-        return out
     }
 
     private static func appendOptionalString(_ s: String?, maxScalars: Int, to out: inout [UInt8]) {
-        if let s { AuditJSON.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: Array("null".utf8)) }
+        if let s { AuditJSON.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: null) }
+    }
+
+    private static let null = Array("null".utf8)
+    private static let closingBrace: [UInt8] = [0x7D]
+
+    /// chain(N) with a key context set up once (the writer's path: no joined copy of the message).
+    static func chain(_ mac: HMACSHA256Context, previous: [UInt8], body: ArraySlice<UInt8>) -> [UInt8] {
+        mac.mac(previous[...], body, closingBrace[...])
     }
 
     static func chain(key: [UInt8], previous: [UInt8], body: some Collection<UInt8>) -> [UInt8] {
@@ -100,6 +113,11 @@ enum AuditRecordFormat {
     /// The full line: body + chain field + "}\n".
     static func appendLine(body: [UInt8], chain: [UInt8], to out: inout [UInt8]) {
         out.append(contentsOf: body)
+        appendChainSuffix(chain, to: &out)
+    }
+
+    /// The chain field, the closing brace and the newline that end a line after its body.
+    static func appendChainSuffix(_ chain: [UInt8], to out: inout [UInt8]) {
         out.append(contentsOf: chainKey)
         AuditJSON.appendHexDigits(chain, to: &out)
         out.append(contentsOf: [0x22, 0x7D])

@@ -20,10 +20,13 @@ final class AuditWriter: @unchecked Sendable {
     private let queue: AuditQueue
     private let counters: AuditCounters
     private let sink: AuditSink
+    private let chainMAC: HMACSHA256Context
     private var state = ChainState()
     private var usage: KeyUsageTracker
     /// One write(2) per batch, but never more than this many bytes in memory at once.
     private let maxWriteBytes = 4 << 20
+    /// The batch's lines, reused between batches.
+    private var writeBuffer: [UInt8] = []
     private var lossSinceLastLog = 0
     private var lastLossLog = 0.0
     private var lastLossReason = ""
@@ -35,6 +38,7 @@ final class AuditWriter: @unchecked Sendable {
         self.queue = queue
         self.counters = counters
         sink = AuditSink(path: configuration.path, maxSize: configuration.maxSize, maxFiles: configuration.maxFiles)
+        chainMAC = HMACSHA256Context(key: configuration.hmacKey)
         try sink.open()
         usage = KeyUsageTracker(path: configuration.usageFilePath)
         // Continue the chain of the file we append to, or of its rotated predecessor when it is new.
@@ -67,6 +71,8 @@ final class AuditWriter: @unchecked Sendable {
 
     /// A batch this large came from a burst: its buffer is released and the heap trimmed once the queue drains.
     static let largeBatch = 512
+    /// Enough records to write at once without waiting for more (best-effort).
+    static let coalescedRecords = 64
 
     func run() {
         // A FIFO or pipe sink whose reader went away must give EPIPE (a failed write), not kill kekd: SIGPIPE
@@ -91,7 +97,9 @@ final class AuditWriter: @unchecked Sendable {
                 trimDue = false
                 queue.lock.lock()
             }
+            var wokeFromIdle = false
             while queue.pending.isEmpty && !queue.closing && !queue.reopenRequested && queue.droppedSinceLastBatch == 0 {
+                wokeFromIdle = true
                 queue.writerIdle = true
                 // Idle, but a usage flush or a pending loss report may be due.
                 let deadlines = [usage.dirty ? nextUsageFlush : nil, lossSinceLastLog > 0 ? lastLossLog + 1 : nil,
@@ -104,6 +112,12 @@ final class AuditWriter: @unchecked Sendable {
                 }
             }
             queue.writerIdle = false
+            if wokeFromIdle && configuration.mode == .bestEffort && !queue.closing && queue.pending.count < Self.coalescedRecords {
+                // Best-effort records may wait a moment: a millisecond gathers the records of concurrent calls into
+                // one write(2) (and spares their callers a wake-up each) instead of one per record. Callers do not
+                // signal meanwhile (the writer is not idle); close() and reopen() do.
+                queue.writerWake.wait(queue.lock, until: monotonicSeconds() + 0.001)
+            }
             swap(&batch, &queue.pending)
             let queueDrops = queue.droppedSinceLastBatch
             queue.droppedSinceLastBatch = 0
@@ -172,16 +186,16 @@ final class AuditWriter: @unchecked Sendable {
         }
     }
 
-    /// A line for `event` at the next chain position, and the state after it (not yet applied).
-    private func encode(_ event: AuditEvent) -> (line: [UInt8], next: ChainState) {
+    /// Appends the line for `event` at the next chain position to `out`; returns the state after it (not yet
+    /// applied).
+    private func encode(_ event: AuditEvent, appendingTo out: inout [UInt8]) -> ChainState {
         let seq = state.seq + 1
-        let body = AuditRecordFormat.body(of: event, seq: seq, prevChain: sink.openedNewFile ? state.chain : nil,
-                                          droppedBefore: state.unreportedDrops)
-        let chain = AuditRecordFormat.chain(key: configuration.hmacKey, previous: state.chain, body: body)
-        var line = [UInt8]()
-        line.reserveCapacity(body.count + AuditRecordFormat.chainSuffixLength + 1)
-        AuditRecordFormat.appendLine(body: body, chain: chain, to: &line)
-        return (line, ChainState(seq: seq, chain: chain, unreportedDrops: 0))
+        let start = out.count
+        AuditRecordFormat.appendBody(of: event, seq: seq, prevChain: sink.openedNewFile ? state.chain : nil,
+                                     droppedBefore: state.unreportedDrops, to: &out)
+        let chain = AuditRecordFormat.chain(chainMAC, previous: state.chain, body: out[start...])
+        AuditRecordFormat.appendChainSuffix(chain, to: &out)
+        return ChainState(seq: seq, chain: chain, unreportedDrops: 0)
     }
 
     /// Writes the batch in as few segments as rotation and the memory cap allow; returns each record's fate.
@@ -197,15 +211,24 @@ final class AuditWriter: @unchecked Sendable {
             }
         }
         var segment = Segment(start: 0, checkpoint: state, openedNewFile: sink.openedNewFile, fileSize: sink.size)
-        var buffer = [UInt8]()
+        var buffer = writeBuffer
+        writeBuffer = []
+        defer {
+            // Kept for the next batch unless a burst grew it.
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 64 << 10)
+            writeBuffer = buffer
+        }
         var index = 0
         while index < batch.count {
-            var (line, next) = encode(batch[index].event)
-            let rotate = sink.needsRotation(pending: buffer.count, adding: line.count)
-            if rotate || buffer.count + line.count > maxWriteBytes {
+            let lineStart = buffer.count
+            var next = encode(batch[index].event, appendingTo: &buffer)
+            let lineCount = buffer.count - lineStart
+            let rotate = sink.needsRotation(pending: lineStart, adding: lineCount)
+            if rotate || buffer.count > maxWriteBytes {
+                buffer.removeSubrange(lineStart...)
                 commit(&segment, upTo: index, buffer: buffer, results: &results)
                 buffer.removeAll(keepingCapacity: true)
-                if sink.needsRotation(pending: 0, adding: line.count) {
+                if sink.needsRotation(pending: 0, adding: lineCount) {
                     do {
                         try sink.rotate()
                     } catch {
@@ -214,9 +237,8 @@ final class AuditWriter: @unchecked Sendable {
                     }
                 }
                 segment = Segment(start: index, checkpoint: state, openedNewFile: sink.openedNewFile, fileSize: sink.size)
-                (line, next) = encode(batch[index].event)
+                next = encode(batch[index].event, appendingTo: &buffer)
             }
-            buffer.append(contentsOf: line)
             state = next
             sink.openedNewFile = false
             index += 1

@@ -144,7 +144,7 @@ enum AuditDiagnostics {
         AuditJSON.appendKey("msg", to: &out)
         AuditJSON.appendString(message, to: &out)
         for (key, value) in fields {
-            AuditJSON.appendKey(key, to: &out)
+            AuditJSON.appendKey(named: key, to: &out)
             AuditJSON.appendString(value, to: &out)
         }
         out.append(contentsOf: [0x7D, 0x0A])

@@ -30,6 +30,15 @@ public enum SecureRandom {
     }
 }
 
+/// Algorithms fetched from the provider once: the legacy getters (`EVP_aes_256_gcm()`, `EVP_sha256()`) make OpenSSL 3
+/// look the algorithm up again on every init, a measurable share of a 32-byte Decrypt. Fetched on first use, which
+/// comes after `FIPSMode.enable()` (kekd enables it before touching any key), so the FIPS provider's are used then.
+enum FetchedAlgorithms {
+    nonisolated(unsafe) static let aes256GCM: OpaquePointer = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil) ?? EVP_aes_256_gcm()
+    nonisolated(unsafe) static let sha256: OpaquePointer = EVP_MD_fetch(nil, "SHA256", nil) ?? EVP_sha256()
+    nonisolated(unsafe) static let hmac: OpaquePointer? = EVP_MAC_fetch(nil, "HMAC", nil)
+}
+
 /// AES-256-GCM with 96-bit nonces and 128-bit tags.
 public enum AES256GCM {
     public static let keySize = 32
@@ -38,18 +47,29 @@ public enum AES256GCM {
 
     /// Returns ciphertext || tag.
     public static func seal(key: [UInt8], nonce: [UInt8], plaintext: [UInt8], aad: [UInt8]) throws(CryptoError) -> [UInt8] {
+        var out: [UInt8] = []
+        try seal(key: key, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
+        return out
+    }
+
+    /// Appends ciphertext || tag to `out` (so a caller can put its header in front without another copy).
+    public static func seal(key: [UInt8], nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
+                            appendingTo out: inout [UInt8]) throws(CryptoError) {
         guard key.count == keySize else { throw .invalidKeySize(key.count) }
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
         guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
         defer { EVP_CIPHER_CTX_free(ctx) }
-        var out = [UInt8](repeating: 0, count: plaintext.count + tagSize)
         var len: Int32 = 0
-        guard EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key, nonce) == 1 else { throw .openSSL("EVP_EncryptInit_ex") }
+        let initialised = nonce.withUnsafeBufferPointer { EVP_EncryptInit_ex2(ctx, FetchedAlgorithms.aes256GCM, key, $0.baseAddress, nil) }
+        guard initialised == 1 else { throw .openSSL("EVP_EncryptInit_ex2") }
         if !aad.isEmpty {
             guard EVP_EncryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_EncryptUpdate(aad)") }
         }
+        // A zeroed array (a memset even unoptimised), appended below: `append(contentsOf: repeatElement(...))`
+        // goes element by element in debug and sanitizer builds, seconds for a 4 MiB plaintext.
+        var sealed = [UInt8](repeating: 0, count: plaintext.count + tagSize)
         var written = 0
-        let ok: Bool = out.withUnsafeMutableBufferPointer { buf in
+        let ok: Bool = sealed.withUnsafeMutableBufferPointer { buf in
             let base = buf.baseAddress!
             if !plaintext.isEmpty {
                 guard EVP_EncryptUpdate(ctx, base, &len, plaintext, Int32(plaintext.count)) == 1 else { return false }
@@ -60,11 +80,16 @@ public enum AES256GCM {
             return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(tagSize), base + written) == 1
         }
         guard ok, written == plaintext.count else { throw .openSSL("EVP_Encrypt") }
-        return out
+        if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
     }
 
     /// Opens ciphertext || tag; throws `.authenticationFailed` on any mismatch.
     public static func open(key: [UInt8], nonce: [UInt8], sealed: [UInt8], aad: [UInt8]) throws(CryptoError) -> [UInt8] {
+        try open(key: key, nonce: nonce[...], sealed: sealed[...], aad: aad)
+    }
+
+    /// The same on slices of a caller's buffer (the envelope's nonce and body), without copying them out.
+    public static func open(key: [UInt8], nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, aad: [UInt8]) throws(CryptoError) -> [UInt8] {
         guard key.count == keySize else { throw .invalidKeySize(key.count) }
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
         guard sealed.count >= tagSize else { throw .authenticationFailed }
@@ -73,7 +98,8 @@ public enum AES256GCM {
         let bodyCount = sealed.count - tagSize
         var out = [UInt8](repeating: 0, count: bodyCount)
         var len: Int32 = 0
-        guard EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), nil, key, nonce) == 1 else { throw .openSSL("EVP_DecryptInit_ex") }
+        let initialised = nonce.withUnsafeBufferPointer { EVP_DecryptInit_ex2(ctx, FetchedAlgorithms.aes256GCM, key, $0.baseAddress, nil) }
+        guard initialised == 1 else { throw .openSSL("EVP_DecryptInit_ex2") }
         if !aad.isEmpty {
             guard EVP_DecryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_DecryptUpdate(aad)") }
         }
@@ -84,12 +110,13 @@ public enum AES256GCM {
                     guard EVP_DecryptUpdate(ctx, buf.baseAddress!, &len, input.baseAddress!, Int32(bodyCount)) == 1 else { return false }
                     written = Int(len)
                 }
-                var tag = Array(input[bodyCount...])
-                guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), &tag) == 1 else { return false }
-                var scratch = [UInt8](repeating: 0, count: 16)
+                // OpenSSL copies the tag; it does not write through this pointer.
+                let tag = UnsafeMutableRawPointer(mutating: input.baseAddress! + bodyCount)
+                guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), tag) == 1 else { return false }
+                var scratch: (UInt64, UInt64) = (0, 0)
                 let final = bodyCount > 0
                     ? EVP_DecryptFinal_ex(ctx, buf.baseAddress! + written, &len)
-                    : EVP_DecryptFinal_ex(ctx, &scratch, &len)
+                    : withUnsafeMutableBytes(of: &scratch) { EVP_DecryptFinal_ex(ctx, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &len) }
                 return final == 1
             }
         }
@@ -106,7 +133,7 @@ public enum SHA256 {
     public static func hash(_ data: [UInt8]) -> [UInt8] {
         var md = [UInt8](repeating: 0, count: size)
         var mdLen: UInt32 = 0
-        let ok = data.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, &md, &mdLen, EVP_sha256(), nil) }
+        let ok = data.withUnsafeBytes { EVP_Digest($0.baseAddress, $0.count, &md, &mdLen, FetchedAlgorithms.sha256, nil) }
         precondition(ok == 1 && mdLen == 32, "EVP_Digest(SHA-256) cannot fail on valid input")
         return md
     }
@@ -122,6 +149,50 @@ public enum HMACSHA256 {
             }
         }
         precondition(result != nil && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
+        return out
+    }
+}
+
+/// An HMAC-SHA256 key set up once for many MACs (the audit chain: one per record), each over several parts without
+/// joining them first. Not thread-safe: one owner (the audit writer thread).
+public final class HMACSHA256Context {
+    private let ctx: OpaquePointer?
+    private let key: [UInt8]
+
+    public init(key: [UInt8]) {
+        self.key = key
+        var ctx: OpaquePointer? = FetchedAlgorithms.hmac.flatMap { EVP_MAC_CTX_new($0) }
+        if let c = ctx {
+            let ok: Int32 = "digest".withCString { name in
+                "SHA256".withCString { digest in
+                    var params = [OSSL_PARAM_construct_utf8_string(name, UnsafeMutablePointer(mutating: digest), 0),
+                                  OSSL_PARAM_construct_end()]
+                    return key.withUnsafeBytes { k in
+                        EVP_MAC_init(c, k.baseAddress?.assumingMemoryBound(to: UInt8.self), k.count, &params)
+                    }
+                }
+            }
+            if ok != 1 { EVP_MAC_CTX_free(c); ctx = nil }
+        }
+        self.ctx = ctx
+    }
+
+    deinit { EVP_MAC_CTX_free(ctx) }
+
+    /// HMAC-SHA256(key, parts joined).
+    public func mac(_ parts: ArraySlice<UInt8>...) -> [UInt8] {
+        // OpenSSL 3's HMAC re-initialises with the key it already holds when given none.
+        guard let ctx, EVP_MAC_init(ctx, nil, 0, nil) == 1 else {
+            return HMACSHA256.mac(key: key, message: parts.reduce(into: []) { $0.append(contentsOf: $1) })
+        }
+        for part in parts where !part.isEmpty {
+            let ok = part.withUnsafeBufferPointer { EVP_MAC_update(ctx, $0.baseAddress, $0.count) }
+            precondition(ok == 1, "HMAC-SHA256 update cannot fail on valid input")
+        }
+        var out = [UInt8](repeating: 0, count: 32)
+        var outLen = 0
+        let ok = EVP_MAC_final(ctx, &out, &outLen, 32)
+        precondition(ok == 1 && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
         return out
     }
 }

@@ -139,13 +139,13 @@ public final class GRPCServerConnection {
             case let .streamError(streamID, code, reason):
                 forget(streamID)
                 if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
-                out.append(.streamProtocolError(kind: "\(code)", reason: reason))
+                out.append(.streamProtocolError(kind: code.label, reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
             case let .connectionError(code, reason):
                 releaseBufferedRequests()
                 inFlight.removeAll()
-                out.append(.connectionError(kind: "\(code)", reason: reason))
+                out.append(.connectionError(kind: code.label, reason: reason))
             default:
                 break
             }
@@ -157,9 +157,9 @@ public final class GRPCServerConnection {
     @discardableResult
     public func respond(streamID: UInt32, message: [UInt8]) -> Bool {
         guard inFlight.remove(streamID) != nil else { return false }
-        http2.sendHeaders(streamID: streamID, fields: Self.responseHeaders, endStream: false)
+        http2.sendHeaders(streamID: streamID, preEncoded: Self.responseHeaderBlock, endStream: false)
         http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: false)
-        http2.sendHeaders(streamID: streamID, fields: Self.okTrailers, endStream: true)
+        http2.sendHeaders(streamID: streamID, preEncoded: Self.okTrailerBlock, endStream: true)
         return true
     }
 
@@ -319,6 +319,8 @@ public final class GRPCServerConnection {
 
     static let responseHeaders = [HeaderField(name: ":status", value: "200"), HeaderField(name: "content-type", value: "application/grpc")]
     static let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
+    static let responseHeaderBlock = PreEncodedHeaders(responseHeaders)
+    static let okTrailerBlock = PreEncodedHeaders(okTrailers)
 
     static func trailersOnly(_ status: GRPCStatus) -> [HeaderField] {
         var fields = responseHeaders

@@ -23,6 +23,14 @@ public struct MessageReader: Sendable {
 
     /// Appends DATA bytes; throws as soon as a header announces something we refuse, before buffering it.
     public mutating func append(_ bytes: [UInt8]) throws(MessageFramingError) {
+        if prefix.isEmpty && chunks.isEmpty && bytes.count >= 5 && bytes[0] == 0 {
+            let declared = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
+            if declared == bytes.count - 5 && declared <= maxMessageSize {
+                // The usual unary request: one DATA payload holding exactly one message, taken in one copy.
+                messages.append(Array(bytes[5...]))
+                return
+            }
+        }
         var index = 0
         while index < bytes.count {
             if prefix.count < 5 {

@@ -45,6 +45,17 @@ public struct HPACKEncoder: Sendable {
     }
 
     public mutating func encode(_ headers: [HeaderField], into buffer: inout [UInt8]) {
+        appendPendingSizeUpdate(to: &buffer)
+        for field in headers { encode(field, into: &buffer) }
+    }
+
+    /// A block encoded once (`PreEncodedHeaders`): only the size update owed, if any, is encoded now.
+    public mutating func encode(_ headers: PreEncodedHeaders, into buffer: inout [UInt8]) {
+        appendPendingSizeUpdate(to: &buffer)
+        buffer.append(contentsOf: headers.block)
+    }
+
+    private mutating func appendPendingSizeUpdate(to buffer: inout [UInt8]) {
         if let update = pendingSizeUpdate {
             if update.smallest < update.final {
                 appendInteger(update.smallest, prefixBits: 5, flags: 0x20, to: &buffer)
@@ -52,7 +63,6 @@ public struct HPACKEncoder: Sendable {
             appendInteger(update.final, prefixBits: 5, flags: 0x20, to: &buffer)
             pendingSizeUpdate = nil
         }
-        for field in headers { encode(field, into: &buffer) }
     }
 
     private mutating func encode(_ field: HeaderField, into buffer: inout [UInt8]) {
@@ -113,5 +123,20 @@ public struct HPACKEncoder: Sendable {
             appendInteger(bytes.count, prefixBits: 7, flags: 0x00, to: &buffer)
             buffer.append(contentsOf: bytes)
         }
+    }
+}
+
+/// A header list encoded once for every connection (a server's fixed response headers): static-table references and
+/// literals without indexing, so the block never depends on, or changes, any connection's dynamic table.
+public struct PreEncodedHeaders: Sendable {
+    public let fields: [HeaderField]
+    public let block: [UInt8]
+
+    public init(_ fields: [HeaderField]) {
+        self.fields = fields
+        var encoder = HPACKEncoder(maxTableSize: 0, useHuffman: true, useIndexing: false)
+        var block: [UInt8] = []
+        encoder.encode(fields, into: &block)
+        self.block = block
     }
 }

@@ -5,16 +5,35 @@ extension HTTP2Connection {
     /// Response headers (server), request headers (client, on an id from `openStream()`), or trailers with
     /// `endStream: true`. Trailers queued behind blocked DATA keep their place. Unknown or finished streams are ignored.
     public func sendHeaders(streamID: UInt32, fields: [HeaderField], endStream: Bool) {
-        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
-              stream.state != .halfClosedLocal else { return }
-        if stream.state == .idle { stream.state = .open }
-        stream.headersSent = true
-        if endStream { stream.localEndQueued = true }
+        guard let stream = streamAcceptingHeaders(streamID, endStream: endStream) else { return }
         if stream.pending.isEmpty {
             writeHeaders(stream, fields, endStream: endStream)
         } else {
             stream.pending.append(PendingOutbound(bytes: [], fields: fields, endStream: endStream))
         }
+    }
+
+    /// The same for a block encoded once (a server's fixed response headers and trailers).
+    public func sendHeaders(streamID: UInt32, preEncoded headers: PreEncodedHeaders, endStream: Bool) {
+        guard let stream = streamAcceptingHeaders(streamID, endStream: endStream) else { return }
+        if stream.pending.isEmpty {
+            headerScratch.removeAll(keepingCapacity: true)
+            encoder.encode(headers, into: &headerScratch)
+            FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: headerScratch[...],
+                                          endStream: endStream, maxFrameSize: sendFrameSize)
+            if endStream { closeLocal(stream) }
+        } else {
+            stream.pending.append(PendingOutbound(bytes: [], fields: headers.fields, endStream: endStream))
+        }
+    }
+
+    private func streamAcceptingHeaders(_ streamID: UInt32, endStream: Bool) -> HTTP2Stream? {
+        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
+              stream.state != .halfClosedLocal else { return nil }
+        if stream.state == .idle { stream.state = .open }
+        stream.headersSent = true
+        if endStream { stream.localEndQueued = true }
+        return stream
     }
 
     /// Queues DATA; frames go out as the stream and connection windows allow, at most the peer's MAX_FRAME_SIZE

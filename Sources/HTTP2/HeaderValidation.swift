@@ -89,16 +89,18 @@ public enum HeaderValidation {
     }
 
     private static func checkRegularName(_ name: String.UTF8View) throws(MalformedHeaders) {
-        for byte in name {
-            // §8.2.1: no uppercase, no controls/space, no DEL or non-ASCII; ':' only leads pseudo-headers.
-            if byte <= 0x20 || byte >= 0x7f || (byte >= 0x41 && byte <= 0x5a) || byte == UInt8(ascii: ":") {
-                throw MalformedHeaders("invalid field name")
-            }
-        }
+        // §8.2.1: no uppercase, no controls/space, no DEL or non-ASCII; ':' only leads pseudo-headers.
+        let valid = name.withContiguousStorageIfAvailable { bytes in
+            !bytes.contains { $0 <= 0x20 || $0 >= 0x7f || ($0 >= 0x41 && $0 <= 0x5a) || $0 == UInt8(ascii: ":") }
+        } ?? !name.contains { $0 <= 0x20 || $0 >= 0x7f || ($0 >= 0x41 && $0 <= 0x5a) || $0 == UInt8(ascii: ":") }
+        if !valid { throw MalformedHeaders("invalid field name") }
     }
 
     private static func checkValue(_ value: String.UTF8View) throws(MalformedHeaders) {
-        if value.contains(where: { $0 == 0 || $0 == 0x0a || $0 == 0x0d }) {
+        let forbidden = value.withContiguousStorageIfAvailable { bytes in
+            bytes.contains { $0 == 0 || $0 == 0x0a || $0 == 0x0d }
+        } ?? value.contains { $0 == 0 || $0 == 0x0a || $0 == 0x0d }
+        if forbidden {
             throw MalformedHeaders("field value holds NUL, CR or LF")
         }
         if let first = value.first, first == 0x20 || first == 0x09 {

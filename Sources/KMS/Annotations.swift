@@ -41,18 +41,26 @@ public func validateAnnotations(_ annotations: [String: [UInt8]]) throws(KMSErro
 /// apimachinery `IsFullyQualifiedDomainName`: an optional trailing dot removed, a lowercase RFC 1123 subdomain of at
 /// most 253 characters, with at least two labels of 1...63 characters `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
 public func isFullyQualifiedDomainName(_ name: String) -> Bool {
-    var bytes = Array(name.utf8)
-    if bytes.last == UInt8(ascii: ".") { bytes.removeLast() }
-    guard !bytes.isEmpty, bytes.count <= 253 else { return false }
-    let labels = bytes.split(separator: UInt8(ascii: "."), omittingEmptySubsequences: false)
-    guard labels.count >= 2 else { return false }
-    for label in labels {
-        guard (1...63).contains(label.count) else { return false }
-        for (i, c) in label.enumerated() {
-            let alnum = (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9"))
-            let edge = i == 0 || i == label.count - 1
-            guard alnum || (!edge && c == UInt8(ascii: "-")) else { return false }
+    var name = name
+    return name.withUTF8 { bytes in
+        // One pass over the bytes (this runs for every Decrypt): label lengths, characters and edges.
+        let dot = UInt8(ascii: "."), hyphen = UInt8(ascii: "-")
+        var end = bytes.count
+        if end > 0 && bytes[end - 1] == dot { end -= 1 }
+        guard end > 0, end <= 253 else { return false }
+        var labels = 0
+        var labelStart = 0
+        for i in 0...end {
+            if i == end || bytes[i] == dot {
+                guard (1...63).contains(i - labelStart), bytes[labelStart] != hyphen, bytes[i - 1] != hyphen else { return false }
+                labels += 1
+                labelStart = i + 1
+            } else {
+                let c = bytes[i]
+                guard (c >= UInt8(ascii: "a") && c <= UInt8(ascii: "z")) || (c >= UInt8(ascii: "0") && c <= UInt8(ascii: "9"))
+                        || c == hyphen else { return false }
+            }
         }
+        return labels >= 2
     }
-    return true
 }

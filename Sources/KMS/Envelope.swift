@@ -26,12 +26,15 @@ public enum Envelope {
         do { nonce = try SecureRandom.bytes(AES256GCM.nonceSize) } catch {
             throw KMSError(.internalError, "random nonce: \(error)")
         }
-        var header: [UInt8] = [formatVersion]
-        header.append(contentsOf: bigEndianBytes(keyVersion))
-        header.append(contentsOf: nonce)
+        var out: [UInt8] = []
+        out.reserveCapacity(overhead + plaintext.count)
+        out.append(formatVersion)
+        appendBigEndian(keyVersion, to: &out)
+        out.append(contentsOf: nonce)
         let aad = try additionalData(keyVersion: keyVersion, keyID: keyID, annotations: annotations)
         do {
-            return header + (try AES256GCM.seal(key: key.bytes, nonce: nonce, plaintext: plaintext, aad: aad))
+            try AES256GCM.seal(key: key.bytes, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
+            return out
         } catch {
             throw KMSError(.internalError, "AES-256-GCM seal: \(error)")
         }
@@ -54,8 +57,8 @@ public enum Envelope {
     public static func open(ciphertext: [UInt8], key: SymmetricKey, keyID: String,
                             annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
         let version = try keyVersion(of: ciphertext)
-        let nonce = Array(ciphertext[5..<headerSize])
-        let sealed = Array(ciphertext[headerSize...])
+        let nonce = ciphertext[5..<headerSize]
+        let sealed = ciphertext[headerSize...]
         let aad = try additionalData(keyVersion: version, keyID: keyID, annotations: annotations)
         do {
             return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: aad)
@@ -68,11 +71,19 @@ public enum Envelope {
 
     /// format version || key version || len(key_id) || key_id || count || (len(k) || k || len(v) || v)* sorted by k.
     static func additionalData(keyVersion: UInt32, keyID: String, annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
-        var aad: [UInt8] = [formatVersion]
-        aad.append(contentsOf: bigEndianBytes(keyVersion))
-        try appendLengthPrefixed(Array(keyID.utf8), to: &aad)
+        var aad: [UInt8] = []
+        aad.reserveCapacity(64 + keyID.utf8.count)
+        aad.append(formatVersion)
+        appendBigEndian(keyVersion, to: &aad)
+        try appendLengthPrefixed(keyID.utf8, to: &aad)
         guard let count = UInt32(exactly: annotations.count) else { throw KMSError(.invalidArgument, "too many annotations") }
-        aad.append(contentsOf: bigEndianBytes(count))
+        appendBigEndian(count, to: &aad)
+        if annotations.count == 1, let only = annotations.first {
+            // The usual case (our one annotation): nothing to sort.
+            try appendLengthPrefixed(only.key.utf8, to: &aad)
+            try appendLengthPrefixed(only.value, to: &aad)
+            return aad
+        }
         let sorted = annotations.map { (key: Array($0.key.utf8), value: $0.value) }
             .sorted { $0.key.lexicographicallyPrecedes($1.key) }
         for entry in sorted {
@@ -82,11 +93,18 @@ public enum Envelope {
         return aad
     }
 
-    private static func appendLengthPrefixed(_ bytes: [UInt8], to out: inout [UInt8]) throws(KMSError) {
+    private static func appendLengthPrefixed(_ bytes: some Collection<UInt8>, to out: inout [UInt8]) throws(KMSError) {
         guard let length = UInt32(exactly: bytes.count) else { throw KMSError(.invalidArgument, "field too large") }
-        out.append(contentsOf: bigEndianBytes(length))
+        appendBigEndian(length, to: &out)
         out.append(contentsOf: bytes)
     }
+}
+
+func appendBigEndian(_ value: UInt32, to out: inout [UInt8]) {
+    out.append(UInt8(truncatingIfNeeded: value >> 24))
+    out.append(UInt8(truncatingIfNeeded: value >> 16))
+    out.append(UInt8(truncatingIfNeeded: value >> 8))
+    out.append(UInt8(truncatingIfNeeded: value))
 }
 
 func bigEndianBytes(_ value: UInt32) -> [UInt8] {

@@ -60,7 +60,13 @@ public struct ProtobufReader {
     public mutating func readString(field: Int) throws(ProtobufError) -> String {
         let payload = try readLengthDelimited()
         if payload.isEmpty { return "" }
-        guard let string = String(validating: payload, as: UTF8.self) else { throw .invalidUTF8(field: field) }
+        let string: String? = payload.withUnsafeBufferPointer { buffer in
+            // ASCII (every uid and key_id the apiserver sends) is valid UTF-8 as it is; only other text is validated.
+            var high: UInt8 = 0
+            for byte in buffer { high |= byte }
+            return high < 0x80 ? String(decoding: buffer, as: UTF8.self) : String(validating: buffer, as: UTF8.self)
+        }
+        guard let string else { throw .invalidUTF8(field: field) }
         return string
     }
 

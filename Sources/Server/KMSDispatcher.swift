@@ -33,10 +33,7 @@ enum KMSMethod: String, CaseIterable, Sendable {
 struct KMSDispatcher: Sendable {
     let service: KMSService
 
-    func handle(path: String, message: [UInt8]) -> CallOutcome {
-        guard let method = KMSMethod(rawValue: path) else {
-            return CallOutcome(op: path, status: GRPCStatus(.unimplemented, "unknown method \(path)"))
-        }
+    func handle(_ method: KMSMethod, message: [UInt8]) -> CallOutcome {
         switch method {
         case .status:
             do {

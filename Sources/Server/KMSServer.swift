@@ -139,8 +139,8 @@ public final class KMSServer: @unchecked Sendable {
     }
 
     /// Status for every admitted peer; Encrypt and Decrypt only for `allowedUIDs`.
-    func mayCall(_ path: String, peer: PeerCredentials) -> Bool {
-        configuration.allowedUIDs.contains(peer.uid) || path == KMSMethod.status.rawValue
+    func mayCall(_ method: KMSMethod, peer: PeerCredentials) -> Bool {
+        method == .status || configuration.allowedUIDs.contains(peer.uid)
     }
 
     func connectionFinished(_ id: UInt64) {

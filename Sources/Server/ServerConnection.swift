@@ -181,15 +181,26 @@ final class ServerConnection: @unchecked Sendable {
 
     /// Called with `lock` held; runs the call now or on the pool.
     private func handle(_ request: GRPCRequest, arrived: UInt64) {
-        let op = KMSMethod.op(forPath: request.path)
+        // The gRPC layer hands out only the paths it was given (`KMSMethod.paths`): the method is matched once here.
+        guard let method = KMSMethod(rawValue: request.path) else {
+            server.metrics?.callStarted(op: "other")
+            complete(request, CallOutcome(op: request.path, status: GRPCStatus(.unimplemented, "unknown method \(request.path)")),
+                     arrived: arrived)
+            return
+        }
+        let op = method.op
         server.metrics?.callStarted(op: op)
-        if !server.mayCall(request.path, peer: peer) {
+        if !server.mayCall(method, peer: peer) {
             let outcome = CallOutcome(op: op, status: GRPCStatus(.permissionDenied, "uid \(peer.uid) may call Status only (--status-only-uids)"))
             complete(request, outcome, arrived: arrived)
             return
         }
+        if let expired = Self.expiredBeforeWork(request, method, arrived: arrived) {
+            complete(request, expired, arrived: arrived)
+            return
+        }
         if server.runInline {
-            let outcome = server.dispatcher.handle(path: request.path, message: request.message)
+            let outcome = server.dispatcher.handle(method, message: request.message)
             complete(request, outcome, arrived: arrived)
             return
         }
@@ -200,13 +211,21 @@ final class ServerConnection: @unchecked Sendable {
         }
         pendingWork += 1
         server.workers.submit { [self] in
-            let outcome = server.dispatcher.handle(path: request.path, message: request.message)
+            // A call that waited on the pool past its deadline does no backend work.
+            let outcome = Self.expiredBeforeWork(request, method, arrived: arrived)
+                ?? server.dispatcher.handle(method, message: request.message)
             lock.lock()
             pendingWork -= 1
             complete(request, outcome, arrived: arrived)
             flushLocked()
             server.releaseBackendSlot()
         }
+    }
+
+    /// DEADLINE_EXCEEDED when the client's deadline (grpc-timeout from arrival) has already passed: no work is done.
+    private static func expiredBeforeWork(_ request: GRPCRequest, _ method: KMSMethod, arrived: UInt64) -> CallOutcome? {
+        guard let timeout = request.timeoutNanos, Posix.monotonicNanos() - arrived >= timeout else { return nil }
+        return CallOutcome(op: method.op, status: GRPCStatus(.deadlineExceeded, "deadline of \(timeout / 1000) µs passed before the call started"))
     }
 
     /// With `lock` held: enforce the deadline, write the audit record (fail-closed may veto), answer.

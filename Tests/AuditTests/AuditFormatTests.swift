@@ -36,6 +36,25 @@ import Testing
         #expect(String(decoding: out, as: UTF8.self) == #""xxxx...""#)
     }
 
+    @Test func integersAndPlainStringsAreWrittenExactly() {
+        var out: [UInt8] = []
+        for n in [Int64(0), 7, -7, 10, 1234567890, Int64.max, Int64.min] {
+            out.removeAll()
+            AuditJSON.appendInteger(n, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == String(n))
+        }
+        out.removeAll()
+        AuditJSON.appendInteger(UInt64.max, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == String(UInt64.max))
+        // The copied fast path and the escaping path agree with each other and with the cut at maxScalars.
+        for (input, expected) in [("kekd-v1-abc", "\"kekd-v1-abc\""), ("a\"b", "\"a\\\"b\""), ("é", "\"\\u00e9\""),
+                                  ("abcdef", "\"abc...\"")] {
+            out.removeAll()
+            AuditJSON.appendString(input, maxScalars: input == "abcdef" ? 3 : 64, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == expected, "\(input)")
+        }
+    }
+
     @Test func formatsRFC3339WithNanoseconds() {
         #expect(RFC3339.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000000000Z")
         #expect(RFC3339.format(Date(timeIntervalSince1970: 1_795_613_718.5)) == "2026-11-25T13:35:18.500000000Z")

@@ -64,3 +64,25 @@ private func hex(_ s: String) -> [UInt8] {
     let r1 = try SecureRandom.bytes(32), r2 = try SecureRandom.bytes(32)
     #expect(r1 != r2)
 }
+
+@Test func hmacContextMatchesTheOneShotMACOverJoinedParts() {
+    let key = Array("Jefe".utf8)
+    let context = HMACSHA256Context(key: key)
+    let message = Array("what do ya want for nothing?".utf8)
+    // Reused: every MAC starts from the key again, never from the previous message.
+    for _ in 0..<3 {
+        #expect(hexString(context.mac(message[...])) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    }
+    #expect(context.mac(message[..<4], [], message[4...]) == HMACSHA256.mac(key: key, message: message))
+    #expect(context.mac([]) == HMACSHA256.mac(key: key, message: []))
+}
+
+@Test func gcmOpensSlicesOfALargerBuffer() throws {
+    let key = [UInt8](repeating: 7, count: 32), nonce = [UInt8](repeating: 9, count: 12)
+    let sealed = try AES256GCM.seal(key: key, nonce: nonce, plaintext: [1, 2, 3], aad: [4])
+    let buffer = [0xAA] + nonce + sealed
+    #expect(try AES256GCM.open(key: key, nonce: buffer[1..<13], sealed: buffer[13...], aad: [4]) == [1, 2, 3])
+    var appended: [UInt8] = [0xEE]
+    try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: [1, 2, 3], aad: [4], appendingTo: &appended)
+    #expect(appended == [0xEE] + sealed)
+}

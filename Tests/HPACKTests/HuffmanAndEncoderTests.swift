@@ -169,3 +169,33 @@ struct EncoderTests {
         }
     }
 }
+
+@Suite("Pre-encoded header blocks")
+struct PreEncodedHeadersTests {
+    @Test func decodesToItsFieldsAndLeavesTheDynamicTableAlone() throws {
+        let fields = [HeaderField(name: ":status", value: "200"), HeaderField(name: "content-type", value: "application/grpc"),
+                      HeaderField(name: "grpc-status", value: "0")]
+        let pre = PreEncodedHeaders(fields)
+        var encoder = HPACKEncoder()
+        var decoder = HPACKDecoder(maxHeaderListSize: 1 << 20)
+        for _ in 0..<2 {
+            var block: [UInt8] = []
+            encoder.encode(pre, into: &block)
+            #expect(block == pre.block)
+            #expect(try decoder.decode(block[...]) == fields)
+        }
+        #expect(encoder.dynamicTableSize == 0)
+        #expect(decoder.dynamicTableSize == 0)
+    }
+
+    @Test func aSizeUpdateOwedGoesFirst() throws {
+        let pre = PreEncodedHeaders([HeaderField(name: "grpc-status", value: "0")])
+        var encoder = HPACKEncoder()
+        encoder.setMaxTableSize(0)
+        var block: [UInt8] = []
+        encoder.encode(pre, into: &block)
+        #expect(block == [0x20] + pre.block)
+        var decoder = HPACKDecoder(maxHeaderListSize: 1 << 20)
+        #expect(try decoder.decode(block[...]) == pre.fields)
+    }
+}

@@ -16,7 +16,9 @@ private final class FakeBackend: KeyBackend, @unchecked Sendable {
     func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
         EncryptResult(ciphertext: plaintext.reversed(), keyID: "fake-key-1", annotations: [:])
     }
+    let decrypts = LockedValue(0)
     func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        decrypts.withLock { $0 += 1 }
         if ciphertext == Array("slow".utf8) { Thread.sleep(forTimeInterval: delay) }
         guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
         return ciphertext.reversed()
@@ -178,4 +180,47 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
     #expect(finished.wait(timeout: .now() + 5) == .success)
     #expect(result.withLock { $0 } == .ok)
     #expect(!FileManager.default.fileExists(atPath: path))
+}
+
+@Test(arguments: [false, true])
+func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) throws {
+    // grpc-timeout 0: the deadline has passed when the call is handed out, inline or on the pool.
+    let backend = FakeBackend(mayBlock: mayBlock)
+    let server = try startServer(backend)
+    defer { server.shutdown() }
+    let client = try UnixGRPCClient(socketPath: server.configuration.socketPath)
+    let request = DecryptRequest(ciphertext: [1, 2, 3], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    #expect(try client.call(path: decryptPath, message: request, timeoutNanos: 0).status.code == .deadlineExceeded)
+    #expect(backend.decrypts.withLock { $0 } == 0)
+    #expect(try client.call(path: decryptPath, message: request).status.code == .ok)
+    #expect(backend.decrypts.withLock { $0 } == 1)
+}
+
+@Test func aStreamResetMidCallIsNeverAnsweredAndTheConnectionGoesOn() throws {
+    // The client resets a Decrypt while the backend works on it (on the pool): kekd must not answer the reset
+    // stream (no HEADERS or DATA after RST_STREAM), must free the call, and must keep serving the connection.
+    let backend = FakeBackend(mayBlock: true, delay: 0.4)
+    let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    defer { close(fd) }
+    let conn = GRPCClientConnection()
+    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let resetID = try #require(conn.startCall(path: decryptPath, message: slow))
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    // Reset once the backend has the call.
+    let deadline = Date().addingTimeInterval(2)
+    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    #expect(backend.decrypts.withLock { $0 } == 1)
+    conn.http2.resetStream(streamID: resetID, code: .cancel)
+    let statusID = try #require(conn.startCall(path: statusPath, message: []))
+    var done = exchange(conn, fd: fd, expecting: 1)
+    #expect(done.keys.sorted() == [statusID])
+    // After the backend finished the reset call, its pool slot is free again and nothing was sent for it.
+    Thread.sleep(forTimeInterval: 0.6)
+    let fast = DecryptRequest(ciphertext: [1, 2], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let afterID = try #require(conn.startCall(path: decryptPath, message: fast))
+    done = exchange(conn, fd: fd, expecting: 1)
+    #expect(done.keys.sorted() == [afterID])
+    #expect(done[afterID]?.0.status == .ok)
 }
