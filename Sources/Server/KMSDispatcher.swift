@@ -30,48 +30,72 @@ enum KMSMethod: String, CaseIterable, Sendable {
     static func op(forPath path: String) -> String { KMSMethod(rawValue: path)?.op ?? path }
 }
 
+/// A request decoded, before any backend work: what the server needs to decide where the call runs.
+enum DecodedCall: Sendable {
+    case status(StatusRequest)
+    case encrypt(EncryptRequest)
+    case decrypt(DecryptRequest)
+    /// Not decodable: answered at once with this outcome.
+    case malformed(CallOutcome)
+}
+
 struct KMSDispatcher: Sendable {
     let service: KMSService
 
-    func handle(_ method: KMSMethod, message: [UInt8]) -> CallOutcome {
-        switch method {
-        case .status:
-            do {
-                let request = try StatusRequest(serializedBytes: message[...])
-                let response = service.status(request)
-                // A healthz string alone does not stop kube-apiserver from writing with its cached DEK seed
-                // (kubernetes#138950): an unhealthy backend must fail Status at the gRPC level.
-                guard response.healthz == "ok", !response.keyID.isEmpty else {
-                    return CallOutcome(op: method.op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
-                }
-                return CallOutcome(op: method.op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
-            } catch {
-                return CallOutcome(op: method.op, status: Self.badRequest(error))
+    func handle(_ method: KMSMethod, message: [UInt8]) -> CallOutcome { handle(decode(method, message: message)) }
+
+    func decode(_ method: KMSMethod, message: [UInt8]) -> DecodedCall {
+        do {
+            switch method {
+            case .status: return .status(try StatusRequest(serializedBytes: message[...]))
+            case .encrypt: return .encrypt(try EncryptRequest(serializedBytes: message[...]))
+            case .decrypt: return .decrypt(try DecryptRequest(serializedBytes: message[...]))
             }
-        case .encrypt:
-            let request: EncryptRequest
-            do { request = try EncryptRequest(serializedBytes: message[...]) } catch {
-                return CallOutcome(op: method.op, status: Self.badRequest(error))
+        } catch {
+            return .malformed(CallOutcome(op: method.op, status: Self.badRequest(error)))
+        }
+    }
+
+    /// Whether the backend would wait on the network or a device for this call now (then it runs on the pool).
+    func wouldBlock(_ call: DecodedCall) -> Bool {
+        switch call {
+        case .status, .malformed: false
+        case .encrypt: service.backend.wouldBlock(.encrypt)
+        case .decrypt(let request): service.backend.wouldBlock(.decrypt(keyID: request.keyID, annotations: request.annotations))
+        }
+    }
+
+    func handle(_ call: DecodedCall) -> CallOutcome {
+        switch call {
+        case .malformed(let outcome):
+            return outcome
+        case .status(let request):
+            let op = KMSMethod.status.op
+            let response = service.status(request)
+            // A healthz string alone does not stop kube-apiserver from writing with its cached DEK seed
+            // (kubernetes#138950): an unhealthy backend must fail Status at the gRPC level.
+            guard response.healthz == "ok", !response.keyID.isEmpty else {
+                return CallOutcome(op: op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
             }
+            return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
+        case .encrypt(let request):
+            let op = KMSMethod.encrypt.op
             do {
                 let response = try service.encrypt(request)
-                return CallOutcome(op: method.op, status: .ok, response: response.serializedBytes(), uid: request.uid,
+                return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
                                    keyID: response.keyID, ciphertext: response.ciphertext)
             } catch {
-                return CallOutcome(op: method.op, status: Self.status(error), uid: request.uid)
+                return CallOutcome(op: op, status: Self.status(error), uid: request.uid)
             }
-        case .decrypt:
-            let request: DecryptRequest
-            do { request = try DecryptRequest(serializedBytes: message[...]) } catch {
-                return CallOutcome(op: method.op, status: Self.badRequest(error))
-            }
+        case .decrypt(let request):
+            let op = KMSMethod.decrypt.op
             do {
                 let response = try service.decrypt(request)
-                return CallOutcome(op: method.op, status: .ok, response: response.serializedBytes(), uid: request.uid,
+                return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
                                    keyID: request.keyID, ciphertext: request.ciphertext,
                                    backend: service.decryptBackendName(keyID: request.keyID))
             } catch {
-                return CallOutcome(op: method.op, status: Self.status(error), uid: request.uid, keyID: request.keyID,
+                return CallOutcome(op: op, status: Self.status(error), uid: request.uid, keyID: request.keyID,
                                    ciphertext: request.ciphertext, backend: service.decryptBackendName(keyID: request.keyID))
             }
         }

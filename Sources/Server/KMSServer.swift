@@ -49,7 +49,6 @@ public final class KMSServer: @unchecked Sendable {
     let logger: Logger
     let backendName: String
     /// Calls run on the pool when they may block; otherwise inline on the connection's reader thread.
-    let runInline: Bool
     /// Calls currently on the worker pool; bounded by maxInFlightBackendCalls. (An atomic counter rather than a
     /// DispatchSemaphore: libdispatch traps when a semaphore is released while below its initial value.)
     private let backendCallsInFlight = LockedValue<Int>(0)
@@ -75,9 +74,15 @@ public final class KMSServer: @unchecked Sendable {
         self.metrics = metrics
         self.logger = logger
         self.backendName = service.backend.name
-        self.runInline = !service.backend.mayBlock && !configuration.auditBlocksCalls
         self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
         self.requestBuffers = SharedRequestBufferBudget(limit: configuration.maxBufferedRequestBytes)
+    }
+
+    /// Whether `call` is answered on the connection's thread: when neither the backend (a cache miss, a remote key)
+    /// nor a fail-closed audit log could make it wait. Everything else goes to the pool, so a slow backend never
+    /// stalls the other streams of a connection.
+    func answersInline(_ call: DecodedCall) -> Bool {
+        !configuration.auditBlocksCalls && !dispatcher.wouldBlock(call)
     }
 
     /// Takes one pool slot, or returns false when all are in use.

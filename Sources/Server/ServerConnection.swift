@@ -199,9 +199,9 @@ final class ServerConnection: @unchecked Sendable {
             complete(request, expired, arrived: arrived)
             return
         }
-        if server.runInline {
-            let outcome = server.dispatcher.handle(method, message: request.message)
-            complete(request, outcome, arrived: arrived)
+        let call = server.dispatcher.decode(method, message: request.message)
+        if server.answersInline(call) {
+            complete(request, server.dispatcher.handle(call), arrived: arrived)
             return
         }
         guard server.acquireBackendSlot() else {
@@ -212,8 +212,7 @@ final class ServerConnection: @unchecked Sendable {
         pendingWork += 1
         server.workers.submit { [self] in
             // A call that waited on the pool past its deadline does no backend work.
-            let outcome = Self.expiredBeforeWork(request, method, arrived: arrived)
-                ?? server.dispatcher.handle(method, message: request.message)
+            let outcome = Self.expiredBeforeWork(request, method, arrived: arrived) ?? server.dispatcher.handle(call)
             lock.lock()
             pendingWork -= 1
             complete(request, outcome, arrived: arrived)

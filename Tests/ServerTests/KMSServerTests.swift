@@ -23,6 +23,12 @@ private final class FakeBackend: KeyBackend, @unchecked Sendable {
         guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
         return ciphertext.reversed()
     }
+    /// With `mayBlock`: Encrypt never blocks, a Decrypt only without the `cached.kekd.test` annotation (as the
+    /// Vault and PKCS#11 backends answer for a cached local KEK).
+    func wouldBlock(_ call: BackendCall) -> Bool {
+        guard mayBlock, case .decrypt(_, let annotations) = call else { return false }
+        return annotations["cached.kekd.test"] == nil
+    }
     func auditHMACKey() -> [UInt8]? { nil }
     func reload() {}
     func close() {}
@@ -144,6 +150,29 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
 
 @Test func kekdsOwnUIDIsNotACallerByDefault() {
     #expect(ServerConfiguration(socketPath: "/x").allowedUIDs == [0])
+}
+
+@Test func callsTheBackendAnswersFromMemoryNeedNoPoolSlot() throws {
+    // One pool slot, taken by a slow uncached Decrypt: an Encrypt and a cached Decrypt are answered on the
+    // connection's thread all the same, while a second uncached Decrypt finds the pool full.
+    let server = try startServer(FakeBackend(mayBlock: true, delay: 0.5)) { $0.maxInFlightBackendCalls = 1 }
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    defer { close(fd) }
+    let conn = GRPCClientConnection()
+    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let cached = DecryptRequest(ciphertext: [1, 2, 3], uid: "u", keyID: "fake-key-1",
+                                annotations: ["cached.kekd.test": [1]]).serializedBytes()
+    let encrypt = EncryptRequest(plaintext: [4, 5, 6], uid: "u").serializedBytes()
+    let first = try #require(conn.startCall(path: decryptPath, message: slow))
+    let inlineDecrypt = try #require(conn.startCall(path: decryptPath, message: cached))
+    let inlineEncrypt = try #require(conn.startCall(path: "/v2.KeyManagementService/Encrypt", message: encrypt))
+    let refused = try #require(conn.startCall(path: decryptPath, message: slow))
+    let results = exchange(conn, fd: fd, expecting: 4).mapValues { $0.0.status.code }
+    #expect(results[first] == .ok)
+    #expect(results[inlineDecrypt] == .ok)
+    #expect(results[inlineEncrypt] == .ok)
+    #expect(results[refused] == .resourceExhausted)
 }
 
 @Test func inFlightLimitGivesResourceExhausted() throws {
