@@ -64,14 +64,20 @@ public enum KeyFamily {
 
     /// The version a key_id of our format names, or nil.
     public static func version(ofKeyID keyID: String) -> Int? {
-        let prefix = "kekd-pkcs11-"
-        guard keyID.hasPrefix(prefix), keyID.utf8.count <= 64 else { return nil }
-        let rest = keyID.dropFirst(prefix.count)
-        guard let dash = rest.lastIndex(of: "-") else { return nil }
-        let hash = rest[..<dash], tail = rest[rest.index(after: dash)...]
-        guard hash.count == 32, hash.allSatisfy({ $0.isHexDigit && !$0.isUppercase }), tail.hasPrefix("v"),
-              let version = Int(tail.dropFirst()), version > 0, String(version) == tail.dropFirst() else { return nil }
-        return version
+        // On the UTF-8 bytes: this runs on every Decrypt, and Character properties (isHexDigit, isUppercase) cost a
+        // Unicode table lookup each.
+        let bytes = keyID.utf8
+        let prefix = "kekd-pkcs11-".utf8
+        guard bytes.count <= 64, bytes.starts(with: prefix) else { return nil }
+        let rest = bytes.dropFirst(prefix.count)
+        guard rest.count >= 35, rest.prefix(32).allSatisfy({ ($0 >= 48 && $0 <= 57) || ($0 >= 97 && $0 <= 102) }) else { return nil }
+        let tail = rest.dropFirst(32)
+        guard tail.starts(with: "-v".utf8) else { return nil }
+        let digits = tail.dropFirst(2)
+        // No sign, no leading zero: one spelling per version.
+        guard let first = digits.first, first >= 49, first <= 57, digits.count <= 9,
+              digits.allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        return digits.reduce(0) { $0 * 10 + Int($1 - 48) }
     }
 }
 

@@ -63,7 +63,12 @@ import Testing
         #expect(a != KeyFamily.keyID(tokenSerial: "s1", family: "kek", version: 2, id: [1, 3]))
         #expect(a != KeyFamily.keyID(tokenSerial: "s2", family: "kek", version: 2, id: [1, 2]))
         #expect(a != KeyFamily.keyID(tokenSerial: "s1", family: "kek2", version: 2, id: [1, 2]))
-        for bad in ["kekd-vault-00-v2", "kekd-pkcs11-abc-v2", a + "x", String(a.dropLast(1)) + "02", "kekd-pkcs11-" + String(repeating: "A", count: 32) + "-v1"] {
+        let stem = String(a.dropLast(2))  // "kekd-pkcs11-<32 hex>-"
+        let upper: String = "kekd-pkcs11-" + String(repeating: "A", count: 32) + "-v1"
+        let accented: String = "kekd-pkcs11-é" + String(a.dropFirst(13))
+        let bads: [String] = ["kekd-vault-00-v2", "kekd-pkcs11-abc-v2", a + "x", String(a.dropLast(1)) + "02", upper,
+                              stem + "v0", stem + "v+2", stem + "v", accented]
+        for bad in bads {
             #expect(KeyFamily.version(ofKeyID: bad) == nil, "\(bad)")
         }
     }
