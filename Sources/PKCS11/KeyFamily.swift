@@ -100,7 +100,7 @@ public struct WrappedLocalKEK: Sendable, Equatable {
 
     /// Parses the annotation; nil for anything malformed (bounded sizes).
     public init?(text bytes: [UInt8]) {
-        guard bytes.count <= 512, bytes.starts(with: Array("p11:v".utf8)) else { return nil }
+        guard bytes.count <= 512, bytes.starts(with: "p11:v".utf8) else { return nil }
         let parts = bytes.dropFirst(4).split(separator: UInt8(ascii: ":"), omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }
         let digits = parts[0].dropFirst()
@@ -120,6 +120,7 @@ public struct WrappedLocalKEK: Sendable, Equatable {
             }
         }
         var out: [UInt8] = []
+        out.reserveCapacity(text.count / 2)
         var it = text.makeIterator()
         while let hi = it.next(), let lo = it.next() {
             guard let h = nibble(hi), let l = nibble(lo) else { return nil }
