@@ -4,29 +4,33 @@ import Crypto
 import KMS
 import Locking
 
-/// Bounded LRU of wrapped local KEK → unwrapped key.
+/// Bounded LRU of wrapped local KEK → unwrapped key, with the wrapped form parsed (a cached Decrypt then needs no
+/// parse of its annotation).
 final class UnwrappedKEKCache: Sendable {
-    private struct Entry { var key: SymmetricKey; var lastUse: UInt64 }
+    private struct Entry { var key: SymmetricKey; var parsed: WrappedLocalKEK?; var lastUse: UInt64 }
     private struct Inner { var entries: [String: Entry] = [:]; var clock: UInt64 = 0 }
     private let inner = LockedValue(Inner())
     let capacity: Int
 
     init(capacity: Int) { self.capacity = max(1, capacity) }
 
-    func get(_ wrapped: String) -> SymmetricKey? {
+    func get(_ wrapped: String) -> SymmetricKey? { lookup(wrapped)?.key }
+
+    /// The key and, when it was given to `put`, the parsed wrapped form.
+    func lookup(_ wrapped: String) -> (key: SymmetricKey, parsed: WrappedLocalKEK?)? {
         inner.withLock { s in
             guard var entry = s.entries[wrapped] else { return nil }
             s.clock &+= 1
             entry.lastUse = s.clock
             s.entries[wrapped] = entry
-            return entry.key
+            return (entry.key, entry.parsed)
         }
     }
 
-    func put(_ wrapped: String, _ key: SymmetricKey) {
+    func put(_ wrapped: String, _ key: SymmetricKey, parsed: WrappedLocalKEK? = nil) {
         inner.withLock { s in
             s.clock &+= 1
-            s.entries[wrapped] = Entry(key: key, lastUse: s.clock)
+            s.entries[wrapped] = Entry(key: key, parsed: parsed, lastUse: s.clock)
             // Linear scan only on an overflowing miss, bounded by capacity.
             while s.entries.count > capacity, let oldest = s.entries.min(by: { $0.value.lastUse < $1.value.lastUse })?.key {
                 s.entries[oldest] = nil

@@ -129,7 +129,10 @@ public final class PKCS11KeyBackend: KeyBackend {
         guard let annotation = annotations[Self.localKEKAnnotation] else {
             throw KMSError(.invalidArgument, "annotation \(Self.localKEKAnnotation) missing")
         }
-        guard let wrapped = WrappedLocalKEK(text: annotation), let keyIDVersion = KeyFamily.version(ofKeyID: keyID),
+        // A cached local KEK comes with its annotation already parsed; the checks below run on every call all the same.
+        let text = String(decoding: annotation, as: UTF8.self)
+        let hit = cache.lookup(text)
+        guard let wrapped = hit?.parsed ?? WrappedLocalKEK(text: annotation), let keyIDVersion = KeyFamily.version(ofKeyID: keyID),
               keyIDVersion == wrapped.version else {
             throw KMSError(.invalidArgument, "key_id or annotation \(Self.localKEKAnnotation) was not issued by kekd's PKCS#11 backend")
         }
@@ -148,12 +151,11 @@ public final class PKCS11KeyBackend: KeyBackend {
         // Checked before the cache: retiring a version must stop kekd at once, cached local KEKs included.
         guard !found.retired else { throw KMSError(.failedPrecondition, "key version \(wrapped.version) of \(family) is retired") }
         guard expectedKeyID == keyID else { throw KMSError(.invalidArgument, "key_id was not issued by kekd for this key version") }
-        let text = String(decoding: annotation, as: UTF8.self)
         let key: SymmetricKey
-        if let cached = cache.get(text) {
+        if let hit {
             onCache?(true)
             record?.touch(wrapped: text)
-            key = cached
+            key = hit.key
         } else {
             onCache?(false)
             // Fail fast while the token is away: the background loop reconnects, Decrypts must not queue on it.
@@ -161,7 +163,7 @@ public final class PKCS11KeyBackend: KeyBackend {
             key = try flights.run(text, deadline: monotonicSeconds() + configuration.requestTimeout) {
                 if let cached = cache.get(text) { return .success(cached) }
                 return unwrap(wrapped, handle: found.handle, keyID: keyID).map { key in
-                    cache.put(text, key)
+                    cache.put(text, key, parsed: wrapped)
                     record?.note(wrapped: text, keyVersion: wrapped.version)
                     return key
                 }
@@ -250,8 +252,9 @@ public final class PKCS11KeyBackend: KeyBackend {
         let sealed = try token.withSession("wrap") { (session: UInt) throws(PKCS11Error) -> [UInt8] in
             try token.module.encryptGCM(session, key: primary.handle, iv: iv, aad: Self.wrapAAD(keyID: keyID), plaintext: key.bytes)
         }
-        let wrapped = WrappedLocalKEK(version: primary.version, keyObjectID: primary.id, iv: iv, sealed: sealed).text
-        cache.put(wrapped, key)
+        let parsed = WrappedLocalKEK(version: primary.version, keyObjectID: primary.id, iv: iv, sealed: sealed)
+        let wrapped = parsed.text
+        cache.put(wrapped, key, parsed: parsed)
         record?.note(wrapped: wrapped, keyVersion: primary.version)
         return ActiveKEK(key: key, wrapped: wrapped, keyID: keyID, version: primary.version)
     }
@@ -348,7 +351,7 @@ public final class PKCS11KeyBackend: KeyBackend {
             let result = try? flights.run(entry.wrapped, deadline: monotonicSeconds() + configuration.requestTimeout) {
                 if let cached = cache.get(entry.wrapped) { return .success(cached) }
                 return unwrap(wrapped, handle: found.handle, keyID: keyID).map { key in
-                    cache.put(entry.wrapped, key)
+                    cache.put(entry.wrapped, key, parsed: wrapped)
                     return key
                 }
             }.get()

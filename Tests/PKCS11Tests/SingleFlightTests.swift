@@ -50,5 +50,9 @@ import Testing
         cache.put("c", c)
         #expect(cache.get("b") == nil && cache.get("a")?.bytes == a.bytes && cache.get("c")?.bytes == c.bytes)
         #expect(cache.count == 2)
+        // A local KEK cached with its parsed wrapped form hands it back: a cached Decrypt parses nothing.
+        let parsed = WrappedLocalKEK(version: 3, keyObjectID: [7], iv: [UInt8](repeating: 1, count: 12), sealed: [2])
+        cache.put(parsed.text, a, parsed: parsed)
+        #expect(cache.lookup(parsed.text)?.parsed == parsed && cache.lookup("c")?.parsed == nil)
     }
 }
