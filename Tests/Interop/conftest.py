@@ -64,6 +64,17 @@ def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 20.0):
     raise RuntimeError("kekd socket did not appear")
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10):
+    """SIGTERM, then SIGKILL after `timeout` seconds: for the real servers the tests start (etcd, Prometheus)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from conftest import free_port
+from conftest import free_port, stop_process
 from fake_vault import make_certs
 
 
@@ -92,11 +92,5 @@ class EtcdServer:
         self.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()

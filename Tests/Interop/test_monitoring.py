@@ -23,7 +23,7 @@ import grpc
 import pytest
 import yaml
 
-from conftest import free_port
+from conftest import free_port, stop_process
 from fake_vault import FakeVaultProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,13 +242,7 @@ class Prometheus:
         raise AssertionError(message)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
