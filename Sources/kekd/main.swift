@@ -110,7 +110,6 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     server.grpc.maxReceiveMessageSize = try flags.int("max-message-size", default: 4 << 20, min: 1024)
     server.grpc.http2.maxConcurrentStreams = try flags.int("max-concurrent-streams", default: 128, min: 1)
     server.grpc.http2.maxHeaderListSize = try flags.int("max-header-list-size", default: 16 << 10, min: 1024)
-    server.grpc.http2.maxQueuedOutputBytes = try flags.int("max-queued-output", default: 4 << 20, min: 64 << 10)
     // Both buffer caps must fit one message of the largest size (plus its 5-byte prefix), or it could never arrive.
     let oneMessage = server.grpc.maxReceiveMessageSize + 5
     server.grpc.maxBufferedRequestBytesPerConnection = try flags.int(
@@ -119,6 +118,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     guard server.grpc.maxBufferedRequestBytesPerConnection <= 1 << 30 else {
         throw StartupError(.usage, "--max-buffered-request-bytes-per-connection: at most 1Gi")
     }
+    // Answers are about as large as the requests a connection may have in flight (an Encrypt's ciphertext is its
+    // plaintext plus 28 bytes), so a client that pipelines up to the request cap before it reads must not be
+    // failed for it: the default output cap holds those answers plus one more message.
+    server.grpc.http2.maxQueuedOutputBytes = try flags.int(
+        "max-queued-output", default: server.grpc.maxBufferedRequestBytesPerConnection + oneMessage, min: 64 << 10)
     server.maxBufferedRequestBytes = try flags.int(
         "max-buffered-request-bytes", default: max(32 << 20, server.grpc.maxBufferedRequestBytesPerConnection),
         min: oneMessage)
