@@ -88,6 +88,14 @@ class EtcdServer:
         end[-1] += 1
         self.call("/v3/kv/deleterange", {"key": b64(prefix), "range_end": b64(bytes(end))})
 
+    def ranges_served(self) -> int:
+        """etcd's own count of range requests served (etcd_mvcc_range_total), to wait on a reader's progress."""
+        with urllib.request.urlopen(self.url + "/metrics", context=self.context, timeout=30) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith("etcd_mvcc_range_total "):
+                    return int(float(line.split()[1]))
+        raise RuntimeError("etcd /metrics has no etcd_mvcc_range_total")
+
     def compact(self, revision: int):
         self.call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
 
