@@ -28,12 +28,18 @@ let package = Package(
         // JSON documents as values (FoundationEssentials' coder underneath), for the HTTP clients.
         .target(name: "JSON"),
 
+        // gRPC status codes and their names, shared by every layer that produces or reports one.
+        .target(name: "GRPCCodes"),
+
+        // The one logger: JSON lines on stderr at a minimum level (`--log-level`), for every module.
+        .target(name: "Logging", dependencies: ["JSON", "Locking"]),
+
         // Pure codecs and state machines: bytes in, values/bytes out, no I/O.
         .target(name: "Protobuf"),
         .target(name: "KMSProto", dependencies: ["Protobuf"]),
         .target(name: "HPACK"),
         .target(name: "HTTP2", dependencies: ["HPACK"]),
-        .target(name: "GRPC", dependencies: ["HTTP2"]),
+        .target(name: "GRPC", dependencies: ["HTTP2", "GRPCCodes"]),
         .target(name: "YAML"),
 
         // Crypto primitives over OpenSSL EVP.
@@ -48,13 +54,13 @@ let package = Package(
         .target(name: "Census", dependencies: ["Etcd", "KMSProto", "JSON"]),
 
         // The KMS service, envelope format, key backends.
-        .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON"]),
-        .target(name: "Vault", dependencies: ["HTTPClient", "KMS", "Crypto", "Locking", "JSON"]),
-        .target(name: "PKCS11", dependencies: ["CPKCS11", "KMS", "Crypto", "Locking"]),
+        .target(name: "KMS", dependencies: ["KMSProto", "Crypto", "Locking", "JSON", "GRPCCodes", "Logging"]),
+        .target(name: "Vault", dependencies: ["HTTPClient", "KMS", "Crypto", "Locking", "JSON", "GRPCCodes", "Logging"]),
+        .target(name: "PKCS11", dependencies: ["CPKCS11", "KMS", "Crypto", "Locking", "GRPCCodes", "Logging"]),
 
         // Observers of the service layer.
-        .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON"]),
-        .target(name: "Metrics", dependencies: ["Locking"]),
+        .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON", "Logging"]),
+        .target(name: "Metrics", dependencies: ["Locking", "GRPCCodes"]),
         // A strict Prometheus text-format reader (pure): kekd's metrics tests and rotate-cluster's apiserver metrics.
         .target(name: "PrometheusParser"),
 
@@ -68,27 +74,29 @@ let package = Package(
         .target(name: "CProcessHardening"),
 
         // The edge: sockets, threads, signals, the health endpoint.
-        .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
+        .target(name: "Server", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
+        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking", "GRPCCodes", "Logging"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
+        .testTarget(name: "GRPCCodesTests", dependencies: ["GRPCCodes"]),
+        .testTarget(name: "LoggingTests", dependencies: ["Logging", "JSON"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),
         .testTarget(name: "HPACKTests", dependencies: ["HPACK"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "HPACK"]),
-        .testTarget(name: "GRPCTests", dependencies: ["GRPC", "HTTP2", "HPACK"]),
-        .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking"]),
+        .testTarget(name: "GRPCTests", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "HPACK"]),
+        .testTarget(name: "KMSTests", dependencies: ["KMS", "KMSProto", "Crypto", "Locking", "GRPCCodes", "Logging"]),
         .testTarget(name: "HTTPClientTests", dependencies: ["HTTPClient"]),
         .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "HTTPClient", "KMSProto", "JSON"]),
-        .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11", "KMS", "Crypto"]),
-        .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking"]),
-        .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking"]),
-        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser"]),
+        .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11", "KMS", "Crypto", "Logging"]),
+        .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking", "GRPCCodes", "Logging", "JSON"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking", "Logging"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser", "GRPCCodes"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
     ]
 )

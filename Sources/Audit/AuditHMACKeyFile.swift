@@ -49,7 +49,7 @@ public enum AuditHMACKeyFile {
     /// The key in `contents` (see the formats above).
     public static func parse(_ contents: [UInt8]) throws(AuditError) -> [UInt8] {
         let text = trimmed(contents)
-        if text.count >= 2 * minimumKeySize, text.count % 2 == 0, let key = AuditJSON.decodeHex(lowercased(text), count: text.count / 2) {
+        if text.count >= 2 * minimumKeySize, text.count % 2 == 0, let key = LowercaseHex.decode(lowercased(text), count: text.count / 2) {
             return key
         }
         if !text.isEmpty, text.allSatisfy(isBase64Character),

@@ -3,6 +3,7 @@
 import FoundationEssentials
 import Glibc
 import Locking
+import Logging
 import Synchronization
 
 /// A fail-closed caller's slot: set by the writer under the queue lock once the record's fate is known.
@@ -69,10 +70,12 @@ public final class AuditLog: Sendable {
     public let configuration: AuditConfiguration
     private let queue = AuditQueue()
     private let counters = AuditCounters()
+    private let log: Logger
 
     /// Opens the sink (throwing when it cannot be opened), continues the chain of an existing file, and starts
-    /// the writer thread.
-    public init(configuration: AuditConfiguration) throws {
+    /// the writer thread. `log` gets the conditions an operator must see (lost records, an unwritable sink), each
+    /// line with `"component":"audit"`.
+    public init(configuration: AuditConfiguration, log: Logger = Logger()) throws {
         guard configuration.hmacKey.count >= 16 else { throw AuditError("audit HMAC key must be at least 16 bytes") }
         guard configuration.queueCapacity >= 1 else { throw AuditError("audit queue capacity must be at least 1") }
         guard configuration.maxSize >= 0, configuration.maxFiles >= 0 else {
@@ -82,7 +85,8 @@ public final class AuditLog: Sendable {
             throw AuditError("usage flush interval and fail-closed timeout must be positive")
         }
         self.configuration = configuration
-        let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters)
+        self.log = log.with(["component": "audit"])
+        let writer = try AuditWriter(configuration: configuration, queue: queue, counters: counters, log: self.log)
         queue.pending.reserveCapacity(min(configuration.queueCapacity, 1 << 16))
         let newChain = writer.startedNewChain
         queue.writerDone = false
@@ -198,8 +202,8 @@ public final class AuditLog: Sendable {
         let finished = q.writerDone
         q.lock.unlock()
         if !finished {
-            AuditDiagnostics.log("audit writer did not finish within the close timeout; queued records may be lost",
-                                 fields: [("path", configuration.path)])
+            log.error("audit writer did not finish within the close timeout; queued records may be lost",
+                      ["path": configuration.path])
         }
     }
 }

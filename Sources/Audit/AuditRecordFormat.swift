@@ -8,10 +8,11 @@
 // record serialised without its chain field. chain(0) is 32 zero bytes (the first record ever, seq 1).
 // The first record written to every newly opened file carries prev_chain = chain(N-1), so each file (a rotated
 // one, or one whose predecessors were deleted) verifies on its own, and the link between files is checked.
-// Fields are always in this order; strings use AuditJSON's escaping (pure ASCII), so the bytes are deterministic.
+// Fields are always in this order; strings use JSONWriter's escaping (pure ASCII), so the bytes are deterministic.
 import Crypto
 import FoundationEssentials
 import Glibc
+import JSON
 
 enum AuditRecordFormat {
     static let chainSize = 32
@@ -38,60 +39,60 @@ enum AuditRecordFormat {
     static func appendBody(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64,
                            to out: inout [UInt8]) {
         out.append(contentsOf: seqPrefix)
-        AuditJSON.appendInteger(seq, to: &out)
+        JSONWriter.appendInteger(seq, to: &out)
         if let prevChain {
-            AuditJSON.appendKey("prev_chain", to: &out)
-            AuditJSON.appendHex(prevChain, to: &out)
+            JSONWriter.appendKey("prev_chain", to: &out)
+            JSONWriter.appendHex(prevChain, to: &out)
         }
         if droppedBefore > 0 {
-            AuditJSON.appendKey("dropped_before", to: &out)
-            AuditJSON.appendInteger(droppedBefore, to: &out)
+            JSONWriter.appendKey("dropped_before", to: &out)
+            JSONWriter.appendInteger(droppedBefore, to: &out)
         }
-        AuditJSON.appendKey("time", to: &out)
+        JSONWriter.appendKey("time", to: &out)
         out.append(0x22)
         RFC3339.append(event.time, to: &out)
         out.append(0x22)
-        AuditJSON.appendKey("op", to: &out)
-        AuditJSON.appendString(event.op, maxScalars: maxOpScalars, to: &out)
-        AuditJSON.appendKey("uid", to: &out)
+        JSONWriter.appendKey("op", to: &out)
+        JSONWriter.appendString(event.op, maxScalars: maxOpScalars, to: &out)
+        JSONWriter.appendKey("uid", to: &out)
         appendOptionalString(event.uid, maxScalars: maxIDScalars, to: &out)
-        AuditJSON.appendKey("key_id", to: &out)
+        JSONWriter.appendKey("key_id", to: &out)
         appendOptionalString(event.keyID, maxScalars: maxIDScalars, to: &out)
-        AuditJSON.appendKey("backend", to: &out)
-        AuditJSON.appendString(event.backend, maxScalars: maxShortScalars, to: &out)
-        AuditJSON.appendKey("outcome", to: &out)
-        AuditJSON.appendString(event.outcome, maxScalars: maxShortScalars, to: &out)
+        JSONWriter.appendKey("backend", to: &out)
+        JSONWriter.appendString(event.backend, maxScalars: maxShortScalars, to: &out)
+        JSONWriter.appendKey("outcome", to: &out)
+        JSONWriter.appendString(event.outcome, maxScalars: maxShortScalars, to: &out)
         if let message = event.message {
-            AuditJSON.appendKey("message", to: &out)
-            AuditJSON.appendString(message, maxScalars: maxMessageScalars, to: &out)
+            JSONWriter.appendKey("message", to: &out)
+            JSONWriter.appendString(message, maxScalars: maxMessageScalars, to: &out)
         }
-        AuditJSON.appendKey("latency_us", to: &out)
-        AuditJSON.appendInteger(event.latencyMicros, to: &out)
-        AuditJSON.appendKey("peer", to: &out)
+        JSONWriter.appendKey("latency_us", to: &out)
+        JSONWriter.appendInteger(event.latencyMicros, to: &out)
+        JSONWriter.appendKey("peer", to: &out)
         if let peer = event.peer {
             out.append(0x7B)
-            AuditJSON.appendKey("pid", to: &out, first: true)
-            AuditJSON.appendInteger(peer.pid, to: &out)
-            AuditJSON.appendKey("uid", to: &out)
-            AuditJSON.appendInteger(peer.uid, to: &out)
-            AuditJSON.appendKey("gid", to: &out)
-            AuditJSON.appendInteger(peer.gid, to: &out)
+            JSONWriter.appendKey("pid", to: &out, first: true)
+            JSONWriter.appendInteger(peer.pid, to: &out)
+            JSONWriter.appendKey("uid", to: &out)
+            JSONWriter.appendInteger(peer.uid, to: &out)
+            JSONWriter.appendKey("gid", to: &out)
+            JSONWriter.appendInteger(peer.gid, to: &out)
             out.append(0x7D)
         } else {
             out.append(contentsOf: null)
         }
-        AuditJSON.appendKey("connection", to: &out)
-        AuditJSON.appendInteger(event.connection, to: &out)
-        AuditJSON.appendKey("stream", to: &out)
-        AuditJSON.appendInteger(event.stream, to: &out)
+        JSONWriter.appendKey("connection", to: &out)
+        JSONWriter.appendInteger(event.connection, to: &out)
+        JSONWriter.appendKey("stream", to: &out)
+        JSONWriter.appendInteger(event.stream, to: &out)
         if let ciphertext = event.ciphertext {
-            AuditJSON.appendKey("ciphertext_sha256", to: &out)
-            AuditJSON.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
+            JSONWriter.appendKey("ciphertext_sha256", to: &out)
+            JSONWriter.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
         }
     }
 
     private static func appendOptionalString(_ s: String?, maxScalars: Int, to out: inout [UInt8]) {
-        if let s { AuditJSON.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: null) }
+        if let s { JSONWriter.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: null) }
     }
 
     private static let null = Array("null".utf8)
@@ -119,7 +120,7 @@ enum AuditRecordFormat {
     /// The chain field, the closing brace and the newline that end a line after its body.
     static func appendChainSuffix(_ chain: [UInt8], to out: inout [UInt8]) {
         out.append(contentsOf: chainKey)
-        AuditJSON.appendHexDigits(chain, to: &out)
+        JSONWriter.appendHexDigits(chain, to: &out)
         out.append(contentsOf: [0x22, 0x7D])
         out.append(0x0A)
     }
@@ -145,7 +146,7 @@ enum AuditLineParser {
         let bodyEnd = line.endIndex - suffix
         guard line[bodyEnd..<(bodyEnd + 10)].elementsEqual(",\"chain\":\"".utf8),
               line[(line.endIndex - 2)...].elementsEqual("\"}".utf8),
-              let chain = AuditJSON.decodeHex(line[(bodyEnd + 10)..<(line.endIndex - 2)], count: AuditRecordFormat.chainSize)
+              let chain = LowercaseHex.decode(line[(bodyEnd + 10)..<(line.endIndex - 2)], count: AuditRecordFormat.chainSize)
         else { return nil }
         let body = line[line.startIndex..<bodyEnd]
         var cursor = body.startIndex
@@ -154,7 +155,7 @@ enum AuditLineParser {
         if consume(",\"prev_chain\":\"", body, &cursor) {
             let end = cursor + 2 * AuditRecordFormat.chainSize
             guard end < body.endIndex, body[end] == 0x22,
-                  let value = AuditJSON.decodeHex(body[cursor..<end], count: AuditRecordFormat.chainSize)
+                  let value = LowercaseHex.decode(body[cursor..<end], count: AuditRecordFormat.chainSize)
             else { return nil }
             prevChain = value
             cursor = end + 1

@@ -4,6 +4,7 @@ import FoundationEssentials
 import Locking
 #if canImport(Glibc)
 import Glibc
+import Logging
 #endif
 
 /// The chain position after the last record in the sink.
@@ -19,6 +20,7 @@ final class AuditWriter: @unchecked Sendable {
     private let configuration: AuditConfiguration
     private let queue: AuditQueue
     private let counters: AuditCounters
+    private let log: Logger
     private let sink: AuditSink
     private let chainMAC: HMACSHA256Context
     private var state = ChainState()
@@ -33,14 +35,15 @@ final class AuditWriter: @unchecked Sendable {
     /// True when init rotated away a log written under another chain key (allowed by `allowNewChain`).
     private(set) var startedNewChain = false
 
-    init(configuration: AuditConfiguration, queue: AuditQueue, counters: AuditCounters) throws {
+    init(configuration: AuditConfiguration, queue: AuditQueue, counters: AuditCounters, log: Logger) throws {
         self.configuration = configuration
+        self.log = log
         self.queue = queue
         self.counters = counters
         sink = AuditSink(path: configuration.path, maxSize: configuration.maxSize, maxFiles: configuration.maxFiles)
         chainMAC = HMACSHA256Context(key: configuration.hmacKey)
         try sink.open()
-        usage = KeyUsageTracker(path: configuration.usageFilePath)
+        usage = KeyUsageTracker(path: configuration.usageFilePath, log: log)
         // Continue the chain of the file we append to, or of its rotated predecessor when it is new.
         let last = !sink.isRegularFile ? nil
             : sink.size > 0 ? AuditSink.lastRecord(path: configuration.path)
@@ -55,16 +58,16 @@ final class AuditWriter: @unchecked Sendable {
                 throw AuditError("audit log \(configuration.path) was written with another chain key (the key is missing "
                                  + "or was replaced); restore it, or start a new chain with --audit-new-chain")
             }
-            AuditDiagnostics.log("the existing audit log was written with a different chain key; starting a new chain "
-                                 + "(--audit-new-chain), the old log is kept rotated", level: "warn", fields: [("path", configuration.path)])
+            log.warn("the existing audit log was written with a different chain key; starting a new chain "
+                     + "(--audit-new-chain), the old log is kept rotated", ["path": configuration.path])
             if sink.size > 0 && configuration.maxFiles > 0 { try sink.rotate() }
             startedNewChain = true
         } else if let (record, _) = last {
             state.seq = record.seq
             state.chain = record.chain
         } else if sink.size > 0 {
-            AuditDiagnostics.log("existing audit log ends without a recognisable record; starting a new chain",
-                                 fields: [("path", configuration.path)])
+            log.error("existing audit log ends without a recognisable record; starting a new chain",
+                      ["path": configuration.path])
         }
         counters.publishHead(state)
     }
@@ -167,8 +170,8 @@ final class AuditWriter: @unchecked Sendable {
             noteLoss(0, reason: lastLossReason)
         }
         if state.unreportedDrops > 0 {
-            AuditDiagnostics.log("audit log closed with unreported lost records",
-                                 fields: [("lost", String(state.unreportedDrops)), ("path", configuration.path)])
+            log.error("audit log closed with unreported lost records",
+                      ["lost": String(state.unreportedDrops), "path": configuration.path])
         }
         sink.close()
         queue.lock.lock()
@@ -182,7 +185,7 @@ final class AuditWriter: @unchecked Sendable {
             try sink.open()
         } catch {
             counters.fail(error.message)
-            AuditDiagnostics.log("cannot reopen audit log", fields: [("error", error.message)])
+            log.error("cannot reopen audit log", ["error": error.message])
         }
     }
 
@@ -304,9 +307,9 @@ final class AuditWriter: @unchecked Sendable {
         let message = configuration.mode == .failClosed
             ? "audit records could not be written; their calls were refused"
             : "audit records dropped"
-        AuditDiagnostics.log(message, fields: [("count", String(lossSinceLastLog)), ("reason", reason),
-                                               ("total_dropped", String(counters.dropped.load(ordering: .relaxed))),
-                                               ("total_failed", String(counters.failed.load(ordering: .relaxed)))])
+        log.error(message, ["count": String(lossSinceLastLog), "reason": reason,
+                            "total_dropped": String(counters.dropped.load(ordering: .relaxed)),
+                            "total_failed": String(counters.failed.load(ordering: .relaxed))])
         lossSinceLastLog = 0
     }
 }

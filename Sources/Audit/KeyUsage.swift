@@ -5,6 +5,7 @@ import FoundationEssentials
 import JSON
 #if canImport(Glibc)
 import Glibc
+import Logging
 #endif
 
 public struct KeyUsageRecord: Sendable, Equatable {
@@ -83,14 +84,16 @@ struct KeyUsageTracker {
     let path: String?
     private(set) var usage: [String: KeyUsageRecord] = [:]
     private(set) var dirty = false
+    private let log: Logger
 
-    init(path: String?) {
+    init(path: String?, log: Logger) {
         self.path = path
+        self.log = log
         guard let path, access(path, F_OK) == 0 else { return }
         do {
             usage = try KeyUsageFile.load(path: path)
         } catch {
-            AuditDiagnostics.log("key usage file unreadable; starting empty", fields: [("error", "\(error)")])
+            log.error("key usage file unreadable; starting empty", ["error": "\(error)"])
         }
     }
 
@@ -125,7 +128,7 @@ struct KeyUsageTracker {
             try KeyUsageFile.write(usage, path: path)
             dirty = false
         } catch {
-            AuditDiagnostics.log("cannot write key usage file", fields: [("error", "\(error)")])
+            log.error("cannot write key usage file", ["error": "\(error)"])
         }
     }
 }

@@ -129,25 +129,3 @@ enum POSIXFile {
         }
     }
 }
-
-/// A JSON log line on stderr for conditions an operator must see (dropped or unwritable audit records).
-enum AuditDiagnostics {
-    static func log(_ message: String, level: String = "error", fields: [(String, String)] = []) {
-        var out = [UInt8]()
-        out.append(0x7B)
-        AuditJSON.appendKey("time", to: &out, first: true)
-        AuditJSON.appendString(RFC3339.format(Date()), to: &out)
-        AuditJSON.appendKey("level", to: &out)
-        AuditJSON.appendString(level, to: &out)
-        AuditJSON.appendKey("component", to: &out)
-        AuditJSON.appendString("audit", to: &out)
-        AuditJSON.appendKey("msg", to: &out)
-        AuditJSON.appendString(message, to: &out)
-        for (key, value) in fields {
-            AuditJSON.appendKey(named: key, to: &out)
-            AuditJSON.appendString(value, to: &out)
-        }
-        out.append(contentsOf: [0x7D, 0x0A])
-        _ = POSIXFile.writeAll(fd: 2, out)
-    }
-}

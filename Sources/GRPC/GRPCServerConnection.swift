@@ -2,6 +2,7 @@
 // and writes responses or errors. Pure like the HTTP2 layer: the caller owns the socket and serialises access.
 import HPACK
 import HTTP2
+import GRPCCodes
 
 public struct GRPCServerLimits: Sendable {
     /// Largest request message accepted; beyond it the call fails with RESOURCE_EXHAUSTED.

@@ -1,33 +1,5 @@
-// gRPC status codes and the percent-encoding of grpc-message (PROTOCOL-HTTP2.md).
-
-public enum GRPCStatusCode: Int, Sendable, CaseIterable {
-    case ok = 0, cancelled, unknown, invalidArgument, deadlineExceeded, notFound, alreadyExists, permissionDenied,
-         resourceExhausted, failedPrecondition, aborted, outOfRange, unimplemented, internalError, unavailable,
-         dataLoss, unauthenticated
-
-    /// The canonical upper-case name ("OK", "INVALID_ARGUMENT", …) used in logs, metrics and audit records.
-    public var name: String {
-        switch self {
-        case .ok: "OK"
-        case .cancelled: "CANCELLED"
-        case .unknown: "UNKNOWN"
-        case .invalidArgument: "INVALID_ARGUMENT"
-        case .deadlineExceeded: "DEADLINE_EXCEEDED"
-        case .notFound: "NOT_FOUND"
-        case .alreadyExists: "ALREADY_EXISTS"
-        case .permissionDenied: "PERMISSION_DENIED"
-        case .resourceExhausted: "RESOURCE_EXHAUSTED"
-        case .failedPrecondition: "FAILED_PRECONDITION"
-        case .aborted: "ABORTED"
-        case .outOfRange: "OUT_OF_RANGE"
-        case .unimplemented: "UNIMPLEMENTED"
-        case .internalError: "INTERNAL"
-        case .unavailable: "UNAVAILABLE"
-        case .dataLoss: "DATA_LOSS"
-        case .unauthenticated: "UNAUTHENTICATED"
-        }
-    }
-}
+// A gRPC status (code and message) and the percent-encoding of grpc-message (PROTOCOL-HTTP2.md).
+import GRPCCodes
 
 public struct GRPCStatus: Error, Sendable, Equatable, CustomStringConvertible {
     public var code: GRPCStatusCode

@@ -20,8 +20,8 @@ public enum JSONValue: Sendable, Equatable {
         return parser.at == bytes.count ? value : nil
     }
 
-    /// Compact JSON text, object keys sorted; integral numbers below 2^53 without a fraction (Vault refuses
-    /// `"key_version": 2.0`), non-finite numbers as null.
+    /// Compact JSON text, object keys sorted, strings escaped by `JSONWriter` (pure ASCII); integral numbers below
+    /// 2^53 without a fraction (Vault refuses `"key_version": 2.0`), non-finite numbers as null.
     public func serialized() -> [UInt8] {
         var out: [UInt8] = []
         write(to: &out)
@@ -54,9 +54,9 @@ public enum JSONValue: Sendable, Equatable {
         case .bool(let b): out += Array((b ? "true" : "false").utf8)
         case .number(let d):
             if !d.isFinite { out += Array("null".utf8) }
-            else if d == d.rounded(), abs(d) < 9_007_199_254_740_992 { out += Array(String(Int64(d)).utf8) }
+            else if d == d.rounded(), abs(d) < 9_007_199_254_740_992 { JSONWriter.appendInteger(Int64(d), to: &out) }
             else { out += Array(d.description.utf8) }
-        case .string(let s): Self.writeString(s, to: &out)
+        case .string(let s): JSONWriter.appendString(s, to: &out)
         case .array(let items):
             out.append(UInt8(ascii: "["))
             for (i, item) in items.enumerated() {
@@ -67,31 +67,11 @@ public enum JSONValue: Sendable, Equatable {
         case .object(let members):
             out.append(UInt8(ascii: "{"))
             for (i, key) in members.keys.sorted().enumerated() {
-                if i > 0 { out.append(UInt8(ascii: ",")) }
-                Self.writeString(key, to: &out)
-                out.append(UInt8(ascii: ":"))
+                JSONWriter.appendKey(named: key, to: &out, first: i == 0)
                 members[key]!.write(to: &out)
             }
             out.append(UInt8(ascii: "}"))
         }
-    }
-
-    /// Quote, backslash and control characters escaped; everything else as UTF-8.
-    private static func writeString(_ s: String, to out: inout [UInt8]) {
-        let hex = Array("0123456789abcdef".utf8)
-        out.append(UInt8(ascii: "\""))
-        for byte in s.utf8 {
-            switch byte {
-            case UInt8(ascii: "\""): out += [0x5C, 0x22]
-            case UInt8(ascii: "\\"): out += [0x5C, 0x5C]
-            case 0x0A: out += [0x5C, UInt8(ascii: "n")]
-            case 0x0D: out += [0x5C, UInt8(ascii: "r")]
-            case 0x09: out += [0x5C, UInt8(ascii: "t")]
-            case 0..<0x20: out += [0x5C, UInt8(ascii: "u"), 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
-            default: out.append(byte)
-            }
-        }
-        out.append(UInt8(ascii: "\""))
     }
 }
 

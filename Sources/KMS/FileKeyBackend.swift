@@ -9,6 +9,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Locking
+import Logging
 import Synchronization
 
 /// The keys one call works with.
@@ -90,13 +91,13 @@ public final class FileKeyBackend: KeyBackend {
     /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
     private let watch: LockedValue<WatchState>
     private let auditKey: [UInt8]
-    private let log: LogSink
+    private let log: Logger
     private let stopSignal = DispatchSemaphore(value: 0)
     private let closed = Atomic<Bool>(false)
 
     /// Loads and validates the key file, failing with a clear message when it is missing, unreadable, accessible by
     /// group/others, corrupt or invalid. Then polls it every `pollInterval` seconds (nil: only on `reload()`).
-    public init(keyFilePath: String, pollInterval: Double? = 1.0, log: @escaping LogSink = KMSLog.stderr) throws(KMSError) {
+    public init(keyFilePath: String, pollInterval: Double? = 1.0, log: Logger) throws(KMSError) {
         self.keyFilePath = keyFilePath
         self.log = log
         let loaded = try KeyFileStore.load(path: keyFilePath, owner: .processOrRoot)
@@ -105,8 +106,8 @@ public final class FileKeyBackend: KeyBackend {
         current = LockedValue(snapshot)
         watch = LockedValue(WatchState(fingerprint: loaded.fingerprint, lastProblem: nil))
         if snapshot.isLegacyFormat {
-            log(KMSLog.line(level: "info", msg: "key file is in the first (single-key) format; `kekctl rotate` converts it",
-                            fields: [("path", keyFilePath), ("key_id", snapshot.primary.keyID)]))
+            log.info("key file is in the first (single-key) format; `kekctl rotate` converts it",
+                     ["path": keyFilePath, "key_id": snapshot.primary.keyID])
         }
         if let pollInterval, pollInterval > 0 { startPolling(every: pollInterval) }
     }
@@ -230,10 +231,8 @@ public final class FileKeyBackend: KeyBackend {
         lastRejection.withLock { $0 = nil }
         if next.primary.version == previous.primary.version && previous.sameStates(as: next) { return }
         current.withLock { $0 = next }
-        log(KMSLog.line(level: "info", msg: "key file reloaded", fields: [
-            ("path", keyFilePath), ("key_id", next.primary.keyID), ("primary_version", String(next.primary.version)),
-            ("versions", String(next.entries.count)),
-        ]))
+        log.info("key file reloaded", ["path": keyFilePath, "key_id": next.primary.keyID,
+                                       "primary_version": String(next.primary.version), "versions": String(next.entries.count)])
     }
 
     private func reject(_ problem: String, _ state: inout WatchState) {
@@ -241,7 +240,6 @@ public final class FileKeyBackend: KeyBackend {
         rejectedReloads.add(1, ordering: .relaxed)
         guard state.lastProblem != problem else { return }
         state.lastProblem = problem
-        log(KMSLog.line(level: "warn", msg: "key file change not applied, keeping the current keys: \(problem)",
-                        fields: [("path", keyFilePath)]))
+        log.warn("key file change not applied, keeping the current keys: \(problem)", ["path": keyFilePath])
     }
 }

@@ -12,6 +12,7 @@ import FoundationEssentials
 import Glibc
 import JSON
 import Locking
+import Logging
 
 public struct IssuedKEKRecord: Sendable, Equatable {
     /// Exactly as it travels in the annotation (the cache key).
@@ -37,7 +38,7 @@ public final class IssuedKEKStore: Sendable {
     /// owner is ignored, so a reconfigured kekd never sends foreign wrapped keys to its root of trust.
     public let owner: String
     public let capacity: Int
-    private let log: @Sendable (String) -> Void
+    private let log: Logger
 
     private struct Inner {
         var entries: [String: IssuedKEKRecord] = [:]
@@ -48,9 +49,8 @@ public final class IssuedKEKStore: Sendable {
     }
     private let inner = LockedValue(Inner())
 
-    /// - Parameter log: one line per problem (an unreadable record, a failed save); never key material.
-    public init(path: String, owner: String, capacity: Int = IssuedKEKStore.defaultCapacity,
-                log: @escaping @Sendable (String) -> Void) {
+    /// - Parameter log: one warning per problem (an unreadable record, a failed save); never key material.
+    public init(path: String, owner: String, capacity: Int = IssuedKEKStore.defaultCapacity, log: Logger) {
         self.path = path; self.owner = owner; self.capacity = max(1, capacity); self.log = log
     }
 
@@ -62,7 +62,7 @@ public final class IssuedKEKStore: Sendable {
         switch Self.read(path: path, owner: owner) {
         case .success(let r): records = r
         case .failure(let reason):
-            log("ignoring the record of issued local KEKs \(path) (\(reason)); starting with a cold cache")
+            log.warn("ignoring the record of issued local KEKs \(path) (\(reason)); starting with a cold cache")
             records = []
         }
         inner.withLock { s in
@@ -127,7 +127,7 @@ public final class IssuedKEKStore: Sendable {
             try KeyFileStore.writeAtomically(Self.encode(snapshot, owner: owner), to: path, replace: true)
         } catch {
             inner.withLock { $0.membershipChanged = true }
-            log("cannot save the record of issued local KEKs \(path): \(error.message)")
+            log.warn("cannot save the record of issued local KEKs \(path): \(error.message)")
         }
     }
 

@@ -1,32 +1,13 @@
 // The KMS layer's vocabulary: its one error type (mapped once to gRPC status at the server edge), the backend
 // protocol and the values backends hand back.
-
-/// gRPC status codes this layer produces; the raw values are the gRPC codes.
-public enum KMSErrorCode: Int, Sendable {
-    case invalidArgument = 3, deadlineExceeded = 4, permissionDenied = 7, resourceExhausted = 8,
-         failedPrecondition = 9, internalError = 13, unavailable = 14, dataLoss = 15
-
-    /// The gRPC code name, as used in audit records and metrics labels.
-    public var name: String {
-        switch self {
-        case .invalidArgument: return "INVALID_ARGUMENT"
-        case .deadlineExceeded: return "DEADLINE_EXCEEDED"
-        case .permissionDenied: return "PERMISSION_DENIED"
-        case .resourceExhausted: return "RESOURCE_EXHAUSTED"
-        case .failedPrecondition: return "FAILED_PRECONDITION"
-        case .internalError: return "INTERNAL"
-        case .unavailable: return "UNAVAILABLE"
-        case .dataLoss: return "DATA_LOSS"
-        }
-    }
-}
+import GRPCCodes
 
 /// An error of the KMS layer. The message is safe to send to the client and to log: it never holds key material
 /// or plaintext.
 public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var code: KMSErrorCode
+    public var code: GRPCStatusCode
     public var message: String
-    public init(_ code: KMSErrorCode, _ message: String) {
+    public init(_ code: GRPCStatusCode, _ message: String) {
         self.code = code
         self.message = message
     }

@@ -1,5 +1,6 @@
 // kekd's metrics: recorded by the server on every call, rendered for Prometheus by the health endpoint.
 import Glibc
+import GRPCCodes
 import Locking
 import Synchronization
 
@@ -35,12 +36,8 @@ public struct VaultFigures: Sendable {
 public final class KekdMetrics: Sendable {
     /// gRPC method labels. Anything else (unknown paths) is `other`: the raw path is unbounded cardinality.
     static let ops = ["Status", "Encrypt", "Decrypt", "other"]
-    /// gRPC status code names, indexed by code number.
-    static let codes = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                        "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-                        "UNAUTHENTICATED"]
-    static let unknownCodeIndex = 2
+    /// The `code` label: every gRPC status code, in code order (a series' slot is op * codes.count + code).
+    static let codes = GRPCStatusCode.allCases
 
     private let version: String
     private let backendName: String
@@ -83,11 +80,10 @@ public final class KekdMetrics: Sendable {
         inFlight.wrappingAdd(1, ordering: .relaxed)
     }
 
-    /// `code` is a gRPC status code name (`OK`, `INVALID_ARGUMENT`, …) or its number; anything else counts as UNKNOWN.
-    public func callFinished(op: String, code: String, seconds: Double) {
+    public func callFinished(op: String, code: GRPCStatusCode, seconds: Double) {
         inFlight.wrappingSubtract(1, ordering: .relaxed)
         let opIndex = Self.opIndex(op)
-        requests.add(opIndex * Self.codes.count + Self.codeIndex(code))
+        requests.add(opIndex * Self.codes.count + code.rawValue)
         requestDurations.observe(series: opIndex, seconds: seconds)
     }
 
@@ -167,11 +163,11 @@ public final class KekdMetrics: Sendable {
     private func renderCalls(_ w: inout PrometheusTextWriter) {
         w.family("kekd_grpc_requests_total", .counter, help: "gRPC calls finished, by method and status code.")
         for (opIndex, op) in Self.ops.enumerated() {
-            for (codeIndex, code) in Self.codes.enumerated() {
-                let value = requests.value(opIndex * Self.codes.count + codeIndex)
+            for code in Self.codes {
+                let value = requests.value(opIndex * Self.codes.count + code.rawValue)
                 // The OK series of the three KMS methods always exist so rate() works from the first scrape.
-                if value > 0 || (codeIndex == 0 && op != "other") {
-                    w.sample("kekd_grpc_requests_total", ["op": op, "code": code], value)
+                if value > 0 || (code == .ok && op != "other") {
+                    w.sample("kekd_grpc_requests_total", ["op": op, "code": code.name], value)
                 }
             }
         }
@@ -302,16 +298,6 @@ public final class KekdMetrics: Sendable {
             if op == "/v2.KeyManagementService/Encrypt" { return 1 }
             return op == "/v2.KeyManagementService/Decrypt" ? 2 : 3
         default: return 3
-        }
-    }
-
-    static func codeIndex(_ code: String) -> Int {
-        switch code {
-        case "OK": return 0   // the common case, without touching the table
-        case "INVALID_ARGUMENT": return 3
-        default:
-            if let number = Int(code) { return codes.indices.contains(number) ? number : unknownCodeIndex }
-            return codes.firstIndex(of: code) ?? unknownCodeIndex
         }
     }
 

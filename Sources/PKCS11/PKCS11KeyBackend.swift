@@ -7,6 +7,7 @@ import Crypto
 import Glibc
 import KMS
 import Locking
+import Logging
 import Synchronization
 
 public final class PKCS11KeyBackend: KeyBackend {
@@ -46,7 +47,7 @@ public final class PKCS11KeyBackend: KeyBackend {
     let record: IssuedKEKStore?
     private let flights = SingleFlight()
     private let onCache: (@Sendable (Bool) -> Void)?
-    private let log: LogSink
+    private let log: Logger
     private let stopped = Atomic<Bool>(false)
     private let forceReconnect = Atomic<Bool>(false)
     /// Serialises rescans (background loop, a Decrypt meeting an unknown version).
@@ -59,15 +60,14 @@ public final class PKCS11KeyBackend: KeyBackend {
     /// Connects, logs in, scans the key family and wraps the first local KEK; throws a one-line reason when any of
     /// that fails (kekd exits with its HSM code). Then the background loop keeps it current.
     public init(configuration: PKCS11Configuration, onBackendCall: PKCS11CallHook? = nil,
-                onCache: (@Sendable (Bool) -> Void)? = nil, log: LogSink? = nil, startBackground: Bool = true) throws(KMSError) {
+                onCache: (@Sendable (Bool) -> Void)? = nil, log: Logger, startBackground: Bool = true) throws(KMSError) {
         self.configuration = configuration
         self.onCache = onCache
-        self.log = log ?? KMSLog.stderr
+        self.log = log.with(["backend": "pkcs11"])
         cache = UnwrappedKEKCache(capacity: configuration.cacheSize)
         let log = self.log
         record = configuration.issuedKEKRecordPath.map { path in
-            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration),
-                           log: { log(KMSLog.line(level: "warn", msg: $0, fields: [("backend", "pkcs11")])) })
+            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration), log: log)
         }
         do {
             token = try PKCS11Token(configuration: configuration, onCall: onBackendCall)
@@ -244,10 +244,9 @@ public final class PKCS11KeyBackend: KeyBackend {
             }
             return (s.problem != nil, s.active?.keyID)
         }
-        if hadProblem { log(KMSLog.line(level: "info", msg: "PKCS#11 token usable again", fields: [("backend", "pkcs11")])) }
+        if hadProblem { log.info("PKCS#11 token usable again") }
         if let fresh, previous != fresh.keyID {
-            log(KMSLog.line(level: "info", msg: "new local KEK under \(KeyFamily.label(family: family, version: fresh.version))",
-                            fields: [("backend", "pkcs11"), ("key_id", fresh.keyID)]))
+            log.info("new local KEK under \(KeyFamily.label(family: family, version: fresh.version))", ["key_id": fresh.keyID])
         }
     }
 
@@ -272,8 +271,8 @@ public final class PKCS11KeyBackend: KeyBackend {
             return s.problem == nil
         }
         if first {
-            log(KMSLog.line(level: "warn", msg: "PKCS#11 token unusable; cached local KEKs keep working, uncached Decrypts fail "
-                            + "with UNAVAILABLE until it is back: \(error.message)", fields: [("backend", "pkcs11")]))
+            log.warn("PKCS#11 token unusable; cached local KEKs keep working, uncached Decrypts fail "
+                     + "with UNAVAILABLE until it is back: \(error.message)")
         }
     }
 
@@ -359,9 +358,8 @@ public final class PKCS11KeyBackend: KeyBackend {
             if result != nil { warmed += 1 } else if state.withLock({ $0.problem == nil }) { dropped.append(entry.wrapped) }
         }
         record.remove(dropped)
-        log(KMSLog.line(level: "info", msg: "warmed \(warmed) of \(recent.count) recorded local KEKs from the token"
-                        + (dropped.isEmpty ? "" : "; \(dropped.count) no longer usable and dropped from the record"),
-                        fields: [("backend", "pkcs11")]))
+        log.info("warmed \(warmed) of \(recent.count) recorded local KEKs from the token"
+                 + (dropped.isEmpty ? "" : "; \(dropped.count) no longer usable and dropped from the record"))
     }
 
     /// Counts for tests.

@@ -6,6 +6,7 @@
 import Dispatch
 import FoundationEssentials
 import Glibc
+import Logging
 import Metrics
 import Locking
 

@@ -1,5 +1,6 @@
 // Routes a decoded gRPC request to the KMS service and describes the outcome for the audit log and metrics.
 import GRPC
+import GRPCCodes
 import KMS
 import KMSProto
 
@@ -106,6 +107,6 @@ struct KMSDispatcher: Sendable {
     }
 
     static func status(_ error: KMSError) -> GRPCStatus {
-        GRPCStatus(GRPCStatusCode(rawValue: error.code.rawValue) ?? .internalError, error.message)
+        GRPCStatus(error.code, error.message)
     }
 }

@@ -6,7 +6,9 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import GRPC
+import GRPCCodes
 import KMS
+import Logging
 import Metrics
 import Locking
 

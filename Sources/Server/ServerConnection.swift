@@ -5,6 +5,7 @@ import FoundationEssentials
 import Locking
 import Glibc
 import GRPC
+import GRPCCodes
 import HTTP2
 
 final class ServerConnection: @unchecked Sendable {
@@ -96,7 +97,7 @@ final class ServerConnection: @unchecked Sendable {
                 case let .rejected(streamID, path, status):
                     let metricsOp = KMSMethod(rawValue: path)?.op ?? "other"
                     server.metrics?.callStarted(op: metricsOp)  // every finished call was started: in-flight stays exact
-                    server.metrics?.callFinished(op: metricsOp, code: status.code.name, seconds: 0)
+                    server.metrics?.callFinished(op: metricsOp, code: status.code, seconds: 0)
                     let outcome = CallOutcome(op: KMSMethod.op(forPath: path), status: status)
                     _ = server.audit?.record(auditEvent(outcome, streamID: streamID, arrived: now, finished: now))
                 case .cancelled:
@@ -252,7 +253,7 @@ final class ServerConnection: @unchecked Sendable {
             delivered = grpc.fail(streamID: request.streamID, status: outcome.status)
         }
         if !delivered { outcome.status = GRPCStatus(.cancelled, "client cancelled the call") }
-        server.metrics?.callFinished(op: outcome.op.hasPrefix("/") ? "other" : outcome.op, code: outcome.status.code.name,
+        server.metrics?.callFinished(op: outcome.op.hasPrefix("/") ? "other" : outcome.op, code: outcome.status.code,
                                      seconds: Double(finished - arrived) / 1e9)
     }
 

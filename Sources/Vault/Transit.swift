@@ -4,6 +4,7 @@ import FoundationEssentials
 import HTTPClient
 import JSON
 import Glibc
+import GRPCCodes
 
 public struct TransitKeyInfo: Sendable, Equatable {
     public var latestVersion: Int
@@ -107,7 +108,7 @@ final class TransitAPI: Sendable {
         return results.map { item in
             if let error = item["error"]?.string, !error.isEmpty {
                 // Vault's refusal below the key's min_decryption_version: retired on purpose, not a bad ciphertext.
-                let code: VaultErrorCode = error.contains("disallowed by policy (too old)") ? .failedPrecondition : .invalidArgument
+                let code: GRPCStatusCode = error.contains("disallowed by policy (too old)") ? .failedPrecondition : .invalidArgument
                 let hint = code == .failedPrecondition ? " (below the key's min_decryption_version)" : ""
                 return .failure(VaultError(code, "Vault decrypt: \(String(error.prefix(200)))\(hint)"))
             }

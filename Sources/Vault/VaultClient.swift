@@ -5,18 +5,13 @@ import FoundationEssentials
 import JSON
 import Locking
 import Glibc
+import GRPCCodes
 import KMS
 
-/// Error codes of this target; the backend maps them 1:1 onto KMSErrorCode (same gRPC numbers).
-public enum VaultErrorCode: Int, Sendable {
-    case invalidArgument = 3, permissionDenied = 7, resourceExhausted = 8, failedPrecondition = 9
-    case internalError = 13, unavailable = 14, dataLoss = 15
-}
-
 public struct VaultError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var code: VaultErrorCode
+    public var code: GRPCStatusCode
     public var message: String
-    public init(_ code: VaultErrorCode, _ message: String) { self.code = code; self.message = message }
+    public init(_ code: GRPCStatusCode, _ message: String) { self.code = code; self.message = message }
     public var description: String { message }
 }
 
@@ -130,16 +125,11 @@ final class VaultClient: Sendable {
         return true
     }
 
-    private func report(_ op: String, _ code: VaultErrorCode?, _ started: Date) {
-        onCall?(op, code.map(Self.name) ?? "ok", Date().timeIntervalSince(started))
+    private func report(_ op: String, _ code: GRPCStatusCode?, _ started: Date) {
+        onCall?(op, code?.name ?? "ok", Date().timeIntervalSince(started))
     }
 
-    /// The gRPC code name; VaultErrorCode shares KMSErrorCode's raw values, so KMS names them once.
-    static func name(_ code: VaultErrorCode) -> String {
-        KMSErrorCode(rawValue: code.rawValue)?.name ?? "INTERNAL"
-    }
-
-    static func code(forStatus status: Int) -> VaultErrorCode {
+    static func code(forStatus status: Int) -> GRPCStatusCode {
         switch status {
         case 400: return .invalidArgument
         case 401, 403: return .permissionDenied

@@ -2,6 +2,7 @@
 import FoundationEssentials
 import Glibc
 import KMS
+import Logging
 
 public final class VaultKeyBackend: KeyBackend {
     public let keyring: VaultKeyring
@@ -13,15 +14,14 @@ public final class VaultKeyBackend: KeyBackend {
     ///   - onBackendCall: one call per Vault request: op (`login`, `lookup_self`, `renew_self`, `read_key`,
     ///     `encrypt`, `decrypt`), result (`ok` or a gRPC code name), seconds including retries.
     ///   - onCache: one call per Decrypt: whether the local KEK was cached.
-    ///   - log: JSON log lines (outage begins/ends, new local KEK); default stderr.
+    ///   - log: outage begins/ends, new local KEK (each line carries `"backend":"vault"`).
     public init(configuration: VaultConfiguration,
                 onBackendCall: (@Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void)? = nil,
                 onCache: (@Sendable (_ hit: Bool) -> Void)? = nil,
-                log: LogSink? = nil) throws(KMSError) {
-        let sink = log ?? KMSLog.stderr
+                log: Logger) throws(KMSError) {
         do {
             keyring = try VaultKeyring(configuration: configuration, onBackendCall: onBackendCall, onCache: onCache,
-                                       log: { level, message in sink(KMSLog.line(level: level, msg: message, fields: [("backend", "vault")])) })
+                                       log: log.with(["backend": "vault"]))
         } catch {
             throw Self.kmsError(error)
         }
@@ -74,17 +74,5 @@ public final class VaultKeyBackend: KeyBackend {
 
     public func close() { keyring.close() }
 
-    static func kmsError(_ error: VaultError) -> KMSError {
-        let code: KMSErrorCode
-        switch error.code {
-        case .invalidArgument: code = .invalidArgument
-        case .permissionDenied: code = .permissionDenied
-        case .resourceExhausted: code = .resourceExhausted
-        case .failedPrecondition: code = .failedPrecondition
-        case .internalError: code = .internalError
-        case .unavailable: code = .unavailable
-        case .dataLoss: code = .dataLoss
-        }
-        return KMSError(code, error.message)
-    }
+    static func kmsError(_ error: VaultError) -> KMSError { KMSError(error.code, error.message) }
 }

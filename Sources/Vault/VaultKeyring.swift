@@ -8,6 +8,7 @@ import FoundationEssentials
 import Glibc
 import KMS
 import Locking
+import Logging
 import Synchronization
 
 /// The local KEK in use for Encrypt, with everything Status and Encrypt must agree on.
@@ -89,7 +90,7 @@ public final class VaultKeyring: Sendable {
     /// The last failed attempt to make a new local KEK: when, and why.
     private let renewalFailure = LockedValue<(at: Double, message: String)?>(nil)
     private let onCache: (@Sendable (Bool) -> Void)?
-    private let log: VaultLog
+    private let log: Logger
     let problems: ProblemTracker
     private let now: @Sendable () -> Double
     private let stopped = Atomic<Bool>(false)
@@ -100,12 +101,11 @@ public final class VaultKeyring: Sendable {
     public init(configuration: VaultConfiguration,
                 onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (Bool) -> Void)? = nil,
-                log: VaultLog? = nil,
+                log: Logger,
                 maintenanceTick: Double = 1.0,
                 startBackground: Bool = true) throws(VaultError) {
         self.configuration = configuration
         self.onCache = onCache
-        let log = log ?? { level, message in writeStandardError("kekd vault \(level): \(message)\n") }
         self.log = log
         let problems = ProblemTracker(log: log)
         self.problems = problems
@@ -127,7 +127,7 @@ public final class VaultKeyring: Sendable {
             }
         }
         record = configuration.issuedKEKRecordPath.map { path in
-            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration), log: { log("warn", $0) })
+            IssuedKEKStore(path: path, owner: Self.recordOwner(configuration), log: log)
         }
         if startBackground {
             startThread(name: "kekd-vault") { [self] in self.maintenanceLoop() }
@@ -429,7 +429,7 @@ public final class VaultKeyring: Sendable {
             }
         }
         record.remove(refused)
-        log("info", "warmed \(warmed) of \(wrapped.count) recorded local KEKs with one batched Vault call"
+        log.info("warmed \(warmed) of \(wrapped.count) recorded local KEKs with one batched Vault call"
             + (refused.isEmpty ? "" : "; \(refused.count) refused by Vault and dropped from the record"))
     }
 
@@ -571,14 +571,14 @@ public final class VaultKeyring: Sendable {
             s.blocked = nil
             return old
         }
-        if previous != fresh.keyID { log("info", "new local KEK (\(reason)); key_id \(fresh.keyID)") }
+        if previous != fresh.keyID { log.info("new local KEK (\(reason)); key_id \(fresh.keyID)") }
     }
 
     /// Vault answered 403 (access revoked or denied) or said the key is gone: every cached local KEK is dropped and
     /// Encrypt and Status fail until a key read succeeds again. Returns whether `error` was such an answer.
     @discardableResult
     static func revokeAccess(_ error: VaultError, keyName: String, state: LockedValue<State>, cache: LocalKEKCache,
-                             log: VaultLog) -> Bool {
+                             log: Logger) -> Bool {
         guard error.code == .permissionDenied || error.code == .failedPrecondition else { return false }
         let dropped = cache.count
         cache.clear()
@@ -587,7 +587,7 @@ public final class VaultKeyring: Sendable {
             return s.blocked == nil
         }
         if first {
-            log("warn", "Vault refused kekd the key \(keyName): dropped \(dropped) cached local KEKs; Encrypt and Status fail "
+            log.warn("Vault refused kekd the key \(keyName): dropped \(dropped) cached local KEKs; Encrypt and Status fail "
                 + "until Vault allows access again (\(error.message))")
         }
         return true
@@ -597,18 +597,15 @@ public final class VaultKeyring: Sendable {
     var decryptBatches: Int { batcher.batches.load(ordering: .relaxed) }
 }
 
-/// Where the keyring logs: level ("info", "warn") and a message that never holds secrets.
-public typealias VaultLog = @Sendable (_ level: String, _ message: String) -> Void
-
 /// Current Vault problems by source ("vault": requests failing, "token": token upkeep failing), each logged once
 /// when it starts and once when it ends, so an outage shows in the log without one line per failed call and one
 /// source's recovery does not hide the other's problem.
 final class ProblemTracker: Sendable {
     enum Source: String, Sendable, CaseIterable { case vault, token }
     private let current = LockedValue<[Source: String]>([:])
-    private let log: VaultLog
+    private let log: Logger
 
-    init(log: @escaping VaultLog) { self.log = log }
+    init(log: Logger) { self.log = log }
 
     /// All current problems in one line, nil when there are none.
     var message: String? {
@@ -622,7 +619,7 @@ final class ProblemTracker: Sendable {
             defer { c[source] = message }
             return c[source] == nil
         }
-        if first { log("warn", "Vault problem (\(source.rawValue)): \(message)") }
+        if first { log.warn("Vault problem (\(source.rawValue)): \(message)") }
     }
 
     func clear(_ source: Source) {
@@ -630,6 +627,6 @@ final class ProblemTracker: Sendable {
             defer { c[source] = nil }
             return c[source] != nil
         }
-        if had { log("info", source == .vault ? "Vault reachable again" : "Vault token upkeep working again") }
+        if had { log.info(source == .vault ? "Vault reachable again" : "Vault token upkeep working again") }
     }
 }

@@ -4,6 +4,7 @@
 import Audit
 import FoundationEssentials
 import Glibc
+import Logging
 import Server
 
 enum AuditChainKey {

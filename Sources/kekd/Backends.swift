@@ -3,6 +3,7 @@
 // prefix: `--decrypt-also-key-file`, `--decrypt-also-vault-addr`, ...). A new kind is one entry in `BackendKind.all`.
 import FoundationEssentials
 import KMS
+import Logging
 import Metrics
 import PKCS11
 import Server
@@ -42,7 +43,7 @@ struct BackendKind: Sendable {
             } catch { throw StartupError(.keyFile, "--dev: cannot create \(keyFile): \(error)") }
             context.logger.info("created development key file", ["path": keyFile])
         }
-        do { return try FileKeyBackend(keyFilePath: keyFile) } catch {
+        do { return try FileKeyBackend(keyFilePath: keyFile, log: context.logger) } catch {
             throw StartupError(.keyFile, (role == .decryptOnly ? "decrypt-only file backend: " : "") + "\(error)")
         }
     }
@@ -57,7 +58,7 @@ struct BackendKind: Sendable {
                                                     attributes: [.posixPermissions: 0o700])
             let vault = try VaultKeyBackend(configuration: configuration,
                                             onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
-                                            onCache: { hit in metrics.cache(hit: hit) })
+                                            onCache: { hit in metrics.cache(hit: hit) }, log: context.logger)
             // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
             // (Status fails until then, so kube-apiserver does not write with a key it cannot have).
             if !vault.waitUntilReady(timeout: 3) {

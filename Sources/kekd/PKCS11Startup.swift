@@ -1,6 +1,7 @@
 // `--backend pkcs11` / `--decrypt-also pkcs11`: builds the backend from the `--pkcs11-*` flags and hooks its token state into metrics and
 // /readyz. Kept apart from main.swift so the wiring stays one call there.
 import FoundationEssentials
+import Logging
 import Metrics
 import PKCS11
 import Server
@@ -16,14 +17,14 @@ PKCS#11 HSM backend (--backend pkcs11); the PIN is read from a file only:
 
 extension BackendKind {
     static let pkcs11 = BackendKind(name: "pkcs11", flagNames: PKCS11Configuration.flagNames.sorted()) { flags, role, context throws(StartupError) in
-        do throws(StartupError) { return try makePKCS11Backend(flags, stateDir: context.stateDir, metrics: context.metrics) } catch {
+        do throws(StartupError) { return try makePKCS11Backend(flags, stateDir: context.stateDir, metrics: context.metrics, log: context.logger) } catch {
             throw StartupError(error.exit, (role == .decryptOnly ? "decrypt-only " : "") + error.message)
         }
     }
 }
 
 /// The backend, connected and with its first local KEK, or exit code 9 with the token's one-line reason.
-func makePKCS11Backend(_ flags: [String: String], stateDir: String, metrics: KekdMetrics) throws(StartupError) -> PKCS11KeyBackend {
+func makePKCS11Backend(_ flags: [String: String], stateDir: String, metrics: KekdMetrics, log: Logger) throws(StartupError) -> PKCS11KeyBackend {
     do {
         var configuration = try PKCS11Configuration.parse(flags, seconds: parseDuration)
         configuration.issuedKEKRecordPath = "\(stateDir)/pkcs11-keks.json"
@@ -31,7 +32,7 @@ func makePKCS11Backend(_ flags: [String: String], stateDir: String, metrics: Kek
                                                 attributes: [.posixPermissions: 0o700])
         let backend = try PKCS11KeyBackend(configuration: configuration,
                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
-                                           onCache: { hit in metrics.cache(hit: hit) })
+                                           onCache: { hit in metrics.cache(hit: hit) }, log: log)
         // Weak: the backend's hooks hold `metrics` (a strong capture would make a cycle).
         metrics.setPKCS11ProblemProvider { [weak backend] in backend?.tokenProblem?.name }
         return backend

@@ -5,6 +5,7 @@ import FoundationEssentials
 import Glibc
 import KMS
 import Locking
+import Logging
 import Metrics
 import PKCS11
 import Server
@@ -179,7 +180,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
                                                // fail-closed: give up on a stuck sink before kube-apiserver's 3 s deadline
                                                failClosedTimeout: 2.5, allowNewChain: newChain)
         wipe(&hmacKey)
-        audit = try AuditLog(configuration: configuration)
+        audit = try AuditLog(configuration: configuration, log: logger)
         server.auditBlocksCalls = auditMode == .failClosed
     } catch let error as StartupError {
         throw error

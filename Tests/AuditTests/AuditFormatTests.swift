@@ -1,83 +1,10 @@
-// JSON escaping, RFC 3339 times, the line parser, the secret-free event type.
+// The line parser and the secret-free event type (the JSON writer and RFC 3339 times are tested in JSONTests).
 @testable import Audit
 import Crypto
 import Foundation
 import Testing
 
 @Suite struct AuditFormatTests {
-    private func encoded(_ s: String) -> String {
-        var out = [UInt8]()
-        AuditJSON.appendString(s, to: &out)
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    @Test func escapesQuotesBackslashAndNamedControls() {
-        #expect(encoded("a\"b\\c") == #""a\"b\\c""#)
-        #expect(encoded("\u{8}\u{C}\n\r\t") == #""\b\f\n\r\t""#)
-        #expect(encoded("\u{0}\u{1}\u{1F}\u{7F}") == #""\u0000\u0001\u001f\u007f""#)
-    }
-
-    @Test func escapesEveryControlCharacterAndNonASCII() throws {
-        var all = ""
-        for v in 0..<0x20 { all.unicodeScalars.append(Unicode.Scalar(UInt8(v))) }
-        all += "\u{7F}\u{80}\u{9F}é中\u{2028}\u{2029}😀\u{10FFFF}\"\\/ plain"
-        let text = encoded(all)
-        #expect(text.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F }, "output must be printable ASCII")
-        #expect(encoded("é") == #""\u00e9""#)
-        #expect(encoded("😀") == #""\ud83d\ude00""#)
-        // An independent JSON parser reads back exactly the original string.
-        let decoded = try JSONSerialization.jsonObject(with: Data("[\(text)]".utf8), options: []) as? [String]
-        #expect(decoded == [all])
-    }
-
-    @Test func truncatesLongFields() {
-        var out = [UInt8]()
-        AuditJSON.appendString(String(repeating: "x", count: 10), maxScalars: 4, to: &out)
-        #expect(String(decoding: out, as: UTF8.self) == #""xxxx...""#)
-    }
-
-    @Test func integersAndPlainStringsAreWrittenExactly() {
-        var out: [UInt8] = []
-        for n in [Int64(0), 7, -7, 10, 1234567890, Int64.max, Int64.min] {
-            out.removeAll()
-            AuditJSON.appendInteger(n, to: &out)
-            #expect(String(decoding: out, as: UTF8.self) == String(n))
-        }
-        out.removeAll()
-        AuditJSON.appendInteger(UInt64.max, to: &out)
-        #expect(String(decoding: out, as: UTF8.self) == String(UInt64.max))
-        // The copied fast path and the escaping path agree with each other and with the cut at maxScalars.
-        for (input, expected) in [("kekd-v1-abc", "\"kekd-v1-abc\""), ("a\"b", "\"a\\\"b\""), ("é", "\"\\u00e9\""),
-                                  ("abcdef", "\"abc...\"")] {
-            out.removeAll()
-            AuditJSON.appendString(input, maxScalars: input == "abcdef" ? 3 : 64, to: &out)
-            #expect(String(decoding: out, as: UTF8.self) == expected, "\(input)")
-        }
-    }
-
-    @Test func formatsRFC3339WithNanoseconds() {
-        #expect(RFC3339.format(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000000000Z")
-        #expect(RFC3339.format(Date(timeIntervalSince1970: 1_795_613_718.5)) == "2026-11-25T13:35:18.500000000Z")
-        #expect(RFC3339.format(Date(timeIntervalSince1970: -1)) == "1969-12-31T23:59:59.000000000Z")
-        #expect(RFC3339.format(Date(timeIntervalSince1970: 951_782_400)) == "2000-02-29T00:00:00.000000000Z")
-        #expect(RFC3339.format(Date(timeIntervalSince1970: .nan)) == "1970-01-01T00:00:00.000000000Z")
-        #expect(RFC3339.format(Date(timeIntervalSince1970: 1e15)) == "9999-12-31T23:59:59.000000000Z")
-    }
-
-    @Test func parsesRFC3339() throws {
-        let t = try #require(RFC3339.parse("2026-11-25T13:35:18.123456789Z"))
-        #expect(abs(t.timeIntervalSince1970 - 1_795_613_718.123456789) < 1e-6)
-        #expect(RFC3339.parse("2026-11-25T14:35:18+01:00")?.timeIntervalSince1970 == 1_795_613_718)
-        #expect(RFC3339.parse("2026-11-25T13:35:18Z")?.timeIntervalSince1970 == 1_795_613_718)
-        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T13:35:18", "2026-11-25T13:35:18.Z",
-                    "2026-11-25T13:35:18Zjunk", "x026-11-25T13:35:18Z", "2026-11-25T25:00:00Z"] {
-            #expect(RFC3339.parse(bad) == nil, "\(bad)")
-        }
-        let now = Date()
-        let round = try #require(RFC3339.parse(RFC3339.format(now)))
-        #expect(abs(round.timeIntervalSince(now)) < 1e-6)
-    }
-
     @Test func recordLineHasFixedFieldsAndParsesBack() throws {
         let body = AuditRecordFormat.body(of: sampleEvent(7, outcome: "INVALID_ARGUMENT"), seq: 3,
                                           prevChain: AuditRecordFormat.genesisChain, droppedBefore: 2)

@@ -157,9 +157,3 @@ private func responses(_ events: [GRPCClientEvent]) -> [UInt32: GRPCResponse] {
     #expect(GRPCMessageEncoding.decode("%zz%4") == "%zz%4")  // malformed escapes are kept
 }
 
-@Test func statusCodeNames() {
-    #expect(GRPCStatusCode.ok.name == "OK")
-    #expect(GRPCStatusCode.invalidArgument.name == "INVALID_ARGUMENT")
-    #expect(GRPCStatusCode.internalError.name == "INTERNAL")
-    #expect(GRPCStatusCode.allCases.count == 17)
-}

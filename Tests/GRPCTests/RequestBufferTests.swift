@@ -2,6 +2,7 @@ import HPACK
 import HTTP2
 import Testing
 @testable import GRPC
+import GRPCCodes
 
 private let encryptPath = "/v2.KeyManagementService/Encrypt"
 private let requestFields = [

@@ -2,8 +2,9 @@ import Crypto
 import Foundation
 import Testing
 @testable import KMS
+import Logging
 
-private func makeBackend(_ folder: TempFolder, poll: Double? = 0.05, log: @escaping LogSink = { _ in }) throws -> (FileKeyBackend, String) {
+private func makeBackend(_ folder: TempFolder, poll: Double? = 0.05, log: Logger = Logger { _ in }) throws -> (FileKeyBackend, String) {
     let path = folder.file("kek.json")
     try FileKeyBackend.initializeKeyFile(path: path)
     return (try FileKeyBackend(keyFilePath: path, pollInterval: poll, log: log), path)
@@ -86,7 +87,7 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
     let (lagging, path) = try makeBackend(folder, poll: nil)
     defer { lagging.close() }
     try rotate(path)
-    let ahead = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: { _ in })
+    let ahead = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: Logger { _ in })
     defer { ahead.close() }
     let sealed = try ahead.encrypt(plaintext: [1], uid: "u")
     do { _ = try decrypt(lagging, sealed); Issue.record("decrypted") } catch {
@@ -107,7 +108,7 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
     let folderB = TempFolder()
     let pathB = folderB.file("kek.json")
     try writeFile(pathB, staged.serialized())
-    let nodeB = try FileKeyBackend(keyFilePath: pathB, pollInterval: nil, log: { _ in })
+    let nodeB = try FileKeyBackend(keyFilePath: pathB, pollInterval: nil, log: Logger { _ in })
     defer { nodeB.close() }
     nodeA.reload()
     #expect(nodeA.status().keyID == staged.keyID(forVersion: 1))   // staging changes nothing for Encrypt
@@ -239,13 +240,13 @@ private func decrypt(_ backend: FileKeyBackend, _ r: EncryptResult) throws(KMSEr
 
 @Test func backendStartFailsClearly() throws {
     let folder = TempFolder()
-    do { _ = try FileKeyBackend(keyFilePath: folder.file("missing"), pollInterval: nil); Issue.record("started") } catch {
+    do { _ = try FileKeyBackend(keyFilePath: folder.file("missing"), pollInterval: nil, log: Logger { _ in }); Issue.record("started") } catch {
         #expect(error.message.contains("does not exist"))
     }
     let path = folder.file("kek.json")
     try FileKeyBackend.initializeKeyFile(path: path)
     try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: path)
-    do { _ = try FileKeyBackend(keyFilePath: path, pollInterval: nil); Issue.record("started") } catch {
+    do { _ = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: Logger { _ in }); Issue.record("started") } catch {
         #expect(error.message.contains("chmod 600"))
     }
 }
@@ -294,7 +295,7 @@ import Synchronization
     try writeFile(second, file.serialized())
     try FileManager.default.createSymbolicLink(atPath: folder.file("..data"), withDestinationPath: "v1")
     try FileManager.default.createSymbolicLink(atPath: folder.file("kek.json"), withDestinationPath: "..data/kek.json")
-    let backend = try FileKeyBackend(keyFilePath: folder.file("kek.json"), pollInterval: 0.05, log: { _ in })
+    let backend = try FileKeyBackend(keyFilePath: folder.file("kek.json"), pollInterval: 0.05, log: Logger { _ in })
     defer { backend.close() }
     #expect(backend.status().keyID == file.keyID(forVersion: 1))
     try FileManager.default.createSymbolicLink(atPath: folder.file("..data_tmp"), withDestinationPath: "v2")

@@ -3,6 +3,7 @@ import Foundation
 import KMSProto
 import Testing
 @testable import KMS
+import Logging
 
 /// Replays the envelope and keyfile fuzz corpora (Tests/Fuzz/corpus/{envelope,keyfile}: seeds, and every input the
 /// fuzzer ever tripped on once fixed), so `swift test` keeps them as regression tests. Input layouts are described
@@ -30,7 +31,7 @@ struct FuzzCorpusTests {
                        key: SHA256.hash(Array("kekd fuzz key v\(version)".utf8)))
         }
         try KeyFileStore.create(path: folder.file("keys.json"), file: file)
-        return KMSService(backend: try FileKeyBackend(keyFilePath: folder.file("keys.json"), pollInterval: nil, log: { _ in }))
+        return KMSService(backend: try FileKeyBackend(keyFilePath: folder.file("keys.json"), pollInterval: nil, log: Logger { _ in }))
     }
 
     @Test func envelopeCorpusDecryptsOnlyGenuineCiphertexts() throws {

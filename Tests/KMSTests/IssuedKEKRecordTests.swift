@@ -1,11 +1,11 @@
 import Foundation
 import Testing
 @testable import KMS
+import Logging
 
 private func store(_ folder: TempFolder, owner: String = "vault-abc", capacity: Int = 4,
                    log: LogCollector? = nil) -> IssuedKEKStore {
-    let sink = log?.sink
-    return IssuedKEKStore(path: folder.file("vault-keks.json"), owner: owner, capacity: capacity, log: { sink?($0) })
+    IssuedKEKStore(path: folder.file("vault-keks.json"), owner: owner, capacity: capacity, log: log?.sink ?? Logger { _ in })
 }
 
 @Test func issuedKEKRecordRoundTripsMostRecentFirstBoundedAndPrivate() throws {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import Testing
 @testable import KMS
+import Logging
 
 @Test func keyFileWritesAndLoadsWithMode0600() throws {
     let folder = TempFolder()
@@ -182,7 +183,7 @@ import Testing
 
     // A backend on the first format encrypts; after `rotate` converts the file, those ciphertexts still decrypt
     // and the audit HMAC key stays the same.
-    let backend = try FileKeyBackend(keyFilePath: raw, pollInterval: nil, log: { _ in })
+    let backend = try FileKeyBackend(keyFilePath: raw, pollInterval: nil, log: Logger { _ in })
     let sealed = try backend.encrypt(plaintext: [1, 2, 3], uid: "u")
     let auditKey = backend.auditHMACKey()
     try KeyFileStore.update(path: raw) { (file: inout KeyFile) throws(KMSError) in _ = try file.rotate() }
@@ -225,7 +226,7 @@ import Testing
     let annotations = [FileKeyBackend.annotationKey: FileKeyBackend.annotationValue]
     let old = try Envelope.seal(plaintext: [9, 8, 7], key: try SymmetricKey(bytes: key), keyVersion: 1, keyID: oldKeyID,
                                 annotations: annotations)
-    let backend = try FileKeyBackend(keyFilePath: folder.file("raw.key"), pollInterval: nil, log: { _ in })
+    let backend = try FileKeyBackend(keyFilePath: folder.file("raw.key"), pollInterval: nil, log: Logger { _ in })
     defer { backend.close() }
     #expect(backend.status().keyID != oldKeyID)
     #expect(try backend.decrypt(ciphertext: old, keyID: oldKeyID, annotations: annotations, uid: "u") == [9, 8, 7])

@@ -15,11 +15,12 @@ final class TempFolder {
 /// Collects log lines a backend writes.
 final class LogCollector: Sendable {
     private let lines = LockedValue<[String]>([])
-    var sink: LogSink { { line in self.lines.withLock { $0.append(line) } } }
+    var sink: Logger { Logger(minimumLevel: .debug) { line in self.lines.withLock { $0.append(String(decoding: line.dropLast(), as: UTF8.self)) } } }
     var all: [String] { lines.withLock { $0 } }
 }
 
 import Locking
+import Logging
 
 func writeFile(_ path: String, _ bytes: [UInt8], mode: Int = 0o600) throws {
     try Data(bytes).write(to: URL(fileURLWithPath: path))

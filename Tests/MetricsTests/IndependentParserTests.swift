@@ -40,7 +40,7 @@ func prometheusClientParsesTheExposition() throws {
     metrics.setKeyID(awkwardKeyID)
     for s in [0.000_02, 0.3, 4.0] {
         metrics.callStarted(op: "Status")
-        metrics.callFinished(op: "Status", code: "OK", seconds: s)
+        metrics.callFinished(op: "Status", code: .ok, seconds: s)
     }
     let file = FileManager.default.temporaryDirectory.appendingPathComponent("kekd-metrics-\(UUID().uuidString).txt")
     try metrics.render().write(to: file, atomically: true, encoding: .utf8)

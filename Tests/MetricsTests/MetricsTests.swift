@@ -22,9 +22,9 @@ import PrometheusParser
     static func busyMetrics() -> KekdMetrics {
         let m = KekdMetrics(version: "0.1.0", backend: "file")
         m.callStarted(op: "Encrypt")
-        m.callFinished(op: "Encrypt", code: "OK", seconds: 0.000_03)
+        m.callFinished(op: "Encrypt", code: .ok, seconds: 0.000_03)
         m.callStarted(op: "Decrypt")
-        m.callFinished(op: "Decrypt", code: "INVALID_ARGUMENT", seconds: 0.002)
+        m.callFinished(op: "Decrypt", code: .invalidArgument, seconds: 0.002)
         m.callStarted(op: "Status")
         m.connectionOpened()
         m.protocolError(kind: "rapid_reset")
@@ -148,7 +148,7 @@ import PrometheusParser
         let observations = [0.000_005, 0.000_01, 0.000_3, 0.000_3, 0.04, 2.9, 3.5, 100]
         for s in observations {
             m.callStarted(op: "Decrypt")
-            m.callFinished(op: "Decrypt", code: "OK", seconds: s)
+            m.callFinished(op: "Decrypt", code: .ok, seconds: s)
         }
         let p = try ExpositionParser.parse(m.render())
         let buckets = p.samples
@@ -190,10 +190,10 @@ import PrometheusParser
         let m = KekdMetrics(version: "1", backend: "file")
         for path in ["/v1beta1.KeyManagementService/Encrypt", "/x/\(UUID().uuidString)", "/v2.KeyManagementService/Decrypt"] {
             m.callStarted(op: path)
-            m.callFinished(op: path, code: "12", seconds: 0.001)
+            m.callFinished(op: path, code: .unimplemented, seconds: 0.001)
         }
         m.callStarted(op: "Encrypt")
-        m.callFinished(op: "Encrypt", code: "NOT_A_CODE", seconds: 0.001)
+        m.callFinished(op: "Encrypt", code: .unknown, seconds: 0.001)
         let p = try ExpositionParser.parse(m.render())
         #expect(Set(p.samples.compactMap { $0.labels["op"] }).isSubset(of: ["Status", "Encrypt", "Decrypt", "other"]))
         #expect(p.value("kekd_grpc_requests_total", ["op": "other", "code": "UNIMPLEMENTED"]) == 2)
@@ -247,7 +247,7 @@ import PrometheusParser
             let op = ["Status", "Encrypt", "Decrypt", "/bogus"][t % 4]
             for i in 0..<perThread {
                 m.callStarted(op: op)
-                m.callFinished(op: op, code: i % 10 == 0 ? "UNAVAILABLE" : "OK", seconds: Double(i % 7) * 0.001)
+                m.callFinished(op: op, code: i % 10 == 0 ? .unavailable : .ok, seconds: Double(i % 7) * 0.001)
                 m.backendCall(op: t % 2 == 0 ? "encrypt" : "decrypt", result: "ok", seconds: 0.000_02)
                 m.cache(hit: i % 2 == 0)
                 if i % 100 == 0 {
@@ -280,7 +280,7 @@ import PrometheusParser
             var i = 0
             while !done.value.load(ordering: .relaxed) {
                 m.callStarted(op: "Encrypt")
-                m.callFinished(op: "Encrypt", code: "OK", seconds: Double(i % 50) * 0.0001)
+                m.callFinished(op: "Encrypt", code: .ok, seconds: Double(i % 50) * 0.0001)
                 i += 1
             }
         }

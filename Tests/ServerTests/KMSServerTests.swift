@@ -1,8 +1,10 @@
 import Foundation
 import GRPC
+import GRPCCodes
 import KMS
 import KMSProto
 import Locking
+import Logging
 import Testing
 @testable import Server
 

@@ -1,6 +1,8 @@
 import Foundation
+import JSON
 import Locking
 import Synchronization
+import Logging
 import Testing
 @testable import Vault
 
@@ -91,9 +93,9 @@ final class FakeVault: @unchecked Sendable {
 
     func keyring(_ extra: [String: String] = [:], auth: String = "token", tick: Double = 0.05,
                  onBackendCall: BackendCallHook? = nil, onCache: (@Sendable (Bool) -> Void)? = nil,
-                 log: VaultLog? = nil) throws -> VaultKeyring {
+                 log: Logger? = nil) throws -> VaultKeyring {
         let ring = try VaultKeyring(configuration: try VaultConfiguration.parse(flags(extra, auth: auth)), onBackendCall: onBackendCall,
-                                    onCache: onCache, log: log ?? { _, _ in }, maintenanceTick: tick)
+                                    onCache: onCache, log: log ?? Logger { _ in }, maintenanceTick: tick)
         #expect(ring.waitUntilReady(timeout: 10), "keyring never became ready: \(ring.health().detail)")
         return ring
     }
@@ -102,7 +104,13 @@ final class FakeVault: @unchecked Sendable {
 /// Collects log lines from a keyring.
 final class LogLines: Sendable {
     private let lines = LockedValue<[String]>([])
-    var sink: VaultLog { { level, message in self.lines.withLock { $0.append("\(level): \(message)") } } }
+    /// Lines as `level: message`.
+    var sink: Logger {
+        Logger(minimumLevel: .debug) { line in
+            guard let object = JSONValue.parse(line)?.object else { return }
+            self.lines.withLock { $0.append("\(object["level"]?.string ?? ""): \(object["msg"]?.string ?? "")") }
+        }
+    }
     var all: [String] { lines.withLock { $0 } }
 }
 

@@ -4,6 +4,7 @@
 // cannot replace fails Encrypt (UNAVAILABLE) and Status.
 import Crypto
 import Foundation
+import GRPCCodes
 import Locking
 import Testing
 @testable import Vault
@@ -58,7 +59,7 @@ import Testing
 }
 
 @Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct RevocationTests {
-    private func code(_ ring: VaultKeyring, _ e: VaultEnvelope) -> VaultErrorCode? {
+    private func code(_ ring: VaultKeyring, _ e: VaultEnvelope) -> GRPCStatusCode? {
         do { _ = try ring.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations); return nil } catch { return error.code }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import KMS
+import Logging
 import Synchronization
 import Testing
 @testable import Vault
@@ -9,7 +10,7 @@ struct VaultKeyBackendTests {
     private func backend(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token",
                          calls: Counter? = nil) throws -> VaultKeyBackend {
         let config = try VaultConfiguration.parse(vault.flags(extra, auth: auth))
-        let b = try VaultKeyBackend(configuration: config, onBackendCall: { _, _, _ in calls?.add() }, log: { _ in })
+        let b = try VaultKeyBackend(configuration: config, onBackendCall: { _, _, _ in calls?.add() }, log: Logger { _ in })
         #expect(b.waitUntilReady(timeout: 10), "\(b.status().detail)")
         return b
     }
@@ -58,7 +59,7 @@ struct VaultKeyBackendTests {
         let files = TempFiles()
         let config = try VaultConfiguration.parse(["vault-addr": "https://127.0.0.1:1", "vault-key": "k",
                                                    "vault-token-file": files.write("t", "x")])
-        let b = try VaultKeyBackend(configuration: config, log: { _ in })
+        let b = try VaultKeyBackend(configuration: config, log: Logger { _ in })
         defer { b.close() }
         #expect(!b.waitUntilReady(timeout: 0.5))
         #expect(!b.status().healthy && b.status().keyID.isEmpty)

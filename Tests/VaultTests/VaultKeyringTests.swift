@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
+import GRPCCodes
 import Synchronization
+import Logging
 import Testing
 @testable import Vault
 
@@ -61,7 +63,7 @@ import Testing
         try vault.resetStats()
         var configuration = try VaultConfiguration.parse(vault.flags())
         configuration.decryptOnly = true
-        let reader = try VaultKeyring(configuration: configuration, log: { _, _ in }, maintenanceTick: 0.05)
+        let reader = try VaultKeyring(configuration: configuration, log: Logger { _ in }, maintenanceTick: 0.05)
         defer { reader.close() }
         #expect(reader.waitUntilReady(timeout: 10))
         let health = reader.health()
@@ -218,7 +220,7 @@ import Testing
         defer { ring.close() }
         let e = try ring.encrypt(Array(repeating: 4, count: 32))
         try vault.resetStats()
-        func code(_ ciphertext: [UInt8], _ keyID: String, _ annotations: [String: [UInt8]]) -> VaultErrorCode? {
+        func code(_ ciphertext: [UInt8], _ keyID: String, _ annotations: [String: [UInt8]]) -> GRPCStatusCode? {
             do { _ = try ring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations); return nil } catch { return error.code }
         }
         var flipped = e.ciphertext; flipped[flipped.count - 1] ^= 1

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Logging
 import Testing
 @testable import Vault
 
@@ -7,7 +8,7 @@ import Testing
 @Suite(.serialized, .enabled(if: FakeVault.available, "needs KEKD_PYTHON for fake_vault.py")) struct VaultTransportTests {
     /// A keyring whose background loop is off, so a test drives `maintain()` itself.
     private func manualKeyring(_ vault: FakeVault, _ extra: [String: String] = [:], auth: String = "token") throws -> VaultKeyring {
-        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: { _, _ in }, startBackground: false)
+        try VaultKeyring(configuration: try VaultConfiguration.parse(vault.flags(extra, auth: auth)), log: Logger { _ in }, startBackground: false)
     }
 
     @Test func eachAuthMethodRoundTrips() throws {
@@ -31,7 +32,7 @@ import Testing
         var config = try VaultConfiguration.parse(vault.flags(auth: "cert"))
         config.tls.clientCertFile = nil
         config.tls.clientKeyFile = nil
-        let ring = try VaultKeyring(configuration: config, log: { _, _ in }, startBackground: false)
+        let ring = try VaultKeyring(configuration: config, log: Logger { _ in }, startBackground: false)
         ring.maintain()
         #expect(!ring.health().canEncrypt)
         #expect(ring.health().detail.contains("client certificate must be supplied"))

@@ -19,6 +19,7 @@
 import Crypto
 import Foundation
 import KMS
+import Logging
 import KMSProto
 
 let marker: [UInt8] = [0xFE, 0xFD, 0xFC]
@@ -55,7 +56,7 @@ struct Fixture {
             try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
             let path = folder + "/keys.json"
             try KeyFileStore.create(path: path, file: file)
-            backend = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: { _ in })
+            backend = try FileKeyBackend(keyFilePath: path, pollInterval: nil, log: Logger { _ in })
             try? FileManager.default.removeItem(atPath: folder)
         } catch {
             fatalError("envelope fuzz: cannot build the key set: \(error)")
