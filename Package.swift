@@ -60,7 +60,7 @@ let package = Package(
 
         // Observers of the service layer.
         .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON", "Logging"]),
-        .target(name: "Metrics", dependencies: ["Locking", "GRPCCodes"]),
+        .target(name: "Metrics", dependencies: ["Locking", "GRPCCodes", "GRPC"]),
         // A strict Prometheus text-format reader (pure): kekd's metrics tests and rotate-cluster's apiserver metrics.
         .target(name: "PrometheusParser"),
 
@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11", "KMS", "Crypto", "Logging"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking", "GRPCCodes", "Logging", "JSON"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking", "Logging"]),
-        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser", "GRPCCodes"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser", "GRPCCodes", "GRPC", "HTTP2"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),

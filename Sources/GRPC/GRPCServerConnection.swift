@@ -46,9 +46,9 @@ public enum GRPCServerEvent: Sendable {
     /// The peer reset a stream whose call was handed out; its response will be dropped.
     case cancelled(streamID: UInt32)
     /// An HTTP/2 violation that cost a stream (RST_STREAM sent) — for metrics.
-    case streamProtocolError(kind: String, reason: String)
+    case streamProtocolError(kind: ProtocolErrorKind, reason: String)
     /// The connection is finished (GOAWAY queued on a violation): flush the output, then close.
-    case connectionError(kind: String, reason: String)
+    case connectionError(kind: ProtocolErrorKind, reason: String)
     case peerGoAway
 }
 
@@ -107,7 +107,7 @@ public final class GRPCServerConnection {
         var out: [GRPCServerEvent] = []
         for case let .streamError(streamID, _, reason) in http2.expireIncompleteStreams(now: now) {
             forget(streamID)
-            out.append(.streamProtocolError(kind: "request_timeout", reason: reason))
+            out.append(.streamProtocolError(kind: .requestTimeout, reason: reason))
         }
         return out
     }
@@ -140,13 +140,13 @@ public final class GRPCServerConnection {
             case let .streamError(streamID, code, reason):
                 forget(streamID)
                 if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
-                out.append(.streamProtocolError(kind: code.label, reason: reason))
+                out.append(.streamProtocolError(kind: ProtocolErrorKind(code), reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
             case let .connectionError(code, reason):
                 releaseBufferedRequests()
                 inFlight.removeAll()
-                out.append(.connectionError(kind: code.label, reason: reason))
+                out.append(.connectionError(kind: ProtocolErrorKind(code), reason: reason))
             default:
                 break
             }
@@ -237,13 +237,13 @@ public final class GRPCServerConnection {
             // These bytes wait for more DATA: count them against both caps before keeping them.
             let perConnection = limits.maxBufferedRequestBytesPerConnection
             if bufferedRequestBytes + bytes.count > perConnection {
-                refuseOverBufferLimit(streamID, path: path, kind: "request_buffer_limit",
+                refuseOverBufferLimit(streamID, path: path, kind: .requestBufferLimit,
                                       "request bytes buffered on this connection would exceed \(perConnection) bytes",
                                       into: &out)
                 return
             }
             if let budget, !budget.reserve(bytes.count) {
-                refuseOverBufferLimit(streamID, path: path, kind: "server_request_buffer_limit",
+                refuseOverBufferLimit(streamID, path: path, kind: .serverRequestBufferLimit,
                                       "request bytes buffered by the server would exceed \(budget.limit) bytes",
                                       into: &out)
                 return
@@ -280,7 +280,7 @@ public final class GRPCServerConnection {
     }
 
     /// A stream whose bytes would cross a buffer limit: RESOURCE_EXHAUSTED, RST_STREAM(ENHANCE_YOUR_CALM), counted.
-    private func refuseOverBufferLimit(_ streamID: UInt32, path: String, kind: String, _ reason: String,
+    private func refuseOverBufferLimit(_ streamID: UInt32, path: String, kind: ProtocolErrorKind, _ reason: String,
                                        into out: inout [GRPCServerEvent]) {
         reject(streamID, path: path, GRPCStatus(.resourceExhausted, reason), requestEnded: false,
                resetCode: .enhanceYourCalm, into: &out)

@@ -9,26 +9,6 @@ public enum HTTP2ErrorCode: UInt32, Sendable {
 
     /// Maps a wire value; codes this implementation does not know are treated as INTERNAL_ERROR.
     public init(wireValue: UInt32) { self = HTTP2ErrorCode(rawValue: wireValue) ?? .internalError }
-
-    /// The RFC 9113 name in snake_case, fixed whatever the Swift case is called: metric labels and logs use it.
-    public var label: String {
-        switch self {
-        case .noError: "no_error"
-        case .protocolError: "protocol_error"
-        case .internalError: "internal_error"
-        case .flowControlError: "flow_control_error"
-        case .settingsTimeout: "settings_timeout"
-        case .streamClosed: "stream_closed"
-        case .frameSizeError: "frame_size_error"
-        case .refusedStream: "refused_stream"
-        case .cancel: "cancel"
-        case .compressionError: "compression_error"
-        case .connectError: "connect_error"
-        case .enhanceYourCalm: "enhance_your_calm"
-        case .inadequateSecurity: "inadequate_security"
-        case .http11Required: "http_1_1_required"
-        }
-    }
 }
 
 /// One SETTINGS parameter (RFC 9113 §6.5.1). Unknown identifiers are carried through the codec and ignored.

@@ -1,5 +1,6 @@
 // kekd's metrics: recorded by the server on every call, rendered for Prometheus by the health endpoint.
 import Glibc
+import GRPC
 import GRPCCodes
 import Locking
 import Synchronization
@@ -54,8 +55,7 @@ public final class KekdMetrics: Sendable {
     let healthConnectionsEvicted = Atomic<UInt64>(0)
     private let cacheHits = Atomic<UInt64>(0)
     private let cacheMisses = Atomic<UInt64>(0)
-    private let protocolErrorKinds = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: ""))
-    private let protocolErrors = CounterBlock()
+    private let protocolErrors = CounterBlock()     // slot = the kind's index in ProtocolErrorKind.allCases
     private let backendRequestLabels = LabelSlots(capacity: 32, overflow: LabelKey(first: "other", second: "other"))
     private let backendRequests = CounterBlock()
     private let backendDurationLabels = LabelSlots(capacity: 15, overflow: LabelKey(first: "other", second: ""))
@@ -96,10 +96,11 @@ public final class KekdMetrics: Sendable {
         openConnections.wrappingSubtract(1, ordering: .relaxed)
     }
 
-    /// `kind` names the violation (e.g. `rapid_reset`, `flow_control`); at most 32 distinct kinds are kept apart.
-    public func protocolError(kind: String) {
-        protocolErrors.add(protocolErrorKinds.slot(kind))
+    public func protocolError(_ kind: ProtocolErrorKind) {
+        protocolErrors.add(Self.protocolErrorSlots[kind]!)
     }
+
+    private static let protocolErrorSlots = Dictionary(uniqueKeysWithValues: ProtocolErrorKind.allCases.enumerated().map { ($1, $0) })
 
     /// One call to the key backend (`op` e.g. `encrypt`, `decrypt`, `read_key`; `result` e.g. `ok`, `error`).
     public func backendCall(op: String, result: String, seconds: Double) {
@@ -190,8 +191,9 @@ public final class KekdMetrics: Sendable {
         w.family("kekd_connections_accepted_total", .counter, help: "Client connections accepted on the KMS socket.")
         w.sample("kekd_connections_accepted_total", connectionsAccepted.load(ordering: .relaxed))
         w.family("kekd_http2_protocol_errors_total", .counter, help: "HTTP/2 protocol violations by peers, by kind.")
-        for (key, slot) in protocolErrorKinds.all() {
-            w.sample("kekd_http2_protocol_errors_total", ["kind": key.first], protocolErrors.value(slot))
+        for (slot, kind) in ProtocolErrorKind.allCases.enumerated() {
+            let value = protocolErrors.value(slot)
+            if value > 0 { w.sample("kekd_http2_protocol_errors_total", ["kind": kind.rawValue], value) }
         }
     }
 

@@ -138,7 +138,7 @@ public final class KMSServer: @unchecked Sendable {
     private func refuse(_ fd: Int32, peer: PeerCredentials?, reason: String) {
         close(fd)
         logger.warn("refused connection", ["reason": reason, "pid": peer?.pid ?? -1, "uid": Int(peer?.uid ?? UInt32.max)])
-        metrics?.protocolError(kind: "refused_connection")
+        metrics?.protocolError(.refusedConnection)
         _ = audit?.record(AuditEvent(time: Date(), op: "connection", uid: nil, keyID: nil, backend: backendName,
                                      outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
                                      peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },

@@ -103,11 +103,11 @@ final class ServerConnection: @unchecked Sendable {
                 case .cancelled:
                     break  // the call's own completion records it as CANCELLED
                 case let .streamProtocolError(kind, reason):
-                    server.metrics?.protocolError(kind: kind)
-                    server.logger.debug("stream error", ["connection": id, "kind": kind, "reason": reason])
+                    server.metrics?.protocolError(kind)
+                    server.logger.debug("stream error", ["connection": id, "kind": kind.rawValue, "reason": reason])
                 case let .connectionError(kind, reason):
-                    server.metrics?.protocolError(kind: kind)
-                    server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
+                    server.metrics?.protocolError(kind)
+                    server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind.rawValue, "reason": reason, "pid": peer.pid])
                     closeAfterFlush = true
                 case .peerGoAway:
                     break
@@ -115,7 +115,7 @@ final class ServerConnection: @unchecked Sendable {
             }
             // A send can fail the connection (a client that never reads filled maxQueuedOutputBytes).
             if grpc.http2.didFail {
-                server.metrics?.protocolError(kind: "queued_output_limit")
+                server.metrics?.protocolError(.queuedOutputLimit)
                 closeAfterFlush = true
             }
             requestDeadline = grpc.nextRequestDeadline
@@ -141,8 +141,8 @@ final class ServerConnection: @unchecked Sendable {
     private func expireIncompleteRequests(now: UInt64) -> UInt64? {
         lock.lock()
         for case let .streamProtocolError(kind, reason) in grpc.expireIncompleteRequests(now: now) {
-            server.metrics?.protocolError(kind: kind)
-            server.logger.debug("stream reset", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
+            server.metrics?.protocolError(kind)
+            server.logger.debug("stream reset", ["connection": id, "kind": kind.rawValue, "reason": reason, "pid": peer.pid])
         }
         let next = grpc.nextRequestDeadline
         flushLocked()
@@ -156,13 +156,13 @@ final class ServerConnection: @unchecked Sendable {
         if !grpc.http2.receivedPreface, Double(now - started) / 1e9 > config.prefaceTimeout {
             grpc.http2.goAway(code: .protocolError, debug: "no client preface within \(config.prefaceTimeout)s")
             flushLocked()
-            server.metrics?.protocolError(kind: "preface_timeout")
+            server.metrics?.protocolError(.prefaceTimeout)
             return true
         }
         if grpc.http2.isAwaitingSettingsAck, Double(now - lastActivity) / 1e9 > config.prefaceTimeout {
             grpc.http2.goAway(code: .settingsTimeout, debug: "SETTINGS not acknowledged")
             flushLocked()
-            server.metrics?.protocolError(kind: "settings_timeout")
+            server.metrics?.protocolError(.settingsTimeout)
             return true
         }
         let idle = grpc.http2.openStreamCount == 0 && grpc.inFlightCount == 0 && pendingWork == 0

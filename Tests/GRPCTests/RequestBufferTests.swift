@@ -59,7 +59,7 @@ private struct RawClient {
 }
 
 private func protocolErrorKinds(_ events: [GRPCServerEvent]) -> [String] {
-    events.compactMap { if case let .streamProtocolError(kind, _) = $0 { kind } else { nil } }
+    events.compactMap { if case let .streamProtocolError(kind, _) = $0 { kind.rawValue } else { nil } }
 }
 
 private func rejections(_ events: [GRPCServerEvent]) -> [UInt32: GRPCStatusCode] {

@@ -2,6 +2,8 @@ import Dispatch
 import Foundation
 import Synchronization
 import Testing
+import GRPC
+import HTTP2
 @testable import Metrics
 import PrometheusParser
 
@@ -27,7 +29,7 @@ import PrometheusParser
         m.callFinished(op: "Decrypt", code: .invalidArgument, seconds: 0.002)
         m.callStarted(op: "Status")
         m.connectionOpened()
-        m.protocolError(kind: "rapid_reset")
+        m.protocolError(.enhanceYourCalm)
         m.backendCall(op: "encrypt", result: "ok", seconds: 0.000_01)
         m.cache(hit: true)
         m.cache(hit: false)
@@ -72,7 +74,7 @@ import PrometheusParser
         #expect(p.value("kekd_grpc_requests_in_flight") == 1)   // Status started, never finished
         #expect(p.value("kekd_connections") == 1)
         #expect(p.value("kekd_connections_accepted_total") == 1)
-        #expect(p.value("kekd_http2_protocol_errors_total", ["kind": "rapid_reset"]) == 1)
+        #expect(p.value("kekd_http2_protocol_errors_total", ["kind": "enhance_your_calm"]) == 1)
         #expect(p.value("kekd_backend_requests_total", ["op": "encrypt", "result": "ok"]) == 1)
         #expect(p.value("kekd_backend_request_duration_seconds_count", ["op": "encrypt"]) == 1)
         #expect(p.value("kekd_backend_cache_requests_total", ["result": "hit"]) == 1)
@@ -203,13 +205,25 @@ import PrometheusParser
 
     @Test func stringLabelledSeriesHaveBoundedCardinality() throws {
         let m = KekdMetrics(version: "1", backend: "file")
-        for i in 0..<100 { m.protocolError(kind: "kind_\(i)") }
-        m.protocolError(kind: String(repeating: "x", count: 10_000))
+        for i in 0..<100 { m.backendCall(op: "op_\(i)", result: "ok", seconds: 0.001) }
+        m.backendCall(op: String(repeating: "x", count: 10_000), result: "ok", seconds: 0.001)
         let p = try ExpositionParser.parse(m.render())
-        let series = p.samples.filter { $0.name == "kekd_http2_protocol_errors_total" }
+        let series = p.samples.filter { $0.name == "kekd_backend_requests_total" }
         #expect(series.count <= 33)
         #expect(series.map(\.value).reduce(0, +) == 101)
-        #expect(series.allSatisfy { ($0.labels["kind"]?.count ?? 0) <= 64 })
+        #expect(series.allSatisfy { ($0.labels["op"]?.count ?? 0) <= 64 })
+    }
+
+    @Test func protocolErrorKindsAreFixedSnakeCaseLabels() throws {
+        let m = KekdMetrics(version: "1", backend: "file")
+        for kind in ProtocolErrorKind.allCases { m.protocolError(kind) }
+        m.protocolError(ProtocolErrorKind(HTTP2ErrorCode.enhanceYourCalm))
+        let p = try ExpositionParser.parse(m.render())
+        let kinds = p.samples.filter { $0.name == "kekd_http2_protocol_errors_total" }.compactMap { $0.labels["kind"] }
+        #expect(kinds.count == ProtocolErrorKind.allCases.count)
+        #expect(kinds.allSatisfy { $0.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F } })
+        #expect(kinds.contains("enhance_your_calm") && kinds.contains("http_1_1_required") && kinds.contains("request_timeout"))
+        #expect(p.value("kekd_http2_protocol_errors_total", ["kind": "enhance_your_calm"]) == 2)
     }
 
     @Test func processFiguresComeFromProc() throws {
@@ -253,7 +267,7 @@ import PrometheusParser
                 if i % 100 == 0 {
                     m.connectionOpened()
                     m.connectionClosed()
-                    m.protocolError(kind: "k\(t)")
+                    m.protocolError(ProtocolErrorKind.allCases[t])
                 }
             }
         }
