@@ -1,6 +1,7 @@
 """Request-side resource limits against an independent HTTP/2 client (`h2`): flow-control credit on consumption,
 buffered request bytes capped per connection (issue 15 item 2), and the per-stream request timeout (item 9)."""
 import os
+import re
 import select
 import socket
 import time
@@ -35,6 +36,37 @@ def metric(k, name, labels):
         if line.startswith(name + "{") and all(f'{key}="{value}"' in line for key, value in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+GRPC_STATUS_NAMES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+                     "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+SNAKE_CASE = re.compile(r"^[a-z0-9_]+$")
+
+
+def assert_label_vocabulary(k):
+    """Every enum-derived label value on /metrics is from its fixed vocabulary, read by prometheus_client's parser:
+    `kind` and a backend's `op` are snake_case, never a Swift case name such as enhanceYourCalm; `code` is a gRPC
+    status name; the gRPC `op` a KMS method or `other`; a backend `result` `ok` or a status name."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{k.health_port}/metrics", timeout=5).read().decode()
+    seen = set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for label, value in sample.labels.items():
+                where = (sample.name, label, value)
+                if label == "kind" or (label == "op" and sample.name.startswith("kekd_backend_")):
+                    assert SNAKE_CASE.match(value), where
+                elif label == "op":
+                    assert value in {"Status", "Encrypt", "Decrypt", "other"}, where
+                elif label == "code":
+                    assert value in GRPC_STATUS_NAMES, where
+                elif label == "result" and sample.name.startswith("kekd_backend_requests"):
+                    assert value == "ok" or value in GRPC_STATUS_NAMES, where
+                elif label == "result":
+                    assert SNAKE_CASE.match(value), where
+                seen.add(label)
+    assert {"kind", "op", "code", "result"} <= seen, seen
 
 
 class H2Client:
@@ -245,6 +277,7 @@ def test_half_open_stream_is_reset_then_the_connection_closes_idle(kekd_factory,
     channel = grpc.insecure_channel(k.target)
     assert kms_pb[1].KeyManagementServiceStub(channel).Status(kms_pb[0].StatusRequest(), timeout=5).healthz == "ok"
     channel.close()
+    assert_label_vocabulary(k)
 
 
 def send_incomplete(client, streams, each, declared):
@@ -299,3 +332,4 @@ def test_server_wide_cap_spans_connections(kekd_factory, kms_pb):
     assert third[0] not in second.reset_codes()
     second.sock.close()
     grpc_status_ok(k, kms_pb)
+    assert_label_vocabulary(k)
