@@ -14,6 +14,20 @@ public struct KMSError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String { message }
 }
 
+/// A request a backend makes to its key service: the `op` label of `kekd_backend_requests_total` and
+/// `kekd_backend_request_duration_seconds`. The raw value is the label value, fixed snake_case.
+public enum BackendOperation: String, Sendable, CaseIterable {
+    // Vault: token upkeep and Transit.
+    case login = "login", lookupSelf = "lookup_self", renewSelf = "renew_self"
+    case readKey = "read_key", encrypt = "encrypt", decrypt = "decrypt", rotate = "rotate", config = "config"
+    // PKCS#11: rounds on the token (generate and retire: kekctl pkcs11, which reports none).
+    case connect = "connect", scan = "scan", wrap = "wrap", unwrap = "unwrap", generate = "generate", retire = "retire"
+}
+
+/// Reports one backend request: its operation, its result (`ok`, or why it failed: a gRPC status name for Vault, a
+/// CK_RV name for PKCS#11) and its seconds, retries included.
+public typealias BackendCallHook = @Sendable (_ op: BackendOperation, _ result: String, _ seconds: Double) -> Void
+
 /// What Status reports, from cached state only.
 public struct BackendStatus: Sendable, Equatable {
     public var healthy: Bool

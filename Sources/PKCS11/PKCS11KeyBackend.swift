@@ -59,7 +59,7 @@ public final class PKCS11KeyBackend: KeyBackend {
 
     /// Connects, logs in, scans the key family and wraps the first local KEK; throws a one-line reason when any of
     /// that fails (kekd exits with its HSM code). Then the background loop keeps it current.
-    public init(configuration: PKCS11Configuration, onBackendCall: PKCS11CallHook? = nil,
+    public init(configuration: PKCS11Configuration, onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (Bool) -> Void)? = nil, log: Logger, startBackground: Bool = true) throws(KMSError) {
         self.configuration = configuration
         self.onCache = onCache
@@ -181,7 +181,7 @@ public final class PKCS11KeyBackend: KeyBackend {
 
     private func unwrap(_ wrapped: WrappedLocalKEK, handle: UInt, keyID: String) -> Result<SymmetricKey, KMSError> {
         do {
-            var plain = try token.withSession("unwrap") { (session: UInt) throws(PKCS11Error) -> [UInt8] in
+            var plain = try token.withSession(.unwrap) { (session: UInt) throws(PKCS11Error) -> [UInt8] in
                 try token.module.decryptGCM(session, key: handle, iv: wrapped.iv, aad: Self.wrapAAD(keyID: keyID), sealed: wrapped.sealed)
             }
             defer { wipe(&plain) }
@@ -224,7 +224,7 @@ public final class PKCS11KeyBackend: KeyBackend {
         }
         let serial = token.info?.serial ?? ""
         let family = configuration.keyLabel
-        let versions = try token.withSession("scan") { (session: UInt) throws(PKCS11Error) -> [KeyFamilyVersion] in
+        let versions = try token.withSession(.scan) { (session: UInt) throws(PKCS11Error) -> [KeyFamilyVersion] in
             try KeyFamily.versions(of: token.module.findSecretKeys(session), family: family)
         }
         guard let primary = KeyFamily.primary(versions) else {
@@ -255,7 +255,7 @@ public final class PKCS11KeyBackend: KeyBackend {
         do { key = try SymmetricKey.random(); iv = try SecureRandom.bytes(WrappedLocalKEK.ivSize) } catch {
             throw PKCS11Error(rv: nil, "cannot generate a local KEK: \(error.description)")
         }
-        let sealed = try token.withSession("wrap") { (session: UInt) throws(PKCS11Error) -> [UInt8] in
+        let sealed = try token.withSession(.wrap) { (session: UInt) throws(PKCS11Error) -> [UInt8] in
             try token.module.encryptGCM(session, key: primary.handle, iv: iv, aad: Self.wrapAAD(keyID: keyID), plaintext: key.bytes)
         }
         let parsed = WrappedLocalKEK(version: primary.version, keyObjectID: primary.id, iv: iv, sealed: sealed)

@@ -4,15 +4,14 @@
 import CPKCS11
 import Crypto
 import Glibc
+import KMS
 import Locking
 
-/// Reports one PKCS#11 round: op, result (`ok` or a CK_RV name), seconds.
-public typealias PKCS11CallHook = @Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void
 
 public final class PKCS11Token: Sendable {
     public let configuration: PKCS11Configuration
     public let module: PKCS11Module
-    private let onCall: PKCS11CallHook?
+    private let onCall: BackendCallHook?
 
     private struct State {
         var slot: UInt?
@@ -31,7 +30,7 @@ public final class PKCS11Token: Sendable {
     static let maxIdleSessions = 4
 
     /// Loads the module (no C_Initialize yet).
-    public init(configuration: PKCS11Configuration, onCall: PKCS11CallHook? = nil) throws(PKCS11Error) {
+    public init(configuration: PKCS11Configuration, onCall: BackendCallHook? = nil) throws(PKCS11Error) {
         self.configuration = configuration
         self.onCall = onCall
         module = try PKCS11Module(path: configuration.modulePath)
@@ -47,7 +46,7 @@ public final class PKCS11Token: Sendable {
             if let refused = state.withLock({ $0.refusedPIN }), refused.stamp == FileStamp(path: configuration.pinFile) {
                 throw PKCS11Error(rv: refused.error.rv, refused.error.message + " (not retried until --pkcs11-pin-file changes)")
             }
-            return try timed("connect") { () throws(PKCS11Error) -> TokenInfo in
+            return try timed(.connect) { () throws(PKCS11Error) -> TokenInfo in
                 dropSessionsAndFinalize()
                 try module.initialize()
                 let (slot, info) = try findToken()
@@ -108,7 +107,7 @@ public final class PKCS11Token: Sendable {
 
     /// Runs `body` on a logged-in session of the pool: logs in again on CKR_USER_NOT_LOGGED_IN and opens a new
     /// session when the old one is gone, each once.
-    public func withSession<T>(_ op: String, _ body: (UInt) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+    public func withSession<T>(_ op: BackendOperation, _ body: (UInt) throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
         try timed(op) { () throws(PKCS11Error) -> T in
             var (session, generation) = try acquire()
             var retried = false
@@ -161,7 +160,7 @@ public final class PKCS11Token: Sendable {
         if !keep { module.closeSession(session) }
     }
 
-    private func timed<T>(_ op: String, _ body: () throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
+    private func timed<T>(_ op: BackendOperation, _ body: () throws(PKCS11Error) -> T) throws(PKCS11Error) -> T {
         let start = monotonicSeconds()
         do {
             let result = try body()

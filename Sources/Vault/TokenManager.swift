@@ -3,6 +3,7 @@
 // type except as the X-Vault-Token header value, and never appear in messages.
 import FoundationEssentials
 import JSON
+import KMS
 import Glibc
 import Locking
 import Synchronization
@@ -96,7 +97,7 @@ final class TokenManager: Sendable {
         case .tokenFile:
             guard let file = tokenFile else { throw VaultError(.internalError, "token file missing") }
             let token = String(decoding: try file.read(), as: UTF8.self)
-            let reply = try client.request(op: "lookup_self", method: "GET", path: "auth/token/lookup-self", token: token, deadline: deadline)
+            let reply = try client.request(op: .lookupSelf, method: "GET", path: "auth/token/lookup-self", token: token, deadline: deadline)
             guard reply.status == 200 else { throw VaultClient.error("token lookup-self", reply) }
             let ttl = reply.data["ttl"]?.int.map(Double.init) ?? 0
             let renewable = reply.data["renewable"]?.bool ?? false
@@ -114,7 +115,7 @@ final class TokenManager: Sendable {
     }
 
     private func loginReply(path: String, body: JSONValue, at t: Double, generation: Int, deadline: Date) throws(VaultError) -> TokenState {
-        let reply = try client.request(op: "login", method: "POST", path: path, body: body, token: nil, deadline: deadline)
+        let reply = try client.request(op: .login, method: "POST", path: path, body: body, token: nil, deadline: deadline)
         guard reply.status == 200 else {
             var error = VaultClient.error("\(method.name) login", reply)
             // Vault refuses bad credentials with 400 ("invalid role or secret ID"): that is a denial, not a bad request.
@@ -155,7 +156,7 @@ final class TokenManager: Sendable {
         guard let renewAt = s.renewAt, now() >= renewAt else { return nil }
         if s.renewable {
             do {
-                let reply = try client.request(op: "renew_self", method: "POST", path: "auth/token/renew-self", body: [:],
+                let reply = try client.request(op: .renewSelf, method: "POST", path: "auth/token/renew-self", body: [:],
                                                token: s.token, deadline: deadline)
                 if reply.status == 200 {
                     let lease = Double(reply.auth["lease_duration"]?.int ?? 0)

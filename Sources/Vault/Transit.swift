@@ -5,6 +5,7 @@ import HTTPClient
 import JSON
 import Glibc
 import GRPCCodes
+import KMS
 
 public struct TransitKeyInfo: Sendable, Equatable {
     public var latestVersion: Int
@@ -42,7 +43,7 @@ final class TransitAPI: Sendable {
                           keyName: configuration.keyName, requestTimeout: configuration.requestTimeout)
     }
 
-    private func call(_ op: String, _ method: String, _ path: String, _ body: JSONValue?, deadline: Date) throws(VaultError) -> VaultReply {
+    private func call(_ op: BackendOperation, _ method: String, _ path: String, _ body: JSONValue?, deadline: Date) throws(VaultError) -> VaultReply {
         try tokens.withToken(deadline: deadline) { (token: String) throws(VaultError) -> VaultReply in
             try client.request(op: op, method: method, path: path, body: body, token: token, deadline: deadline)
         }
@@ -56,7 +57,7 @@ final class TransitAPI: Sendable {
     }
 
     func readKey(deadline: Date) throws(VaultError) -> TransitKeyInfo {
-        let reply = try call("read_key", "GET", "\(mount)/keys/\(keyName)", nil, deadline: deadline)
+        let reply = try call(.readKey, "GET", "\(mount)/keys/\(keyName)", nil, deadline: deadline)
         guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("read key \(keyName)", reply) }
         let data = reply.data
         guard let latest = data["latest_version"]?.int, latest > 0 else {
@@ -86,7 +87,7 @@ final class TransitAPI: Sendable {
     /// Encrypts `plaintext` under exactly `keyVersion`; returns Vault's `vault:vN:...` ciphertext.
     func encrypt(_ plaintext: [UInt8], keyVersion: Int, deadline: Date) throws(VaultError) -> String {
         let body: JSONValue = ["plaintext": .string(Data(plaintext).base64EncodedString()), "key_version": .number(Double(keyVersion))]
-        let reply = try call("encrypt", "POST", "\(mount)/encrypt/\(keyName)", body, deadline: deadline)
+        let reply = try call(.encrypt, "POST", "\(mount)/encrypt/\(keyName)", body, deadline: deadline)
         guard reply.status == 200 else { throw keyGone(reply) ?? VaultClient.error("encrypt", reply) }
         guard let ciphertext = reply.data["ciphertext"]?.string, ciphertext.hasPrefix("vault:v\(keyVersion):") else {
             throw VaultError(.unavailable, "Vault encrypt returned no ciphertext for version \(keyVersion)")
@@ -97,7 +98,7 @@ final class TransitAPI: Sendable {
     /// Decrypts many ciphertexts in one request. Per-item failures come back as per-item errors.
     func decryptBatch(_ ciphertexts: [String], deadline: Date) throws(VaultError) -> [Result<[UInt8], VaultError>] {
         let body: JSONValue = ["batch_input": .array(ciphertexts.map { ["ciphertext": .string($0)] })]
-        let reply = try call("decrypt", "POST", "\(mount)/decrypt/\(keyName)", body, deadline: deadline)
+        let reply = try call(.decrypt, "POST", "\(mount)/decrypt/\(keyName)", body, deadline: deadline)
         // Vault answers 400 when any item failed but still lists every item's result.
         guard reply.status == 200 || reply.status == 400, let results = reply.data["batch_results"]?.array else {
             throw keyGone(reply) ?? VaultClient.error("decrypt", reply)

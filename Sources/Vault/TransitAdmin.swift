@@ -3,6 +3,7 @@
 // `transit/keys/NAME/rotate` and `transit/keys/NAME/config`, which kekd's own policy must not grant.
 import FoundationEssentials
 import JSON
+import KMS
 
 public final class TransitAdmin: Sendable {
     public let configuration: VaultConfiguration
@@ -28,19 +29,19 @@ public final class TransitAdmin: Sendable {
         info.versionCreated.keys.first { self.keyID(version: $0, info: info) == keyID }
     }
 
-    private func post(_ op: String, _ path: String, _ body: JSONValue?) throws(VaultError) {
+    private func post(_ op: BackendOperation, _ path: String, _ body: JSONValue?) throws(VaultError) {
         let d = deadline
         let reply = try transit.tokens.withToken(deadline: d) { (token: String) throws(VaultError) -> VaultReply in
             try transit.client.request(op: op, method: "POST", path: path, body: body, token: token, deadline: d)
         }
-        guard (200...299).contains(reply.status) else { throw VaultClient.error(op, reply) }
+        guard (200...299).contains(reply.status) else { throw VaultClient.error(op.rawValue, reply) }
     }
 
     /// `POST transit/keys/NAME/rotate`: a new latest version.
-    public func rotate() throws(VaultError) { try post("rotate", "\(keyPath)/rotate", nil) }
+    public func rotate() throws(VaultError) { try post(.rotate, "\(keyPath)/rotate", nil) }
 
     /// `POST transit/keys/NAME/config {min_decryption_version}`: versions below it stop decrypting.
     public func setMinDecryptionVersion(_ version: Int) throws(VaultError) {
-        try post("config", "\(keyPath)/config", .object(["min_decryption_version": .number(Double(version))]))
+        try post(.config, "\(keyPath)/config", .object(["min_decryption_version": .number(Double(version))]))
     }
 }

@@ -31,9 +31,6 @@ struct VaultReply: Sendable {
 }
 
 
-/// Per-call hook for metrics: operation, result ("ok" or an error code name), seconds.
-public typealias BackendCallHook = @Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void
-
 final class VaultClient: Sendable {
     let http: HTTPSClient
     let breaker: CircuitBreaker
@@ -53,7 +50,7 @@ final class VaultClient: Sendable {
 
     /// Sends one logical request, retrying transient failures within `deadline`. Returns the final reply, whatever
     /// its status (callers decide what a 4xx means); throws only when no reply could be had.
-    func request(op: String, method: String, path: String, body: JSONValue? = nil, token: String?,
+    func request(op: BackendOperation, method: String, path: String, body: JSONValue? = nil, token: String?,
                  deadline: Date) throws(VaultError) -> VaultReply {
         var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("X-Vault-Request", "true")]
         if let token {
@@ -74,7 +71,7 @@ final class VaultClient: Sendable {
         defer { wipe(&request.body) }
         let started = Date()
         // A caller whose time is already up must not reach the breaker: its "timeout" says nothing about Vault.
-        guard deadline > started else { throw VaultError(.unavailable, "no time left for Vault \(op)") }
+        guard deadline > started else { throw VaultError(.unavailable, "no time left for Vault \(op.rawValue)") }
         // The breaker is consulted once per call: an open breaker fails the call at once; a half-open one lets this
         // call (with its retries) be the trial.
         guard breaker.allow() else {
@@ -105,7 +102,7 @@ final class VaultClient: Sendable {
                 continue
             } catch {
                 if case .certificateVerification = error { retryable = false }
-                lastProblem = "Vault \(op): \(error.description)"
+                lastProblem = "Vault \(op.rawValue): \(error.description)"
             }
             if !retryable || attempt >= backoff.maxAttempts || !sleepBeforeRetry(attempt, deadline: deadline) {
                 // Only a call that got no reply at all trips the breaker: the next calls then fail fast instead of
@@ -125,7 +122,7 @@ final class VaultClient: Sendable {
         return true
     }
 
-    private func report(_ op: String, _ code: GRPCStatusCode?, _ started: Date) {
+    private func report(_ op: BackendOperation, _ code: GRPCStatusCode?, _ started: Date) {
         onCall?(op, code?.name ?? "ok", Date().timeIntervalSince(started))
     }
 
@@ -140,7 +137,7 @@ final class VaultClient: Sendable {
     }
 
     /// Turns a non-2xx reply into an error with Vault's message.
-    static func error(_ op: String, _ reply: VaultReply) -> VaultError {
-        VaultError(code(forStatus: reply.status), "Vault \(op): \(reply.errorText)")
+    static func error(_ what: String, _ reply: VaultReply) -> VaultError {
+        VaultError(code(forStatus: reply.status), "Vault \(what): \(reply.errorText)")
     }
 }

@@ -16,7 +16,7 @@ public final class VaultKeyBackend: KeyBackend {
     ///   - onCache: one call per Decrypt: whether the local KEK was cached.
     ///   - log: outage begins/ends, new local KEK (each line carries `"backend":"vault"`).
     public init(configuration: VaultConfiguration,
-                onBackendCall: (@Sendable (_ op: String, _ result: String, _ seconds: Double) -> Void)? = nil,
+                onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (_ hit: Bool) -> Void)? = nil,
                 log: Logger) throws(KMSError) {
         do {

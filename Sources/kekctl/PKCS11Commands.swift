@@ -71,7 +71,7 @@ enum PKCS11Commands {
 
         mutating func rescan() throws(PKCS11Error) {
             let module = token.module, family = label
-            versions = try token.withSession("scan") { (session: UInt) throws(PKCS11Error) in
+            versions = try token.withSession(.scan) { (session: UInt) throws(PKCS11Error) in
                 try KeyFamily.versions(of: module.findSecretKeys(session), family: family)
             }
         }
@@ -82,7 +82,7 @@ enum PKCS11Commands {
             let id: [UInt8]
             do { id = try SecureRandom.bytes(16) } catch { throw PKCS11Error(rv: nil, "random CKA_ID: \(error.description)") }
             let module = token.module, objectLabel = KeyFamily.label(family: label, version: version)
-            let handle = try token.withSession("generate") { (session: UInt) throws(PKCS11Error) in
+            let handle = try token.withSession(.generate) { (session: UInt) throws(PKCS11Error) in
                 try module.generateAESKey(session, label: objectLabel, id: id)
             }
             return KeyFamilyVersion(version: version, retired: false, id: id, handle: handle)
@@ -162,7 +162,7 @@ enum PKCS11Commands {
                                                    window: window, force: arguments.has("force"), now: Date())
         if let note { printError("warning: " + note) }
         let module = family.token.module, label = KeyFamily.label(family: family.label, version: version.version, retired: true)
-        try family.token.withSession("retire") { (session: UInt) throws(PKCS11Error) in
+        try family.token.withSession(.retire) { (session: UInt) throws(PKCS11Error) in
             try module.setLabel(session, version.handle, label: label)
         }
         print("retired key version \(version.version) (key_id \(keyID), object now \(label)); its ciphertexts now fail to decrypt with FAILED_PRECONDITION")

@@ -57,7 +57,7 @@ struct BackendKind: Sendable {
             try FileManager.default.createDirectory(atPath: context.stateDir, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: 0o700])
             let vault = try VaultKeyBackend(configuration: configuration,
-                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
+                                            onBackendCall: { op, result, seconds in metrics.backendCall(op: op.rawValue, result: result, seconds: seconds) },
                                             onCache: { hit in metrics.cache(hit: hit) }, log: context.logger)
             // Serve from the start with a key_id when Vault answers; otherwise keep retrying in the background
             // (Status fails until then, so kube-apiserver does not write with a key it cannot have).

@@ -31,7 +31,7 @@ func makePKCS11Backend(_ flags: [String: String], stateDir: String, metrics: Kek
         try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o700])
         let backend = try PKCS11KeyBackend(configuration: configuration,
-                                           onBackendCall: { op, result, seconds in metrics.backendCall(op: op, result: result, seconds: seconds) },
+                                           onBackendCall: { op, result, seconds in metrics.backendCall(op: op.rawValue, result: result, seconds: seconds) },
                                            onCache: { hit in metrics.cache(hit: hit) }, log: log)
         // Weak: the backend's hooks hold `metrics` (a strong capture would make a cycle).
         metrics.setPKCS11ProblemProvider { [weak backend] in backend?.tokenProblem?.name }

@@ -1,5 +1,6 @@
 import Foundation
 import JSON
+import KMS
 import Locking
 import Synchronization
 import Logging
