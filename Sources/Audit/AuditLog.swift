@@ -75,7 +75,7 @@ public final class AuditLog: Sendable {
     /// Opens the sink (throwing when it cannot be opened), continues the chain of an existing file, and starts
     /// the writer thread. `log` gets the conditions an operator must see (lost records, an unwritable sink), each
     /// line with `"component":"audit"`.
-    public init(configuration: AuditConfiguration, log: Logger = Logger()) throws {
+    public init(configuration: AuditConfiguration, log: Logger) throws {
         guard configuration.hmacKey.count >= 16 else { throw AuditError("audit HMAC key must be at least 16 bytes") }
         guard configuration.queueCapacity >= 1 else { throw AuditError("audit queue capacity must be at least 1") }
         guard configuration.maxSize >= 0, configuration.maxFiles >= 0 else {

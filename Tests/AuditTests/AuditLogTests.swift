@@ -1,6 +1,8 @@
 // The writer: completeness under concurrency, rotation, restart, sinks, modes, key usage.
 @testable import Audit
 import Foundation
+import Locking
+import Logging
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +14,7 @@ import Glibc
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let path = dir + "/audit.log"
-        let log = try AuditLog(configuration: configuration(path, mode: mode))
+        let log = try AuditLog(configuration: configuration(path, mode: mode), log: quietLog)
         let threads = 16, perThread = 250
         let allOK = Shared(true)
         onThreads(threads) { t in
@@ -101,12 +103,12 @@ import Glibc
         var config = configuration(path)
         config.hmacKey = [UInt8](repeating: 7, count: 32)
         // The old chain's key is gone: starting a new chain silently would make the old log unverifiable.
-        #expect(throws: AuditError.self) { try AuditLog(configuration: config) }
+        #expect(throws: AuditError.self) { try AuditLog(configuration: config, log: quietLog) }
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == before)
         #expect(!FileManager.default.fileExists(atPath: path + ".1"))
 
         config.allowNewChain = true
-        let log = try AuditLog(configuration: config)
+        let log = try AuditLog(configuration: config, log: quietLog)
         for i in 0..<3 { _ = log.record(sampleEvent(i)) }
         log.close()
         let old = AuditVerifier.verify(files: [path + ".1"], hmacKey: testKey)
@@ -117,7 +119,7 @@ import Glibc
         let firstLine = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n")[0]
         #expect(firstLine.contains("\"op\":\"\(AuditLog.newChainOp)\"") && firstLine.contains("--audit-new-chain"))
         // The same key again: the chain simply continues, with no second notice.
-        let again = try AuditLog(configuration: config)
+        let again = try AuditLog(configuration: config, log: quietLog)
         _ = again.record(sampleEvent(9))
         again.close()
         #expect(AuditVerifier.verify(files: [path], hmacKey: config.hmacKey).lastSeq == 5)
@@ -128,7 +130,7 @@ import Glibc
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let path = dir + "/audit.log"
-        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed), log: quietLog)
         #expect(log.chainHead.lastSeq == 0 && log.chainHead.headHex == String(repeating: "0", count: 16))
         for i in 0..<4 { #expect(log.record(sampleEvent(i))) }
         let lastLine = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").last ?? ""
@@ -136,7 +138,7 @@ import Glibc
         #expect(log.chainHead.lastSeq == 4 && chainHex.count == 64 && chainHex.hasPrefix(log.chainHead.headHex))
         log.close()
         // A restarted writer reports the head of the file it continues.
-        let reopened = try AuditLog(configuration: configuration(path))
+        let reopened = try AuditLog(configuration: configuration(path), log: quietLog)
         #expect(reopened.chainHead.lastSeq == 4 && chainHex.hasPrefix(reopened.chainHead.headHex))
         reopened.close()
     }
@@ -162,7 +164,7 @@ import Glibc
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let path = dir + "/audit.log"
-        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed), log: quietLog)
         for i in 0..<3 { #expect(log.record(sampleEvent(i))) }
         #expect(rename(path, dir + "/audit.log.1") == 0)
         log.reopen()
@@ -175,7 +177,7 @@ import Glibc
 
     @Test(arguments: [AuditMode.bestEffort, .failClosed])
     func devNullIsAValidSink(mode: AuditMode) throws {
-        let log = try AuditLog(configuration: configuration("/dev/null", mode: mode))
+        let log = try AuditLog(configuration: configuration("/dev/null", mode: mode), log: quietLog)
         for i in 0..<100 { #expect(log.record(sampleEvent(i))) }
         log.close()
         #expect(log.stats.written == 100 && log.stats.dropped == 0 && log.stats.failed == 0)
@@ -183,7 +185,7 @@ import Glibc
     }
 
     @Test func failClosedReturnsFalseOnAFullDevice() throws {
-        let log = try AuditLog(configuration: configuration("/dev/full", mode: .failClosed))
+        let log = try AuditLog(configuration: configuration("/dev/full", mode: .failClosed), log: quietLog)
         #expect(!log.record(sampleEvent(1)))
         #expect(!log.record(sampleEvent(2)))
         log.close()
@@ -191,18 +193,26 @@ import Glibc
         #expect(!log.isWritable && log.stats.lastError?.contains("No space") == true)
     }
 
-    @Test func bestEffortCountsSinkFailuresAsDrops() throws {
-        let log = try AuditLog(configuration: configuration("/dev/full", mode: .bestEffort))
+    @Test func bestEffortCountsSinkFailuresAsDropsAndLogsThem() throws {
+        let lines = LockedValue<[[UInt8]]>([])
+        let log = try AuditLog(configuration: configuration("/dev/full", mode: .bestEffort),
+                               log: Logger { line in lines.withLock { $0.append(line) } })
         for i in 0..<10 { #expect(log.record(sampleEvent(i))) }
         log.close()
         #expect(log.stats.dropped == 10 && log.stats.written == 0)
+        // The operator sees the loss on the logger kekd configured, as one JSON line with the exact totals.
+        let objects = lines.withLock { $0 }.compactMap { (try? JSONSerialization.jsonObject(with: Data($0))) as? [String: Any] }
+        let drops = objects.filter { $0["msg"] as? String == "audit records dropped" }
+        #expect(!drops.isEmpty)
+        #expect(drops.allSatisfy { $0["level"] as? String == "error" && $0["component"] as? String == "audit" })
+        #expect(drops.last?["total_dropped"] as? String == "10")
     }
 
     @Test func failClosedReturnsFalseWhenTheFolderIsRemovedAndRecovers() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
         let path = dir + "/audit.log"
-        let log = try AuditLog(configuration: configuration(path, mode: .failClosed))
+        let log = try AuditLog(configuration: configuration(path, mode: .failClosed), log: quietLog)
         #expect(log.record(sampleEvent(1)))
         removeTree(dir)
         #expect(!log.record(sampleEvent(2)))
@@ -222,7 +232,7 @@ import Glibc
         #expect(mkfifo(fifo, 0o600) == 0)
         let reader = open(fifo, O_RDONLY | O_NONBLOCK)
         #expect(reader >= 0)
-        let log = try AuditLog(configuration: configuration(fifo, queueCapacity: 16))
+        let log = try AuditLog(configuration: configuration(fifo, queueCapacity: 16), log: quietLog)
         // Nobody reads the FIFO: the writer blocks once the pipe buffer is full, the queue fills, and callers
         // must still return at once.
         let returnedTrue = Shared(true)
@@ -264,11 +274,11 @@ import Glibc
         let fifo = dir + "/audit.fifo"
         #expect(mkfifo(fifo, 0o600) == 0)
         // No reader: opening fails at once instead of hanging.
-        #expect(throws: AuditError.self) { try AuditLog(configuration: configuration(fifo)) }
+        #expect(throws: AuditError.self) { try AuditLog(configuration: configuration(fifo), log: quietLog) }
         let reader = open(fifo, O_RDONLY | O_NONBLOCK)
         var config = configuration(fifo, mode: .failClosed, queueCapacity: 4)
         config.failClosedTimeout = 0.3
-        let log = try AuditLog(configuration: config)
+        let log = try AuditLog(configuration: config, log: quietLog)
         // Nobody reads: the pipe fills, the writer blocks in write(2), and calls must fail instead of hanging.
         let refused = Shared(false)
         #expect(finishes(within: 30) {
@@ -291,7 +301,7 @@ import Glibc
         defer { removeTree(dir) }
         let usagePath = dir + "/usage.json"
         let t = { (s: Double) in Date(timeIntervalSince1970: 1_790_000_000 + s) }
-        let log = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath))
+        let log = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath), log: quietLog)
         _ = log.record(sampleEvent(1, op: "Encrypt", keyID: "A", time: t(10)))
         _ = log.record(sampleEvent(2, op: "Decrypt", keyID: "A", time: t(20)))
         _ = log.record(sampleEvent(3, op: "Decrypt", keyID: "A", outcome: "FAILED_PRECONDITION", time: t(30)))
@@ -312,7 +322,7 @@ import Glibc
         #expect(text.contains(#""A":{"last_decrypt":"2026-09-21T14:13:40.000000000Z","last_encrypt":"2026-09-21T14:13:30.000000000Z"}"#))
 
         // A restart keeps what the file knew and adds to it.
-        let again = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath))
+        let again = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath), log: quietLog)
         _ = again.record(sampleEvent(7, op: "Decrypt", keyID: "B", time: t(60)))
         again.close()
         let merged = try KeyUsageFile.load(path: usagePath)
@@ -325,7 +335,7 @@ import Glibc
         defer { removeTree(dir) }
         let usagePath = dir + "/usage.json"
         let log = try AuditLog(configuration: configuration(dir + "/audit.log", usageFilePath: usagePath,
-                                                             usageFlushInterval: 0.1))
+                                                             usageFlushInterval: 0.1), log: quietLog)
         defer { log.close() }
         _ = log.record(sampleEvent(1, op: "Decrypt", keyID: "K"))
         var found = false
@@ -351,10 +361,10 @@ import Glibc
 
     @Test func rejectsBadConfiguration() {
         #expect(throws: AuditError.self) {
-            try AuditLog(configuration: AuditConfiguration(path: "/dev/null", hmacKey: [1, 2, 3]))
+            try AuditLog(configuration: AuditConfiguration(path: "/dev/null", hmacKey: [1, 2, 3]), log: quietLog)
         }
         #expect(throws: AuditError.self) {
-            try AuditLog(configuration: AuditConfiguration(path: "/nonexistent-dir/x/audit.log", hmacKey: testKey))
+            try AuditLog(configuration: AuditConfiguration(path: "/nonexistent-dir/x/audit.log", hmacKey: testKey), log: quietLog)
         }
     }
 }

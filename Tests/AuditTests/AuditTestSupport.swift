@@ -1,12 +1,16 @@
 // Shared helpers for the audit tests: temp folders, events, reading lines back.
 @testable import Audit
 import Foundation
+import Logging
 import Locking
 #if canImport(Glibc)
 import Glibc
 #endif
 
 let testKey = [UInt8](repeating: 0x42, count: 32)
+
+/// The logger of tests that do not look at log lines.
+let quietLog = Logger { _ in }
 
 func makeTempDirectory() -> String {
     var template = Array("/tmp/kekd-audit-test.XXXXXX".utf8CString)
@@ -37,7 +41,7 @@ func configuration(_ path: String, mode: AuditMode = .bestEffort, maxSize: Int64
 
 /// Writes `count` records through a fresh log and closes it.
 func writeRecords(_ path: String, count: Int, maxSize: Int64 = 0, maxFiles: Int = 5, start: Int = 0) throws {
-    let log = try AuditLog(configuration: configuration(path, maxSize: maxSize, maxFiles: maxFiles))
+    let log = try AuditLog(configuration: configuration(path, maxSize: maxSize, maxFiles: maxFiles), log: quietLog)
     for i in start..<(start + count) { _ = log.record(sampleEvent(i)) }
     log.close()
 }

@@ -3,6 +3,7 @@
 // callers in each mode, writing to a file in /tmp (or KEKD_AUDIT_BENCH_DIR).
 @testable import Audit
 import Foundation
+import Logging
 import Testing
 
 @Suite(.enabled(if: ProcessInfo.processInfo.environment["KEKD_AUDIT_BENCH"] != nil))
@@ -15,7 +16,7 @@ struct AuditThroughputTests {
         defer { removeTree(dir) }
         let perCaller = mode == .bestEffort ? 20000 : 2000
         let log = try AuditLog(configuration: configuration(dir + "/audit.log", mode: mode, maxSize: 64 << 20,
-                                                             queueCapacity: 1 << 16, usageFilePath: dir + "/usage.json"))
+                                                             queueCapacity: 1 << 16, usageFilePath: dir + "/usage.json"), log: quietLog)
         let event = sampleEvent(1, op: "Decrypt")
         let start = Date()
         onThreads(16) { _ in
