@@ -1,7 +1,7 @@
 // A small unary gRPC client over a client-role HTTP/2 connection (kekctl's probes and the benchmark's load).
+import GRPCCodes
 import HPACK
 import HTTP2
-import GRPCCodes
 
 public struct GRPCResponse: Sendable, Equatable {
     public var status: GRPCStatus

@@ -1,8 +1,8 @@
 // Unary gRPC on top of one server-role HTTP/2 connection: validates requests, reassembles the request message,
 // and writes responses or errors. Pure like the HTTP2 layer: the caller owns the socket and serialises access.
+import GRPCCodes
 import HPACK
 import HTTP2
-import GRPCCodes
 
 public struct GRPCServerLimits: Sendable {
     /// Largest request message accepted; beyond it the call fails with RESOURCE_EXHAUSTED.

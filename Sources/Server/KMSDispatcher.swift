@@ -1,6 +1,5 @@
 // Routes a decoded gRPC request to the KMS service and describes the outcome for the audit log and metrics.
 import GRPC
-import GRPCCodes
 import KMS
 import KMSProto
 

@@ -5,7 +5,6 @@ import FoundationEssentials
 import Locking
 import Glibc
 import GRPC
-import GRPCCodes
 import HTTP2
 
 final class ServerConnection: @unchecked Sendable {

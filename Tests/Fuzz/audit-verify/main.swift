@@ -17,6 +17,7 @@
 import Audit
 import Crypto
 import Foundation
+import Logging
 
 let marker: [UInt8] = [0xFE, 0xFD, 0xFC]
 let hmacKey = [UInt8](repeating: 0x4B, count: 32)
@@ -110,7 +111,8 @@ public func fuzzAuditVerify(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
 func writeLog(folder: String, name: String, maxSize: Int64, key: [UInt8] = hmacKey, events: [AuditEvent]) throws -> String {
     let path = folder + "/" + name
     let log = try AuditLog(configuration: AuditConfiguration(path: path, maxSize: maxSize, maxFiles: 9, mode: .failClosed, hmacKey: key,
-                                                             allowNewChain: true))   // the key-changed seed starts a new chain
+                                                             allowNewChain: true),   // the key-changed seed starts a new chain
+                           log: Logger { _ in })
     for event in events { check(log.record(event), "seed record not written") }
     log.close()
     return path
