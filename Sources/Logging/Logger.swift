@@ -94,7 +94,8 @@ public final class Logger: Sendable {
     }
 
     /// `,"key":value` for each field: integers and booleans as JSON numbers and literals, finite doubles as
-    /// numbers, anything else as its description in a string.
+    /// numbers, a String-backed enum as its raw value (its fixed name, never the Swift case name), anything else as
+    /// its description in a string.
     private static func appendFields(_ fields: KeyValuePairs<String, any Sendable>, to out: inout [UInt8]) {
         for (key, value) in fields {
             JSONWriter.appendKey(named: key, to: &out)
@@ -106,6 +107,7 @@ public final class Logger: Sendable {
             case let v as Bool: out.append(contentsOf: (v ? "true" : "false").utf8)
             case let v as Double where v.isFinite: out.append(contentsOf: String(v).utf8)
             case let v as String: JSONWriter.appendString(v, to: &out)
+            case let v as any RawRepresentable<String>: JSONWriter.appendString(v.rawValue, to: &out)
             default: JSONWriter.appendString("\(value)", to: &out)
             }
         }

@@ -103,10 +103,10 @@ final class ServerConnection: @unchecked Sendable {
                     break  // the call's own completion records it as CANCELLED
                 case let .streamProtocolError(kind, reason):
                     server.metrics?.protocolError(kind)
-                    server.logger.debug("stream error", ["connection": id, "kind": kind.rawValue, "reason": reason])
+                    server.logger.debug("stream error", ["connection": id, "kind": kind, "reason": reason])
                 case let .connectionError(kind, reason):
                     server.metrics?.protocolError(kind)
-                    server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind.rawValue, "reason": reason, "pid": peer.pid])
+                    server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
                     closeAfterFlush = true
                 case .peerGoAway:
                     break
@@ -141,7 +141,7 @@ final class ServerConnection: @unchecked Sendable {
         lock.lock()
         for case let .streamProtocolError(kind, reason) in grpc.expireIncompleteRequests(now: now) {
             server.metrics?.protocolError(kind)
-            server.logger.debug("stream reset", ["connection": id, "kind": kind.rawValue, "reason": reason, "pid": peer.pid])
+            server.logger.debug("stream reset", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
         }
         let next = grpc.nextRequestDeadline
         flushLocked()

@@ -26,6 +26,13 @@ private final class Lines: Sendable {
         #expect(abs(time.timeIntervalSinceNow) < 60)
     }
 
+    @Test func stringBackedEnumsAreLoggedByTheirRawValue() {
+        enum Kind: String { case enhanceYourCalm = "enhance_your_calm" }
+        let lines = Lines()
+        Logger(output: lines.output).warn("x", ["kind": Kind.enhanceYourCalm])
+        #expect(lines.objects.first?["kind"]?.string == "enhance_your_calm")
+    }
+
     @Test func dropsLinesBelowTheMinimumLevel() {
         let lines = Lines()
         let log = Logger(minimumLevel: .warn, output: lines.output)
