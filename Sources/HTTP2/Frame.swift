@@ -324,6 +324,31 @@ public enum FrameWriter {
         appendUInt32(code.rawValue, into: &out)
     }
 
+    public static func appendSettings(into out: inout [UInt8], _ settings: [HTTP2Setting]) {
+        appendHeader(into: &out, length: settings.count * 6, type: FrameType.settings.rawValue, flags: 0, streamID: 0)
+        for setting in settings {
+            appendUInt16(setting.id, into: &out)
+            appendUInt32(setting.value, into: &out)
+        }
+    }
+
+    public static func appendSettingsAck(into out: inout [UInt8]) {
+        appendHeader(into: &out, length: 0, type: FrameType.settings.rawValue, flags: FrameFlag.ack, streamID: 0)
+    }
+
+    public static func appendPing(into out: inout [UInt8], opaque: UInt64, ack: Bool) {
+        appendHeader(into: &out, length: 8, type: FrameType.ping.rawValue, flags: ack ? FrameFlag.ack : 0, streamID: 0)
+        appendUInt64(opaque, into: &out)
+    }
+
+    public static func appendGoAway<Debug: Collection<UInt8>>(into out: inout [UInt8], lastStreamID: UInt32,
+                                                               code: HTTP2ErrorCode, debug: Debug) {
+        appendHeader(into: &out, length: 8 + debug.count, type: FrameType.goAway.rawValue, flags: 0, streamID: 0)
+        appendUInt32(lastStreamID & 0x7fff_ffff, into: &out)
+        appendUInt32(code.rawValue, into: &out)
+        out.append(contentsOf: debug)
+    }
+
     public static func appendWindowUpdate(into out: inout [UInt8], streamID: UInt32, increment: UInt32) {
         appendHeader(into: &out, length: 4, type: FrameType.windowUpdate.rawValue, flags: 0, streamID: streamID)
         appendUInt32(increment & 0x7fff_ffff, into: &out)

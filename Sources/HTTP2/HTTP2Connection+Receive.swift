@@ -61,9 +61,7 @@ extension HTTP2Connection {
             if ack {
                 events.append(.pingAck(opaque: opaque))
             } else {
-                FrameWriter.appendHeader(into: &output, length: 8, type: FrameType.ping.rawValue, flags: FrameFlag.ack,
-                                         streamID: 0)
-                FrameWriter.appendUInt64(opaque, into: &output)
+                FrameWriter.appendPing(into: &output, opaque: opaque, ack: true)
                 countControlFrame(&events)
             }
         case let .goAway(lastStreamID, code, _):
@@ -431,8 +429,7 @@ extension HTTP2Connection {
             }
         }
         sawPeerSettings = true
-        FrameWriter.appendHeader(into: &output, length: 0, type: FrameType.settings.rawValue, flags: FrameFlag.ack,
-                                 streamID: 0)
+        FrameWriter.appendSettingsAck(into: &output)
         countControlFrame(&events)
     }
 }

@@ -160,8 +160,7 @@ extension HTTP2Connection {
 
     public func ping(opaque: UInt64) {
         guard !failed else { return }
-        FrameWriter.appendHeader(into: &output, length: 8, type: FrameType.ping.rawValue, flags: 0, streamID: 0)
-        FrameWriter.appendUInt64(opaque, into: &output)
+        FrameWriter.appendPing(into: &output, opaque: opaque, ack: false)
     }
 
     /// First call: GOAWAY(2^31-1, NO_ERROR) — streams in flight still arrive. Second call: GOAWAY(last processed

@@ -109,7 +109,7 @@ public final class HTTP2Connection: @unchecked Sendable {
         if limits.headerTableSize != 4096 {
             settings.append(HTTP2Setting(id: HTTP2Setting.headerTableSize, value: UInt32(clamping: max(0, limits.headerTableSize))))
         }
-        Frame(streamID: 0, payload: .settings(settings, ack: false)).serialize(into: &output)
+        FrameWriter.appendSettings(into: &output, settings)
         unackedSettings = 1
         if connectionWindowTarget > HTTP2Constants.defaultWindowSize {
             FrameWriter.appendWindowUpdate(into: &output, streamID: 0,
@@ -245,12 +245,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     }
 
     func writeGoAway(lastStreamID: UInt32, code: HTTP2ErrorCode, debug: String) {
-        let debugBytes = Array(debug.utf8.prefix(128))
-        FrameWriter.appendHeader(into: &output, length: 8 + debugBytes.count, type: FrameType.goAway.rawValue,
-                                 flags: 0, streamID: 0)
-        FrameWriter.appendUInt32(lastStreamID & 0x7fff_ffff, into: &output)
-        FrameWriter.appendUInt32(code.rawValue, into: &output)
-        output.append(contentsOf: debugBytes)
+        FrameWriter.appendGoAway(into: &output, lastStreamID: lastStreamID, code: code, debug: debug.utf8.prefix(128))
     }
 
     // MARK: - Stream bookkeeping
