@@ -20,8 +20,8 @@ extension HTTP2Connection {
             handleData(frame.streamID, bytes, endStream: endStream,
                        flowControlled: bytes.count + (padding.map { $0 + 1 } ?? 0), &events)
         case let .headers(block, endStream, endHeaders, priority, _):
-            guard block.count <= limits.maxHeaderBlockBytes else {
-                fail(.enhanceYourCalm, "header block too large", &events)
+            if let overrun = budgets.headerBlock(bytes: block.count, continuations: 0) {
+                fail(overrun, &events)
                 return
             }
             if endHeaders {
@@ -81,12 +81,9 @@ extension HTTP2Connection {
             return
         }
         block.continuationCount += 1
-        guard block.continuationCount <= limits.maxContinuationFrames else {
-            fail(.enhanceYourCalm, "too many CONTINUATION frames", &events)
-            return
-        }
-        guard block.block.count + fragment.count <= limits.maxHeaderBlockBytes else {
-            fail(.enhanceYourCalm, "header block too large", &events)
+        if let overrun = budgets.headerBlock(bytes: block.block.count + fragment.count,
+                                             continuations: block.continuationCount) {
+            fail(overrun, &events)
             return
         }
         if fragment.isEmpty && !endHeaders {
@@ -164,11 +161,11 @@ extension HTTP2Connection {
                                  sendWindow: peerInitialWindowSize, recvWindow: streamWindowTarget)
         stream.headersReceived = true
         stream.expectedContentLength = contentLength
-        stream.openSequence = rapidResets.streamOpened()
-        stream.openedAt = clock
+        stream.openSequence = budgets.peerStreamOpened()
+        stream.openedAt = budgets.now
         streams[id] = stream
         lastProcessedPeerStreamID = id
-        consecutiveEmptyFrames = 0
+        budgets.progress()
         events.append(.headers(streamID: id, fields: fields, endStream: endStream))
     }
 
@@ -278,7 +275,7 @@ extension HTTP2Connection {
             countEmptyFrame(&events)
             if failed { return }
         } else if !bytes.isEmpty {
-            consecutiveEmptyFrames = 0
+            budgets.progress()
         }
         guard let stream = streams[id] else {
             if isIdle(id) {
@@ -369,12 +366,9 @@ extension HTTP2Connection {
         }
         removeStream(stream)
         events.append(.streamReset(streamID: id, code: code))
-        if isPeerInitiated(id) && !stream.headersSent
-            && clock &- stream.openedAt <= limits.rapidResetMaxStreamAgeNanos {
-            let resets = rapidResets.earlyReset(sequence: stream.openSequence)
-            if resets > limits.maxResetsPerWindow {
-                fail(.enhanceYourCalm, "too many streams reset before an answer", &events)
-            }
+        if isPeerInitiated(id), let overrun = budgets.peerReset(sequence: stream.openSequence,
+                                                                 openedAt: stream.openedAt, answered: stream.headersSent) {
+            fail(overrun, &events)
         }
     }
 

@@ -56,9 +56,7 @@ extension HTTP2Connection {
             sendQueue.append(streamID)
         }
         flushSendQueue()
-        if queuedDataBytes > limits.maxQueuedOutputBytes {
-            fail(.enhanceYourCalm, "peer does not read: too much output blocked by flow control", &deferredEvents)
-        }
+        if let overrun = budgets.queuedOutput(bytes: queuedDataBytes) { fail(overrun, &deferredEvents) }
     }
 
     /// Sends RST_STREAM and forgets the stream; late frames from the peer for it are ignored (§5.1 closed).

@@ -71,12 +71,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     var goAwaySent = GoAwayState.none
     var goAwayReceivedLastStreamID: UInt32?
 
-    // Abuse budgets.
-    var queuedControlFrames = 0
-    var consecutiveEmptyFrames = 0
-    var rapidResets: RapidResetTracker
-    /// Last time passed to `receive(_:now:)`, 0 if the owner passes none.
-    var clock: UInt64 = 0
+    var budgets: AbuseBudgets
 
     /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
     public init(role: Role, limits: HTTP2Limits = .init()) {
@@ -93,7 +88,7 @@ public final class HTTP2Connection: @unchecked Sendable {
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
         recentlyClosed = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
-        rapidResets = RapidResetTracker(window: limits.rapidResetWindow)
+        budgets = AbuseBudgets(limits: limits)
         output.reserveCapacity(4096)
         if role == .client { output.append(contentsOf: HTTP2Constants.clientPreface) }
         var settings = [
@@ -124,7 +119,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     /// Everything queued for the socket, in order. Also resets the queued-control-frame budget: the owner should call
     /// it when the socket can take more bytes, so a peer that does not read cannot make us queue answers forever.
     public func takeOutput() -> [UInt8] {
-        queuedControlFrames = 0
+        budgets.outputTaken()
         var taken: [UInt8] = []
         taken.reserveCapacity(max(4096, output.count))
         swap(&taken, &output)
@@ -149,7 +144,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     /// Consumes bytes from the socket with the owner's monotonic clock (nanoseconds), which sharpens the
     /// rapid-reset defence (see `HTTP2Limits.rapidResetMaxStreamAgeNanos`).
     public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [HTTP2Event] {
-        clock = now
+        budgets.now = now
         return receive(bytes)
     }
 
@@ -228,20 +223,19 @@ public final class HTTP2Connection: @unchecked Sendable {
         countControlFrame(&events)
     }
 
+    /// A peer overran an abuse budget: GOAWAY(ENHANCE_YOUR_CALM).
+    func fail(_ budget: AbuseBudget, _ events: inout [HTTP2Event]) {
+        fail(.enhanceYourCalm, budget.reason, &events)
+    }
+
     /// Counts an answer the peer forced us to queue (PING ACK, SETTINGS ACK, RST_STREAM) against the flood budget.
     func countControlFrame(_ events: inout [HTTP2Event]) {
-        queuedControlFrames += 1
-        if queuedControlFrames > limits.maxQueuedControlFrames {
-            fail(.enhanceYourCalm, "too many queued control frames", &events)
-        }
+        if let overrun = budgets.controlFrameQueued() { fail(overrun, &events) }
     }
 
     /// Counts a frame that made no progress (CVE-2019-9518 style floods).
     func countEmptyFrame(_ events: inout [HTTP2Event]) {
-        consecutiveEmptyFrames += 1
-        if consecutiveEmptyFrames > limits.maxConsecutiveEmptyFrames {
-            fail(.enhanceYourCalm, "too many empty frames", &events)
-        }
+        if let overrun = budgets.emptyFrame() { fail(overrun, &events) }
     }
 
     func writeGoAway(lastStreamID: UInt32, code: HTTP2ErrorCode, debug: String) {

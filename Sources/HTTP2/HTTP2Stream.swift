@@ -78,29 +78,3 @@ struct RecentStreamSet {
         members.insert(id)
     }
 }
-
-/// Sliding count of peer-opened streams that the peer reset before we answered (CVE-2023-44487).
-struct RapidResetTracker {
-    private var marks: [Bool]
-    private var opened = 0
-    private(set) var resetCount = 0
-
-    init(window: Int) { marks = Array(repeating: false, count: max(1, window)) }
-
-    /// Registers a newly opened stream and returns its sequence number.
-    mutating func streamOpened() -> Int {
-        let slot = opened % marks.count
-        if marks[slot] { marks[slot] = false; resetCount -= 1 }
-        opened += 1
-        return opened - 1
-    }
-
-    /// Records an early reset of the stream opened at `sequence`; returns the count within the window.
-    mutating func earlyReset(sequence: Int) -> Int {
-        if opened - sequence <= marks.count {
-            let slot = sequence % marks.count
-            if !marks[slot] { marks[slot] = true; resetCount += 1 }
-        }
-        return resetCount
-    }
-}
