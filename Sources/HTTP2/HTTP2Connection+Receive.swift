@@ -3,7 +3,7 @@ import HPACK
 
 extension HTTP2Connection {
     func process(_ frame: Frame, _ events: inout [HTTP2Event]) {
-        if !sawPeerSettings {
+        if handshake != .done {
             guard case .settings(_, ack: false) = frame.payload else {
                 fail(.protocolError, "first frame is not SETTINGS", &events)
                 return
@@ -88,7 +88,7 @@ extension HTTP2Connection {
         }
         if fragment.isEmpty && !endHeaders {
             countEmptyFrame(&events)
-            if failed { return }
+            if isClosed { return }
         }
         headerBlock = nil   // release the stored copy before appending, so the buffer is uniquely referenced
         block.block.append(contentsOf: fragment)
@@ -273,7 +273,7 @@ extension HTTP2Connection {
         }
         if bytes.isEmpty && !endStream {
             countEmptyFrame(&events)
-            if failed { return }
+            if isClosed { return }
         } else if !bytes.isEmpty {
             budgets.progress()
         }
@@ -373,7 +373,15 @@ extension HTTP2Connection {
     }
 
     private func handleGoAway(_ lastStreamID: UInt32, _ code: HTTP2ErrorCode, _ events: inout [HTTP2Event]) {
-        goAwayReceivedLastStreamID = min(lastStreamID, goAwayReceivedLastStreamID ?? lastStreamID)
+        switch phase {
+        case .open:
+            phase = .goingAway(GoAway(sent: .none, receivedLastStreamID: lastStreamID))
+        case var .goingAway(goAway):
+            goAway.receivedLastStreamID = min(lastStreamID, goAway.receivedLastStreamID ?? lastStreamID)
+            phase = .goingAway(goAway)
+        case .closed:
+            return
+        }
         events.append(.goAwayReceived(lastStreamID: lastStreamID, code: code))
         // Our streams above lastStreamID were not processed by the peer (§6.8): report them as refused.
         let refused = streams.values.filter { !isPeerInitiated($0.id) && $0.id > lastStreamID }.sorted { $0.id < $1.id }
@@ -422,7 +430,7 @@ extension HTTP2Connection {
                 break   // MAX_HEADER_LIST_SIZE is advisory; unknown ids are ignored (§6.5.2)
             }
         }
-        sawPeerSettings = true
+        handshake = .done
         FrameWriter.appendSettingsAck(into: &output)
         countControlFrame(&events)
     }

@@ -13,7 +13,36 @@ import HPACK
 public final class HTTP2Connection: @unchecked Sendable {
     public enum Role: Sendable { case server, client }
 
-    enum GoAwayState: Equatable { case none, graceful, final(lastStreamID: UInt32) }
+    /// How far the peer got through the opening (§3.4): the client preface (server role), then its SETTINGS.
+    enum Handshake: Equatable {
+        case awaitingPreface(matched: Int)
+        /// The peer's first frame must be SETTINGS.
+        case awaitingSettings
+        case done
+    }
+
+    /// The connection's life, orthogonal to the handshake (we may start shutting down before the peer's SETTINGS).
+    enum Phase: Equatable {
+        case open
+        /// GOAWAY sent and/or received (§6.8): streams in flight finish, no new ones start.
+        case goingAway(GoAway)
+        /// A connection error queued GOAWAY (§5.4.1): further input is ignored and the owner closes.
+        case closed(code: HTTP2ErrorCode)
+    }
+
+    struct GoAway: Equatable {
+        var sent: GoAwaySent
+        /// The lowest last-stream-id the peer announced, nil if it sent no GOAWAY.
+        var receivedLastStreamID: UInt32?
+    }
+
+    enum GoAwaySent: Equatable {
+        case none
+        /// GOAWAY(2^31-1): a warning; streams already in flight are still processed.
+        case graceful
+        /// GOAWAY(last processed stream): streams above `lastStreamID` are ignored.
+        case final(lastStreamID: UInt32)
+    }
 
     /// A header block whose CONTINUATION frames are still arriving.
     struct HeaderBlockInProgress {
@@ -33,10 +62,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var encoder: HPACKEncoder
     var decoder: HPACKDecoder
 
-    var prefaceBytesMatched = 0
-    public internal(set) var receivedPreface: Bool
-    var sawPeerSettings = false
-    var failed = false
+    var handshake: Handshake
+    var phase = Phase.open
     /// Events raised outside `receive` (a send that overflowed `maxQueuedOutputBytes`), reported by the next call.
     var deferredEvents: [HTTP2Event] = []
 
@@ -68,9 +95,6 @@ public final class HTTP2Connection: @unchecked Sendable {
     var recentlyClosed: RecentStreamSet
     var headerBlock: HeaderBlockInProgress?
 
-    var goAwaySent = GoAwayState.none
-    var goAwayReceivedLastStreamID: UInt32?
-
     var budgets: AbuseBudgets
 
     /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
@@ -84,7 +108,7 @@ public final class HTTP2Connection: @unchecked Sendable {
         encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
         // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
         decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
-        receivedPreface = role == .client
+        handshake = role == .client ? .awaitingSettings : .awaitingPreface(matched: 0)
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
         recentlyClosed = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
@@ -127,10 +151,24 @@ public final class HTTP2Connection: @unchecked Sendable {
     }
 
     public var openStreamCount: Int { streams.count }
+    /// The client preface arrived (always true in the client role).
+    public var receivedPreface: Bool {
+        if case .awaitingPreface = handshake { return false }
+        return true
+    }
     /// GOAWAY sent or received, or the connection failed.
-    public var isDraining: Bool { failed || goAwaySent != .none || goAwayReceivedLastStreamID != nil }
+    public var isDraining: Bool { phase != .open }
     /// A connection error queued GOAWAY: flush the output and close (set also by a failing send call).
-    public var didFail: Bool { failed }
+    public var didFail: Bool { isClosed }
+    var isClosed: Bool {
+        if case .closed = phase { return true }
+        return false
+    }
+    /// The GOAWAY we sent, if any.
+    var goAwaySent: GoAwaySent {
+        if case let .goingAway(goAway) = phase { return goAway.sent }
+        return .none
+    }
     /// Our SETTINGS were sent and not yet acknowledged (RFC 9113 §6.5.3 lets the owner time this out with
     /// `goAway(code: .settingsTimeout, ...)`).
     public var isAwaitingSettingsAck: Bool { unackedSettings > 0 }
@@ -152,22 +190,21 @@ public final class HTTP2Connection: @unchecked Sendable {
     public func receive(_ bytes: ArraySlice<UInt8>) -> [HTTP2Event] {
         var events = deferredEvents
         deferredEvents.removeAll()
-        guard !failed else { return events }
+        guard !isClosed else { return events }
         reader.append(bytes)
-        if !receivedPreface {
+        if case var .awaitingPreface(matched) = handshake {
             let expected = HTTP2Constants.clientPreface
-            let chunk = reader.takeRawBytes(upTo: expected.count - prefaceBytesMatched)
-            for byte in chunk {
-                guard byte == expected[prefaceBytesMatched] else {
+            for byte in reader.takeRawBytes(upTo: expected.count - matched) {
+                guard byte == expected[matched] else {
                     fail(.protocolError, "invalid connection preface", &events)
                     return events
                 }
-                prefaceBytesMatched += 1
+                matched += 1
             }
-            guard prefaceBytesMatched == expected.count else { return events }
-            receivedPreface = true
+            handshake = matched == expected.count ? .awaitingSettings : .awaitingPreface(matched: matched)
+            guard handshake == .awaitingSettings else { return events }
         }
-        while !failed {
+        while !isClosed {
             let frame: Frame?
             do {
                 frame = try reader.nextFrame()
@@ -176,7 +213,7 @@ public final class HTTP2Connection: @unchecked Sendable {
                 case let .connection(code, reason):
                     fail(code, reason, &events)
                 case let .stream(id, code, reason):
-                    if !sawPeerSettings {
+                    if handshake != .done {
                         fail(.protocolError, "first frame is not SETTINGS", &events)
                     } else if headerBlock != nil {
                         fail(.protocolError, "frame interleaved in a header block", &events)
@@ -189,7 +226,7 @@ public final class HTTP2Connection: @unchecked Sendable {
             guard let frame else { break }
             process(frame, &events)
         }
-        if !failed {
+        if !isClosed {
             // Padding and DATA for streams we dropped are consumed at once; return their credit.
             if limits.creditOnConsumption { replenishConnectionWindow() }
             flushSendQueue()
@@ -201,8 +238,8 @@ public final class HTTP2Connection: @unchecked Sendable {
 
     /// Connection error (§5.4.1): GOAWAY with the last processed stream, then ignore all further input.
     func fail(_ code: HTTP2ErrorCode, _ reason: String, _ events: inout [HTTP2Event]) {
-        guard !failed else { return }
-        failed = true
+        guard !isClosed else { return }
+        phase = .closed(code: code)
         writeGoAway(lastStreamID: lastProcessedPeerStreamID, code: code, debug: reason)
         for stream in streams.values { stream.pending.removeAll() }
         streams.removeAll()
