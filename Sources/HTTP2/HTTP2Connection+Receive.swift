@@ -157,10 +157,10 @@ extension HTTP2Connection {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
-        let stream = HTTP2Stream(id: id, state: endStream ? .halfClosedRemote : .open,
+        let remote = HTTP2Stream.RemoteSide(headersReceived: true, expectedContentLength: contentLength)
+        let stream = HTTP2Stream(id: id, state: endStream ? .halfClosedRemote(local: .awaitingHeaders)
+                                                          : .open(local: .awaitingHeaders, remote: remote),
                                  sendWindow: peerInitialWindowSize, recvWindow: streamWindowTarget)
-        stream.headersReceived = true
-        stream.expectedContentLength = contentLength
         stream.openSequence = budgets.peerStreamOpened()
         stream.openedAt = budgets.now
         streams[id] = stream
@@ -186,7 +186,7 @@ extension HTTP2Connection {
     /// HEADERS after the initial block on a peer-opened stream: trailers, which must end the stream (§8.1).
     private func handleTrailers(_ stream: HTTP2Stream, _ fields: [HeaderField], endStream: Bool,
                                 _ events: inout [HTTP2Event]) {
-        guard !stream.remoteClosed else {
+        guard let remote = stream.remote else {
             streamError(stream.id, .streamClosed, "HEADERS after END_STREAM", surface: true, &events)
             return
         }
@@ -200,7 +200,7 @@ extension HTTP2Connection {
             streamError(stream.id, .protocolError, error.reason, surface: true, &events)
             return
         }
-        if let expected = stream.expectedContentLength, expected != stream.receivedDataBytes {
+        if let expected = remote.expectedContentLength, expected != remote.receivedDataBytes {
             streamError(stream.id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
@@ -227,16 +227,17 @@ extension HTTP2Connection {
             fail(.protocolError, "HEADERS on idle stream \(id)", &events)
             return
         }
-        if stream.headersReceived {
-            handleTrailers(stream, fields, endStream: endStream, &events)
-            return
-        }
-        if stream.remoteClosed {
+        guard let remote = stream.remote else {
             streamError(id, .streamClosed, "HEADERS after END_STREAM", surface: true, &events)
             return
         }
+        if remote.headersReceived {
+            handleTrailers(stream, fields, endStream: endStream, &events)
+            return
+        }
+        let contentLength: Int?
         do {
-            stream.expectedContentLength = try HeaderValidation.validate(fields, kind: .response)
+            contentLength = try HeaderValidation.validate(fields, kind: .response)
         } catch {
             streamError(id, .protocolError, error.reason, surface: true, &events)
             return
@@ -246,7 +247,10 @@ extension HTTP2Connection {
             if endStream { streamError(id, .protocolError, "1xx response with END_STREAM", surface: true, &events) }
             return
         }
-        stream.headersReceived = true
+        stream.updateRemote {
+            $0.headersReceived = true
+            $0.expectedContentLength = contentLength
+        }
         if endStream { closeRemote(stream) }
         events.append(.headers(streamID: id, fields: fields, endStream: endStream))
     }
@@ -289,11 +293,11 @@ extension HTTP2Connection {
             fail(.protocolError, "DATA on idle stream \(id)", &events)
             return
         }
-        guard !stream.remoteClosed else {
+        guard var remote = stream.remote else {
             streamError(id, .streamClosed, "DATA after END_STREAM", surface: true, &events)
             return
         }
-        guard stream.headersReceived else {
+        guard remote.headersReceived else {
             streamError(id, .protocolError, "DATA before response headers", surface: true, &events)
             return
         }
@@ -302,9 +306,10 @@ extension HTTP2Connection {
             return
         }
         stream.recvWindow -= flowControlled
-        stream.receivedDataBytes += bytes.count
-        if let expected = stream.expectedContentLength,
-           stream.receivedDataBytes > expected || (endStream && stream.receivedDataBytes != expected) {
+        remote.receivedDataBytes += bytes.count
+        stream.updateRemote { $0.receivedDataBytes = remote.receivedDataBytes }
+        if let expected = remote.expectedContentLength,
+           remote.receivedDataBytes > expected || (endStream && remote.receivedDataBytes != expected) {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
@@ -364,10 +369,11 @@ extension HTTP2Connection {
             if isIdle(id) || streams[id] != nil { fail(.protocolError, "RST_STREAM on idle stream \(id)", &events) }
             return   // closed: late RST_STREAM is fine
         }
+        let answered = stream.answered
         removeStream(stream)
         events.append(.streamReset(streamID: id, code: code))
         if isPeerInitiated(id), let overrun = budgets.peerReset(sequence: stream.openSequence,
-                                                                 openedAt: stream.openedAt, answered: stream.headersSent) {
+                                                                 openedAt: stream.openedAt, answered: answered) {
             fail(overrun, &events)
         }
     }

@@ -28,11 +28,7 @@ extension HTTP2Connection {
     }
 
     private func streamAcceptingHeaders(_ streamID: UInt32, endStream: Bool) -> HTTP2Stream? {
-        guard !isClosed, let stream = streams[streamID], !stream.localEndQueued,
-              stream.state != .halfClosedLocal else { return nil }
-        if stream.state == .idle { stream.state = .open }
-        stream.headersSent = true
-        if endStream { stream.localEndQueued = true }
+        guard !isClosed, let stream = streams[streamID], stream.queueHeaders(endStream: endStream) else { return nil }
         return stream
     }
 
@@ -40,10 +36,8 @@ extension HTTP2Connection {
     /// (never above 16384), END_STREAM on the last one. More than `maxQueuedOutputBytes` blocked → connection error
     /// ENHANCE_YOUR_CALM (`didFail` turns true; the event comes with the next `receive`).
     public func sendData(streamID: UInt32, bytes: [UInt8], endStream: Bool) {
-        guard !isClosed, let stream = streams[streamID], !stream.localEndQueued,
-              stream.state == .open || stream.state == .halfClosedRemote else { return }
-        if bytes.isEmpty && !endStream { return }
-        if endStream { stream.localEndQueued = true }
+        guard !isClosed, !bytes.isEmpty || endStream, let stream = streams[streamID],
+              stream.queueData(endStream: endStream) else { return }
         // Fast path: nothing queued and the whole payload fits in one frame and both windows.
         if stream.pending.isEmpty && bytes.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow) {
             writeData(stream, bytes[...], endStream: endStream)

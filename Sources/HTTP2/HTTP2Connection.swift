@@ -290,6 +290,7 @@ public final class HTTP2Connection: @unchecked Sendable {
 
     func removeStream(_ stream: HTTP2Stream) {
         if streams.removeValue(forKey: stream.id) == nil { return }
+        stream.close()
         recentlyClosed.insert(stream.id)
         var remaining = 0
         for (index, item) in stream.pending.enumerated() {
@@ -306,19 +307,13 @@ public final class HTTP2Connection: @unchecked Sendable {
         }
     }
 
+    /// Our END_STREAM was written.
     func closeLocal(_ stream: HTTP2Stream) {
-        switch stream.state {
-        case .idle, .open: stream.state = .halfClosedLocal
-        case .halfClosedRemote: removeStream(stream)
-        case .halfClosedLocal: break
-        }
+        if stream.localEnded() { removeStream(stream) }
     }
 
+    /// The peer's END_STREAM arrived.
     func closeRemote(_ stream: HTTP2Stream) {
-        switch stream.state {
-        case .idle, .open: stream.state = .halfClosedRemote
-        case .halfClosedLocal: removeStream(stream)
-        case .halfClosedRemote: break
-        }
+        if stream.remoteEnded() { removeStream(stream) }
     }
 }
