@@ -437,7 +437,7 @@ extension HTTP2Connection {
             }
         }
         handshake = .done
-        FrameWriter.appendSettingsAck(into: &output)
+        FrameWriter.appendSettings(into: &output, [], ack: true)
         countControlFrame(&events)
     }
 }
