@@ -1,5 +1,6 @@
 // The HTTP/2 connection state machine (RFC 9113): bytes in → events, calls → bytes out. No I/O, no clocks.
-// Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift.
+// Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift;
+// per-stream §5.1 states in HTTP2Stream.swift, the abuse budgets in AbuseBudgets.swift. Times come in with the input.
 import HPACK
 
 /// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls (e.g. under its
