@@ -293,7 +293,7 @@ extension HTTP2Connection {
             fail(.protocolError, "DATA on idle stream \(id)", &events)
             return
         }
-        guard var remote = stream.remote else {
+        guard let remote = stream.remote else {
             streamError(id, .streamClosed, "DATA after END_STREAM", surface: true, &events)
             return
         }
@@ -306,10 +306,9 @@ extension HTTP2Connection {
             return
         }
         stream.recvWindow -= flowControlled
-        remote.receivedDataBytes += bytes.count
-        stream.updateRemote { $0.receivedDataBytes = remote.receivedDataBytes }
-        if let expected = remote.expectedContentLength,
-           remote.receivedDataBytes > expected || (endStream && remote.receivedDataBytes != expected) {
+        let received = remote.receivedDataBytes + bytes.count
+        stream.updateRemote { $0.receivedDataBytes = received }
+        if let expected = remote.expectedContentLength, received > expected || (endStream && received != expected) {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
