@@ -65,12 +65,7 @@ public struct Frame: Equatable, Sendable {
         case let .rstStream(code):
             FrameWriter.appendRstStream(into: &out, streamID: streamID, code: code)
         case let .settings(settings, ack):
-            FrameWriter.appendHeader(into: &out, length: settings.count * 6, type: FrameType.settings.rawValue,
-                                     flags: ack ? FrameFlag.ack : 0, streamID: streamID)
-            for setting in settings {
-                FrameWriter.appendUInt16(setting.id, into: &out)
-                FrameWriter.appendUInt32(setting.value, into: &out)
-            }
+            FrameWriter.appendSettings(into: &out, settings, ack: ack, streamID: streamID)
         case let .pushPromise(promised, block, endHeaders, padding):
             let flags = (endHeaders ? FrameFlag.endHeaders : 0) | (padding != nil ? FrameFlag.padded : 0)
             var prefix: [UInt8] = []
@@ -78,15 +73,9 @@ public struct Frame: Equatable, Sendable {
             FrameWriter.appendPadded(into: &out, type: .pushPromise, flags: flags, streamID: streamID, prefix: prefix,
                                      body: block[...], padding: padding)
         case let .ping(opaque, ack):
-            FrameWriter.appendHeader(into: &out, length: 8, type: FrameType.ping.rawValue,
-                                     flags: ack ? FrameFlag.ack : 0, streamID: streamID)
-            FrameWriter.appendUInt64(opaque, into: &out)
+            FrameWriter.appendPing(into: &out, opaque: opaque, ack: ack, streamID: streamID)
         case let .goAway(last, code, debugData):
-            FrameWriter.appendHeader(into: &out, length: 8 + debugData.count, type: FrameType.goAway.rawValue,
-                                     flags: 0, streamID: streamID)
-            FrameWriter.appendUInt32(last & 0x7fff_ffff, into: &out)
-            FrameWriter.appendUInt32(code.rawValue, into: &out)
-            out.append(contentsOf: debugData)
+            FrameWriter.appendGoAway(into: &out, lastStreamID: last, code: code, debug: debugData, streamID: streamID)
         case let .windowUpdate(increment):
             FrameWriter.appendWindowUpdate(into: &out, streamID: streamID, increment: increment)
         case let .continuation(block, endHeaders):
@@ -322,6 +311,34 @@ public enum FrameWriter {
     public static func appendRstStream(into out: inout [UInt8], streamID: UInt32, code: HTTP2ErrorCode) {
         appendHeader(into: &out, length: 4, type: FrameType.rstStream.rawValue, flags: 0, streamID: streamID)
         appendUInt32(code.rawValue, into: &out)
+    }
+
+    // Control frames. `streamID` is 0 on the wire; `Frame.serialize` passes others to build malformed input.
+
+    public static func appendSettings(into out: inout [UInt8], _ settings: [HTTP2Setting], ack: Bool = false,
+                                      streamID: UInt32 = 0) {
+        appendHeader(into: &out, length: settings.count * 6, type: FrameType.settings.rawValue,
+                     flags: ack ? FrameFlag.ack : 0, streamID: streamID)
+        for setting in settings {
+            appendUInt16(setting.id, into: &out)
+            appendUInt32(setting.value, into: &out)
+        }
+    }
+
+    public static func appendPing(into out: inout [UInt8], opaque: UInt64, ack: Bool, streamID: UInt32 = 0) {
+        appendHeader(into: &out, length: 8, type: FrameType.ping.rawValue, flags: ack ? FrameFlag.ack : 0,
+                     streamID: streamID)
+        appendUInt64(opaque, into: &out)
+    }
+
+    public static func appendGoAway<Debug: Collection<UInt8>>(into out: inout [UInt8], lastStreamID: UInt32,
+                                                               code: HTTP2ErrorCode, debug: Debug,
+                                                               streamID: UInt32 = 0) {
+        appendHeader(into: &out, length: 8 + debug.count, type: FrameType.goAway.rawValue, flags: 0,
+                     streamID: streamID)
+        appendUInt32(lastStreamID & 0x7fff_ffff, into: &out)
+        appendUInt32(code.rawValue, into: &out)
+        out.append(contentsOf: debug)
     }
 
     public static func appendWindowUpdate(into out: inout [UInt8], streamID: UInt32, increment: UInt32) {

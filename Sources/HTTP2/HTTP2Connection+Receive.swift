@@ -3,7 +3,7 @@ import HPACK
 
 extension HTTP2Connection {
     func process(_ frame: Frame, _ events: inout [HTTP2Event]) {
-        if !sawPeerSettings {
+        if handshake != .done {
             guard case .settings(_, ack: false) = frame.payload else {
                 fail(.protocolError, "first frame is not SETTINGS", &events)
                 return
@@ -20,8 +20,8 @@ extension HTTP2Connection {
             handleData(frame.streamID, bytes, endStream: endStream,
                        flowControlled: bytes.count + (padding.map { $0 + 1 } ?? 0), &events)
         case let .headers(block, endStream, endHeaders, priority, _):
-            guard block.count <= limits.maxHeaderBlockBytes else {
-                fail(.enhanceYourCalm, "header block too large", &events)
+            if let overrun = budgets.headerBlock(bytes: block.count, continuations: 0) {
+                fail(overrun, &events)
                 return
             }
             if endHeaders {
@@ -61,9 +61,7 @@ extension HTTP2Connection {
             if ack {
                 events.append(.pingAck(opaque: opaque))
             } else {
-                FrameWriter.appendHeader(into: &output, length: 8, type: FrameType.ping.rawValue, flags: FrameFlag.ack,
-                                         streamID: 0)
-                FrameWriter.appendUInt64(opaque, into: &output)
+                FrameWriter.appendPing(into: &output, opaque: opaque, ack: true)
                 countControlFrame(&events)
             }
         case let .goAway(lastStreamID, code, _):
@@ -83,17 +81,14 @@ extension HTTP2Connection {
             return
         }
         block.continuationCount += 1
-        guard block.continuationCount <= limits.maxContinuationFrames else {
-            fail(.enhanceYourCalm, "too many CONTINUATION frames", &events)
-            return
-        }
-        guard block.block.count + fragment.count <= limits.maxHeaderBlockBytes else {
-            fail(.enhanceYourCalm, "header block too large", &events)
+        if let overrun = budgets.headerBlock(bytes: block.block.count + fragment.count,
+                                             continuations: block.continuationCount) {
+            fail(overrun, &events)
             return
         }
         if fragment.isEmpty && !endHeaders {
             countEmptyFrame(&events)
-            if failed { return }
+            if isClosed { return }
         }
         headerBlock = nil   // release the stored copy before appending, so the buffer is uniquely referenced
         block.block.append(contentsOf: fragment)
@@ -162,15 +157,15 @@ extension HTTP2Connection {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
-        let stream = HTTP2Stream(id: id, state: endStream ? .halfClosedRemote : .open,
+        let remote = HTTP2Stream.RemoteSide(headersReceived: true, expectedContentLength: contentLength)
+        let stream = HTTP2Stream(id: id, state: endStream ? .halfClosedRemote(local: .awaitingHeaders)
+                                                          : .open(local: .awaitingHeaders, remote: remote),
                                  sendWindow: peerInitialWindowSize, recvWindow: streamWindowTarget)
-        stream.headersReceived = true
-        stream.expectedContentLength = contentLength
-        stream.openSequence = rapidResets.streamOpened()
-        stream.openedAt = clock
+        stream.openSequence = budgets.peerStreamOpened()
+        stream.openedAt = budgets.now
         streams[id] = stream
         lastProcessedPeerStreamID = id
-        consecutiveEmptyFrames = 0
+        budgets.progress()
         events.append(.headers(streamID: id, fields: fields, endStream: endStream))
     }
 
@@ -191,7 +186,7 @@ extension HTTP2Connection {
     /// HEADERS after the initial block on a peer-opened stream: trailers, which must end the stream (§8.1).
     private func handleTrailers(_ stream: HTTP2Stream, _ fields: [HeaderField], endStream: Bool,
                                 _ events: inout [HTTP2Event]) {
-        guard !stream.remoteClosed else {
+        guard let remote = stream.remote else {
             streamError(stream.id, .streamClosed, "HEADERS after END_STREAM", surface: true, &events)
             return
         }
@@ -205,7 +200,7 @@ extension HTTP2Connection {
             streamError(stream.id, .protocolError, error.reason, surface: true, &events)
             return
         }
-        if let expected = stream.expectedContentLength, expected != stream.receivedDataBytes {
+        if let expected = remote.expectedContentLength, expected != remote.receivedDataBytes {
             streamError(stream.id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
@@ -232,16 +227,17 @@ extension HTTP2Connection {
             fail(.protocolError, "HEADERS on idle stream \(id)", &events)
             return
         }
-        if stream.headersReceived {
-            handleTrailers(stream, fields, endStream: endStream, &events)
-            return
-        }
-        if stream.remoteClosed {
+        guard let remote = stream.remote else {
             streamError(id, .streamClosed, "HEADERS after END_STREAM", surface: true, &events)
             return
         }
+        if remote.headersReceived {
+            handleTrailers(stream, fields, endStream: endStream, &events)
+            return
+        }
+        let contentLength: Int?
         do {
-            stream.expectedContentLength = try HeaderValidation.validate(fields, kind: .response)
+            contentLength = try HeaderValidation.validate(fields, kind: .response)
         } catch {
             streamError(id, .protocolError, error.reason, surface: true, &events)
             return
@@ -251,7 +247,10 @@ extension HTTP2Connection {
             if endStream { streamError(id, .protocolError, "1xx response with END_STREAM", surface: true, &events) }
             return
         }
-        stream.headersReceived = true
+        stream.updateRemote {
+            $0.headersReceived = true
+            $0.expectedContentLength = contentLength
+        }
         if endStream { closeRemote(stream) }
         events.append(.headers(streamID: id, fields: fields, endStream: endStream))
     }
@@ -278,9 +277,9 @@ extension HTTP2Connection {
         }
         if bytes.isEmpty && !endStream {
             countEmptyFrame(&events)
-            if failed { return }
+            if isClosed { return }
         } else if !bytes.isEmpty {
-            consecutiveEmptyFrames = 0
+            budgets.progress()
         }
         guard let stream = streams[id] else {
             if isIdle(id) {
@@ -294,11 +293,11 @@ extension HTTP2Connection {
             fail(.protocolError, "DATA on idle stream \(id)", &events)
             return
         }
-        guard !stream.remoteClosed else {
+        guard let remote = stream.remote else {
             streamError(id, .streamClosed, "DATA after END_STREAM", surface: true, &events)
             return
         }
-        guard stream.headersReceived else {
+        guard remote.headersReceived else {
             streamError(id, .protocolError, "DATA before response headers", surface: true, &events)
             return
         }
@@ -307,9 +306,9 @@ extension HTTP2Connection {
             return
         }
         stream.recvWindow -= flowControlled
-        stream.receivedDataBytes += bytes.count
-        if let expected = stream.expectedContentLength,
-           stream.receivedDataBytes > expected || (endStream && stream.receivedDataBytes != expected) {
+        let received = remote.receivedDataBytes + bytes.count
+        stream.updateRemote { $0.receivedDataBytes = received }
+        if let expected = remote.expectedContentLength, received > expected || (endStream && received != expected) {
             streamError(id, .protocolError, "content-length does not match DATA", surface: true, &events)
             return
         }
@@ -369,19 +368,25 @@ extension HTTP2Connection {
             if isIdle(id) || streams[id] != nil { fail(.protocolError, "RST_STREAM on idle stream \(id)", &events) }
             return   // closed: late RST_STREAM is fine
         }
+        let answered = stream.answered
         removeStream(stream)
         events.append(.streamReset(streamID: id, code: code))
-        if isPeerInitiated(id) && !stream.headersSent
-            && clock &- stream.openedAt <= limits.rapidResetMaxStreamAgeNanos {
-            let resets = rapidResets.earlyReset(sequence: stream.openSequence)
-            if resets > limits.maxResetsPerWindow {
-                fail(.enhanceYourCalm, "too many streams reset before an answer", &events)
-            }
+        if isPeerInitiated(id), let overrun = budgets.peerReset(sequence: stream.openSequence,
+                                                                 openedAt: stream.openedAt, answered: answered) {
+            fail(overrun, &events)
         }
     }
 
     private func handleGoAway(_ lastStreamID: UInt32, _ code: HTTP2ErrorCode, _ events: inout [HTTP2Event]) {
-        goAwayReceivedLastStreamID = min(lastStreamID, goAwayReceivedLastStreamID ?? lastStreamID)
+        switch phase {
+        case .open:
+            phase = .goingAway(GoAway(sent: .none, receivedLastStreamID: lastStreamID))
+        case var .goingAway(goAway):
+            goAway.receivedLastStreamID = min(lastStreamID, goAway.receivedLastStreamID ?? lastStreamID)
+            phase = .goingAway(goAway)
+        case .closed:
+            return
+        }
         events.append(.goAwayReceived(lastStreamID: lastStreamID, code: code))
         // Our streams above lastStreamID were not processed by the peer (§6.8): report them as refused.
         let refused = streams.values.filter { !isPeerInitiated($0.id) && $0.id > lastStreamID }.sorted { $0.id < $1.id }
@@ -430,9 +435,8 @@ extension HTTP2Connection {
                 break   // MAX_HEADER_LIST_SIZE is advisory; unknown ids are ignored (§6.5.2)
             }
         }
-        sawPeerSettings = true
-        FrameWriter.appendHeader(into: &output, length: 0, type: FrameType.settings.rawValue, flags: FrameFlag.ack,
-                                 streamID: 0)
+        handshake = .done
+        FrameWriter.appendSettings(into: &output, [], ack: true)
         countControlFrame(&events)
     }
 }

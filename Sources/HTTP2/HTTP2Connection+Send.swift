@@ -28,11 +28,7 @@ extension HTTP2Connection {
     }
 
     private func streamAcceptingHeaders(_ streamID: UInt32, endStream: Bool) -> HTTP2Stream? {
-        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
-              stream.state != .halfClosedLocal else { return nil }
-        if stream.state == .idle { stream.state = .open }
-        stream.headersSent = true
-        if endStream { stream.localEndQueued = true }
+        guard !isClosed, let stream = streams[streamID], stream.queueHeaders(endStream: endStream) else { return nil }
         return stream
     }
 
@@ -40,10 +36,8 @@ extension HTTP2Connection {
     /// (never above 16384), END_STREAM on the last one. More than `maxQueuedOutputBytes` blocked → connection error
     /// ENHANCE_YOUR_CALM (`didFail` turns true; the event comes with the next `receive`).
     public func sendData(streamID: UInt32, bytes: [UInt8], endStream: Bool) {
-        guard !failed, let stream = streams[streamID], !stream.localEndQueued,
-              stream.state == .open || stream.state == .halfClosedRemote else { return }
-        if bytes.isEmpty && !endStream { return }
-        if endStream { stream.localEndQueued = true }
+        guard !isClosed, !bytes.isEmpty || endStream, let stream = streams[streamID],
+              stream.queueData(endStream: endStream) else { return }
         // Fast path: nothing queued and the whole payload fits in one frame and both windows.
         if stream.pending.isEmpty && bytes.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow) {
             writeData(stream, bytes[...], endStream: endStream)
@@ -56,14 +50,12 @@ extension HTTP2Connection {
             sendQueue.append(streamID)
         }
         flushSendQueue()
-        if queuedDataBytes > limits.maxQueuedOutputBytes {
-            fail(.enhanceYourCalm, "peer does not read: too much output blocked by flow control", &deferredEvents)
-        }
+        if let overrun = budgets.queuedOutput(bytes: queuedDataBytes) { fail(overrun, &deferredEvents) }
     }
 
     /// Sends RST_STREAM and forgets the stream; late frames from the peer for it are ignored (§5.1 closed).
     public func resetStream(streamID: UInt32, code: HTTP2ErrorCode) {
-        guard !failed, let stream = streams[streamID] else { return }
+        guard !isClosed, let stream = streams[streamID] else { return }
         FrameWriter.appendRstStream(into: &output, streamID: streamID, code: code)
         removeStream(stream)
         closedQuietly.insert(streamID)
@@ -77,7 +69,7 @@ extension HTTP2Connection {
     /// The owner is done with `bytes` bytes of payload delivered on `streamID`: their credit goes back to the
     /// peer (batched). Ignored unless `creditOnConsumption`; bytes of a gone stream were already credited.
     public func consume(streamID: UInt32, bytes: Int) {
-        guard limits.creditOnConsumption, !failed, bytes > 0, let stream = streams[streamID] else { return }
+        guard limits.creditOnConsumption, !isClosed, bytes > 0, let stream = streams[streamID] else { return }
         let n = min(bytes, stream.buffered)
         stream.buffered -= n
         connectionBuffered -= n
@@ -89,7 +81,7 @@ extension HTTP2Connection {
     /// the rest of a message whose declared length is within the owner's limit, which would otherwise never
     /// complete. The connection window still applies.
     public func allowReceiving(streamID: UInt32, bytes: Int) {
-        guard !failed, let stream = streams[streamID], stream.remoteOpen else { return }
+        guard !isClosed, let stream = streams[streamID], stream.remoteOpen else { return }
         let wanted = min(bytes, HTTP2Constants.maxWindowSize)
         guard wanted > stream.recvWindow else { return }
         FrameWriter.appendWindowUpdate(into: &output, streamID: streamID, increment: UInt32(wanted - stream.recvWindow))
@@ -110,7 +102,7 @@ extension HTTP2Connection {
     /// once the window is below half everything consumed goes back at once, so withheld credit can never be what
     /// stalls the peer.
     func replenishConnectionWindow() {
-        guard limits.creditOnConsumption, !failed else { return }
+        guard limits.creditOnConsumption, !isClosed else { return }
         let increment = connectionWindowTarget - connectionBuffered - connectionRecvWindow
         guard increment > 0,
               increment >= connectionWindowTarget / 2 || connectionRecvWindow < connectionWindowTarget / 2 else { return }
@@ -135,7 +127,7 @@ extension HTTP2Connection {
     /// `requestTimeoutNanos` after it opened; reports each as `.streamError`. Streams already answered or waiting
     /// for our answer are left alone.
     public func expireIncompleteStreams(now: UInt64) -> [HTTP2Event] {
-        guard limits.requestTimeoutNanos > 0, !failed else { return [] }
+        guard limits.requestTimeoutNanos > 0, !isClosed else { return [] }
         let expired = streams.values.filter {
             isPeerInitiated($0.id) && $0.remoteOpen && now >= $0.openedAt &+ limits.requestTimeoutNanos
         }.map(\.id).sorted()
@@ -159,19 +151,18 @@ extension HTTP2Connection {
     }
 
     public func ping(opaque: UInt64) {
-        guard !failed else { return }
-        FrameWriter.appendHeader(into: &output, length: 8, type: FrameType.ping.rawValue, flags: 0, streamID: 0)
-        FrameWriter.appendUInt64(opaque, into: &output)
+        guard !isClosed else { return }
+        FrameWriter.appendPing(into: &output, opaque: opaque, ack: false)
     }
 
     /// First call: GOAWAY(2^31-1, NO_ERROR) — streams in flight still arrive. Second call: GOAWAY(last processed
     /// stream, NO_ERROR); newer streams are then ignored. Existing streams finish normally.
     public func beginGracefulShutdown() {
-        guard !failed else { return }
+        guard !isClosed else { return }
         switch goAwaySent {
         case .none:
             writeGoAway(lastStreamID: UInt32(Int32.max), code: .noError, debug: "")
-            goAwaySent = .graceful
+            recordGoAwaySent(.graceful)
         case .graceful:
             goAway(code: .noError, debug: "")
         case .final:
@@ -181,10 +172,18 @@ extension HTTP2Connection {
 
     /// The final GOAWAY naming the last stream we processed; streams above it are ignored from now on.
     public func goAway(code: HTTP2ErrorCode, debug: String) {
-        guard !failed else { return }
+        guard !isClosed else { return }
         if case .final = goAwaySent { return }
         writeGoAway(lastStreamID: lastProcessedPeerStreamID, code: code, debug: debug)
-        goAwaySent = .final(lastStreamID: lastProcessedPeerStreamID)
+        recordGoAwaySent(.final(lastStreamID: lastProcessedPeerStreamID))
+    }
+
+    private func recordGoAwaySent(_ sent: GoAwaySent) {
+        switch phase {
+        case .open: phase = .goingAway(GoAway(sent: sent, receivedLastStreamID: nil))
+        case var .goingAway(goAway): goAway.sent = sent; phase = .goingAway(goAway)
+        case .closed: break
+        }
     }
 
     // MARK: - Writing

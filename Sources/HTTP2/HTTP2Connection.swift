@@ -1,5 +1,6 @@
 // The HTTP/2 connection state machine (RFC 9113): bytes in → events, calls → bytes out. No I/O, no clocks.
-// Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift.
+// Frame handlers are in HTTP2Connection+Receive.swift, the send side and flow control in HTTP2Connection+Send.swift;
+// per-stream §5.1 states in HTTP2Stream.swift, the abuse budgets in AbuseBudgets.swift. Times come in with the input.
 import HPACK
 
 /// One HTTP/2 connection, server or client role. Not thread-safe: the owner serialises all calls (e.g. under its
@@ -13,7 +14,36 @@ import HPACK
 public final class HTTP2Connection: @unchecked Sendable {
     public enum Role: Sendable { case server, client }
 
-    enum GoAwayState: Equatable { case none, graceful, final(lastStreamID: UInt32) }
+    /// How far the peer got through the opening (§3.4): the client preface (server role), then its SETTINGS.
+    enum Handshake: Equatable {
+        case awaitingPreface(matched: Int)
+        /// The peer's first frame must be SETTINGS.
+        case awaitingSettings
+        case done
+    }
+
+    /// The connection's life, orthogonal to the handshake (we may start shutting down before the peer's SETTINGS).
+    enum Phase: Equatable {
+        case open
+        /// GOAWAY sent and/or received (§6.8): streams in flight finish, no new ones start.
+        case goingAway(GoAway)
+        /// A connection error queued GOAWAY (§5.4.1): further input is ignored and the owner closes.
+        case closed(code: HTTP2ErrorCode)
+    }
+
+    struct GoAway: Equatable {
+        var sent: GoAwaySent
+        /// The lowest last-stream-id the peer announced, nil if it sent no GOAWAY.
+        var receivedLastStreamID: UInt32?
+    }
+
+    enum GoAwaySent: Equatable {
+        case none
+        /// GOAWAY(2^31-1): a warning; streams already in flight are still processed.
+        case graceful
+        /// GOAWAY(last processed stream): streams above `lastStreamID` are ignored.
+        case final(lastStreamID: UInt32)
+    }
 
     /// A header block whose CONTINUATION frames are still arriving.
     struct HeaderBlockInProgress {
@@ -33,10 +63,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var encoder: HPACKEncoder
     var decoder: HPACKDecoder
 
-    var prefaceBytesMatched = 0
-    public internal(set) var receivedPreface: Bool
-    var sawPeerSettings = false
-    var failed = false
+    var handshake: Handshake
+    var phase = Phase.open
     /// Events raised outside `receive` (a send that overflowed `maxQueuedOutputBytes`), reported by the next call.
     var deferredEvents: [HTTP2Event] = []
 
@@ -68,15 +96,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     var recentlyClosed: RecentStreamSet
     var headerBlock: HeaderBlockInProgress?
 
-    var goAwaySent = GoAwayState.none
-    var goAwayReceivedLastStreamID: UInt32?
-
-    // Abuse budgets.
-    var queuedControlFrames = 0
-    var consecutiveEmptyFrames = 0
-    var rapidResets: RapidResetTracker
-    /// Last time passed to `receive(_:now:)`, 0 if the owner passes none.
-    var clock: UInt64 = 0
+    var budgets: AbuseBudgets
 
     /// Client role queues the preface + SETTINGS (+ WINDOW_UPDATE) at once; server role SETTINGS (+ WINDOW_UPDATE).
     public init(role: Role, limits: HTTP2Limits = .init()) {
@@ -89,11 +109,11 @@ public final class HTTP2Connection: @unchecked Sendable {
         encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
         // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
         decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
-        receivedPreface = role == .client
+        handshake = role == .client ? .awaitingSettings : .awaitingPreface(matched: 0)
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
         recentlyClosed = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
-        rapidResets = RapidResetTracker(window: limits.rapidResetWindow)
+        budgets = AbuseBudgets(limits: limits)
         output.reserveCapacity(4096)
         if role == .client { output.append(contentsOf: HTTP2Constants.clientPreface) }
         var settings = [
@@ -109,7 +129,7 @@ public final class HTTP2Connection: @unchecked Sendable {
         if limits.headerTableSize != 4096 {
             settings.append(HTTP2Setting(id: HTTP2Setting.headerTableSize, value: UInt32(clamping: max(0, limits.headerTableSize))))
         }
-        Frame(streamID: 0, payload: .settings(settings, ack: false)).serialize(into: &output)
+        FrameWriter.appendSettings(into: &output, settings)
         unackedSettings = 1
         if connectionWindowTarget > HTTP2Constants.defaultWindowSize {
             FrameWriter.appendWindowUpdate(into: &output, streamID: 0,
@@ -124,7 +144,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     /// Everything queued for the socket, in order. Also resets the queued-control-frame budget: the owner should call
     /// it when the socket can take more bytes, so a peer that does not read cannot make us queue answers forever.
     public func takeOutput() -> [UInt8] {
-        queuedControlFrames = 0
+        budgets.outputTaken()
         var taken: [UInt8] = []
         taken.reserveCapacity(max(4096, output.count))
         swap(&taken, &output)
@@ -132,10 +152,24 @@ public final class HTTP2Connection: @unchecked Sendable {
     }
 
     public var openStreamCount: Int { streams.count }
+    /// The client preface arrived (always true in the client role).
+    public var receivedPreface: Bool {
+        if case .awaitingPreface = handshake { return false }
+        return true
+    }
     /// GOAWAY sent or received, or the connection failed.
-    public var isDraining: Bool { failed || goAwaySent != .none || goAwayReceivedLastStreamID != nil }
+    public var isDraining: Bool { phase != .open }
     /// A connection error queued GOAWAY: flush the output and close (set also by a failing send call).
-    public var didFail: Bool { failed }
+    public var didFail: Bool { isClosed }
+    var isClosed: Bool {
+        if case .closed = phase { return true }
+        return false
+    }
+    /// The GOAWAY we sent, if any.
+    var goAwaySent: GoAwaySent {
+        if case let .goingAway(goAway) = phase { return goAway.sent }
+        return .none
+    }
     /// Our SETTINGS were sent and not yet acknowledged (RFC 9113 §6.5.3 lets the owner time this out with
     /// `goAway(code: .settingsTimeout, ...)`).
     public var isAwaitingSettingsAck: Bool { unackedSettings > 0 }
@@ -149,7 +183,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     /// Consumes bytes from the socket with the owner's monotonic clock (nanoseconds), which sharpens the
     /// rapid-reset defence (see `HTTP2Limits.rapidResetMaxStreamAgeNanos`).
     public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> [HTTP2Event] {
-        clock = now
+        budgets.now = now
         return receive(bytes)
     }
 
@@ -157,22 +191,21 @@ public final class HTTP2Connection: @unchecked Sendable {
     public func receive(_ bytes: ArraySlice<UInt8>) -> [HTTP2Event] {
         var events = deferredEvents
         deferredEvents.removeAll()
-        guard !failed else { return events }
+        guard !isClosed else { return events }
         reader.append(bytes)
-        if !receivedPreface {
+        if case var .awaitingPreface(matched) = handshake {
             let expected = HTTP2Constants.clientPreface
-            let chunk = reader.takeRawBytes(upTo: expected.count - prefaceBytesMatched)
-            for byte in chunk {
-                guard byte == expected[prefaceBytesMatched] else {
+            for byte in reader.takeRawBytes(upTo: expected.count - matched) {
+                guard byte == expected[matched] else {
                     fail(.protocolError, "invalid connection preface", &events)
                     return events
                 }
-                prefaceBytesMatched += 1
+                matched += 1
             }
-            guard prefaceBytesMatched == expected.count else { return events }
-            receivedPreface = true
+            handshake = matched == expected.count ? .awaitingSettings : .awaitingPreface(matched: matched)
+            guard handshake == .awaitingSettings else { return events }
         }
-        while !failed {
+        while !isClosed {
             let frame: Frame?
             do {
                 frame = try reader.nextFrame()
@@ -181,7 +214,7 @@ public final class HTTP2Connection: @unchecked Sendable {
                 case let .connection(code, reason):
                     fail(code, reason, &events)
                 case let .stream(id, code, reason):
-                    if !sawPeerSettings {
+                    if handshake != .done {
                         fail(.protocolError, "first frame is not SETTINGS", &events)
                     } else if headerBlock != nil {
                         fail(.protocolError, "frame interleaved in a header block", &events)
@@ -194,7 +227,7 @@ public final class HTTP2Connection: @unchecked Sendable {
             guard let frame else { break }
             process(frame, &events)
         }
-        if !failed {
+        if !isClosed {
             // Padding and DATA for streams we dropped are consumed at once; return their credit.
             if limits.creditOnConsumption { replenishConnectionWindow() }
             flushSendQueue()
@@ -206,8 +239,8 @@ public final class HTTP2Connection: @unchecked Sendable {
 
     /// Connection error (§5.4.1): GOAWAY with the last processed stream, then ignore all further input.
     func fail(_ code: HTTP2ErrorCode, _ reason: String, _ events: inout [HTTP2Event]) {
-        guard !failed else { return }
-        failed = true
+        guard !isClosed else { return }
+        phase = .closed(code: code)
         writeGoAway(lastStreamID: lastProcessedPeerStreamID, code: code, debug: reason)
         for stream in streams.values { stream.pending.removeAll() }
         streams.removeAll()
@@ -228,29 +261,23 @@ public final class HTTP2Connection: @unchecked Sendable {
         countControlFrame(&events)
     }
 
+    /// A peer overran an abuse budget: GOAWAY(ENHANCE_YOUR_CALM).
+    func fail(_ budget: AbuseBudget, _ events: inout [HTTP2Event]) {
+        fail(.enhanceYourCalm, budget.reason, &events)
+    }
+
     /// Counts an answer the peer forced us to queue (PING ACK, SETTINGS ACK, RST_STREAM) against the flood budget.
     func countControlFrame(_ events: inout [HTTP2Event]) {
-        queuedControlFrames += 1
-        if queuedControlFrames > limits.maxQueuedControlFrames {
-            fail(.enhanceYourCalm, "too many queued control frames", &events)
-        }
+        if let overrun = budgets.controlFrameQueued() { fail(overrun, &events) }
     }
 
     /// Counts a frame that made no progress (CVE-2019-9518 style floods).
     func countEmptyFrame(_ events: inout [HTTP2Event]) {
-        consecutiveEmptyFrames += 1
-        if consecutiveEmptyFrames > limits.maxConsecutiveEmptyFrames {
-            fail(.enhanceYourCalm, "too many empty frames", &events)
-        }
+        if let overrun = budgets.emptyFrame() { fail(overrun, &events) }
     }
 
     func writeGoAway(lastStreamID: UInt32, code: HTTP2ErrorCode, debug: String) {
-        let debugBytes = Array(debug.utf8.prefix(128))
-        FrameWriter.appendHeader(into: &output, length: 8 + debugBytes.count, type: FrameType.goAway.rawValue,
-                                 flags: 0, streamID: 0)
-        FrameWriter.appendUInt32(lastStreamID & 0x7fff_ffff, into: &output)
-        FrameWriter.appendUInt32(code.rawValue, into: &output)
-        output.append(contentsOf: debugBytes)
+        FrameWriter.appendGoAway(into: &output, lastStreamID: lastStreamID, code: code, debug: debug.utf8.prefix(128))
     }
 
     // MARK: - Stream bookkeeping
@@ -264,6 +291,7 @@ public final class HTTP2Connection: @unchecked Sendable {
 
     func removeStream(_ stream: HTTP2Stream) {
         if streams.removeValue(forKey: stream.id) == nil { return }
+        stream.close()
         recentlyClosed.insert(stream.id)
         var remaining = 0
         for (index, item) in stream.pending.enumerated() {
@@ -280,19 +308,13 @@ public final class HTTP2Connection: @unchecked Sendable {
         }
     }
 
+    /// Our END_STREAM was written.
     func closeLocal(_ stream: HTTP2Stream) {
-        switch stream.state {
-        case .idle, .open: stream.state = .halfClosedLocal
-        case .halfClosedRemote: removeStream(stream)
-        case .halfClosedLocal: break
-        }
+        if stream.localEnded() { removeStream(stream) }
     }
 
+    /// The peer's END_STREAM arrived.
     func closeRemote(_ stream: HTTP2Stream) {
-        switch stream.state {
-        case .idle, .open: stream.state = .halfClosedRemote
-        case .halfClosedLocal: removeStream(stream)
-        case .halfClosedRemote: break
-        }
+        if stream.remoteEnded() { removeStream(stream) }
     }
 }

@@ -9,13 +9,41 @@ struct PendingOutbound {
     var endStream: Bool
 }
 
-/// A stream that is idle-but-reserved (client role), open or half-closed. Closed streams are removed from the
-/// connection's table; `RecentStreamSet` remembers the ones we reset.
+/// One stream and its RFC 9113 §5.1 state. Closed streams leave the connection's table; `RecentStreamSet`
+/// remembers the ones we reset.
 final class HTTP2Stream {
-    enum State { case idle, open, halfClosedLocal, halfClosedRemote }
+    /// Our sending side while it is open.
+    enum LocalSide: Equatable {
+        /// Nothing sent yet (a request not answered so far).
+        case awaitingHeaders
+        /// Headers sent: we started answering (rapid-reset accounting counts only resets before this).
+        case sending
+        /// END_STREAM queued behind pending output: later sends are ignored; the side closes once it is written.
+        case ending
+    }
+
+    /// The peer's sending side while it is open.
+    struct RemoteSide: Equatable {
+        /// The peer's initial headers arrived (a later HEADERS is trailers); false on our own streams until the
+        /// final response headers.
+        var headersReceived: Bool
+        /// Declared content-length and DATA bytes seen so far (§8.1.1).
+        var expectedContentLength: Int?
+        var receivedDataBytes = 0
+    }
+
+    /// §5.1 states with what each side still needs; reserved states do not occur (push is disabled).
+    enum State: Equatable {
+        /// Client role: an id reserved by `openStream()`, headers not sent yet.
+        case idle
+        case open(local: LocalSide, remote: RemoteSide)
+        case halfClosedLocal(remote: RemoteSide)
+        case halfClosedRemote(local: LocalSide)
+        case closed
+    }
 
     let id: UInt32
-    var state: State
+    private(set) var state: State
     /// Our send window: may go negative when the peer shrinks SETTINGS_INITIAL_WINDOW_SIZE (§6.9.2).
     var sendWindow: Int
     /// What the peer may still send before we return credit.
@@ -27,20 +55,11 @@ final class HTTP2Stream {
     var pending: [PendingOutbound] = []
     /// Bytes of `pending[0]` already written.
     var pendingOffset = 0
-    /// The caller already queued END_STREAM: later sends are ignored.
-    var localEndQueued = false
-    /// We started answering (rapid-reset accounting counts resets before this).
-    var headersSent = false
-    /// The peer's initial headers arrived; a later HEADERS is trailers.
-    var headersReceived = false
     var inSendQueue = false
     /// Position among the streams the peer opened, for the rapid-reset sliding count.
     var openSequence = 0
     /// The owner's clock when the stream opened (0 when no times are passed in).
     var openedAt: UInt64 = 0
-    /// Declared content-length and DATA bytes seen so far (§8.1.1).
-    var expectedContentLength: Int?
-    var receivedDataBytes = 0
 
     init(id: UInt32, state: State, sendWindow: Int, recvWindow: Int) {
         self.id = id
@@ -49,9 +68,94 @@ final class HTTP2Stream {
         self.recvWindow = recvWindow
     }
 
-    var remoteClosed: Bool { state == .halfClosedRemote }
-    /// The peer may still send on it (DATA, trailers).
-    var remoteOpen: Bool { state == .open || state == .halfClosedLocal }
+    // MARK: - Reading the state
+
+    /// The peer's side while it may still send (DATA, trailers).
+    var remote: RemoteSide? {
+        switch state {
+        case let .open(_, remote), let .halfClosedLocal(remote): remote
+        case .idle, .halfClosedRemote, .closed: nil
+        }
+    }
+
+    var remoteOpen: Bool { remote != nil }
+    /// The peer sent END_STREAM and we still answer.
+    var remoteClosed: Bool {
+        if case .halfClosedRemote = state { return true }
+        return false
+    }
+
+    /// We sent headers (or more) on it.
+    var answered: Bool {
+        switch state {
+        case .idle: false
+        case let .open(local, _), let .halfClosedRemote(local): local != .awaitingHeaders
+        case .halfClosedLocal, .closed: true
+        }
+    }
+
+    // MARK: - Transitions (§5.1)
+
+    /// We queue headers; false if our side is done or ending. An idle stream opens.
+    func queueHeaders(endStream: Bool) -> Bool {
+        let local: LocalSide = endStream ? .ending : .sending
+        switch state {
+        case .idle: state = .open(local: local, remote: RemoteSide(headersReceived: false))
+        case let .open(current, remote) where current != .ending: state = .open(local: local, remote: remote)
+        case let .halfClosedRemote(current) where current != .ending: state = .halfClosedRemote(local: local)
+        default: return false
+        }
+        return true
+    }
+
+    /// We queue DATA; false if the stream is not open on our side or already ending.
+    func queueData(endStream: Bool) -> Bool {
+        switch state {
+        case let .open(local, remote) where local != .ending:
+            if endStream { state = .open(local: .ending, remote: remote) }
+        case let .halfClosedRemote(local) where local != .ending:
+            if endStream { state = .halfClosedRemote(local: .ending) }
+        default: return false
+        }
+        return true
+    }
+
+    /// Our END_STREAM went out; true if the stream is now closed.
+    func localEnded() -> Bool {
+        switch state {
+        case .idle: state = .halfClosedLocal(remote: RemoteSide(headersReceived: false))
+        case let .open(_, remote): state = .halfClosedLocal(remote: remote)
+        case .halfClosedRemote: state = .closed
+        case .halfClosedLocal, .closed: break
+        }
+        return state == .closed
+    }
+
+    /// The peer's END_STREAM arrived; true if the stream is now closed.
+    func remoteEnded() -> Bool {
+        switch state {
+        case let .open(local, _): state = .halfClosedRemote(local: local)
+        case .halfClosedLocal: state = .closed
+        case .idle, .halfClosedRemote, .closed: break
+        }
+        return state == .closed
+    }
+
+    /// Updates the peer's side while it is open (headers, DATA counts).
+    func updateRemote(_ change: (inout RemoteSide) -> Void) {
+        switch state {
+        case .open(let local, var remote):
+            change(&remote)
+            state = .open(local: local, remote: remote)
+        case .halfClosedLocal(var remote):
+            change(&remote)
+            state = .halfClosedLocal(remote: remote)
+        case .idle, .halfClosedRemote, .closed:
+            break
+        }
+    }
+
+    func close() { state = .closed }
 }
 
 /// A bounded FIFO set of stream ids (streams we reset or chose to ignore), so late frames for them are dropped
@@ -76,31 +180,5 @@ struct RecentStreamSet {
             next = (next + 1) % capacity
         }
         members.insert(id)
-    }
-}
-
-/// Sliding count of peer-opened streams that the peer reset before we answered (CVE-2023-44487).
-struct RapidResetTracker {
-    private var marks: [Bool]
-    private var opened = 0
-    private(set) var resetCount = 0
-
-    init(window: Int) { marks = Array(repeating: false, count: max(1, window)) }
-
-    /// Registers a newly opened stream and returns its sequence number.
-    mutating func streamOpened() -> Int {
-        let slot = opened % marks.count
-        if marks[slot] { marks[slot] = false; resetCount -= 1 }
-        opened += 1
-        return opened - 1
-    }
-
-    /// Records an early reset of the stream opened at `sequence`; returns the count within the window.
-    mutating func earlyReset(sequence: Int) -> Int {
-        if opened - sequence <= marks.count {
-            let slot = sequence % marks.count
-            if !marks[slot] { marks[slot] = true; resetCount += 1 }
-        }
-        return resetCount
     }
 }

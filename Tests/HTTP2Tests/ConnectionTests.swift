@@ -144,6 +144,29 @@ import Testing
         #expect(server.openStreamCount == 1)
     }
 
+    @Test func shutdownBeforeThePeerSettingsStillCompletesTheHandshake() {
+        var client = FakeClient()
+        let server = HTTP2Connection(role: .server)
+        _ = server.takeOutput()
+        server.beginGracefulShutdown()
+        #expect(server.isDraining && !server.receivedPreface)
+        _ = server.takeOutput()
+        // The preface and SETTINGS are still required and acknowledged; a stream in flight is still served.
+        _ = server.feed(Array(HTTP2Constants.clientPreface.prefix(10)))
+        #expect(!server.receivedPreface)
+        let events = server.feed(Array(HTTP2Constants.clientPreface.dropFirst(10)) + frameBytes(0, .settings([], ack: false))
+                                 + client.headers(1, endStream: true))
+        #expect(server.receivedPreface && !server.didFail)
+        #expect(events.count == 1)
+        #expect(server.outputFrames() == [Frame(streamID: 0, payload: .settings([], ack: true))])
+        server.beginGracefulShutdown()
+        #expect(server.outputFrames() == [Frame(streamID: 0, payload: .goAway(lastStreamID: 1, code: .noError,
+                                                                              debugData: []))])
+        // A GOAWAY from the peer as well keeps the connection draining, not failed.
+        #expect(server.feed(frameBytes(0, .goAway(lastStreamID: 0, code: .noError, debugData: []))).count == 1)
+        #expect(server.isDraining && !server.didFail && server.openStreamCount == 1)
+    }
+
     @Test func goAwayReceivedSurfaces() {
         let server = handshakenServer()
         let events = server.feed(frameBytes(0, .goAway(lastStreamID: 0, code: .noError, debugData: Array("bye".utf8))))
