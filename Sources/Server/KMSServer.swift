@@ -7,8 +7,10 @@ import FoundationEssentials
 import Glibc
 import GRPC
 import KMS
+import KMSRPC
 import Metrics
 import Locking
+import Transport
 
 public struct ServerConfiguration: Sendable {
     public var socketPath: String

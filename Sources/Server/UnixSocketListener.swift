@@ -2,6 +2,7 @@
 import FoundationEssentials
 import Glibc
 import Locking
+import Transport
 
 final class UnixSocketListener: @unchecked Sendable {
     let path: String

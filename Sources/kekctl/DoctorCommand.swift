@@ -4,9 +4,9 @@ import Audit
 import Crypto
 import FoundationEssentials
 import Glibc
-import GRPC
 import KMS
 import KMSProto
+import KMSRPC
 import Server
 import YAML
 
@@ -144,13 +144,14 @@ struct Doctor {
 
     private mutating func checkStatus() {
         do {
-            let client = try UnixGRPCClient(socketPath: options.host(options.socket), ioTimeoutSeconds: 3)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                add("status", .fail, "Status failed: \(response.status)", fix: "read kekd's log (crictl logs)")
+            let client = try KMSClient(socketPath: options.host(options.socket), ioTimeoutSeconds: 3)
+            let status: StatusResponse
+            switch try client.status() {
+            case .success(let response): status = response
+            case .failure(let failure):
+                add("status", .fail, "Status failed: \(failure)", fix: "read kekd's log (crictl logs)")
                 return
             }
-            let status = try StatusResponse(serializedBytes: message[...])
             guard status.healthz == "ok" else {
                 add("status", .fail, "Status healthz is \(status.healthz.debugDescription)", fix: "read kekd's log (crictl logs)")
                 return

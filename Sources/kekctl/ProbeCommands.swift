@@ -3,9 +3,8 @@ import Dispatch
 import FoundationEssentials
 import Locking
 import Glibc
-import GRPC
 import KMSProto
-import Server
+import KMSRPC
 
 enum ProbeCommands {
     static let defaultSocket = "/var/run/kmsplugin/socket.sock"
@@ -28,14 +27,14 @@ enum ProbeCommands {
             let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
             let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
             guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
-            let client = try UnixGRPCClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(),
-                                           timeoutNanos: UInt64(timeout * 1e9))
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Status failed: \(response.status)")
+            let client = try KMSClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
+            let status: StatusResponse
+            switch try client.status(timeoutNanos: UInt64(timeout * 1e9)) {
+            case .success(let response): status = response
+            case .failure(let failure):
+                printError("Status failed: \(failure)")
                 return args.has("liveness") ? ExitCode.ok : ExitCode.failure
             }
-            let status = try StatusResponse(serializedBytes: message[...])
             if args.has("json") {
                 print(try jsonText(["version": status.version, "healthz": status.healthz, "key_id": status.keyID]))
             } else {
@@ -53,14 +52,15 @@ enum ProbeCommands {
             """) { argv in
             let args = try Arguments(argv, valueFlags: ["socket", "uid"])
             let plaintext = readStandardInput()
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let client = try KMSClient(socketPath: socketPath(args))
             let request = EncryptRequest(plaintext: plaintext, uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())")
-            let response = try client.call(path: "/v2.KeyManagementService/Encrypt", message: request.serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Encrypt failed: \(response.status)")
+            let result: EncryptResponse
+            switch try client.encrypt(request) {
+            case .success(let response): result = response
+            case .failure(let failure):
+                printError("Encrypt failed: \(failure)")
                 return ExitCode.failure
             }
-            let result = try EncryptResponse(serializedBytes: message[...])
             print(try jsonText(Envelope(ciphertext: Data(result.ciphertext).base64EncodedString(), key_id: result.keyID,
                                         annotations: result.annotations.mapValues { Data($0).base64EncodedString() })))
             return ExitCode.ok
@@ -85,16 +85,15 @@ enum ProbeCommands {
                 guard let bytes = Data(base64Encoded: value) else { printError("annotation \(key) is not base64"); return ExitCode.failure }
                 annotations[key] = [UInt8](bytes)
             }
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let client = try KMSClient(socketPath: socketPath(args))
             let request = DecryptRequest(ciphertext: [UInt8](ciphertext), uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())",
                                          keyID: keyID, annotations: annotations)
-            let response = try client.call(path: "/v2.KeyManagementService/Decrypt", message: request.serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Decrypt failed: \(response.status)")
+            switch try client.decrypt(request) {
+            case .success(let result): writeStandardOutput(result.plaintext)
+            case .failure(let failure):
+                printError("Decrypt failed: \(failure)")
                 return ExitCode.failure
             }
-            let result = try DecryptResponse(serializedBytes: message[...])
-            writeStandardOutput(result.plaintext)
             return ExitCode.ok
         }
     }
@@ -112,30 +111,33 @@ enum ProbeCommands {
                   let warmup = Int(args.value("warmup") ?? "2000"), warmup >= 0 else {
                 throw UsageError(message: "--concurrency, --calls and --warmup take positive numbers")
             }
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
-            let path = "/v2.KeyManagementService/\(op)"
+            guard let method = KMSMethod(op: op) else { throw UsageError(message: "--op must be Status, Encrypt or Decrypt") }
+            let client = try KMSClient(socketPath: socketPath(args))
+            let encryptRequest = EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench")
             let message: [UInt8]
-            switch op {
-            case "Status": message = StatusRequest().serializedBytes()
-            case "Encrypt": message = EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes()
-            case "Decrypt":
-                let seed = try client.call(path: "/v2.KeyManagementService/Encrypt",
-                                           message: EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes())
-                guard seed.status.code == .ok, let bytes = seed.message else { printError("Encrypt for the Decrypt seed failed: \(seed.status)"); return ExitCode.failure }
-                let enc = try EncryptResponse(serializedBytes: bytes[...])
-                message = DecryptRequest(ciphertext: enc.ciphertext, uid: "bench", keyID: enc.keyID, annotations: enc.annotations).serializedBytes()
-            default: throw UsageError(message: "--op must be Status, Encrypt or Decrypt")
+            switch method {
+            case .status: message = StatusRequest().serializedBytes()
+            case .encrypt: message = encryptRequest.serializedBytes()
+            case .decrypt:
+                switch try client.encrypt(encryptRequest) {
+                case .success(let enc):
+                    message = DecryptRequest(ciphertext: enc.ciphertext, uid: "bench", keyID: enc.keyID, annotations: enc.annotations).serializedBytes()
+                case .failure(let failure):
+                    printError("Encrypt for the Decrypt seed failed: \(failure)")
+                    return ExitCode.failure
+                }
             }
+            let path = method.path
             var failures = 0
             if warmup > 0 {
-                try client.runPipelined(total: warmup, concurrency: concurrency, path: path, message: { message }) { r, _ in
+                try client.connection.runPipelined(total: warmup, concurrency: concurrency, path: path, message: { message }) { r, _ in
                     if r.status.code != .ok { failures += 1 }
                 }
             }
             var latencies: [UInt64] = []
             latencies.reserveCapacity(calls)
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try client.runPipelined(total: calls, concurrency: concurrency, path: path, message: { message }) { r, ns in
+            try client.connection.runPipelined(total: calls, concurrency: concurrency, path: path, message: { message }) { r, ns in
                 if r.status.code != .ok { failures += 1 }
                 latencies.append(ns)
             }

@@ -6,10 +6,10 @@ import Glibc
 import HTTPClient
 import JSON
 import KMSProto
+import KMSRPC
 import Kubernetes
 import Locking
 import Rotation
-import Server
 import Synchronization
 import Vault
 
@@ -230,10 +230,9 @@ struct KekdProbe: PluginProbe {
     let socket: String
     func keyID() throws(RotationError) -> String {
         do {
-            let client = try UnixGRPCClient(socketPath: socket, ioTimeoutSeconds: 5)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(), timeoutNanos: 5_000_000_000)
-            guard response.status.code == .ok, let message = response.message else { throw RotationError("kekd Status failed: \(response.status)") }
-            let status = try StatusResponse(serializedBytes: message[...])
+            let client = try KMSClient(socketPath: socket, ioTimeoutSeconds: 5)
+            let status = try client.status(timeoutNanos: 5_000_000_000)
+                .mapError { RotationError("kekd Status failed: \($0)") }.get()
             guard status.healthz == "ok", !status.keyID.isEmpty else { throw RotationError("kekd at \(socket) is not healthy: \(status.healthz)") }
             return status.keyID
         } catch let error as RotationError {
