@@ -64,6 +64,9 @@ let package = Package(
         // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
         .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault", "Census", "Etcd"]),
 
+        // What kekd and kekctl share at the command line: the flag parser and the release version.
+        .target(name: "CommandLineFlags"),
+
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
 
@@ -75,8 +78,8 @@ let package = Package(
 
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "KMSRPC", "Transport", "Audit", "Metrics", "Locking"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "HTTP2", "KMS", "KMSProto", "KMSRPC", "Transport", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekd", dependencies: ["CommandLineFlags", "Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["CommandLineFlags", "KMS", "KMSProto", "KMSRPC", "Audit", "Crypto", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),

@@ -7,7 +7,7 @@ import Glibc
 import KMS
 import KMSProto
 import KMSRPC
-import Server
+import CommandLineFlags
 import YAML
 
 enum DoctorCommand {

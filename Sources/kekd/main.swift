@@ -1,5 +1,6 @@
 // kekd: the Kubernetes KMS v2 plugin daemon. Parses flags, wires the layers, handles signals. Nothing else.
 import Audit
+import CommandLineFlags
 import Crypto
 import FoundationEssentials
 import Glibc
