@@ -82,6 +82,8 @@ let package = Package(
         .executableTarget(name: "kekctl", dependencies: ["CommandLineFlags", "KMS", "KMSProto", "KMSRPC", "Audit", "Crypto", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
+        .testTarget(name: "CommandLineFlagsTests", dependencies: ["CommandLineFlags"]),
+        .testTarget(name: "kekdTests", dependencies: ["kekd", "CommandLineFlags"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),

@@ -65,7 +65,7 @@ enum DoctorCommand {
 
     static func run(_ argv: [String]) -> Int32 {
         runCommand(argv, help: help) { argv in
-            let args = try Arguments(argv, valueFlags: ["root", "socket", "socket-mode", "key-file", "state-dir", "audit-log",
+            let args = try Flags(argv, valueFlags: ["root", "socket", "socket-mode", "key-file", "state-dir", "audit-log",
                                                         "audit-hmac-key-file", "audit-records", "health-addr", "kekd-uid"],
                                      switchFlags: ["json"])
             guard args.positionals.isEmpty else { throw UsageError(message: "doctor takes no arguments") }

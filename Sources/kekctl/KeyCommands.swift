@@ -1,6 +1,7 @@
 // Key lifecycle subcommands: init, rotate, list, retire, prune. Every write goes through KeyFileStore (locked,
 // atomic, mode 0600); nothing here ever prints key bytes.
 import Audit
+import CommandLineFlags
 import FoundationEssentials
 import Locking
 import Glibc
@@ -14,7 +15,7 @@ enum KeyCommands {
             Creates a new key file with one primary key version (32 random bytes), a random file id, mode 0600,
             written atomically. Missing parent folders are created with mode 0700. Refuses to overwrite an existing file.
             """) { args in
-            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let path = try keyFilePath(try Flags(args, valueFlags: ["key-file"]))
             try FileKeyBackend.initializeKeyFile(path: path)
             let file = try KeyFileStore.load(path: path).file
             print("created \(path): version 1 primary, key_id \(file.keyID(forVersion: 1))")
@@ -35,7 +36,7 @@ enum KeyCommands {
               --stage            add the new version as active (decrypt-only); copy the file to every node
               --promote KEY_ID   then make that staged version the primary (on every node, or copy again)
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "promote"], switchFlags: ["stage"])
+            let arguments = try Flags(args, valueFlags: ["key-file", "promote"], switchFlags: ["stage"])
             let path = try keyFilePath(arguments)
             let promoteKeyID = arguments.value("promote")
             if arguments.has("stage") {
@@ -76,7 +77,7 @@ enum KeyCommands {
             version, key_id, state, created and, when known, last_used_encrypt and last_used_decrypt. Never prints
             key bytes.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file", "state-dir"], switchFlags: ["json"])
+            let arguments = try Flags(args, valueFlags: ["key-file", "usage-file", "state-dir"], switchFlags: ["json"])
             let path = try keyFilePath(arguments)
             let usagePath = try usageFilePath(arguments, keyFile: path)
             let file = try KeyFileStore.load(path: path).file
@@ -124,7 +125,7 @@ enum KeyCommands {
             units d, h, m, s) unless --force. The usage data is this node's only: check every control-plane node (and
             re-encrypt all Secrets) before retiring.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file", "state-dir"], switchFlags: ["force"])
+            let arguments = try Flags(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file", "state-dir"], switchFlags: ["force"])
             let path = try keyFilePath(arguments)
             let keyID = try arguments.required("key-id")
             let window = try parseDuration(arguments.value("unused-for") ?? "720h")
@@ -160,7 +161,7 @@ enum KeyCommands {
 
             Removes retired key versions from the key file for good: their ciphertexts can never be decrypted again.
             """) { args in
-            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let path = try keyFilePath(try Flags(args, valueFlags: ["key-file"]))
             let (dropped, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) in (file.prune(), file) }
             if dropped.isEmpty { print("nothing to prune: no retired key versions") }
             for v in dropped { print("pruned key version \(v.version) (key_id \(file.keyID(forVersion: v.version)))") }
@@ -170,7 +171,7 @@ enum KeyCommands {
 
     // MARK: Helpers
 
-    private static func keyFilePath(_ arguments: Arguments) throws(UsageError) -> String {
+    private static func keyFilePath(_ arguments: Flags) throws(UsageError) -> String {
         guard arguments.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(arguments.positionals[0])") }
         return try arguments.required("key-file")
     }
@@ -178,7 +179,7 @@ enum KeyCommands {
     /// --usage-file, else usage.json in --state-dir, else usage.json next to the key file. Only paths the caller
     /// named or implied: never a host default such as /var/lib/kekd, which would make the result depend on the
     /// machine kekctl happens to run on.
-    private static func usageFilePath(_ arguments: Arguments, keyFile: String) throws(UsageError) -> String {
+    private static func usageFilePath(_ arguments: Flags, keyFile: String) throws(UsageError) -> String {
         switch (arguments.value("usage-file"), arguments.value("state-dir")) {
         case (let path?, nil): return path
         case (nil, let folder?): return folder + "/usage.json"

@@ -1,4 +1,5 @@
 // Probing a running kekd over its unix socket with the project's own gRPC client.
+import CommandLineFlags
 import Dispatch
 import FoundationEssentials
 import Locking
@@ -9,7 +10,7 @@ import KMSRPC
 enum ProbeCommands {
     static let defaultSocket = "/var/run/kmsplugin/socket.sock"
 
-    static func socketPath(_ args: Arguments) -> String {
+    static func socketPath(_ args: Flags) -> String {
         var path = args.value("socket") ?? defaultSocket
         if path.hasPrefix("unix://") { path = String(path.dropFirst("unix://".count)) }
         return path
@@ -24,7 +25,7 @@ enum ProbeCommands {
               for a key backend outage a restart cannot fix).
               Fit for a static pod's exec probe: only callers kekd admits on its socket can run it.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
+            let args = try Flags(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
             let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
             guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
             let client = try KMSClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
@@ -50,7 +51,7 @@ enum ProbeCommands {
             usage: kekctl encrypt [--socket PATH] [--uid UID] < plaintext > envelope.json
               Encrypts stdin through a running kekd; prints {"ciphertext","key_id","annotations"} as JSON (base64 bytes).
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let args = try Flags(argv, valueFlags: ["socket", "uid"])
             let plaintext = readStandardInput()
             let client = try KMSClient(socketPath: socketPath(args))
             let request = EncryptRequest(plaintext: plaintext, uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())")
@@ -73,7 +74,7 @@ enum ProbeCommands {
             usage: kekctl decrypt [--socket PATH] [--uid UID] < envelope.json > plaintext
               Decrypts the JSON printed by `kekctl encrypt` through a running kekd; writes the plaintext to stdout.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let args = try Flags(argv, valueFlags: ["socket", "uid"])
             guard let object = try? JSONDecoder().decode(Envelope.self, from: Data(readStandardInput())),
                   let ciphertext = Data(base64Encoded: object.ciphertext) else {
                 printError("stdin must be the JSON printed by kekctl encrypt")
@@ -104,7 +105,7 @@ enum ProbeCommands {
             usage: kekctl bench [--socket PATH] --op Status|Encrypt|Decrypt [--concurrency N] [--calls N] [--warmup N]
               Drives a running kekd over one connection and prints one JSON line: calls/s and p50/p99/max latency in µs.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "op", "concurrency", "calls", "warmup"])
+            let args = try Flags(argv, valueFlags: ["socket", "op", "concurrency", "calls", "warmup"])
             let op = try args.required("op")
             guard let concurrency = Int(args.value("concurrency") ?? "1"), concurrency >= 1,
                   let calls = Int(args.value("calls") ?? "20000"), calls >= 1,

@@ -1,5 +1,6 @@
 // `kekctl rotate-cluster`: parses flags and assembles the Rotation state machine with the real cluster (Kubernetes
 // API), key backend (key file or Vault), this node's kekd and a verifier. The phases themselves live in Rotation.
+import CommandLineFlags
 import Etcd
 import FoundationEssentials
 import Glibc
@@ -56,7 +57,7 @@ enum RotateClusterCommand {
                                            "resources", "settle", "converge-timeout", "qps", "concurrency", "etcd-endpoint",
                                            "etcd-cacert", "etcd-cert", "etcd-key", "state-file", "new-key-id", "socket", "output",
                                            "poll-interval"]
-            let args = try Arguments(argv, valueFlags: valueFlags.union(VaultConfiguration.flagNames),
+            let args = try Flags(argv, valueFlags: valueFlags.union(VaultConfiguration.flagNames),
                                      switchFlags: ["retire", "dry-run", "skip-rotate", "shared-key-file"])
             guard args.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(args.positionals[0])") }
             let json: Bool
@@ -152,7 +153,7 @@ enum RotateClusterCommand {
         do { return try RotationStateFile.load(path: path) } catch { throw UsageError(message: error.message + " (remove it to start afresh)") }
     }
 
-    private static func makeRotator(_ args: Arguments, skipRotate: Bool) throws -> KeyRotator? {
+    private static func makeRotator(_ args: Flags, skipRotate: Bool) throws -> KeyRotator? {
         let backend = args.value("backend") ?? (args.value("key-file") != nil ? "file" : (skipRotate ? "none" : "file"))
         switch backend {
         case "file":
@@ -192,7 +193,7 @@ enum RotateClusterCommand {
 
     /// The census verifier over etcd's client certificate (kubeadm's healthcheck-client by default), with the
     /// apiservers' metrics as the fallback when etcd does not answer at all.
-    private static func etcdVerifier(_ args: Arguments, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
+    private static func etcdVerifier(_ args: Flags, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
         let url: Endpoint
         do throws(AddressError) { url = try Endpoint(url: endpoint, what: "--etcd-endpoint") } catch { throw UsageError(message: error.message) }
         let tls = try CensusCommand.tlsSettings(args, secure: url.secure)
