@@ -107,13 +107,21 @@ public func parseSize(_ raw: String) -> Int? {
     return Int(raw)
 }
 
-/// "500ms", "5s", "10m", "720h", or plain seconds.
+/// Seconds from "500ms", "5s", "1.5h", "30d", a sum of such parts ("1h30m"), or a plain number of seconds; nil for
+/// anything else (negative, not finite, unknown unit). kekd's and kekctl's duration flags all read this grammar.
 public func parseDuration(_ raw: String) -> Double? {
-    let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-    for (suffix, factor) in units where raw.hasSuffix(suffix) {
-        guard let n = Double(raw.dropLast(suffix.count)), n >= 0, n.isFinite else { return nil }
-        return n * factor
+    if let seconds = Double(raw) { return seconds >= 0 && seconds.isFinite ? seconds : nil }
+    let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
+    var rest = Substring(raw)
+    var total = 0.0
+    guard !rest.isEmpty else { return nil }
+    while !rest.isEmpty {
+        let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
+        guard !number.isEmpty, let value = Double(number) else { return nil }
+        rest = rest.dropFirst(number.count)
+        guard let unit = units.first(where: { rest.hasPrefix($0.suffix) }) else { return nil }
+        rest = rest.dropFirst(unit.suffix.count)
+        total += value * unit.seconds
     }
-    guard let n = Double(raw), n >= 0, n.isFinite else { return nil }
-    return n
+    return total.isFinite ? total : nil
 }

@@ -50,7 +50,7 @@ enum AuditCommands {
     static func verify(_ args: [String]) -> Int32 {
         runCommand(args, help: help) { args in
             let parsed = try Flags(args, valueFlags: ["audit-hmac-key-file", "key-file", "expect-seq", "expect-head"],
-                                       switchFlags: ["no-rotated"])
+                                   switchFlags: ["no-rotated"])
             guard parsed.positionals.count == 1, let path = parsed.positionals.first else {
                 throw UsageError(message: "audit verify needs exactly one PATH")
             }

@@ -51,9 +51,8 @@ enum CensusCommand {
     static func run(_ argv: [String]) -> Int32 {
         runCommand(argv, help: help) { argv in
             let args = try Flags(argv, valueFlags: ["etcd-endpoint", "etcd-cacert", "etcd-cert", "etcd-key", "prefix",
-                                                        "resources", "require-key-id", "list", "page-size"],
-                                     switchFlags: ["json"])
-            guard args.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(args.positionals[0])") }
+                                                    "resources", "require-key-id", "list", "page-size"],
+                                 switchFlags: ["json"], allowsPositionals: false)
             let prefix = args.value("prefix") ?? Census.defaultPrefix
             guard prefix.hasPrefix("/") else { throw UsageError(message: "--prefix must start with / (kube-apiserver's --etcd-prefix, default /registry/)") }
             var resources: [String]? = nil

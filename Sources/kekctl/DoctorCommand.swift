@@ -66,8 +66,8 @@ enum DoctorCommand {
     static func run(_ argv: [String]) -> Int32 {
         runCommand(argv, help: help) { argv in
             let args = try Flags(argv, valueFlags: ["root", "socket", "socket-mode", "key-file", "state-dir", "audit-log",
-                                                        "audit-hmac-key-file", "audit-records", "health-addr", "kekd-uid"],
-                                     switchFlags: ["json"])
+                                                    "audit-hmac-key-file", "audit-records", "health-addr", "kekd-uid"],
+                                 switchFlags: ["json"])
             guard args.positionals.isEmpty else { throw UsageError(message: "doctor takes no arguments") }
             guard let mode = mode_t(args.value("socket-mode") ?? "0600", radix: 8), mode <= 0o777 else {
                 throw UsageError(message: "--socket-mode must be octal permissions such as 0600")
@@ -551,8 +551,8 @@ private func folder(of path: String) -> String {
 @_silgen_name("adjtimex")
 private func kernelAdjtimex(_ buffer: UnsafeMutableRawPointer) -> Int32
 
-/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. KeyCommands.parseDuration
-/// reads kekctl's own flags (whole d/h/m/s), not Go's format.
+/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. Our own flags'
+/// grammar (CommandLineFlags.parseDuration) differs on purpose: it takes days and plain seconds, Go does not.
 func goDurationSeconds(_ text: String) -> Double? {
     let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
     var rest = Substring(text)

@@ -194,20 +194,12 @@ enum KeyCommands {
             .joined(separator: " ")
     }
 
-    /// Go-style durations as the flag's default shows: one or more `<number><unit>` with units d, h, m, s.
+    /// A duration flag's value in seconds (`parseDuration`'s grammar), or kekctl's usage error naming it.
     static func parseDuration(_ text: String) throws(UsageError) -> TimeInterval {
-        let units: [Character: Double] = ["d": 86400, "h": 3600, "m": 60, "s": 1]
-        var total = 0.0, digits = ""
-        for c in text {
-            if c.isASCII && c.isNumber { digits.append(c); continue }
-            guard let unit = units[c], let n = Double(digits), digits.count <= 9 else {
-                throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)")
-            }
-            total += n * unit
-            digits = ""
+        guard let seconds = CommandLineFlags.parseDuration(text) else {
+            throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)")
         }
-        guard digits.isEmpty, !text.isEmpty else { throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)") }
-        return total
+        return seconds
     }
 
     /// The usage rule shared by every retire command: refuses a key_id that decrypted within `window` (or unreadable

@@ -35,13 +35,11 @@ enum PKCS11Commands {
         }
         return runCommand(Array(args.dropFirst()), help: help) { args in
             let arguments = try Flags(args, valueFlags: PKCS11Configuration.flagNames.union(["key-id", "unused-for", "usage-file", "state-dir"]),
-                                          switchFlags: ["json", "force"])
-            guard arguments.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(arguments.positionals[0])") }
+                                      switchFlags: ["json", "force"], allowsPositionals: false)
             let configuration: PKCS11Configuration
             do throws(PKCS11Error) {
-                configuration = try PKCS11Configuration.parse(arguments.values.filter { PKCS11Configuration.flagNames.contains($0.key) }) {
-                    try? KeyCommands.parseDuration($0)
-                }
+                configuration = try PKCS11Configuration.parse(arguments.values.filter { PKCS11Configuration.flagNames.contains($0.key) },
+                                                              seconds: parseDuration)
             } catch { throw UsageError(message: error.message) }
             let family = try FamilyOnToken(configuration)
             defer { family.token.disconnect() }

@@ -58,8 +58,7 @@ enum RotateClusterCommand {
                                            "etcd-cacert", "etcd-cert", "etcd-key", "state-file", "new-key-id", "socket", "output",
                                            "poll-interval"]
             let args = try Flags(argv, valueFlags: valueFlags.union(VaultConfiguration.flagNames),
-                                     switchFlags: ["retire", "dry-run", "skip-rotate", "shared-key-file"])
-            guard args.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(args.positionals[0])") }
+                                 switchFlags: ["retire", "dry-run", "skip-rotate", "shared-key-file"], allowsPositionals: false)
             let json: Bool
             switch args.value("output") ?? "text" {
             case "text": json = false
