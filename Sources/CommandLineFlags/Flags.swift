@@ -111,8 +111,13 @@ public func parseSize(_ raw: String) -> Int? {
 /// anything else (negative, not finite, unknown unit). kekd's and kekctl's duration flags all read this grammar.
 public func parseDuration(_ raw: String) -> Double? {
     if let seconds = Double(raw) { return seconds >= 0 && seconds.isFinite ? seconds : nil }
-    let units: [(suffix: String, seconds: Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]
-    var rest = Substring(raw)
+    return sumOfUnitParts(raw, units: [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)])
+}
+
+/// The sum of the `<number><unit>` parts of `text` (digits and dots, then a unit; units are tried in order, so list
+/// "ms" before "m"); nil when `text` is empty, a part lacks a known unit, or the sum is not finite.
+public func sumOfUnitParts(_ text: String, units: [(suffix: String, factor: Double)]) -> Double? {
+    var rest = Substring(text)
     var total = 0.0
     guard !rest.isEmpty else { return nil }
     while !rest.isEmpty {
@@ -121,7 +126,7 @@ public func parseDuration(_ raw: String) -> Double? {
         rest = rest.dropFirst(number.count)
         guard let unit = units.first(where: { rest.hasPrefix($0.suffix) }) else { return nil }
         rest = rest.dropFirst(unit.suffix.count)
-        total += value * unit.seconds
+        total += value * unit.factor
     }
     return total.isFinite ? total : nil
 }

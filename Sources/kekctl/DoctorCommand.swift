@@ -554,19 +554,7 @@ private func kernelAdjtimex(_ buffer: UnsafeMutableRawPointer) -> Int32
 /// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. Our own flags'
 /// grammar (CommandLineFlags.parseDuration) differs on purpose: it takes days and plain seconds, Go does not.
 func goDurationSeconds(_ text: String) -> Double? {
-    let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
-    var rest = Substring(text)
-    var total = 0.0
-    guard !rest.isEmpty else { return nil }
-    while !rest.isEmpty {
-        let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
-        guard !number.isEmpty, let value = Double(number) else { return nil }
-        rest = rest.dropFirst(number.count)
-        guard let unit = units.first(where: { rest.hasPrefix($0.0) }) else { return nil }
-        rest = rest.dropFirst(unit.0.count)
-        total += value * unit.1
-    }
-    return total
+    sumOfUnitParts(text, units: [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)])
 }
 
 /// A one-shot HTTP/1.1 GET to kekd's health endpoint (IPv4 literal or localhost), with a timeout.

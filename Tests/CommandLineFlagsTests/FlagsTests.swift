@@ -87,3 +87,12 @@ import Testing
     #expect(parseDuration("banana") == nil)
     #expect(parseDuration("nan") == nil)
 }
+
+@Test func unitPartsFollowTheGivenTable() {
+    let go: [(suffix: String, factor: Double)] = [("us", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60)]
+    #expect(sumOfUnitParts("1m30s", units: go) == 90)
+    #expect(sumOfUnitParts("250ms", units: go) == 0.25)
+    #expect(sumOfUnitParts("1d", units: go) == nil)
+    #expect(sumOfUnitParts("30", units: go) == nil)
+    #expect(sumOfUnitParts("", units: go) == nil)
+}
