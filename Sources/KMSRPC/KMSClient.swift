@@ -4,8 +4,7 @@ import KMSProto
 import Transport
 
 public final class KMSClient {
-    /// The connection, for callers that drive raw calls (kekctl bench pipelines pre-encoded requests).
-    public let connection: UnixGRPCClient
+    private let connection: UnixGRPCClient
 
     public init(socketPath: String, ioTimeoutSeconds: Double = 5) throws {
         connection = try UnixGRPCClient(socketPath: socketPath, ioTimeoutSeconds: ioTimeoutSeconds)
@@ -29,5 +28,12 @@ public final class KMSClient {
         let response = try connection.call(path: call.method.path, message: request.serializedBytes(), timeoutNanos: timeoutNanos)
         guard response.status.code == .ok, let message = response.message else { return .failure(response.status) }
         return .success(try Response(serializedBytes: message[...]))
+    }
+
+    /// Runs `total` calls of `method` with `concurrency` in flight on the one connection (kekctl bench); the request
+    /// is encoded once by the caller, `onComplete` gets each raw response and its latency in ns.
+    public func runPipelined(total: Int, concurrency: Int, method: KMSMethod, message: [UInt8],
+                             onComplete: (GRPCResponse, UInt64) -> Void) throws {
+        try connection.runPipelined(total: total, concurrency: concurrency, path: method.path, message: { message }, onComplete: onComplete)
     }
 }

@@ -128,17 +128,16 @@ enum ProbeCommands {
                     return ExitCode.failure
                 }
             }
-            let path = method.path
             var failures = 0
             if warmup > 0 {
-                try client.connection.runPipelined(total: warmup, concurrency: concurrency, path: path, message: { message }) { r, _ in
+                try client.runPipelined(total: warmup, concurrency: concurrency, method: method, message: message) { r, _ in
                     if r.status.code != .ok { failures += 1 }
                 }
             }
             var latencies: [UInt64] = []
             latencies.reserveCapacity(calls)
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try client.connection.runPipelined(total: calls, concurrency: concurrency, path: path, message: { message }) { r, ns in
+            try client.runPipelined(total: calls, concurrency: concurrency, method: method, message: message) { r, ns in
                 if r.status.code != .ok { failures += 1 }
                 latencies.append(ns)
             }
