@@ -84,6 +84,7 @@ let package = Package(
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
         .testTarget(name: "CommandLineFlagsTests", dependencies: ["CommandLineFlags"]),
         .testTarget(name: "kekdTests", dependencies: ["kekd", "CommandLineFlags"]),
+        .testTarget(name: "KMSRPCTests", dependencies: ["KMSRPC", "KMSProto"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),
@@ -100,6 +101,6 @@ let package = Package(
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Transport", "KMSRPC", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Transport", "GRPC", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking"]),
     ]
 )

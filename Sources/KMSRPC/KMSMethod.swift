@@ -28,8 +28,16 @@ public enum KMSMethod: String, CaseIterable, Sendable {
 /// A method with the message types it takes and answers: a client can only send the request the method expects.
 public struct KMSCall<Request: ProtoMessage, Response: ProtoMessage>: Sendable {
     public let method: KMSMethod
+}
 
-    public static var status: KMSCall<StatusRequest, StatusResponse> { .init(method: .status) }
-    public static var encrypt: KMSCall<EncryptRequest, EncryptResponse> { .init(method: .encrypt) }
-    public static var decrypt: KMSCall<DecryptRequest, DecryptResponse> { .init(method: .decrypt) }
+extension KMSCall where Request == StatusRequest, Response == StatusResponse {
+    public static var status: Self { Self(method: .status) }
+}
+
+extension KMSCall where Request == EncryptRequest, Response == EncryptResponse {
+    public static var encrypt: Self { Self(method: .encrypt) }
+}
+
+extension KMSCall where Request == DecryptRequest, Response == DecryptResponse {
+    public static var decrypt: Self { Self(method: .decrypt) }
 }

@@ -28,6 +28,7 @@ enum ProbeCommands {
             let args = try Flags(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
             let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
             guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
+            guard timeout <= 86_400 else { throw UsageError(message: "--timeout: at most 24h") }
             let client = try KMSClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
             let status: StatusResponse
             switch try client.status(timeoutNanos: UInt64(timeout * 1e9)) {

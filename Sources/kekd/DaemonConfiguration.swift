@@ -22,7 +22,6 @@ struct StartupError: Error {
     let exit: StartupExit
     let message: String
     init(_ exit: StartupExit, _ message: String) { self.exit = exit; self.message = message }
-    init(_ usage: UsageError) { self.init(.usage, usage.message) }
 }
 
 /// What `kekd serve ARGS` asks for.
