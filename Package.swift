@@ -70,15 +70,27 @@ let package = Package(
         // Cluster-wide key rotation (`kekctl rotate-cluster`) as a state machine over injected ports.
         .target(name: "Rotation", dependencies: ["Crypto", "JSON", "Locking", "Kubernetes", "PrometheusParser", "KMS", "Vault", "Census", "Etcd"]),
 
+        // What kekd and kekctl share at the command line: the flag parser and the release version.
+        .target(name: "CommandLineFlags"),
+
         // prctl(2) is variadic and cannot be called from Swift: a two-function C wrapper for kekd's start.
         .target(name: "CProcessHardening"),
 
+        // Unix sockets: POSIX helpers and the blocking gRPC client kekctl and the benchmark use.
+        .target(name: "Transport", dependencies: ["GRPC"]),
+
+        // The KMS v2 method table and a typed client of a running kekd (kekctl status/encrypt/decrypt/bench/doctor).
+        .target(name: "KMSRPC", dependencies: ["GRPC", "KMSProto", "Transport"]),
+
         // The edge: sockets, threads, signals, the health endpoint.
-        .target(name: "Server", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
-        .executableTarget(name: "kekd", dependencies: ["Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking", "GRPCCodes", "Logging"], linkerSettings: compactRelocations),
-        .executableTarget(name: "kekctl", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Crypto", "Server", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
+        .target(name: "Server", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "KMSRPC", "Transport", "Audit", "Metrics", "Locking", "Logging"]),
+        .executableTarget(name: "kekd", dependencies: ["CommandLineFlags", "Server", "KMS", "Vault", "PKCS11", "Audit", "Metrics", "Crypto", "CProcessHardening", "Locking", "GRPCCodes", "Logging"], linkerSettings: compactRelocations),
+        .executableTarget(name: "kekctl", dependencies: ["CommandLineFlags", "GRPCCodes", "KMS", "KMSProto", "KMSRPC", "Audit", "Crypto", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
+        .testTarget(name: "CommandLineFlagsTests", dependencies: ["CommandLineFlags"]),
+        .testTarget(name: "kekdTests", dependencies: ["kekd", "CommandLineFlags"]),
+        .testTarget(name: "KMSRPCTests", dependencies: ["KMSRPC", "KMSProto"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "GRPCCodesTests", dependencies: ["GRPCCodes"]),
         .testTarget(name: "LoggingTests", dependencies: ["Logging", "JSON"]),
@@ -97,6 +109,6 @@ let package = Package(
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Transport", "GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
     ]
 )

@@ -2,6 +2,7 @@
 import GRPC
 import KMS
 import KMSProto
+import KMSRPC
 
 /// What happened to one call, without any secret: the response bytes are the only sensitive part.
 struct CallOutcome: Sendable {
@@ -13,21 +14,6 @@ struct CallOutcome: Sendable {
     var ciphertext: [UInt8]?
     /// The backend that served the call when it is not the encrypting one (a Decrypt routed to a decrypt-only backend).
     var backend: String?
-}
-
-enum KMSMethod: String, CaseIterable, Sendable {
-    case status = "/v2.KeyManagementService/Status"
-    case encrypt = "/v2.KeyManagementService/Encrypt"
-    case decrypt = "/v2.KeyManagementService/Decrypt"
-
-    var op: String {
-        switch self { case .status: "Status"; case .encrypt: "Encrypt"; case .decrypt: "Decrypt" }
-    }
-
-    static let paths = Set(allCases.map(\.rawValue))
-
-    /// The audit/metrics name of a path: the method name for ours, the raw path (audit) or "other" (metrics).
-    static func op(forPath path: String) -> String { KMSMethod(rawValue: path)?.op ?? path }
 }
 
 /// A request decoded, before any backend work: what the server needs to decide where the call runs.

@@ -8,9 +8,11 @@ import Glibc
 import GRPC
 import GRPCCodes
 import KMS
+import KMSRPC
 import Logging
 import Metrics
 import Locking
+import Transport
 
 public struct ServerConfiguration: Sendable {
     public var socketPath: String

@@ -2,10 +2,12 @@
 // ordered writes of whatever it queues.
 import Audit
 import FoundationEssentials
+import KMSRPC
 import Locking
 import Glibc
 import GRPC
 import HTTP2
+import Transport
 
 final class ServerConnection: @unchecked Sendable {
     let id: UInt64

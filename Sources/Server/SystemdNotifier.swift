@@ -5,6 +5,7 @@ import Dispatch
 import FoundationEssentials
 import Glibc
 import Locking
+import Transport
 
 public final class SystemdNotifier: Sendable {
     /// The address bytes as given to sendto(2): a filesystem path, or an abstract name ('@' → leading NUL).

@@ -3,6 +3,7 @@ import FoundationEssentials
 import Glibc
 import Locking
 import Logging
+import Transport
 
 final class UnixSocketListener: @unchecked Sendable {
     let path: String

@@ -1,5 +1,6 @@
 // `kekctl audit verify`: checks an audit log's HMAC chain (and its rotated predecessors).
 import Audit
+import CommandLineFlags
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -48,8 +49,8 @@ enum AuditCommands {
 
     static func verify(_ args: [String]) -> Int32 {
         runCommand(args, help: help) { args in
-            let parsed = try Arguments(args, valueFlags: ["audit-hmac-key-file", "key-file", "expect-seq", "expect-head"],
-                                       switchFlags: ["no-rotated"])
+            let parsed = try Flags(args, valueFlags: ["audit-hmac-key-file", "key-file", "expect-seq", "expect-head"],
+                                   switchFlags: ["no-rotated"])
             guard parsed.positionals.count == 1, let path = parsed.positionals.first else {
                 throw UsageError(message: "audit verify needs exactly one PATH")
             }
@@ -80,7 +81,7 @@ enum AuditCommands {
         }
     }
 
-    private static func witness(_ parsed: Arguments) throws(UsageError) -> AuditWitness? {
+    private static func witness(_ parsed: Flags) throws(UsageError) -> AuditWitness? {
         let seqText = parsed.value("expect-seq"), headText = parsed.value("expect-head")
         guard seqText != nil || headText != nil else { return nil }
         var witness = AuditWitness()
@@ -97,7 +98,7 @@ enum AuditCommands {
         return witness
     }
 
-    private static func hmacKey(_ parsed: Arguments) throws -> [UInt8] {
+    private static func hmacKey(_ parsed: Flags) throws -> [UInt8] {
         switch (parsed.value("audit-hmac-key-file"), parsed.value("key-file")) {
         case (let file?, nil):
             return try AuditHMACKeyFile.load(path: file)

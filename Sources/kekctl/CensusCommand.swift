@@ -1,6 +1,7 @@
 // `kekctl census`: which key holds every object kube-apiserver stored in etcd, read straight from etcd (issue 10).
 // Prints names and counts only: never a value, a ciphertext or an annotation value.
 import Census
+import CommandLineFlags
 import Etcd
 import FoundationEssentials
 import Glibc
@@ -49,10 +50,9 @@ enum CensusCommand {
 
     static func run(_ argv: [String]) -> Int32 {
         runCommand(argv, help: help) { argv in
-            let args = try Arguments(argv, valueFlags: ["etcd-endpoint", "etcd-cacert", "etcd-cert", "etcd-key", "prefix",
-                                                        "resources", "require-key-id", "list", "page-size"],
-                                     switchFlags: ["json"])
-            guard args.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(args.positionals[0])") }
+            let args = try Flags(argv, valueFlags: ["etcd-endpoint", "etcd-cacert", "etcd-cert", "etcd-key", "prefix",
+                                                    "resources", "require-key-id", "list", "page-size"],
+                                 switchFlags: ["json"], allowsPositionals: false)
             let prefix = args.value("prefix") ?? Census.defaultPrefix
             guard prefix.hasPrefix("/") else { throw UsageError(message: "--prefix must start with / (kube-apiserver's --etcd-prefix, default /registry/)") }
             var resources: [String]? = nil
@@ -123,7 +123,7 @@ enum CensusCommand {
     }
 
     /// TLS files: the flags, else kubeadm's; each must be readable (the key also private, which HTTPClient checks).
-    static func tlsSettings(_ args: Arguments, secure: Bool) throws(UsageError) -> TLSSettings {
+    static func tlsSettings(_ args: Flags, secure: Bool) throws(UsageError) -> TLSSettings {
         guard secure else { return TLSSettings() }
         func file(_ flag: String, _ fallback: String) throws(UsageError) -> String {
             let path = args.value(flag) ?? fallback

@@ -4,10 +4,10 @@ import Audit
 import Crypto
 import FoundationEssentials
 import Glibc
-import GRPC
 import KMS
 import KMSProto
-import Server
+import KMSRPC
+import CommandLineFlags
 import YAML
 
 enum DoctorCommand {
@@ -65,9 +65,9 @@ enum DoctorCommand {
 
     static func run(_ argv: [String]) -> Int32 {
         runCommand(argv, help: help) { argv in
-            let args = try Arguments(argv, valueFlags: ["root", "socket", "socket-mode", "key-file", "state-dir", "audit-log",
-                                                        "audit-hmac-key-file", "audit-records", "health-addr", "kekd-uid"],
-                                     switchFlags: ["json"])
+            let args = try Flags(argv, valueFlags: ["root", "socket", "socket-mode", "key-file", "state-dir", "audit-log",
+                                                    "audit-hmac-key-file", "audit-records", "health-addr", "kekd-uid"],
+                                 switchFlags: ["json"])
             guard args.positionals.isEmpty else { throw UsageError(message: "doctor takes no arguments") }
             guard let mode = mode_t(args.value("socket-mode") ?? "0600", radix: 8), mode <= 0o777 else {
                 throw UsageError(message: "--socket-mode must be octal permissions such as 0600")
@@ -144,13 +144,14 @@ struct Doctor {
 
     private mutating func checkStatus() {
         do {
-            let client = try UnixGRPCClient(socketPath: options.host(options.socket), ioTimeoutSeconds: 3)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                add("status", .fail, "Status failed: \(response.status)", fix: "read kekd's log (crictl logs)")
+            let client = try KMSClient(socketPath: options.host(options.socket), ioTimeoutSeconds: 3)
+            let status: StatusResponse
+            switch try client.status() {
+            case .success(let response): status = response
+            case .failure(let failure):
+                add("status", .fail, "Status failed: \(failure)", fix: "read kekd's log (crictl logs)")
                 return
             }
-            let status = try StatusResponse(serializedBytes: message[...])
             guard status.healthz == "ok" else {
                 add("status", .fail, "Status healthz is \(status.healthz.debugDescription)", fix: "read kekd's log (crictl logs)")
                 return
@@ -550,22 +551,10 @@ private func folder(of path: String) -> String {
 @_silgen_name("adjtimex")
 private func kernelAdjtimex(_ buffer: UnsafeMutableRawPointer) -> Int32
 
-/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. KeyCommands.parseDuration
-/// reads kekctl's own flags (whole d/h/m/s), not Go's format.
+/// A Go duration as kube-apiserver reads `timeout` (`3s`, `500ms`, `1.5s`, `1m30s`), in seconds. Our own flags'
+/// grammar (CommandLineFlags.parseDuration) differs on purpose: it takes days and plain seconds, Go does not.
 func goDurationSeconds(_ text: String) -> Double? {
-    let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
-    var rest = Substring(text)
-    var total = 0.0
-    guard !rest.isEmpty else { return nil }
-    while !rest.isEmpty {
-        let number = rest.prefix { $0.isASCII && ($0.isNumber || $0 == ".") }
-        guard !number.isEmpty, let value = Double(number) else { return nil }
-        rest = rest.dropFirst(number.count)
-        guard let unit = units.first(where: { rest.hasPrefix($0.0) }) else { return nil }
-        rest = rest.dropFirst(unit.0.count)
-        total += value * unit.1
-    }
-    return total
+    sumOfUnitParts(text, units: [("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)])
 }
 
 /// A one-shot HTTP/1.1 GET to kekd's health endpoint (IPv4 literal or localhost), with a timeout.

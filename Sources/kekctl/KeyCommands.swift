@@ -1,6 +1,7 @@
 // Key lifecycle subcommands: init, rotate, list, retire, prune. Every write goes through KeyFileStore (locked,
 // atomic, mode 0600); nothing here ever prints key bytes.
 import Audit
+import CommandLineFlags
 import FoundationEssentials
 import Locking
 import Glibc
@@ -14,7 +15,7 @@ enum KeyCommands {
             Creates a new key file with one primary key version (32 random bytes), a random file id, mode 0600,
             written atomically. Missing parent folders are created with mode 0700. Refuses to overwrite an existing file.
             """) { args in
-            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let path = try Flags(args, valueFlags: ["key-file"], allowsPositionals: false).required("key-file")
             try FileKeyBackend.initializeKeyFile(path: path)
             let file = try KeyFileStore.load(path: path).file
             print("created \(path): version 1 primary, key_id \(file.keyID(forVersion: 1))")
@@ -35,8 +36,8 @@ enum KeyCommands {
               --stage            add the new version as active (decrypt-only); copy the file to every node
               --promote KEY_ID   then make that staged version the primary (on every node, or copy again)
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "promote"], switchFlags: ["stage"])
-            let path = try keyFilePath(arguments)
+            let arguments = try Flags(args, valueFlags: ["key-file", "promote"], switchFlags: ["stage"], allowsPositionals: false)
+            let path = try arguments.required("key-file")
             let promoteKeyID = arguments.value("promote")
             if arguments.has("stage") {
                 guard promoteKeyID == nil else { throw UsageError(message: "--stage and --promote exclude each other") }
@@ -76,8 +77,8 @@ enum KeyCommands {
             version, key_id, state, created and, when known, last_used_encrypt and last_used_decrypt. Never prints
             key bytes.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "usage-file", "state-dir"], switchFlags: ["json"])
-            let path = try keyFilePath(arguments)
+            let arguments = try Flags(args, valueFlags: ["key-file", "usage-file", "state-dir"], switchFlags: ["json"], allowsPositionals: false)
+            let path = try arguments.required("key-file")
             let usagePath = try usageFilePath(arguments, keyFile: path)
             let file = try KeyFileStore.load(path: path).file
             var usage: [String: KeyUsageRecord] = [:]
@@ -124,8 +125,9 @@ enum KeyCommands {
             units d, h, m, s) unless --force. The usage data is this node's only: check every control-plane node (and
             re-encrypt all Secrets) before retiring.
             """) { args in
-            let arguments = try Arguments(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file", "state-dir"], switchFlags: ["force"])
-            let path = try keyFilePath(arguments)
+            let arguments = try Flags(args, valueFlags: ["key-file", "key-id", "unused-for", "usage-file", "state-dir"], switchFlags: ["force"],
+                                      allowsPositionals: false)
+            let path = try arguments.required("key-file")
             let keyID = try arguments.required("key-id")
             let window = try parseDuration(arguments.value("unused-for") ?? "720h")
             let force = arguments.has("force")
@@ -160,7 +162,7 @@ enum KeyCommands {
 
             Removes retired key versions from the key file for good: their ciphertexts can never be decrypted again.
             """) { args in
-            let path = try keyFilePath(try Arguments(args, valueFlags: ["key-file"]))
+            let path = try Flags(args, valueFlags: ["key-file"], allowsPositionals: false).required("key-file")
             let (dropped, file) = try KeyFileStore.update(path: path) { (file: inout KeyFile) in (file.prune(), file) }
             if dropped.isEmpty { print("nothing to prune: no retired key versions") }
             for v in dropped { print("pruned key version \(v.version) (key_id \(file.keyID(forVersion: v.version)))") }
@@ -170,15 +172,10 @@ enum KeyCommands {
 
     // MARK: Helpers
 
-    private static func keyFilePath(_ arguments: Arguments) throws(UsageError) -> String {
-        guard arguments.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(arguments.positionals[0])") }
-        return try arguments.required("key-file")
-    }
-
     /// --usage-file, else usage.json in --state-dir, else usage.json next to the key file. Only paths the caller
     /// named or implied: never a host default such as /var/lib/kekd, which would make the result depend on the
     /// machine kekctl happens to run on.
-    private static func usageFilePath(_ arguments: Arguments, keyFile: String) throws(UsageError) -> String {
+    private static func usageFilePath(_ arguments: Flags, keyFile: String) throws(UsageError) -> String {
         switch (arguments.value("usage-file"), arguments.value("state-dir")) {
         case (let path?, nil): return path
         case (nil, let folder?): return folder + "/usage.json"
@@ -193,20 +190,12 @@ enum KeyCommands {
             .joined(separator: " ")
     }
 
-    /// Go-style durations as the flag's default shows: one or more `<number><unit>` with units d, h, m, s.
+    /// A duration flag's value in seconds (`parseDuration`'s grammar), or kekctl's usage error naming it.
     static func parseDuration(_ text: String) throws(UsageError) -> TimeInterval {
-        let units: [Character: Double] = ["d": 86400, "h": 3600, "m": 60, "s": 1]
-        var total = 0.0, digits = ""
-        for c in text {
-            if c.isASCII && c.isNumber { digits.append(c); continue }
-            guard let unit = units[c], let n = Double(digits), digits.count <= 9 else {
-                throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)")
-            }
-            total += n * unit
-            digits = ""
+        guard let seconds = CommandLineFlags.parseDuration(text) else {
+            throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)")
         }
-        guard digits.isEmpty, !text.isEmpty else { throw UsageError(message: "invalid duration \"\(text)\" (use e.g. 720h, 30d, 90m)") }
-        return total
+        return seconds
     }
 
     /// The usage rule shared by every retire command: refuses a key_id that decrypted within `window` (or unreadable

@@ -1,6 +1,7 @@
 // `kekctl pkcs11 init|rotate|list|retire`: the HSM key family's lifecycle, with the key-file commands' safety rules.
 // Keys are made on the token (sensitive, non-extractable); nothing here ever sees or prints key bytes or the PIN.
 import Audit
+import CommandLineFlags
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -33,14 +34,12 @@ enum PKCS11Commands {
             return ExitCode.usage
         }
         return runCommand(Array(args.dropFirst()), help: help) { args in
-            let arguments = try Arguments(args, valueFlags: PKCS11Configuration.flagNames.union(["key-id", "unused-for", "usage-file", "state-dir"]),
-                                          switchFlags: ["json", "force"])
-            guard arguments.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(arguments.positionals[0])") }
+            let arguments = try Flags(args, valueFlags: PKCS11Configuration.flagNames.union(["key-id", "unused-for", "usage-file", "state-dir"]),
+                                      switchFlags: ["json", "force"], allowsPositionals: false)
             let configuration: PKCS11Configuration
             do throws(PKCS11Error) {
-                configuration = try PKCS11Configuration.parse(arguments.values.filter { PKCS11Configuration.flagNames.contains($0.key) }) {
-                    try? KeyCommands.parseDuration($0)
-                }
+                configuration = try PKCS11Configuration.parse(arguments.values.filter { PKCS11Configuration.flagNames.contains($0.key) },
+                                                              seconds: parseDuration)
             } catch { throw UsageError(message: error.message) }
             let family = try FamilyOnToken(configuration)
             defer { family.token.disconnect() }
@@ -113,7 +112,7 @@ enum PKCS11Commands {
         return ExitCode.ok
     }
 
-    static func list(_ family: FamilyOnToken, _ arguments: Arguments) throws -> Int32 {
+    static func list(_ family: FamilyOnToken, _ arguments: Flags) throws -> Int32 {
         var usage: [String: KeyUsageRecord] = [:]
         if let path = try usagePath(arguments) {
             switch loadUsage(path: path) {
@@ -143,7 +142,7 @@ enum PKCS11Commands {
         return ExitCode.ok
     }
 
-    static func retire(_ family: FamilyOnToken, _ arguments: Arguments) throws -> Int32 {
+    static func retire(_ family: FamilyOnToken, _ arguments: Flags) throws -> Int32 {
         let keyID = try arguments.required("key-id")
         let window = try KeyCommands.parseDuration(arguments.value("unused-for") ?? "720h")
         guard let version = family.versions.first(where: { family.keyID($0) == keyID }) else {
@@ -170,7 +169,7 @@ enum PKCS11Commands {
     }
 
     /// --usage-file, or usage.json in --state-dir, or none (no key file to sit next to).
-    private static func usagePath(_ arguments: Arguments) throws(UsageError) -> String? {
+    private static func usagePath(_ arguments: Flags) throws(UsageError) -> String? {
         switch (arguments.value("usage-file"), arguments.value("state-dir")) {
         case (let path?, nil): return path
         case (nil, let folder?): return folder + "/usage.json"

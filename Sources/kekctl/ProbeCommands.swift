@@ -1,16 +1,16 @@
 // Probing a running kekd over its unix socket with the project's own gRPC client.
+import CommandLineFlags
 import Dispatch
 import FoundationEssentials
 import Locking
 import Glibc
-import GRPC
 import KMSProto
-import Server
+import KMSRPC
 
 enum ProbeCommands {
     static let defaultSocket = "/var/run/kmsplugin/socket.sock"
 
-    static func socketPath(_ args: Arguments) -> String {
+    static func socketPath(_ args: Flags) -> String {
         var path = args.value("socket") ?? defaultSocket
         if path.hasPrefix("unix://") { path = String(path.dropFirst("unix://".count)) }
         return path
@@ -25,17 +25,18 @@ enum ProbeCommands {
               for a key backend outage a restart cannot fix).
               Fit for a static pod's exec probe: only callers kekd admits on its socket can run it.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
+            let args = try Flags(argv, valueFlags: ["socket", "timeout"], switchFlags: ["json", "liveness"])
             let timeout = try KeyCommands.parseDuration(args.value("timeout") ?? "3s")
             guard timeout > 0 else { throw UsageError(message: "--timeout must be positive") }
-            let client = try UnixGRPCClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(),
-                                           timeoutNanos: UInt64(timeout * 1e9))
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Status failed: \(response.status)")
+            guard timeout <= 86_400 else { throw UsageError(message: "--timeout: at most 24h") }
+            let client = try KMSClient(socketPath: socketPath(args), ioTimeoutSeconds: timeout)
+            let status: StatusResponse
+            switch try client.status(timeoutNanos: UInt64(timeout * 1e9)) {
+            case .success(let response): status = response
+            case .failure(let failure):
+                printError("Status failed: \(failure)")
                 return args.has("liveness") ? ExitCode.ok : ExitCode.failure
             }
-            let status = try StatusResponse(serializedBytes: message[...])
             if args.has("json") {
                 print(try jsonText(["version": status.version, "healthz": status.healthz, "key_id": status.keyID]))
             } else {
@@ -51,16 +52,17 @@ enum ProbeCommands {
             usage: kekctl encrypt [--socket PATH] [--uid UID] < plaintext > envelope.json
               Encrypts stdin through a running kekd; prints {"ciphertext","key_id","annotations"} as JSON (base64 bytes).
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let args = try Flags(argv, valueFlags: ["socket", "uid"])
             let plaintext = readStandardInput()
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let client = try KMSClient(socketPath: socketPath(args))
             let request = EncryptRequest(plaintext: plaintext, uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())")
-            let response = try client.call(path: "/v2.KeyManagementService/Encrypt", message: request.serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Encrypt failed: \(response.status)")
+            let result: EncryptResponse
+            switch try client.encrypt(request) {
+            case .success(let response): result = response
+            case .failure(let failure):
+                printError("Encrypt failed: \(failure)")
                 return ExitCode.failure
             }
-            let result = try EncryptResponse(serializedBytes: message[...])
             print(try jsonText(Envelope(ciphertext: Data(result.ciphertext).base64EncodedString(), key_id: result.keyID,
                                         annotations: result.annotations.mapValues { Data($0).base64EncodedString() })))
             return ExitCode.ok
@@ -73,7 +75,7 @@ enum ProbeCommands {
             usage: kekctl decrypt [--socket PATH] [--uid UID] < envelope.json > plaintext
               Decrypts the JSON printed by `kekctl encrypt` through a running kekd; writes the plaintext to stdout.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "uid"])
+            let args = try Flags(argv, valueFlags: ["socket", "uid"])
             guard let object = try? JSONDecoder().decode(Envelope.self, from: Data(readStandardInput())),
                   let ciphertext = Data(base64Encoded: object.ciphertext) else {
                 printError("stdin must be the JSON printed by kekctl encrypt")
@@ -85,16 +87,15 @@ enum ProbeCommands {
                 guard let bytes = Data(base64Encoded: value) else { printError("annotation \(key) is not base64"); return ExitCode.failure }
                 annotations[key] = [UInt8](bytes)
             }
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
+            let client = try KMSClient(socketPath: socketPath(args))
             let request = DecryptRequest(ciphertext: [UInt8](ciphertext), uid: args.value("uid") ?? "kekctl-\(UUID().uuidString.lowercased())",
                                          keyID: keyID, annotations: annotations)
-            let response = try client.call(path: "/v2.KeyManagementService/Decrypt", message: request.serializedBytes())
-            guard response.status.code == .ok, let message = response.message else {
-                printError("Decrypt failed: \(response.status)")
+            switch try client.decrypt(request) {
+            case .success(let result): writeStandardOutput(result.plaintext)
+            case .failure(let failure):
+                printError("Decrypt failed: \(failure)")
                 return ExitCode.failure
             }
-            let result = try DecryptResponse(serializedBytes: message[...])
-            writeStandardOutput(result.plaintext)
             return ExitCode.ok
         }
     }
@@ -105,37 +106,39 @@ enum ProbeCommands {
             usage: kekctl bench [--socket PATH] --op Status|Encrypt|Decrypt [--concurrency N] [--calls N] [--warmup N]
               Drives a running kekd over one connection and prints one JSON line: calls/s and p50/p99/max latency in µs.
             """) { argv in
-            let args = try Arguments(argv, valueFlags: ["socket", "op", "concurrency", "calls", "warmup"])
+            let args = try Flags(argv, valueFlags: ["socket", "op", "concurrency", "calls", "warmup"])
             let op = try args.required("op")
             guard let concurrency = Int(args.value("concurrency") ?? "1"), concurrency >= 1,
                   let calls = Int(args.value("calls") ?? "20000"), calls >= 1,
                   let warmup = Int(args.value("warmup") ?? "2000"), warmup >= 0 else {
                 throw UsageError(message: "--concurrency, --calls and --warmup take positive numbers")
             }
-            let client = try UnixGRPCClient(socketPath: socketPath(args))
-            let path = "/v2.KeyManagementService/\(op)"
+            guard let method = KMSMethod(op: op) else { throw UsageError(message: "--op must be Status, Encrypt or Decrypt") }
+            let client = try KMSClient(socketPath: socketPath(args))
+            let encryptRequest = EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench")
             let message: [UInt8]
-            switch op {
-            case "Status": message = StatusRequest().serializedBytes()
-            case "Encrypt": message = EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes()
-            case "Decrypt":
-                let seed = try client.call(path: "/v2.KeyManagementService/Encrypt",
-                                           message: EncryptRequest(plaintext: [UInt8](repeating: 7, count: 32), uid: "bench").serializedBytes())
-                guard seed.status.code == .ok, let bytes = seed.message else { printError("Encrypt for the Decrypt seed failed: \(seed.status)"); return ExitCode.failure }
-                let enc = try EncryptResponse(serializedBytes: bytes[...])
-                message = DecryptRequest(ciphertext: enc.ciphertext, uid: "bench", keyID: enc.keyID, annotations: enc.annotations).serializedBytes()
-            default: throw UsageError(message: "--op must be Status, Encrypt or Decrypt")
+            switch method {
+            case .status: message = StatusRequest().serializedBytes()
+            case .encrypt: message = encryptRequest.serializedBytes()
+            case .decrypt:
+                switch try client.encrypt(encryptRequest) {
+                case .success(let enc):
+                    message = DecryptRequest(ciphertext: enc.ciphertext, uid: "bench", keyID: enc.keyID, annotations: enc.annotations).serializedBytes()
+                case .failure(let failure):
+                    printError("Encrypt for the Decrypt seed failed: \(failure)")
+                    return ExitCode.failure
+                }
             }
             var failures = 0
             if warmup > 0 {
-                try client.runPipelined(total: warmup, concurrency: concurrency, path: path, message: { message }) { r, _ in
+                try client.runPipelined(total: warmup, concurrency: concurrency, method: method, message: message) { r, _ in
                     if r.status.code != .ok { failures += 1 }
                 }
             }
             var latencies: [UInt64] = []
             latencies.reserveCapacity(calls)
             let t0 = DispatchTime.now().uptimeNanoseconds
-            try client.runPipelined(total: calls, concurrency: concurrency, path: path, message: { message }) { r, ns in
+            try client.runPipelined(total: calls, concurrency: concurrency, method: method, message: message) { r, ns in
                 if r.status.code != .ok { failures += 1 }
                 latencies.append(ns)
             }

@@ -1,15 +1,16 @@
 // `kekctl rotate-cluster`: parses flags and assembles the Rotation state machine with the real cluster (Kubernetes
 // API), key backend (key file or Vault), this node's kekd and a verifier. The phases themselves live in Rotation.
+import CommandLineFlags
 import Etcd
 import FoundationEssentials
 import Glibc
 import HTTPClient
 import JSON
 import KMSProto
+import KMSRPC
 import Kubernetes
 import Locking
 import Rotation
-import Server
 import Synchronization
 import Vault
 
@@ -56,9 +57,8 @@ enum RotateClusterCommand {
                                            "resources", "settle", "converge-timeout", "qps", "concurrency", "etcd-endpoint",
                                            "etcd-cacert", "etcd-cert", "etcd-key", "state-file", "new-key-id", "socket", "output",
                                            "poll-interval"]
-            let args = try Arguments(argv, valueFlags: valueFlags.union(VaultConfiguration.flagNames),
-                                     switchFlags: ["retire", "dry-run", "skip-rotate", "shared-key-file"])
-            guard args.positionals.isEmpty else { throw UsageError(message: "unexpected argument \(args.positionals[0])") }
+            let args = try Flags(argv, valueFlags: valueFlags.union(VaultConfiguration.flagNames),
+                                 switchFlags: ["retire", "dry-run", "skip-rotate", "shared-key-file"], allowsPositionals: false)
             let json: Bool
             switch args.value("output") ?? "text" {
             case "text": json = false
@@ -152,7 +152,7 @@ enum RotateClusterCommand {
         do { return try RotationStateFile.load(path: path) } catch { throw UsageError(message: error.message + " (remove it to start afresh)") }
     }
 
-    private static func makeRotator(_ args: Arguments, skipRotate: Bool) throws -> KeyRotator? {
+    private static func makeRotator(_ args: Flags, skipRotate: Bool) throws -> KeyRotator? {
         let backend = args.value("backend") ?? (args.value("key-file") != nil ? "file" : (skipRotate ? "none" : "file"))
         switch backend {
         case "file":
@@ -192,7 +192,7 @@ enum RotateClusterCommand {
 
     /// The census verifier over etcd's client certificate (kubeadm's healthcheck-client by default), with the
     /// apiservers' metrics as the fallback when etcd does not answer at all.
-    private static func etcdVerifier(_ args: Arguments, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
+    private static func etcdVerifier(_ args: Flags, endpoint: String, fallback: MigrationVerifier) throws -> MigrationVerifier {
         let url: Endpoint
         do throws(AddressError) { url = try Endpoint(url: endpoint, what: "--etcd-endpoint") } catch { throw UsageError(message: error.message) }
         let tls = try CensusCommand.tlsSettings(args, secure: url.secure)
@@ -230,10 +230,9 @@ struct KekdProbe: PluginProbe {
     let socket: String
     func keyID() throws(RotationError) -> String {
         do {
-            let client = try UnixGRPCClient(socketPath: socket, ioTimeoutSeconds: 5)
-            let response = try client.call(path: "/v2.KeyManagementService/Status", message: StatusRequest().serializedBytes(), timeoutNanos: 5_000_000_000)
-            guard response.status.code == .ok, let message = response.message else { throw RotationError("kekd Status failed: \(response.status)") }
-            let status = try StatusResponse(serializedBytes: message[...])
+            let client = try KMSClient(socketPath: socket, ioTimeoutSeconds: 5)
+            let status = try client.status(timeoutNanos: 5_000_000_000)
+                .mapError { RotationError("kekd Status failed: \($0)") }.get()
             guard status.healthz == "ok", !status.keyID.isEmpty else { throw RotationError("kekd at \(socket) is not healthy: \(status.healthz)") }
             return status.keyID
         } catch let error as RotationError {

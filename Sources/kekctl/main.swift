@@ -2,7 +2,7 @@
 import FoundationEssentials
 import Glibc
 import Locking
-import Server
+import CommandLineFlags
 
 nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([String]) -> Int32)] = [
     ("init", "create a new key file with one primary version", KeyCommands.initKeyFile),

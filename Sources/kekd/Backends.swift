@@ -1,6 +1,7 @@
 // Building kekd's key backends from flags: the encrypting one (`--backend KIND` and that kind's flags) and any number
 // of decrypt-only ones (`--decrypt-also KIND`, repeatable, with that kind's flags repeated under the `decrypt-also-`
 // prefix: `--decrypt-also-key-file`, `--decrypt-also-vault-addr`, ...). A new kind is one entry in `BackendKind.all`.
+import CommandLineFlags
 import FoundationEssentials
 import KMS
 import Logging
@@ -81,74 +82,46 @@ struct BackendKind: Sendable {
     }
 }
 
-/// `--decrypt-also KIND` (repeatable) and `--decrypt-also-FLAG VALUE` for the flags of those kinds, taken out of the
-/// arguments before the other flags are parsed.
+/// `--decrypt-also KIND` (repeatable) and `--decrypt-also-FLAG VALUE` for the flags of those kinds.
 struct DecryptAlsoFlags {
     static let prefix = "decrypt-also"
     var kinds: [BackendKind] = []
     /// The prefixed flags' values, by the kind's own flag name (`key-file`, `vault-addr`, ...).
     var values: [String: String] = [:]
 
-    /// Splits `args` into the rest and the decrypt-also flags; an unknown kind, a kind named twice, or a
+    /// From the prefixed flags in command-line order; an unknown kind, a kind named twice, or a
     /// `--decrypt-also-FLAG` that belongs to none of the named kinds is a usage error.
-    static func extract(_ args: [String]) throws(StartupError) -> (rest: [String], flags: DecryptAlsoFlags) {
-        var rest: [String] = []
-        var flags = DecryptAlsoFlags()
-        var i = 0
-        while i < args.count {
-            let arg = args[i]
-            i += 1
-            guard arg.hasPrefix("--" + prefix) else { rest.append(arg); continue }
-            var name = String(arg.dropFirst(2))
-            var value: String?
-            if let eq = name.firstIndex(of: "=") {
-                value = String(name[name.index(after: eq)...])
-                name = String(name[..<eq])
-            }
-            guard name == prefix || name.hasPrefix(prefix + "-") else { rest.append(arg); continue }
-            if value == nil {
-                guard i < args.count else { throw StartupError(.usage, "--\(name) needs a value") }
-                value = args[i]
-                i += 1
-            }
-            guard let value else { continue }
+    init(_ occurrences: [(name: String, value: String)]) throws(UsageError) {
+        let prefix = Self.prefix
+        for (name, value) in occurrences {
             if name == prefix {
                 guard let kind = BackendKind.named(value) else {
-                    throw StartupError(.usage, "--decrypt-also must be one of \(BackendKind.names), got \(value)")
+                    throw UsageError(message: "--decrypt-also must be one of \(BackendKind.names), got \(value)")
                 }
-                guard !flags.kinds.contains(where: { $0.name == kind.name }) else {
-                    throw StartupError(.usage, "--decrypt-also \(value) given twice")
+                guard !kinds.contains(where: { $0.name == kind.name }) else {
+                    throw UsageError(message: "--decrypt-also \(value) given twice")
                 }
-                flags.kinds.append(kind)
+                kinds.append(kind)
             } else {
                 let own = String(name.dropFirst(prefix.count + 1))
-                guard flags.values[own] == nil else { throw StartupError(.usage, "--\(name) given twice") }
-                flags.values[own] = value
+                guard values[own] == nil else { throw UsageError(message: "--\(name) given twice") }
+                values[own] = value
             }
         }
-        for own in flags.values.keys.sorted() where !flags.kinds.contains(where: { $0.flagNames.contains(own) }) {
+        for own in values.keys.sorted() where !kinds.contains(where: { $0.flagNames.contains(own) }) {
             let owner = BackendKind.all.first { $0.flagNames.contains(own) }
-            throw StartupError(.usage, owner.map { "--\(prefix)-\(own) needs --decrypt-also \($0.name)" }
-                               ?? "unknown flag --\(prefix)-\(own) (see kekd serve --help)")
+            throw UsageError(message: owner.map { "--\(prefix)-\(own) needs --decrypt-also \($0.name)" }
+                             ?? "unknown flag --\(prefix)-\(own) (see kekd serve --help)")
         }
-        return (rest, flags)
     }
 }
 
-/// The encrypting backend and the decrypt-only ones, built and checked.
-func buildBackends(encrypting kindName: String, flags: [String: String], decryptAlso: DecryptAlsoFlags,
-                   context: BackendContext) throws(StartupError) -> BackendSet {
-    guard let kind = BackendKind.named(kindName) else {
-        throw StartupError(.usage, "--backend must be one of \(BackendKind.names), got \(kindName)")
-    }
-    if decryptAlso.kinds.contains(where: { $0.name == kind.name }) {
-        throw StartupError(.usage, "--decrypt-also \(kind.name): \(kind.name) is already the encrypting backend (--backend)")
-    }
-    let own = flags.filter { kind.flagNames.contains($0.key) }
-    let encrypting = try kind.build(own, .encrypt, context)
+/// The encrypting backend and the decrypt-only ones, built and connected (kinds already validated by the parse).
+func buildBackends(_ selection: DaemonConfiguration.Backends, context: BackendContext) throws(StartupError) -> BackendSet {
+    let encrypting = try selection.encrypting.build(selection.flags, .encrypt, context)
     var decryptOnly: [any KeyBackend] = []
-    for other in decryptAlso.kinds {
-        let values = decryptAlso.values.filter { other.flagNames.contains($0.key) }
+    for other in selection.decryptAlso.kinds {
+        let values = selection.decryptAlso.values.filter { other.flagNames.contains($0.key) }
         do { decryptOnly.append(try other.build(values, .decryptOnly, context)) } catch {
             encrypting.close()
             for built in decryptOnly { built.close() }

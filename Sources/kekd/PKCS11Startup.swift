@@ -1,5 +1,6 @@
 // `--backend pkcs11` / `--decrypt-also pkcs11`: builds the backend from the `--pkcs11-*` flags and hooks its token state into metrics and
 // /readyz. Kept apart from main.swift so the wiring stays one call there.
+import CommandLineFlags
 import FoundationEssentials
 import Logging
 import Metrics

@@ -7,6 +7,7 @@ import Locking
 import Logging
 import Testing
 @testable import Server
+import Transport
 
 /// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others.
 private final class FakeBackend: KeyBackend, @unchecked Sendable {

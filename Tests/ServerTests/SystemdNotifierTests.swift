@@ -3,6 +3,7 @@ import Glibc
 import Locking
 import Testing
 @testable import Server
+import Transport
 
 /// A datagram socket standing in for systemd's notify socket: bound to `address`, read with a timeout.
 private final class DatagramReceiver {

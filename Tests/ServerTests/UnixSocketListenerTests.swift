@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import Testing
 @testable import Server
+import Transport
 
 /// Security review items 8 and 14: when an existing socket file may be removed, and what bind and shutdown touch.
 @Suite struct UnixSocketListenerTests {

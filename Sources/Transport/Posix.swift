@@ -1,4 +1,4 @@
-// Small POSIX helpers for the socket edge of kekd.
+// Small POSIX helpers for unix sockets: kekd's serving edge and kekctl's client share them.
 import FoundationEssentials
 import Glibc
 
@@ -25,9 +25,9 @@ public struct PeerCredentials: Sendable, Equatable {
     }
 }
 
-enum Posix {
+public enum Posix {
     /// Writes everything or fails (EAGAIN after SO_SNDTIMEO counts as failure: the peer stopped reading).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var offset = 0
         return bytes.withUnsafeBytes { buf in
             while offset < buf.count {
@@ -42,12 +42,12 @@ enum Posix {
         }
     }
 
-    static func setTimeout(_ fd: Int32, option: Int32, seconds: Double) {
+    public static func setTimeout(_ fd: Int32, option: Int32, seconds: Double) {
         var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1_000_000))
         _ = setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    static func makeUnixAddress(_ path: String) throws(SystemError) -> sockaddr_un {
+    public static func makeUnixAddress(_ path: String) throws(SystemError) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
@@ -60,7 +60,7 @@ enum Posix {
         return addr
     }
 
-    static func connectUnix(_ path: String) throws(SystemError) -> Int32 {
+    public static func connectUnix(_ path: String) throws(SystemError) -> Int32 {
         var addr = try makeUnixAddress(path)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError("socket") }
@@ -75,7 +75,7 @@ enum Posix {
         return fd
     }
 
-    static func monotonicNanos() -> UInt64 {
+    public static func monotonicNanos() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
