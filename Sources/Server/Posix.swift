@@ -1,6 +1,7 @@
 // Small POSIX helpers for the socket edge of kekd.
 import FoundationEssentials
 import Glibc
+import KMS
 
 public struct SystemError: Error, CustomStringConvertible, Sendable {
     public let call: String
@@ -75,9 +76,5 @@ enum Posix {
         return fd
     }
 
-    static func monotonicNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    static func monotonicNanos() -> UInt64 { CallContext.monotonicNanos() }
 }

@@ -5,6 +5,7 @@ import Crypto
 import Dispatch
 import FoundationEssentials
 import Glibc
+import KMS
 import Locking
 import Synchronization
 
@@ -114,18 +115,20 @@ final class UnwrapBatcher: @unchecked Sendable {
         self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
     }
 
-    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`.
-    func unwrap(_ wrapped: String, deadline: Date) throws(VaultError) -> SymmetricKey {
+    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`, or until `cancellation`
+    /// says the caller is gone.
+    func unwrap(_ wrapped: String, deadline: Date, cancellation: CallCancellation? = nil) throws(VaultError) -> SymmetricKey {
         cond.lock()
         if let key = cache.get(wrapped) { cond.unlock(); return key }
         cond.unlock()
-        return try unwrapAll([wrapped], deadline: deadline)[0].get()
+        return try unwrapAll([wrapped], deadline: deadline, cancellation: cancellation)[0].get()
     }
 
     /// The unwrapped keys for `list`, in order, from the cache or Vault: the misses join one pending batch (up to
     /// `maxBatch` per Vault call), shared with concurrent Decrypts missing the same keys. Waits at most until
-    /// `deadline`; what is still missing then fails with UNAVAILABLE.
-    func unwrapAll(_ list: [String], deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+    /// `deadline`; what is still missing then fails with UNAVAILABLE. A cancelled caller stops waiting within
+    /// `cancellationCheck` seconds (its keys stay queued: the batch fills the cache for the next caller).
+    func unwrapAll(_ list: [String], deadline: Date, cancellation: CallCancellation? = nil) -> [Result<SymmetricKey, VaultError>] {
         var results = [Result<SymmetricKey, VaultError>?](repeating: nil, count: list.count)
         var waiting: [(index: Int, entry: Pending)] = []
         cond.lock()
@@ -157,7 +160,13 @@ final class UnwrapBatcher: @unchecked Sendable {
                 cond.broadcast()
                 continue
             }
-            if !cond.wait(seconds: deadline.timeIntervalSinceNow) && waiting.allSatisfy({ $0.entry.result == nil }) {
+            let left = deadline.timeIntervalSinceNow
+            if cond.wait(seconds: cancellation == nil ? left : min(left, Self.cancellationCheck)) { continue }
+            if cancellation?.isCancelled == true {
+                for item in waiting { results[item.index] = .failure(VaultError(.unavailable, "call cancelled while waiting for Vault")) }
+                break
+            }
+            if deadline.timeIntervalSinceNow <= 0 && waiting.allSatisfy({ $0.entry.result == nil }) {
                 for item in waiting {
                     results[item.index] = .failure(VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK"))
                 }
@@ -167,6 +176,9 @@ final class UnwrapBatcher: @unchecked Sendable {
         cond.unlock()
         return results.map { $0 ?? .failure(VaultError(.internalError, "local KEK not unwrapped")) }
     }
+
+    /// How often a waiting caller that can be cancelled looks at its cancellation.
+    static let cancellationCheck = 0.02
 
     private func runOneBatch() {
         if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch

@@ -158,10 +158,11 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         let newChain = flags.switches.contains("audit-new-chain")
         if let keyPath = flags.values["audit-hmac-key-file"] {
             hmacKey = try AuditChainKey.load(keyPath: keyPath, auditLog: path, createWhenFresh: false, newChain: newChain, logger: logger)
-        } else if let derived = backend.auditHMACKey() {
-            hmacKey = derived
+        } else if let file = backend.encrypting as? FileKeyBackend {
+            // The chain follows the backend that writes; only a key file has a stable secret to derive its key from.
+            hmacKey = file.auditHMACKey()
         } else {
-            // The Vault backend has no local secret to derive from: keep a random chain key in the state folder.
+            // Vault and PKCS#11 have no local secret to derive from: keep a random chain key in the state folder.
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             hmacKey = try AuditChainKey.load(keyPath: "\(stateDir)/audit-hmac.key", auditLog: path, createWhenFresh: true,
                                              newChain: newChain, logger: logger)
@@ -181,6 +182,8 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
         wipe(&hmacKey)
         audit = try AuditLog(configuration: configuration)
         server.auditBlocksCalls = auditMode == .failClosed
+        // A key file answers every call from memory; Vault and PKCS#11 say per call whether they would wait.
+        server.execution = backend.members.allSatisfy { $0.backend is FileKeyBackend } ? .inline : .askBackend
     } catch let error as StartupError {
         throw error
     } catch {
