@@ -103,15 +103,15 @@ final class UnwrapBatcher: @unchecked Sendable {
     private var leaderActive = false
 
     private let cache: LocalKEKCache
-    /// Unwraps a batch with one Vault call; returns one result per input, in order.
-    private let unwrapMany: @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]
+    /// Unwraps a batch with one Vault call bounded by the deadline; returns one result per input, in order.
+    private let unwrapMany: @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]
     private let window: Double
     private let maxBatch: Int
     /// Vault calls made (one per batch), for tests and metrics.
     let batches = Atomic<Int>(0)
 
     init(cache: LocalKEKCache, window: Double = 0.002, maxBatch: Int = 128,
-         unwrapMany: @escaping @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]) {
+         unwrapMany: @escaping @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]) {
         self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
     }
 
@@ -151,10 +151,10 @@ final class UnwrapBatcher: @unchecked Sendable {
             }
             if waiting.isEmpty { break }
             if !leaderActive && !queue.isEmpty {
-                // Lead one batch; whoever is still waiting afterwards leads the next one.
+                // Lead one batch, bounded by this caller's deadline; whoever is still waiting afterwards leads the next.
                 leaderActive = true
                 cond.unlock()
-                runOneBatch()
+                runOneBatch(deadline: deadline)
                 cond.lock()
                 leaderActive = false
                 cond.broadcast()
@@ -180,7 +180,7 @@ final class UnwrapBatcher: @unchecked Sendable {
     /// How often a waiting caller that can be cancelled looks at its cancellation.
     static let cancellationCheck = 0.02
 
-    private func runOneBatch() {
+    private func runOneBatch(deadline: Date) {
         if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch
         cond.lock()
         let batch = Array(queue.prefix(maxBatch))
@@ -189,7 +189,7 @@ final class UnwrapBatcher: @unchecked Sendable {
         guard !batch.isEmpty else { return }
         batches.add(1, ordering: .relaxed)
         let generation = cache.generation
-        var results = unwrapMany(batch)
+        var results = unwrapMany(batch, deadline)
         if results.count != batch.count {
             results = Array(repeating: .failure(VaultError(.internalError, "unwrap result count mismatch")), count: batch.count)
         }

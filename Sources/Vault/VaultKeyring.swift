@@ -121,8 +121,8 @@ public final class VaultKeyring: Sendable {
         let transit = self.transit
         let timeout = configuration.requestTimeout
         let keyName = configuration.keyName
-        batcher = UnwrapBatcher(cache: cache) { wrapped in
-            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout)) { error in
+        batcher = UnwrapBatcher(cache: cache) { wrapped, deadline in
+            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: min(deadline, Date(timeIntervalSinceNow: timeout))) { error in
                 Self.revokeAccess(error, keyName: keyName, state: state, cache: cache, log: log)
             }
         }
