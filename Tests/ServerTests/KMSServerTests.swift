@@ -6,20 +6,30 @@ import Locking
 import Testing
 @testable import Server
 
-/// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others.
+/// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others, and of
+/// "wait" waits until its call is cancelled (at most 5 s), to prove cancellation reaches the backend.
 private final class FakeBackend: KeyBackend, @unchecked Sendable {
     let name = "fake"
     let mayBlock: Bool
     let delay: Double
     init(mayBlock: Bool, delay: Double = 0.5) { self.mayBlock = mayBlock; self.delay = delay }
     func status() -> BackendStatus { BackendStatus(healthy: true, keyID: "fake-key-1", detail: "") }
-    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         EncryptResult(ciphertext: plaintext.reversed(), keyID: "fake-key-1", annotations: [:])
     }
     let decrypts = LockedValue(0)
-    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    /// Seconds a "wait" Decrypt waited before it saw its cancellation (nil: not seen).
+    let cancelledAfter = LockedValue<Double?>(nil)
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                 context: CallContext) throws(KMSError) -> [UInt8] {
         decrypts.withLock { $0 += 1 }
         if ciphertext == Array("slow".utf8) { Thread.sleep(forTimeInterval: delay) }
+        if ciphertext == Array("wait".utf8) {
+            let t0 = Date()
+            while !context.isCancelled && Date().timeIntervalSince(t0) < 5 { Thread.sleep(forTimeInterval: 0.002) }
+            if context.isCancelled { cancelledAfter.withLock { $0 = Date().timeIntervalSince(t0) } }
+            throw KMSError(.unavailable, "gave up")
+        }
         guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
         return ciphertext.reversed()
     }
@@ -29,7 +39,6 @@ private final class FakeBackend: KeyBackend, @unchecked Sendable {
         guard mayBlock, case .decrypt(_, let annotations) = call else { return false }
         return annotations["cached.kekd.test"] == nil
     }
-    func auditHMACKey() -> [UInt8]? { nil }
     func reload() {}
     func close() {}
 }
@@ -238,4 +247,48 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     done = exchange(conn, fd: fd, expecting: 1)
     #expect(done.keys.sorted() == [afterID])
     #expect(done[afterID]?.0.status == .ok)
+}
+
+@Test func aStreamResetReachesTheBlockedBackendAndFreesItsPoolSlot() throws {
+    // One pool slot, held by a Decrypt that waits for its cancellation: the client's RST_STREAM must reach the
+    // backend (through the call's context) and free the slot for the next blocking call.
+    let backend = FakeBackend(mayBlock: true)
+    let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    defer { close(fd) }
+    let conn = GRPCClientConnection()
+    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let resetID = try #require(conn.startCall(path: decryptPath, message: waiting))
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    let deadline = Date().addingTimeInterval(2)
+    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    let resetAt = Date()
+    conn.http2.resetStream(streamID: resetID, code: .cancel)
+    let blocking = DecryptRequest(ciphertext: [1, 2], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < resetAt.addingTimeInterval(2) { Thread.sleep(forTimeInterval: 0.005) }
+    #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the cancellation")
+    #expect(Date().timeIntervalSince(resetAt) < 1)
+    Thread.sleep(forTimeInterval: 0.05)  // the pool posts its completion back to the connection
+    let nextID = try #require(conn.startCall(path: decryptPath, message: blocking))
+    let done = exchange(conn, fd: fd, expecting: 1)
+    #expect(done.keys.sorted() == [nextID], "nothing is answered on the reset stream")
+    #expect(done[nextID]?.0.status == .ok, "the pool slot is free again")
+}
+
+@Test func closingTheConnectionCancelsItsCallsOnThePool() throws {
+    let backend = FakeBackend(mayBlock: true)
+    let server = try startServer(backend)
+    defer { server.shutdown() }
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    let conn = GRPCClientConnection()
+    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    _ = try #require(conn.startCall(path: decryptPath, message: waiting))
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    let deadline = Date().addingTimeInterval(2)
+    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    close(fd)
+    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline.addingTimeInterval(1) { Thread.sleep(forTimeInterval: 0.005) }
+    #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the connection close")
 }
