@@ -151,13 +151,17 @@ final class UnwrapBatcher: @unchecked Sendable {
             }
             if waiting.isEmpty { break }
             if !leaderActive && !queue.isEmpty {
-                // Lead one batch, bounded by this caller's deadline; whoever is still waiting afterwards leads the next.
+                // Start one batch, bounded by this caller's deadline; whoever is still waiting afterwards starts the
+                // next. On its own thread, so this caller can stop waiting when cancelled while the batch still
+                // fills the cache for the others.
                 leaderActive = true
-                cond.unlock()
-                runOneBatch(deadline: deadline)
-                cond.lock()
-                leaderActive = false
-                cond.broadcast()
+                startThread(name: "kekd-vault-unwrap") { [self] in
+                    runOneBatch(deadline: deadline)
+                    cond.lock()
+                    leaderActive = false
+                    cond.broadcast()
+                    cond.unlock()
+                }
                 continue
             }
             let left = deadline.timeIntervalSinceNow
