@@ -115,9 +115,7 @@ final class ServerConnection: @unchecked Sendable {
             }
             if ready <= 0 {
                 if checkTimeouts(now: now, started: started, lastActivity: lastActivity) { break }
-                continue
-            }
-            if fds[0].revents != 0 {
+            } else if fds[0].revents != 0 {
                 let n = read(fd, buffer.baseAddress, bufferSize)
                 if n == 0 { break }
                 if n < 0 {
@@ -236,8 +234,7 @@ final class ServerConnection: @unchecked Sendable {
             flush()
             return true
         }
-        flush()  // output a mailbox message or an expired request produced
-        return writeFailed
+        return false
     }
 
     /// Admission, then the work inline or on the pool.
