@@ -81,7 +81,7 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     /// Like Go's serveG.check(): state of this connection is touched by its own thread only.
-    @inline(__always) private func checkOwner() {
+    @inline(__always) func checkOwner() {
         #if DEBUG
         precondition(ownerThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false,
                      "connection \(id) state touched off its own thread")

@@ -292,3 +292,17 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline.addingTimeInterval(1) { Thread.sleep(forTimeInterval: 0.005) }
     #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the connection close")
 }
+
+#if DEBUG
+@Test func touchingAConnectionsStateOffItsOwnThreadTraps() async {
+    // The ownership rule (like Go's serveG.check()): only the connection's own thread may touch its state.
+    await #expect(processExitsWith: .failure) {
+        var config = ServerConfiguration(socketPath: "/unused")
+        config.maxConnections = 1
+        let server = KMSServer(configuration: config, service: KMSService(backend: FakeBackend(mayBlock: false)), audit: nil,
+                               metrics: nil, logger: Logger(minimumLevel: .error))
+        let connection = try ServerConnection(id: 1, fd: -1, peer: PeerCredentials(pid: 1, uid: 0, gid: 0), server: server)
+        connection.checkOwner()  // never started: this thread is not its owner
+    }
+}
+#endif
