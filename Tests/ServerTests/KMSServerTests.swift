@@ -249,20 +249,26 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     #expect(done[afterID]?.0.status == .ok)
 }
 
+/// Opens a connection and sends a Decrypt the backend holds until it is cancelled; returns once the backend has it.
+private func startWaitingDecrypt(_ backend: FakeBackend, _ server: KMSServer) throws -> (Int32, GRPCClientConnection, UInt32) {
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    let conn = GRPCClientConnection()
+    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let streamID = try #require(conn.startCall(path: decryptPath, message: waiting))
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    let deadline = Date().addingTimeInterval(2)
+    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    return (fd, conn, streamID)
+}
+
 @Test func aStreamResetReachesTheBlockedBackendAndFreesItsPoolSlot() throws {
     // One pool slot, held by a Decrypt that waits for its cancellation: the client's RST_STREAM must reach the
     // backend (through the call's context) and free the slot for the next blocking call.
     let backend = FakeBackend(mayBlock: true)
     let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
     defer { server.shutdown() }
-    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    let (fd, conn, resetID) = try startWaitingDecrypt(backend, server)
     defer { close(fd) }
-    let conn = GRPCClientConnection()
-    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
-    let resetID = try #require(conn.startCall(path: decryptPath, message: waiting))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
-    let deadline = Date().addingTimeInterval(2)
-    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
     let resetAt = Date()
     conn.http2.resetStream(streamID: resetID, code: .cancel)
     let blocking = DecryptRequest(ciphertext: [1, 2], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
@@ -281,15 +287,10 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     let backend = FakeBackend(mayBlock: true)
     let server = try startServer(backend)
     defer { server.shutdown() }
-    let fd = try Posix.connectUnix(server.configuration.socketPath)
-    let conn = GRPCClientConnection()
-    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
-    _ = try #require(conn.startCall(path: decryptPath, message: waiting))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
-    let deadline = Date().addingTimeInterval(2)
-    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    let (fd, _, _) = try startWaitingDecrypt(backend, server)
     close(fd)
-    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline.addingTimeInterval(1) { Thread.sleep(forTimeInterval: 0.005) }
+    let deadline = Date().addingTimeInterval(2)
+    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
     #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the connection close")
 }
 
