@@ -6,15 +6,15 @@ import Testing
 /// A backend of a given kind that answers with its own name, so a test sees which backend served a call.
 private final class NamedBackend: KeyBackend {
     let name: String
-    let mayBlock: Bool
+    let blocks: Bool
     /// The deadline of the last call's context: what reached this backend.
     let lastDeadline = Atomic<UInt64>(0)
     let encrypts = Atomic<Int>(0)
     let decrypts = Atomic<Int>(0)
     let reloads = Atomic<Int>(0)
-    init(_ name: String, mayBlock: Bool = false) { self.name = name; self.mayBlock = mayBlock }
+    init(_ name: String, blocks: Bool = false) { self.name = name; self.blocks = blocks }
     func status() -> BackendStatus { BackendStatus(healthy: true, keyID: "\(name)-key", detail: "") }
-    func wouldBlock(_ call: BackendCall) -> Bool { mayBlock }
+    func wouldBlock(_ call: BackendCall) -> Bool { blocks }
     func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         lastDeadline.store(context.deadline ?? 0, ordering: .relaxed)
         encrypts.add(1, ordering: .relaxed)
@@ -50,7 +50,7 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
 }
 
 @Test func encryptAndStatusUseTheEncryptingBackendDecryptRoutesByKeyID() throws {
-    let vault = NamedBackend("vault", mayBlock: true), file = NamedBackend("file")
+    let vault = NamedBackend("vault", blocks: true), file = NamedBackend("file")
     let set = try BackendSet(encrypting: vault, decryptOnly: [file])
     #expect(set.name == "vault")
     #expect(set.status().keyID == "vault-key")
@@ -106,7 +106,7 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
 }
 
 @Test func wouldBlockAsksTheBackendTheCallGoesTo() throws {
-    let vault = NamedBackend("vault", mayBlock: true), file = NamedBackend("file")
+    let vault = NamedBackend("vault", blocks: true), file = NamedBackend("file")
     let set = try BackendSet(encrypting: vault, decryptOnly: [file])
     #expect(set.wouldBlock(.encrypt))
     #expect(set.wouldBlock(.decrypt(keyID: vaultKeyID, annotations: [:])))
