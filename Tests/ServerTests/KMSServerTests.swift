@@ -226,15 +226,9 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     let backend = FakeBackend(mayBlock: true, delay: 0.4)
     let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
     defer { server.shutdown() }
-    let fd = try Posix.connectUnix(server.configuration.socketPath)
-    defer { close(fd) }
-    let conn = GRPCClientConnection()
-    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
-    let resetID = try #require(conn.startCall(path: decryptPath, message: slow))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
     // Reset once the backend has the call.
-    let deadline = Date().addingTimeInterval(2)
-    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    let (fd, conn, resetID) = try startBlockingDecrypt(backend, server, ciphertext: "slow")
+    defer { close(fd) }
     #expect(backend.decrypts.withLock { $0 } == 1)
     conn.http2.resetStream(streamID: resetID, code: .cancel)
     let statusID = try #require(conn.startCall(path: statusPath, message: []))
@@ -249,11 +243,13 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     #expect(done[afterID]?.0.status == .ok)
 }
 
-/// Opens a connection and sends a Decrypt the backend holds until it is cancelled; returns once the backend has it.
-private func startWaitingDecrypt(_ backend: FakeBackend, _ server: KMSServer) throws -> (Int32, GRPCClientConnection, UInt32) {
+/// Opens a connection and sends a Decrypt the backend holds ("slow": a while, "wait": until cancelled); returns once
+/// the backend has it.
+private func startBlockingDecrypt(_ backend: FakeBackend, _ server: KMSServer,
+                                  ciphertext: String = "wait") throws -> (Int32, GRPCClientConnection, UInt32) {
     let fd = try Posix.connectUnix(server.configuration.socketPath)
     let conn = GRPCClientConnection()
-    let waiting = DecryptRequest(ciphertext: Array("wait".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let waiting = DecryptRequest(ciphertext: Array(ciphertext.utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
     let streamID = try #require(conn.startCall(path: decryptPath, message: waiting))
     _ = Posix.writeAll(fd, conn.http2.takeOutput())
     let deadline = Date().addingTimeInterval(2)
@@ -267,7 +263,7 @@ private func startWaitingDecrypt(_ backend: FakeBackend, _ server: KMSServer) th
     let backend = FakeBackend(mayBlock: true)
     let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
     defer { server.shutdown() }
-    let (fd, conn, resetID) = try startWaitingDecrypt(backend, server)
+    let (fd, conn, resetID) = try startBlockingDecrypt(backend, server)
     defer { close(fd) }
     let resetAt = Date()
     conn.http2.resetStream(streamID: resetID, code: .cancel)
@@ -287,7 +283,7 @@ private func startWaitingDecrypt(_ backend: FakeBackend, _ server: KMSServer) th
     let backend = FakeBackend(mayBlock: true)
     let server = try startServer(backend)
     defer { server.shutdown() }
-    let (fd, _, _) = try startWaitingDecrypt(backend, server)
+    let (fd, _, _) = try startBlockingDecrypt(backend, server)
     close(fd)
     let deadline = Date().addingTimeInterval(2)
     while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
