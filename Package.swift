@@ -109,6 +109,6 @@ let package = Package(
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),
         .testTarget(name: "RotationTests", dependencies: ["Rotation", "JSON", "Locking", "KMS"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Transport", "GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Transport", "KMSRPC", "GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "Audit", "Metrics", "Locking", "Logging"]),
     ]
 )

@@ -57,7 +57,6 @@ public final class BackendSet: KeyBackend {
 
     /// The encrypting backend's: Encrypt, Status and the audit record of those calls name it.
     public var name: String { encrypting.name }
-    public var mayBlock: Bool { members.contains { $0.backend.mayBlock } }
 
     public func status() -> BackendStatus { encrypting.status() }
 
@@ -69,12 +68,13 @@ public final class BackendSet: KeyBackend {
         }
     }
 
-    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
-        try encrypting.encrypt(plaintext: plaintext, uid: uid)
+    public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
+        try encrypting.encrypt(plaintext: plaintext, uid: uid, context: context)
     }
 
-    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
-        try backend(forKeyID: keyID).decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, uid: uid)
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                        context: CallContext) throws(KMSError) -> [UInt8] {
+        try backend(forKeyID: keyID).decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, uid: uid, context: context)
     }
 
     /// The backend that decrypts under `keyID`: INVALID_ARGUMENT for a key_id no kekd backend issues,
@@ -95,10 +95,6 @@ public final class BackendSet: KeyBackend {
     public func servingBackendName(decryptKeyID keyID: String) -> String {
         (try? backend(forKeyID: keyID))?.name ?? name
     }
-
-    /// The encrypting backend's: the audit chain follows the backend that writes (`--audit-hmac-key-file` keeps one
-    /// chain across a change of encrypting backend).
-    public func auditHMACKey() -> [UInt8]? { encrypting.auditHMACKey() }
 
     public func reload() { for member in members { member.backend.reload() } }
     public func close() { for member in members { member.backend.close() } }

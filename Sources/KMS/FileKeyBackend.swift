@@ -78,7 +78,8 @@ public final class FileKeyBackend: KeyBackend {
     public static let annotationValue: [UInt8] = Array("aes-256-gcm/\(Envelope.formatVersion)".utf8)
 
     public let name = "file"
-    public let mayBlock = false
+    /// Every call is a local AES-GCM: it never waits.
+    public func wouldBlock(_ call: BackendCall) -> Bool { false }
     public let keyFilePath: String
 
     private struct WatchState {
@@ -123,7 +124,7 @@ public final class FileKeyBackend: KeyBackend {
         return BackendStatus(healthy: true, keyID: snapshot.primary.keyID, detail: detail)
     }
 
-    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         let primary = current.withLock { $0 }.primary
         let annotations = [Self.annotationKey: Self.annotationValue]
         let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version,
@@ -134,7 +135,8 @@ public final class FileKeyBackend: KeyBackend {
     /// The ciphertext names its key version; the key_id must be that version's key_id in this key file (else the
     /// ciphertext is foreign, tampered or mismatched: INVALID_ARGUMENT). A version of this file that is retired or
     /// no longer present is FAILED_PRECONDITION, naming the version.
-    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                        context: CallContext) throws(KMSError) -> [UInt8] {
         let snapshot = current.withLock { $0 }
         let version = try Envelope.keyVersion(of: ciphertext)
         let known = snapshot.entries[version]
@@ -157,8 +159,9 @@ public final class FileKeyBackend: KeyBackend {
     }
 
     /// HKDF-SHA256(input key: the key file's audit secret, salt: its file id, info: "kekd audit-chain hmac key v1"),
-    /// 32 bytes: stable across rotation and pruning (see `KeyFile.auditHMACKey`).
-    public func auditHMACKey() -> [UInt8]? { auditKey }
+    /// 32 bytes: stable across rotation and pruning (see `KeyFile.auditHMACKey`). kekd chains its audit log with it
+    /// when the file backend encrypts and no --audit-hmac-key-file is given.
+    public func auditHMACKey() -> [UInt8] { auditKey }
 
     /// For `/readyz` (check `key-file`) and metrics: whether the file on disk was last loaded successfully (false
     /// from a rejected reload until a good file is loaded; kekd keeps serving its previous keys meanwhile), and how

@@ -24,18 +24,18 @@ public final class KMSService: Sendable {
         return StatusResponse(version: statusVersion, healthz: healthz, keyID: state.keyID)
     }
 
-    public func encrypt(_ request: EncryptRequest) throws(KMSError) -> EncryptResponse {
+    public func encrypt(_ request: EncryptRequest, context: CallContext = .unbounded) throws(KMSError) -> EncryptResponse {
         guard !request.plaintext.isEmpty else { throw KMSError(.invalidArgument, "plaintext is empty") }
         guard request.plaintext.count <= KMSLimits.maxPlaintextBytes else {
             throw KMSError(.invalidArgument, "plaintext is \(request.plaintext.count) bytes, the limit is \(KMSLimits.maxPlaintextBytes)")
         }
         try validateUID(request.uid)
-        let result = try backend.encrypt(plaintext: request.plaintext, uid: request.uid)
+        let result = try backend.encrypt(plaintext: request.plaintext, uid: request.uid, context: context)
         try checkBackendOutput(result, plaintextSize: request.plaintext.count)
         return EncryptResponse(ciphertext: result.ciphertext, keyID: result.keyID, annotations: result.annotations)
     }
 
-    public func decrypt(_ request: DecryptRequest) throws(KMSError) -> DecryptResponse {
+    public func decrypt(_ request: DecryptRequest, context: CallContext = .unbounded) throws(KMSError) -> DecryptResponse {
         guard !request.ciphertext.isEmpty else { throw KMSError(.invalidArgument, "ciphertext is empty") }
         guard request.ciphertext.count <= KMSLimits.maxCiphertextBytes else {
             throw KMSError(.invalidArgument, "ciphertext is \(request.ciphertext.count) bytes, the limit is \(KMSLimits.maxCiphertextBytes)")
@@ -44,7 +44,7 @@ public final class KMSService: Sendable {
         try validateAnnotations(request.annotations)
         try validateUID(request.uid)
         let plaintext = try backend.decrypt(ciphertext: request.ciphertext, keyID: request.keyID,
-                                            annotations: request.annotations, uid: request.uid)
+                                            annotations: request.annotations, uid: request.uid, context: context)
         return DecryptResponse(plaintext: plaintext)
     }
 

@@ -61,24 +61,29 @@ public enum BackendCall: Sendable {
 public protocol KeyBackend: AnyObject, Sendable {
     /// "file" | "vault" (the audit record's `backend`).
     var name: String { get }
-    /// True when encrypt/decrypt can wait on the network (the Server then uses a worker pool).
-    var mayBlock: Bool { get }
-    /// Whether this call would wait on the network or a device now (a cache miss, a local KEK to replace). A call
-    /// that would not is answered on the connection's own thread, skipping the pool's hand-off; `true` is always safe.
+    /// Whether this call would wait on the network or a device now (a cache miss, a local KEK to replace): the input
+    /// of the server's execution policy. A call that would not is answered on the connection's own thread, skipping
+    /// the pool's hand-off; `true` is always safe.
     func wouldBlock(_ call: BackendCall) -> Bool
     /// Cached state only, never I/O; keyID = the current primary's key_id.
     func status() -> BackendStatus
     /// The returned keyID is the primary's key_id from the same snapshot Status reads.
-    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult
-    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8]
-    /// HKDF-derived key for the audit chain, nil if the backend cannot provide one.
-    func auditHMACKey() -> [UInt8]?
+    /// `context` bounds any waiting (the caller's deadline) and tells a waiting call that nobody wants its answer.
+    func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                 context: CallContext) throws(KMSError) -> [UInt8]
     /// SIGHUP: re-read key material/credentials now (no-op if not applicable).
     func reload()
     func close()
 }
 
 extension KeyBackend {
-    /// A backend that never blocks answers every call inline; one that may, only what it says it can.
-    public func wouldBlock(_ call: BackendCall) -> Bool { mayBlock }
+    /// Without a caller's deadline or cancellation (tools, tests).
+    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+        try encrypt(plaintext: plaintext, uid: uid, context: .unbounded)
+    }
+
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+        try decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, uid: uid, context: .unbounded)
+    }
 }

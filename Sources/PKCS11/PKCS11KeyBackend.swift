@@ -85,7 +85,6 @@ public final class PKCS11KeyBackend: KeyBackend {
     }
 
     public var name: String { "pkcs11" }
-    public var mayBlock: Bool { true }
 
     /// Encrypt never touches the token; a Decrypt does only when its local KEK is not cached.
     public func wouldBlock(_ call: BackendCall) -> Bool {
@@ -111,7 +110,7 @@ public final class PKCS11KeyBackend: KeyBackend {
     /// For /readyz and metrics: nil when the token answers, else (CK_RV name or reason, message).
     public var tokenProblem: (name: String, message: String)? { state.withLock { $0.problem } }
 
-    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         guard let active = state.withLock({ $0.active }) else { throw KMSError(.unavailable, "no local KEK (PKCS#11 token not reached)") }
         let used = active.encryptions.add(1, ordering: .relaxed).newValue
         if used >= Self.renewalEncryptions { wakeMaintenance() }
@@ -122,7 +121,8 @@ public final class PKCS11KeyBackend: KeyBackend {
         return EncryptResult(ciphertext: ciphertext, keyID: active.keyID, annotations: annotations)
     }
 
-    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                        context: CallContext) throws(KMSError) -> [UInt8] {
         guard LocalKEKEnvelope.isWellFormed(ciphertext) else {
             throw KMSError(.invalidArgument, "ciphertext is not a kekd PKCS#11 envelope")
         }
@@ -305,10 +305,6 @@ public final class PKCS11KeyBackend: KeyBackend {
         forceReconnect.store(true, ordering: .relaxed)
         wakeMaintenance()
     }
-
-    /// The local KEK changes with rotation and the HSM key never leaves the token, so there is nothing stable to
-    /// derive an audit key from: kekd keeps a random chain key in its state folder (as for Vault).
-    public func auditHMACKey() -> [UInt8]? { nil }
 
     public func close() {
         guard !stopped.exchange(true, ordering: .relaxed) else { return }

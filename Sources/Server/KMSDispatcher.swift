@@ -6,7 +6,8 @@ import KMSRPC
 
 /// What happened to one call, without any secret: the response bytes are the only sensitive part.
 struct CallOutcome: Sendable {
-    var op: String
+    /// nil for a path that is not one of ours.
+    var method: KMSMethod?
     var status: GRPCStatus
     var response: [UInt8]?
     var uid: String?
@@ -28,8 +29,6 @@ enum DecodedCall: Sendable {
 struct KMSDispatcher: Sendable {
     let service: KMSService
 
-    func handle(_ method: KMSMethod, message: [UInt8]) -> CallOutcome { handle(decode(method, message: message)) }
-
     func decode(_ method: KMSMethod, message: [UInt8]) -> DecodedCall {
         do {
             switch method {
@@ -38,7 +37,7 @@ struct KMSDispatcher: Sendable {
             case .decrypt: return .decrypt(try DecryptRequest(serializedBytes: message[...]))
             }
         } catch {
-            return .malformed(CallOutcome(op: method.op, status: Self.badRequest(error)))
+            return .malformed(CallOutcome(method: method, status: Self.badRequest(error)))
         }
     }
 
@@ -51,37 +50,38 @@ struct KMSDispatcher: Sendable {
         }
     }
 
-    func handle(_ call: DecodedCall) -> CallOutcome {
+    /// `context` reaches the backend: its deadline bounds any waiting, its cancellation stops it.
+    func handle(_ call: DecodedCall, context: CallContext) -> CallOutcome {
         switch call {
         case .malformed(let outcome):
             return outcome
         case .status(let request):
-            let op = KMSMethod.status.op
+            let op = KMSMethod.status
             let response = service.status(request)
             // A healthz string alone does not stop kube-apiserver from writing with its cached DEK seed
             // (kubernetes#138950): an unhealthy backend must fail Status at the gRPC level.
             guard response.healthz == "ok", !response.keyID.isEmpty else {
-                return CallOutcome(op: op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
+                return CallOutcome(method: op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
             }
-            return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
+            return CallOutcome(method: op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
         case .encrypt(let request):
-            let op = KMSMethod.encrypt.op
+            let op = KMSMethod.encrypt
             do {
-                let response = try service.encrypt(request)
-                return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
+                let response = try service.encrypt(request, context: context)
+                return CallOutcome(method: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
                                    keyID: response.keyID, ciphertext: response.ciphertext)
             } catch {
-                return CallOutcome(op: op, status: Self.status(error), uid: request.uid)
+                return CallOutcome(method: op, status: Self.status(error), uid: request.uid)
             }
         case .decrypt(let request):
-            let op = KMSMethod.decrypt.op
+            let op = KMSMethod.decrypt
             do {
-                let response = try service.decrypt(request)
-                return CallOutcome(op: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
+                let response = try service.decrypt(request, context: context)
+                return CallOutcome(method: op, status: .ok, response: response.serializedBytes(), uid: request.uid,
                                    keyID: request.keyID, ciphertext: request.ciphertext,
                                    backend: service.decryptBackendName(keyID: request.keyID))
             } catch {
-                return CallOutcome(op: op, status: Self.status(error), uid: request.uid, keyID: request.keyID,
+                return CallOutcome(method: op, status: Self.status(error), uid: request.uid, keyID: request.keyID,
                                    ciphertext: request.ciphertext, backend: service.decryptBackendName(keyID: request.keyID))
             }
         }

@@ -1,6 +1,6 @@
-// The KMS gRPC server: a listener thread, one reader thread per connection, and a bounded pool for calls
-// that may block (a remote key backend or a fail-closed audit log). Calls that cannot block run inline on the
-// reader thread, which is both the fastest path and what keeps responses batched into few writes.
+// The KMS gRPC server: a listener thread, one owner thread per connection, and a bounded pool for calls that may
+// block (a remote key backend or a fail-closed audit log). Calls that cannot block run inline on the connection's
+// thread, which is both the fastest path and what keeps responses batched into few writes.
 import Audit
 import Dispatch
 import FoundationEssentials
@@ -39,15 +39,17 @@ public struct ServerConfiguration: Sendable {
     public var maxInFlightBackendCalls = 256
     public var shutdownGrace: Double = 5
     /// True with a fail-closed audit log: each call then waits for its record, so calls go to the pool where
-    /// their fsyncs can be batched instead of serialising the connection.
+    /// their fsyncs can be batched instead of serialising the connection, and a call it could not record is refused.
     public var auditBlocksCalls = false
+    /// Where calls run when the audit log does not block them (kekd chooses it from its backends).
+    public var execution = ExecutionPolicy.askBackend
 
     public init(socketPath: String) { self.socketPath = socketPath }
 }
 
 public final class KMSServer: @unchecked Sendable {
     public let configuration: ServerConfiguration
-    let dispatcher: KMSDispatcher
+    let pipeline: CallPipeline
     let audit: AuditLog?
     let metrics: KekdMetrics?
     let logger: Logger
@@ -73,20 +75,14 @@ public final class KMSServer: @unchecked Sendable {
 
     public init(configuration: ServerConfiguration, service: KMSService, audit: AuditLog?, metrics: KekdMetrics?, logger: Logger) {
         self.configuration = configuration
-        self.dispatcher = KMSDispatcher(service: service)
+        self.pipeline = CallPipeline(configuration: configuration, dispatcher: KMSDispatcher(service: service), audit: audit,
+                                     metrics: metrics)
         self.audit = audit
         self.metrics = metrics
         self.logger = logger
         self.backendName = service.backend.name
         self.workers = WorkerPool(maxThreads: configuration.maxInFlightBackendCalls)
         self.requestBuffers = SharedRequestBufferBudget(limit: configuration.maxBufferedRequestBytes)
-    }
-
-    /// Whether `call` is answered on the connection's thread: when neither the backend (a cache miss, a remote key)
-    /// nor a fail-closed audit log could make it wait. Everything else goes to the pool, so a slow backend never
-    /// stalls the other streams of a connection.
-    func answersInline(_ call: DecodedCall) -> Bool {
-        !configuration.auditBlocksCalls && !dispatcher.wouldBlock(call)
     }
 
     /// Takes one pool slot, or returns false when all are in use.
@@ -120,17 +116,23 @@ public final class KMSServer: @unchecked Sendable {
                 refuse(fd, peer: peer, reason: peer.map { "uid \($0.uid) is not in --allowed-uids" } ?? "peer credentials unavailable")
                 continue
             }
-            let connection: ServerConnection? = state.withLock { s in
+            let admitted: Result<ServerConnection, SystemError>? = state.withLock { s in
                 guard !s.shuttingDown, s.connections.count < configuration.maxConnections else { return nil }
                 let id = s.nextConnectionID
                 s.nextConnectionID += 1
-                let c = ServerConnection(id: id, fd: fd, peer: peer, server: self)
-                s.connections[id] = c
-                return c
+                do throws(SystemError) {
+                    let c = try ServerConnection(id: id, fd: fd, peer: peer, server: self)
+                    s.connections[id] = c
+                    return .success(c)
+                } catch {
+                    return .failure(error)
+                }
             }
-            guard let connection else {
-                refuse(fd, peer: peer, reason: "connection limit \(configuration.maxConnections) reached")
-                continue
+            let connection: ServerConnection
+            switch admitted {
+            case .success(let c): connection = c
+            case .failure(let error): refuse(fd, peer: peer, reason: "\(error)"); continue
+            case nil: refuse(fd, peer: peer, reason: "connection limit \(configuration.maxConnections) reached"); continue
             }
             metrics?.connectionOpened()
             connection.start()
@@ -145,11 +147,6 @@ public final class KMSServer: @unchecked Sendable {
                                      outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
                                      peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
                                      connection: 0, stream: 0, ciphertext: nil))
-    }
-
-    /// Status for every admitted peer; Encrypt and Decrypt only for `allowedUIDs`.
-    func mayCall(_ method: KMSMethod, peer: PeerCredentials) -> Bool {
-        method == .status || configuration.allowedUIDs.contains(peer.uid)
     }
 
     func connectionFinished(_ id: UInt64) {

@@ -1,12 +1,16 @@
-// One accepted unix-socket connection: a reader thread feeding the pure gRPC/HTTP/2 state machine, and
-// ordered writes of whatever it queues.
-import Audit
+// One accepted unix-socket connection. Its own thread is the only one that touches its gRPC/HTTP/2 state (checked in
+// debug builds): it reads the socket, runs calls through the pipeline, answers and writes. Other threads talk to it
+// through its mailbox only: a pool thread posts a finished call, the server posts shutdown commands, and a write to
+// an eventfd polled beside the socket wakes the owner. A call answered inline touches neither.
 import FoundationEssentials
-import KMSRPC
-import Locking
 import Glibc
 import GRPC
+import GRPCCodes
 import HTTP2
+import KMS
+import KMSRPC
+import Locking
+import Synchronization
 import Transport
 
 final class ServerConnection: @unchecked Sendable {
@@ -15,119 +19,183 @@ final class ServerConnection: @unchecked Sendable {
     let peer: PeerCredentials
     /// Strong: a call still on the worker pool keeps the server alive; the cycle ends when the connection finishes.
     private let server: KMSServer
+    private let pipeline: CallPipeline
+    private let party: CallParty
 
-    /// Guards `grpc` (the state machine is not thread-safe).
-    private let lock = Lock()
+    // Owned by the connection's thread (`checkOwner()`): nothing else reads or writes these.
     private let grpc: GRPCServerConnection
-    /// Taken before `lock` is released and held across write(2), so output chunks reach the socket in the
-    /// order the state machine produced them without holding `lock` during a slow write.
-    private let writeLock = Lock()
+    private var ownerThread: pthread_t?
+    /// Calls on the worker pool, by stream: a RST_STREAM or the connection's end cancels them.
+    private var poolCalls: [UInt32: CallCancellation] = [:]
     private var writeFailed = false
-    private var pendingWork = 0  // calls on the pool, guarded by `lock`
 
-    init(id: UInt64, fd: Int32, peer: PeerCredentials, server: KMSServer) {
+    // Shared with other threads.
+    private let mailbox = LockedValue<[Message]>([])
+    /// Readable while the mailbox has something; written only by `post` when the mailbox was empty.
+    private let wakeFD: Int32
+    /// Calls handed out and not answered yet, published by the owner after each turn for `hasWorkInProgress`.
+    private let callsInProgress = Atomic<Int>(0)
+
+    private enum Message: Sendable {
+        /// A call the pool finished (its finishing stages already ran there): the owner only answers it.
+        case completed(CallArrival, CallOutcome, finished: UInt64)
+        case beginGracefulShutdown
+        /// Final GOAWAY, then close.
+        case finish
+    }
+
+    init(id: UInt64, fd: Int32, peer: PeerCredentials, server: KMSServer) throws(SystemError) {
+        let wake = eventFD(0, Int32(O_NONBLOCK | O_CLOEXEC))  // EFD_NONBLOCK, EFD_CLOEXEC have O_'s values
+        guard wake >= 0 else { throw SystemError("eventfd") }
+        self.wakeFD = wake
         self.id = id
         self.fd = fd
         self.peer = peer
         self.server = server
+        self.pipeline = server.pipeline
+        self.party = CallParty(peer: peer, connection: id)
         self.grpc = GRPCServerConnection(knownPaths: KMSMethod.paths, limits: server.configuration.grpc,
                                          budget: server.requestBuffers)
     }
+
+    /// A pool job may still post after the owner left: the eventfd lives as long as anyone holds the connection.
+    deinit { close(wakeFD) }
 
     func start() {
         startThread(name: "kekd-conn-\(id)") { [self] in run() }
     }
 
-    var hasWorkInProgress: Bool {
-        lock.lock(); defer { lock.unlock() }
-        return pendingWork > 0 || grpc.inFlightCount > 0
+    var hasWorkInProgress: Bool { callsInProgress.load(ordering: .acquiring) > 0 }
+
+    func beginGracefulShutdown() { post(.beginGracefulShutdown) }
+
+    func finish() { post(.finish) }
+
+    private func post(_ message: Message) {
+        let wasEmpty = mailbox.withLock { box in
+            let empty = box.isEmpty
+            box.append(message)
+            return empty
+        }
+        if wasEmpty {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, 8)
+        }
     }
 
-    func beginGracefulShutdown() {
-        lock.lock()
-        grpc.http2.beginGracefulShutdown()
-        flushLocked()
-    }
-
-    /// Final GOAWAY, then wake the reader so it closes the socket.
-    func finish() {
-        lock.lock()
-        grpc.http2.goAway(code: .noError, debug: "server shutting down")
-        flushLocked()
-        Glibc.shutdown(fd, Int32(SHUT_RDWR))
+    /// Like Go's serveG.check(): state of this connection is touched by its own thread only.
+    @inline(__always) func checkOwner() {
+        #if DEBUG
+        precondition(ownerThread.map { pthread_equal($0, pthread_self()) != 0 } ?? false,
+                     "connection \(id) state touched off its own thread")
+        #endif
     }
 
     private func run() {
+        ownerThread = pthread_self()
         let config = server.configuration
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: config.writeTimeout)
-        lock.lock()
-        flushLocked()  // our SETTINGS go first
+        flush()  // our SETTINGS go first
         let bufferSize = 64 * 1024
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 1)
         defer { buffer.deallocate() }
         let started = Posix.monotonicNanos()
         var lastActivity = started
-        var requestDeadline: UInt64?  // the oldest incomplete request's; a copy read without the lock
+        var requestDeadline: UInt64?  // the oldest incomplete request's
+        var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
         loop: while true {
             // Wait with a timeout so a silent peer cannot hold the connection forever.
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, Self.pollTimeoutMillis(until: requestDeadline))
+            fds[0].revents = 0
+            fds[1].revents = 0
+            let ready = poll(&fds, 2, Self.pollTimeoutMillis(until: requestDeadline))
             if ready < 0 && errno != EINTR { break }
             let now = Posix.monotonicNanos()
+            var close = false
+            if fds[1].revents != 0 { close = readMailbox() }
             // Checked on every wake-up, so a peer that keeps sending cannot keep its half-open streams alive.
             if let deadline = requestDeadline, now >= deadline {
-                requestDeadline = expireIncompleteRequests(now: now)
-                if writeFailedSnapshot() { break }
+                expireIncompleteRequests(now: now)
             }
             if ready <= 0 {
                 if checkTimeouts(now: now, started: started, lastActivity: lastActivity) { break }
-                continue
-            }
-            let n = read(fd, buffer.baseAddress, bufferSize)
-            if n == 0 { break }
-            if n < 0 { if errno == EINTR || errno == EAGAIN { continue }; break }
-            lastActivity = now
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            lock.lock()
-            let events = grpc.receive(bytes[...], now: now)
-            var closeAfterFlush = false
-            for event in events {
-                switch event {
-                case .call(let request):
-                    handle(request, arrived: now)
-                case let .rejected(streamID, path, status):
-                    let metricsOp = KMSMethod(rawValue: path)?.op ?? "other"
-                    server.metrics?.callStarted(op: metricsOp)  // every finished call was started: in-flight stays exact
-                    server.metrics?.callFinished(op: metricsOp, code: status.code, seconds: 0)
-                    let outcome = CallOutcome(op: KMSMethod.op(forPath: path), status: status)
-                    _ = server.audit?.record(auditEvent(outcome, streamID: streamID, arrived: now, finished: now))
-                case .cancelled:
-                    break  // the call's own completion records it as CANCELLED
-                case let .streamProtocolError(kind, reason):
-                    server.metrics?.protocolError(kind)
-                    server.logger.debug("stream error", ["connection": id, "kind": kind, "reason": reason])
-                case let .connectionError(kind, reason):
-                    server.metrics?.protocolError(kind)
-                    server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
-                    closeAfterFlush = true
-                case .peerGoAway:
-                    break
+            } else if fds[0].revents != 0 {
+                let n = read(fd, buffer.baseAddress, bufferSize)
+                if n == 0 { break }
+                if n < 0 {
+                    if errno != EINTR && errno != EAGAIN { break }
+                } else {
+                    lastActivity = now
+                    if receive(Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])), now: now) { close = true }
                 }
             }
             // A send can fail the connection (a client that never reads filled maxQueuedOutputBytes).
             if grpc.http2.didFail {
                 server.metrics?.protocolError(.queuedOutputLimit)
-                closeAfterFlush = true
+                close = true
             }
             requestDeadline = grpc.nextRequestDeadline
-            flushLocked()
-            if closeAfterFlush || writeFailedSnapshot() { break }
+            flush()
+            callsInProgress.store(poolCalls.count + grpc.inFlightCount, ordering: .releasing)
+            if close || writeFailed { break }
         }
-        lock.lock()
+        // Whatever is still on the pool works for nobody now.
+        for cancellation in poolCalls.values { cancellation.cancel() }
         grpc.releaseBufferedRequests()  // the server-wide budget must not leak what this connection held
-        lock.unlock()
-        close(fd)
+        callsInProgress.store(0, ordering: .releasing)
+        Glibc.close(fd)
         server.connectionFinished(id)
+    }
+
+    /// Feeds the state machine; returns true when the connection must close after this turn's flush.
+    private func receive(_ bytes: [UInt8], now: UInt64) -> Bool {
+        checkOwner()
+        var close = false
+        for event in grpc.receive(bytes[...], now: now) {
+            switch event {
+            case .call(let request):
+                handle(CallArrival(request, arrived: now))
+            case let .rejected(streamID, path, status):
+                pipeline.recordRejected(path: path, streamID: streamID, status: status, who: party, now: now)
+            case .cancelled(let streamID):
+                poolCalls[streamID]?.cancel()  // its completion records it as CANCELLED
+            case let .streamProtocolError(kind, reason):
+                server.metrics?.protocolError(kind)
+                server.logger.debug("stream error", ["connection": id, "kind": kind, "reason": reason])
+            case let .connectionError(kind, reason):
+                server.metrics?.protocolError(kind)
+                server.logger.warn("connection error; sent GOAWAY", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
+                close = true
+            case .peerGoAway:
+                break
+            }
+        }
+        return close
+    }
+
+    /// Takes what other threads posted; returns true when the connection must close.
+    private func readMailbox() -> Bool {
+        checkOwner()
+        var count: UInt64 = 0
+        _ = read(wakeFD, &count, 8)  // resets the eventfd before the mailbox is emptied, so no post is missed
+        let messages = mailbox.withLock { box in
+            let taken = box
+            box.removeAll(keepingCapacity: true)
+            return taken
+        }
+        var close = false
+        for message in messages {
+            switch message {
+            case let .completed(call, outcome, finished):
+                poolCalls[call.request.streamID] = nil
+                answer(call, outcome, finished: finished)
+            case .beginGracefulShutdown:
+                grpc.http2.beginGracefulShutdown()
+            case .finish:
+                grpc.http2.goAway(code: .noError, debug: "server shutting down")
+                close = true
+            }
+        }
+        return close
     }
 
     /// Until `deadline` (at most 1 s, so the other timeouts are still checked).
@@ -138,151 +206,109 @@ final class ServerConnection: @unchecked Sendable {
         return Int32(min(1000, (deadline - now) / 1_000_000 + 1))
     }
 
-    /// Resets the streams whose request did not complete within --request-timeout; returns the next deadline.
-    private func expireIncompleteRequests(now: UInt64) -> UInt64? {
-        lock.lock()
+    /// Resets the streams whose request did not complete within --request-timeout.
+    private func expireIncompleteRequests(now: UInt64) {
+        checkOwner()
         for case let .streamProtocolError(kind, reason) in grpc.expireIncompleteRequests(now: now) {
             server.metrics?.protocolError(kind)
             server.logger.debug("stream reset", ["connection": id, "kind": kind, "reason": reason, "pid": peer.pid])
         }
-        let next = grpc.nextRequestDeadline
-        flushLocked()
-        return next
     }
 
     /// Returns true when the connection should close.
     private func checkTimeouts(now: UInt64, started: UInt64, lastActivity: UInt64) -> Bool {
+        checkOwner()
         let config = server.configuration
-        lock.lock()
         if !grpc.http2.receivedPreface, Double(now - started) / 1e9 > config.prefaceTimeout {
             grpc.http2.goAway(code: .protocolError, debug: "no client preface within \(config.prefaceTimeout)s")
-            flushLocked()
+            flush()
             server.metrics?.protocolError(.prefaceTimeout)
             return true
         }
         if grpc.http2.isAwaitingSettingsAck, Double(now - lastActivity) / 1e9 > config.prefaceTimeout {
             grpc.http2.goAway(code: .settingsTimeout, debug: "SETTINGS not acknowledged")
-            flushLocked()
+            flush()
             server.metrics?.protocolError(.settingsTimeout)
             return true
         }
-        let idle = grpc.http2.openStreamCount == 0 && grpc.inFlightCount == 0 && pendingWork == 0
+        let idle = grpc.http2.openStreamCount == 0 && grpc.inFlightCount == 0 && poolCalls.isEmpty
         if config.idleTimeout > 0, idle, Double(now - lastActivity) / 1e9 > config.idleTimeout {
             grpc.http2.goAway(code: .noError, debug: "idle timeout")
-            flushLocked()
+            flush()
             return true
         }
-        lock.unlock()
         return false
     }
 
-    private func writeFailedSnapshot() -> Bool {
-        writeLock.lock(); defer { writeLock.unlock() }
-        return writeFailed
-    }
-
-    /// Called with `lock` held; runs the call now or on the pool.
-    private func handle(_ request: GRPCRequest, arrived: UInt64) {
-        // The gRPC layer hands out only the paths it was given (`KMSMethod.paths`): the method is matched once here.
-        guard let method = KMSMethod(rawValue: request.path) else {
-            server.metrics?.callStarted(op: "other")
-            complete(request, CallOutcome(op: request.path, status: GRPCStatus(.unimplemented, "unknown method \(request.path)")),
-                     arrived: arrived)
+    /// Admission, then the work inline or on the pool.
+    private func handle(_ arrival: CallArrival) {
+        var call = arrival
+        pipeline.metrics?.callStarted(op: call.metricsOp)
+        if let refused = pipeline.admit(call, peer: peer, now: call.arrived) {
+            complete(call, refused)
             return
         }
-        let op = method.op
-        server.metrics?.callStarted(op: op)
-        if !server.mayCall(method, peer: peer) {
-            let outcome = CallOutcome(op: op, status: GRPCStatus(.permissionDenied, "uid \(peer.uid) may call Status only (--status-only-uids)"))
-            complete(request, outcome, arrived: arrived)
-            return
-        }
-        if let expired = Self.expiredBeforeWork(request, method, arrived: arrived) {
-            complete(request, expired, arrived: arrived)
-            return
-        }
-        let call = server.dispatcher.decode(method, message: request.message)
-        if server.answersInline(call) {
-            complete(request, server.dispatcher.handle(call), arrived: arrived)
+        let decoded = pipeline.dispatcher.decode(call.method!, message: call.request.message)
+        if pipeline.runsInline(decoded) {
+            complete(call, pipeline.dispatcher.handle(decoded, context: call.context))
             return
         }
         guard server.acquireBackendSlot() else {
-            let outcome = CallOutcome(op: op, status: GRPCStatus(.resourceExhausted, "too many calls in flight (limit \(server.configuration.maxInFlightBackendCalls))"))
-            complete(request, outcome, arrived: arrived)
+            complete(call, CallOutcome(method: call.method, status: GRPCStatus(
+                .resourceExhausted, "too many calls in flight (limit \(server.configuration.maxInFlightBackendCalls))")))
             return
         }
-        pendingWork += 1
-        server.workers.submit { [self] in
-            // A call that waited on the pool past its deadline does no backend work.
-            let outcome = Self.expiredBeforeWork(request, method, arrived: arrived) ?? server.dispatcher.handle(call)
-            lock.lock()
-            pendingWork -= 1
-            complete(request, outcome, arrived: arrived)
-            flushLocked()
+        let cancellation = CallCancellation()
+        call.context.cancellation = cancellation
+        poolCalls[call.request.streamID] = cancellation
+        server.workers.submit { [self, call, decoded] in
+            var outcome: CallOutcome
+            let start = Posix.monotonicNanos()
+            if call.context.isCancelled {
+                // Reset (or the connection closed) while waiting for a worker: no backend work.
+                outcome = CallOutcome(method: call.method, status: GRPCStatus(.cancelled, "client cancelled the call"))
+            } else if let expired = CallPipeline.deadlineBeforeWork.check(call, peer, start) {
+                outcome = CallOutcome(method: call.method, status: expired)  // waited on the pool past its deadline
+            } else {
+                outcome = pipeline.dispatcher.handle(decoded, context: call.context)
+            }
+            let finished = Posix.monotonicNanos()
+            // Here, not on the owner: a fail-closed audit record waits for its fsync.
+            pipeline.finish(call, &outcome, who: party, finished: finished)
             server.releaseBackendSlot()
+            post(.completed(call, outcome, finished: finished))
         }
     }
 
-    /// DEADLINE_EXCEEDED when the client's deadline (grpc-timeout from arrival) has already passed: no work is done.
-    private static func expiredBeforeWork(_ request: GRPCRequest, _ method: KMSMethod, arrived: UInt64) -> CallOutcome? {
-        guard let timeout = request.timeoutNanos, Posix.monotonicNanos() - arrived >= timeout else { return nil }
-        return CallOutcome(op: method.op, status: GRPCStatus(.deadlineExceeded, "deadline of \(timeout / 1000) µs passed before the call started"))
-    }
-
-    /// With `lock` held: enforce the deadline, write the audit record (fail-closed may veto), answer.
-    private func complete(_ request: GRPCRequest, _ result: CallOutcome, arrived: UInt64) {
+    /// Finishes a call answered on this thread.
+    private func complete(_ call: CallArrival, _ result: CallOutcome) {
         var outcome = result
         let finished = Posix.monotonicNanos()
-        if let timeout = request.timeoutNanos, finished - arrived > timeout, outcome.status.code == .ok {
-            outcome.status = GRPCStatus(.deadlineExceeded, "deadline of \(timeout / 1000) µs passed before the call finished")
-            outcome.response = nil
-        }
-        if let audit = server.audit {
-            // In fail-closed mode this blocks until the record is durable; never release a result it could not record.
-            lock.unlock()
-            let recorded = audit.record(auditEvent(outcome, streamID: request.streamID, arrived: arrived, finished: finished))
-            lock.lock()
-            if !recorded, server.configuration.auditBlocksCalls {
-                outcome.status = GRPCStatus(.unavailable, "audit log unavailable; call refused (fail-closed)")
-                outcome.response = nil
-            }
-        }
-        var delivered: Bool
-        if outcome.status.code == .ok, let response = outcome.response {
-            delivered = grpc.respond(streamID: request.streamID, message: response)
+        pipeline.finish(call, &outcome, who: party, finished: finished)
+        answer(call, outcome, finished: finished)
+    }
+
+    /// Queues the answer (or finds the stream gone) and counts the call.
+    private func answer(_ call: CallArrival, _ outcome: CallOutcome, finished: UInt64) {
+        checkOwner()
+        let streamID = call.request.streamID
+        let delivered = if outcome.status.code == .ok, let response = outcome.response {
+            grpc.respond(streamID: streamID, message: response)
         } else {
-            delivered = grpc.fail(streamID: request.streamID, status: outcome.status)
+            grpc.fail(streamID: streamID, status: outcome.status)
         }
-        if !delivered { outcome.status = GRPCStatus(.cancelled, "client cancelled the call") }
-        server.metrics?.callFinished(op: outcome.op.hasPrefix("/") ? "other" : outcome.op, code: outcome.status.code,
-                                     seconds: Double(finished - arrived) / 1e9)
+        pipeline.observe(call, code: delivered ? outcome.status.code : .cancelled, finished: finished)
     }
 
-    private func auditEvent(_ outcome: CallOutcome, streamID: UInt32, arrived: UInt64, finished: UInt64) -> AuditEvent {
-        let wallArrival = Date(timeIntervalSinceNow: -Double(Posix.monotonicNanos() - arrived) / 1e9)
-        return AuditEvent(time: wallArrival, op: outcome.op, uid: outcome.uid, keyID: outcome.keyID, backend: outcome.backend ?? server.backendName,
-                          outcome: outcome.status.code.name, message: outcome.status.code == .ok ? nil : outcome.status.message,
-                          latencyMicros: Int64((finished - arrived) / 1000),
-                          peer: AuditPeer(pid: peer.pid, uid: peer.uid, gid: peer.gid), connection: id, stream: streamID,
-                          ciphertext: outcome.ciphertext)
-    }
-
-    /// Must be called with `lock` held; releases it. Output is handed to the socket in production order.
-    private func flushLocked() {
-        let failed = grpc.http2.didFail
-        guard grpc.http2.hasOutput else {
-            lock.unlock()
-            if failed { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
-            return
-        }
+    /// Hands queued output to the socket. After a failed write or a connection error the loop closes.
+    private func flush() {
+        checkOwner()
+        guard grpc.http2.hasOutput else { return }
         let output = grpc.http2.takeOutput()
-        writeLock.lock()
-        lock.unlock()
-        if !writeFailed, !Posix.writeAll(fd, output) {
-            writeFailed = true
-        }
-        // After a failed write or a connection error (GOAWAY already written), wake the reader so it closes.
-        if writeFailed || failed { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
-        writeLock.unlock()
+        if !writeFailed, !Posix.writeAll(fd, output) { writeFailed = true }
     }
 }
+
+// glibc's eventfd(2) wrapper; <sys/eventfd.h> is not in the Glibc module.
+@_silgen_name("eventfd")
+private func eventFD(_ initialValue: UInt32, _ flags: Int32) -> Int32

@@ -15,6 +15,12 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
 
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+
     public static func of(socket fd: Int32) -> PeerCredentials? {
         // struct ucred {pid_t pid; uid_t uid; gid_t gid;} — Glibc hides it behind _GNU_SOURCE, so mirror it here.
         var cred: (Int32, UInt32, UInt32) = (0, 0, 0)

@@ -5,6 +5,7 @@ import Crypto
 import Dispatch
 import FoundationEssentials
 import Glibc
+import KMS
 import Locking
 import Synchronization
 
@@ -102,30 +103,32 @@ final class UnwrapBatcher: @unchecked Sendable {
     private var leaderActive = false
 
     private let cache: LocalKEKCache
-    /// Unwraps a batch with one Vault call; returns one result per input, in order.
-    private let unwrapMany: @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]
+    /// Unwraps a batch with one Vault call bounded by the deadline; returns one result per input, in order.
+    private let unwrapMany: @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]
     private let window: Double
     private let maxBatch: Int
     /// Vault calls made (one per batch), for tests and metrics.
     let batches = Atomic<Int>(0)
 
     init(cache: LocalKEKCache, window: Double = 0.002, maxBatch: Int = 128,
-         unwrapMany: @escaping @Sendable ([String]) -> [Result<SymmetricKey, VaultError>]) {
+         unwrapMany: @escaping @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]) {
         self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
     }
 
-    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`.
-    func unwrap(_ wrapped: String, deadline: Date) throws(VaultError) -> SymmetricKey {
+    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`, or until `cancellation`
+    /// says the caller is gone.
+    func unwrap(_ wrapped: String, deadline: Date, cancellation: CallCancellation? = nil) throws(VaultError) -> SymmetricKey {
         cond.lock()
         if let key = cache.get(wrapped) { cond.unlock(); return key }
         cond.unlock()
-        return try unwrapAll([wrapped], deadline: deadline)[0].get()
+        return try unwrapAll([wrapped], deadline: deadline, cancellation: cancellation)[0].get()
     }
 
     /// The unwrapped keys for `list`, in order, from the cache or Vault: the misses join one pending batch (up to
     /// `maxBatch` per Vault call), shared with concurrent Decrypts missing the same keys. Waits at most until
-    /// `deadline`; what is still missing then fails with UNAVAILABLE.
-    func unwrapAll(_ list: [String], deadline: Date) -> [Result<SymmetricKey, VaultError>] {
+    /// `deadline`; what is still missing then fails with UNAVAILABLE. A cancelled caller stops waiting within
+    /// `cancellationCheck` seconds (its keys stay queued: the batch fills the cache for the next caller).
+    func unwrapAll(_ list: [String], deadline: Date, cancellation: CallCancellation? = nil) -> [Result<SymmetricKey, VaultError>] {
         var results = [Result<SymmetricKey, VaultError>?](repeating: nil, count: list.count)
         var waiting: [(index: Int, entry: Pending)] = []
         cond.lock()
@@ -148,16 +151,26 @@ final class UnwrapBatcher: @unchecked Sendable {
             }
             if waiting.isEmpty { break }
             if !leaderActive && !queue.isEmpty {
-                // Lead one batch; whoever is still waiting afterwards leads the next one.
+                // Start one batch, bounded by this caller's deadline; whoever is still waiting afterwards starts the
+                // next. On its own thread, so this caller can stop waiting when cancelled while the batch still
+                // fills the cache for the others.
                 leaderActive = true
-                cond.unlock()
-                runOneBatch()
-                cond.lock()
-                leaderActive = false
-                cond.broadcast()
+                startThread(name: "kekd-vault-unwrap") { [self] in
+                    runOneBatch(deadline: deadline)
+                    cond.lock()
+                    leaderActive = false
+                    cond.broadcast()
+                    cond.unlock()
+                }
                 continue
             }
-            if !cond.wait(seconds: deadline.timeIntervalSinceNow) && waiting.allSatisfy({ $0.entry.result == nil }) {
+            let left = deadline.timeIntervalSinceNow
+            if cond.wait(seconds: cancellation == nil ? left : min(left, Self.cancellationCheck)) { continue }
+            if cancellation?.isCancelled == true {
+                for item in waiting { results[item.index] = .failure(VaultError(.unavailable, "call cancelled while waiting for Vault")) }
+                break
+            }
+            if deadline.timeIntervalSinceNow <= 0 && waiting.allSatisfy({ $0.entry.result == nil }) {
                 for item in waiting {
                     results[item.index] = .failure(VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK"))
                 }
@@ -168,7 +181,10 @@ final class UnwrapBatcher: @unchecked Sendable {
         return results.map { $0 ?? .failure(VaultError(.internalError, "local KEK not unwrapped")) }
     }
 
-    private func runOneBatch() {
+    /// How often a waiting caller that can be cancelled looks at its cancellation.
+    static let cancellationCheck = 0.02
+
+    private func runOneBatch(deadline: Date) {
         if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch
         cond.lock()
         let batch = Array(queue.prefix(maxBatch))
@@ -177,7 +193,7 @@ final class UnwrapBatcher: @unchecked Sendable {
         guard !batch.isEmpty else { return }
         batches.add(1, ordering: .relaxed)
         let generation = cache.generation
-        var results = unwrapMany(batch)
+        var results = unwrapMany(batch, deadline)
         if results.count != batch.count {
             results = Array(repeating: .failure(VaultError(.internalError, "unwrap result count mismatch")), count: batch.count)
         }

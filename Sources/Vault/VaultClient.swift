@@ -83,7 +83,11 @@ final class VaultClient: Sendable {
         var lastProblem = ""
         while true {
             attempt += 1
-            let attemptDeadline = min(deadline, Date(timeIntervalSinceNow: requestTimeout))
+            let ownBound = Date(timeIntervalSinceNow: requestTimeout)
+            let attemptDeadline = min(deadline, ownBound)
+            // A caller's deadline (a kube-apiserver grpc-timeout) may be shorter than Vault is given; an attempt it
+            // cuts short says nothing about Vault either.
+            let cutByCaller = deadline < ownBound.addingTimeInterval(-0.05)
             var retryable = true
             do {
                 var response = try http.send(request, deadline: attemptDeadline)
@@ -107,7 +111,7 @@ final class VaultClient: Sendable {
             if !retryable || attempt >= backoff.maxAttempts || !sleepBeforeRetry(attempt, deadline: deadline) {
                 // Only a call that got no reply at all trips the breaker: the next calls then fail fast instead of
                 // each waiting for its own timeout.
-                breaker.recordFailure()
+                if !(cutByCaller && Date() >= attemptDeadline) { breaker.recordFailure() }
                 report(op, .unavailable, started)
                 throw VaultError(.unavailable, lastProblem)
             }

@@ -31,7 +31,6 @@ public final class VaultKeyBackend: KeyBackend {
     public func waitUntilReady(timeout: Double) -> Bool { keyring.waitUntilReady(timeout: timeout) }
 
     public var name: String { "vault" }
-    public var mayBlock: Bool { true }
 
     public func wouldBlock(_ call: BackendCall) -> Bool {
         switch call {
@@ -49,26 +48,23 @@ public final class VaultKeyBackend: KeyBackend {
         return BackendStatus(healthy: health.canEncrypt, keyID: health.canEncrypt ? health.keyID : "", detail: health.detail)
     }
 
-    public func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         do {
-            let envelope = try keyring.encrypt(plaintext)
+            let envelope = try keyring.encrypt(plaintext, context: context)
             return EncryptResult(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
         } catch {
             throw Self.kmsError(error)
         }
     }
 
-    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                        context: CallContext) throws(KMSError) -> [UInt8] {
         do {
-            return try keyring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations)
+            return try keyring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, context: context)
         } catch {
             throw Self.kmsError(error)
         }
     }
-
-    /// The local KEK changes with rotation and Vault never hands out stable key material, so there is nothing to
-    /// derive a long-lived audit key from.
-    public func auditHMACKey() -> [UInt8]? { nil }
 
     public func reload() { keyring.reload() }
 

@@ -121,8 +121,8 @@ public final class VaultKeyring: Sendable {
         let transit = self.transit
         let timeout = configuration.requestTimeout
         let keyName = configuration.keyName
-        batcher = UnwrapBatcher(cache: cache) { wrapped in
-            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: Date(timeIntervalSinceNow: timeout)) { error in
+        batcher = UnwrapBatcher(cache: cache) { wrapped, deadline in
+            Self.unwrapBatch(wrapped, transit: transit, problems: problems, deadline: min(deadline, Date(timeIntervalSinceNow: timeout))) { error in
                 Self.revokeAccess(error, keyName: keyName, state: state, cache: cache, log: log)
             }
         }
@@ -217,16 +217,17 @@ public final class VaultKeyring: Sendable {
     }
 
     /// Seals the DEK (seed) under the active local KEK. Calls Vault only when the local KEK reached a limit the
-    /// background loop could not renew it before (then UNAVAILABLE if Vault cannot wrap a new one).
-    public func encrypt(_ plaintext: [UInt8]) throws(VaultError) -> VaultEnvelope {
+    /// background loop could not renew it before (then UNAVAILABLE if Vault cannot wrap a new one); that request is
+    /// bounded by the caller's deadline.
+    public func encrypt(_ plaintext: [UInt8], context: CallContext = .unbounded) throws(VaultError) -> VaultEnvelope {
         if configuration.decryptOnly { throw VaultError(.failedPrecondition, "the Vault backend is decrypt-only here") }
         let (activeOrNil, blocked) = state.withLock { ($0.active, $0.blocked) }
         if let blocked { throw VaultError(.failedPrecondition, blocked) }
         guard var active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
-        if now() - active.createdAt >= configuration.localKEKMaxAge { active = try replaceExhausted(active) }
+        if now() - active.createdAt >= configuration.localKEKMaxAge { active = try replaceExhausted(active, context: context) }
         var used = active.encryptions.add(1, ordering: .relaxed).newValue
         if used > Self.encryptionLimit(configuration) {
-            active = try replaceExhausted(active)
+            active = try replaceExhausted(active, context: context)
             used = active.encryptions.add(1, ordering: .relaxed).newValue
             guard used <= Self.encryptionLimit(configuration) else { throw VaultError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
         }
@@ -255,7 +256,10 @@ public final class VaultKeyring: Sendable {
         return !cache.contains(wrapped)
     }
 
-    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]]) throws(VaultError) -> [UInt8] {
+    /// A local KEK that is not cached is unwrapped by Vault; the call waits for it until the caller's deadline (at most
+    /// the configured request timeout) and stops waiting when the caller cancels.
+    public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]],
+                        context: CallContext = .unbounded) throws(VaultError) -> [UInt8] {
         let minimum = 1 + Self.nonceSize + AES256GCM.tagSize
         guard ciphertext.count >= minimum, ciphertext[0] == Self.formatVersion else {
             throw VaultError(.invalidArgument, "ciphertext is not a kekd Vault envelope")
@@ -282,7 +286,8 @@ public final class VaultKeyring: Sendable {
             key = cached
         } else {
             onCache?(false)
-            key = try batcher.unwrap(wrapped, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+            key = try batcher.unwrap(wrapped, deadline: Date(timeIntervalSinceNow: context.boundedSeconds(configuration.requestTimeout)),
+                                     cancellation: context.cancellation)
             record?.note(wrapped: wrapped, keyVersion: version)
         }
         let nonce = Array(ciphertext[1...Self.nonceSize])
@@ -516,7 +521,7 @@ public final class VaultKeyring: Sendable {
     /// Called by Encrypt when `exhausted` may not encrypt any more: the first caller has Vault wrap a new local KEK,
     /// the others wait for it and use it. After a failed attempt, callers fail at once for a second instead of each
     /// waiting for Vault again.
-    private func replaceExhausted(_ exhausted: ActiveKEK) throws(VaultError) -> ActiveKEK {
+    private func replaceExhausted(_ exhausted: ActiveKEK, context: CallContext) throws(VaultError) -> ActiveKEK {
         renewLock.lock()
         defer { renewLock.unlock() }
         let current = state.withLock { $0.active }
@@ -527,7 +532,7 @@ public final class VaultKeyring: Sendable {
         }
         guard let info = state.withLock({ $0.keyInfo }) else { throw VaultError(.unavailable, "\(reason); Vault key not read yet") }
         do {
-            try installNewKEKLocked(info: info, reason: reason)
+            try installNewKEKLocked(info: info, reason: reason, seconds: context.boundedSeconds(configuration.requestTimeout))
         } catch {
             throw VaultError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(error.message)")
         }
@@ -538,13 +543,14 @@ public final class VaultKeyring: Sendable {
     private func installNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
         renewLock.lock()
         defer { renewLock.unlock() }
-        try installNewKEKLocked(info: info, reason: reason)
+        try installNewKEKLocked(info: info, reason: reason, seconds: configuration.requestTimeout)
     }
 
     /// Called with `renewLock` held.
-    private func installNewKEKLocked(info: TransitKeyInfo, reason: String) throws(VaultError) {
+    /// Called with `renewLock` held; the wrap request gets at most `seconds`.
+    private func installNewKEKLocked(info: TransitKeyInfo, reason: String, seconds: Double) throws(VaultError) {
         do {
-            try makeNewKEK(info: info, reason: reason)
+            try makeNewKEK(info: info, reason: reason, seconds: seconds)
             renewalFailure.withLock { $0 = nil }
         } catch {
             let t = now()
@@ -555,11 +561,11 @@ public final class VaultKeyring: Sendable {
         }
     }
 
-    private func makeNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
+    private func makeNewKEK(info: TransitKeyInfo, reason: String, seconds: Double) throws(VaultError) {
         let version = info.latestVersion
         let key: SymmetricKey
         do { key = try SymmetricKey.random() } catch { throw VaultError(.internalError, "cannot generate local KEK: \(error.description)") }
-        let wrapped = try transit.encrypt(key.bytes, keyVersion: version, deadline: Date(timeIntervalSinceNow: configuration.requestTimeout))
+        let wrapped = try transit.encrypt(key.bytes, keyVersion: version, deadline: Date(timeIntervalSinceNow: seconds))
         let created = info.versionCreated[version] ?? 0
         let fresh = ActiveKEK(key: key, wrapped: wrapped, keyID: Self.keyID(config: configuration, version: version, created: created),
                               vaultVersion: version, vaultCreated: created, createdAt: now())

@@ -53,7 +53,10 @@ struct Daemon {
         registerBackendMetrics(backend, metrics: metrics)
 
         let service = KMSService(backend: backend, statusVersion: c.statusVersion)
-        let kmsServer = KMSServer(configuration: c.server, service: service, audit: audit, metrics: metrics, logger: logger)
+        var serverConfiguration = c.server
+        // A key file answers every call from memory; Vault and PKCS#11 say per call whether they would wait.
+        serverConfiguration.execution = backend.members.allSatisfy { $0.backend is FileKeyBackend } ? .inline : .askBackend
+        let kmsServer = KMSServer(configuration: serverConfiguration, service: service, audit: audit, metrics: metrics, logger: logger)
         let socket = c.server.socketPath
 
         // The health endpoint listens before the socket does: whoever sees the socket (a probe, the interop suite)
@@ -102,10 +105,11 @@ struct Daemon {
         var hmacKey: [UInt8]
         if let keyPath = settings.hmacKeyFile {
             hmacKey = try AuditChainKey.load(keyPath: keyPath, auditLog: path, createWhenFresh: false, newChain: settings.newChain, logger: logger)
-        } else if let derived = backend.auditHMACKey() {
-            hmacKey = derived
+        } else if let file = backend.encrypting as? FileKeyBackend {
+            // The chain follows the backend that writes; only a key file has a stable secret to derive its key from.
+            hmacKey = file.auditHMACKey()
         } else {
-            // The Vault backend has no local secret to derive from: keep a random chain key in the state folder.
+            // Vault and PKCS#11 have no local secret to derive from: keep a random chain key in the state folder.
             try FileManager.default.createDirectory(atPath: stateDir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             hmacKey = try AuditChainKey.load(keyPath: "\(stateDir)/audit-hmac.key", auditLog: path, createWhenFresh: true,
                                              newChain: settings.newChain, logger: logger)

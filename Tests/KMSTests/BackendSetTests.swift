@@ -6,21 +6,26 @@ import Testing
 /// A backend of a given kind that answers with its own name, so a test sees which backend served a call.
 private final class NamedBackend: KeyBackend {
     let name: String
-    let mayBlock: Bool
+    let blocks: Bool
+    /// The deadline of the last call's context: what reached this backend.
+    let lastDeadline = Atomic<UInt64>(0)
     let encrypts = Atomic<Int>(0)
     let decrypts = Atomic<Int>(0)
     let reloads = Atomic<Int>(0)
-    init(_ name: String, mayBlock: Bool = false) { self.name = name; self.mayBlock = mayBlock }
+    init(_ name: String, blocks: Bool = false) { self.name = name; self.blocks = blocks }
     func status() -> BackendStatus { BackendStatus(healthy: true, keyID: "\(name)-key", detail: "") }
-    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    func wouldBlock(_ call: BackendCall) -> Bool { blocks }
+    func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
+        lastDeadline.store(context.deadline ?? 0, ordering: .relaxed)
         encrypts.add(1, ordering: .relaxed)
         return EncryptResult(ciphertext: Array(name.utf8), keyID: "\(name)-key", annotations: [:])
     }
-    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                 context: CallContext) throws(KMSError) -> [UInt8] {
+        lastDeadline.store(context.deadline ?? 0, ordering: .relaxed)
         decrypts.add(1, ordering: .relaxed)
         return Array(name.utf8)
     }
-    func auditHMACKey() -> [UInt8]? { Array(name.utf8) }
     func reload() { reloads.add(1, ordering: .relaxed) }
     func close() {}
 }
@@ -45,10 +50,9 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
 }
 
 @Test func encryptAndStatusUseTheEncryptingBackendDecryptRoutesByKeyID() throws {
-    let vault = NamedBackend("vault", mayBlock: true), file = NamedBackend("file")
+    let vault = NamedBackend("vault", blocks: true), file = NamedBackend("file")
     let set = try BackendSet(encrypting: vault, decryptOnly: [file])
     #expect(set.name == "vault")
-    #expect(set.mayBlock)
     #expect(set.status().keyID == "vault-key")
     #expect(try set.encrypt(plaintext: [9], uid: "u").keyID == "vault-key")
     #expect(file.encrypts.load(ordering: .relaxed) == 0)
@@ -57,7 +61,11 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
     #expect(file.decrypts.load(ordering: .relaxed) == 1 && vault.decrypts.load(ordering: .relaxed) == 1)
     #expect(set.servingBackendName(decryptKeyID: fileKeyID) == "file")
     #expect(set.servingBackendName(decryptKeyID: "garbage") == "vault")
-    #expect(set.auditHMACKey() == Array("vault".utf8))
+    // The caller's context reaches the backend the call is routed to.
+    _ = try set.decrypt(ciphertext: [1], keyID: fileKeyID, annotations: [:], uid: "u", context: CallContext(deadline: 42))
+    #expect(file.lastDeadline.load(ordering: .relaxed) == 42 && vault.lastDeadline.load(ordering: .relaxed) == 0)
+    _ = try set.encrypt(plaintext: [1], uid: "u", context: CallContext(deadline: 7))
+    #expect(vault.lastDeadline.load(ordering: .relaxed) == 7)
     set.reload()
     #expect(file.reloads.load(ordering: .relaxed) == 1 && vault.reloads.load(ordering: .relaxed) == 1)
     #expect(set.members.map(\.role) == [.encrypt, .decryptOnly])
@@ -66,7 +74,7 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
 @Test func aKeyIDOfAnUnconfiguredKindIsFailedPreconditionNamingIt() throws {
     let file = NamedBackend("file")
     let set = try BackendSet(encrypting: file)
-    #expect(!set.mayBlock)
+    #expect(!set.wouldBlock(.encrypt))
     for (keyID, kind) in [(vaultKeyID, "vault"), (pkcs11KeyID, "pkcs11")] {
         #expect(throws: KMSError.self) { try decrypt(set, keyID) }
         do { _ = try decrypt(set, keyID) } catch {
@@ -98,7 +106,7 @@ private func decrypt(_ set: BackendSet, _ keyID: String) throws(KMSError) -> Str
 }
 
 @Test func wouldBlockAsksTheBackendTheCallGoesTo() throws {
-    let vault = NamedBackend("vault", mayBlock: true), file = NamedBackend("file")
+    let vault = NamedBackend("vault", blocks: true), file = NamedBackend("file")
     let set = try BackendSet(encrypting: vault, decryptOnly: [file])
     #expect(set.wouldBlock(.encrypt))
     #expect(set.wouldBlock(.decrypt(keyID: vaultKeyID, annotations: [:])))

@@ -9,7 +9,6 @@ import Logging
 /// A backend that returns whatever a test tells it to, and counts calls.
 private final class ScriptedBackend: KeyBackend {
     let name = "scripted"
-    let mayBlock = false
     let state: BackendStatus
     let result: EncryptResult
     let calls = Atomic<Int>(0)
@@ -19,15 +18,16 @@ private final class ScriptedBackend: KeyBackend {
         self.result = result
     }
     func status() -> BackendStatus { state }
-    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    func wouldBlock(_ call: BackendCall) -> Bool { false }
+    func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         calls.add(1, ordering: .relaxed)
         return result
     }
-    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                 context: CallContext) throws(KMSError) -> [UInt8] {
         calls.add(1, ordering: .relaxed)
         return [42]
     }
-    func auditHMACKey() -> [UInt8]? { nil }
     func reload() {}
     func close() {}
 }

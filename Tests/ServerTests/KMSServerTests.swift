@@ -9,20 +9,30 @@ import Testing
 @testable import Server
 import Transport
 
-/// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others.
+/// A backend whose Decrypt of ciphertext "slow" waits, to prove one slow stream does not hold up the others, and of
+/// "wait" waits until its call is cancelled (at most 5 s), to prove cancellation reaches the backend.
 private final class FakeBackend: KeyBackend, @unchecked Sendable {
     let name = "fake"
     let mayBlock: Bool
     let delay: Double
     init(mayBlock: Bool, delay: Double = 0.5) { self.mayBlock = mayBlock; self.delay = delay }
     func status() -> BackendStatus { BackendStatus(healthy: true, keyID: "fake-key-1", detail: "") }
-    func encrypt(plaintext: [UInt8], uid: String) throws(KMSError) -> EncryptResult {
+    func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         EncryptResult(ciphertext: plaintext.reversed(), keyID: "fake-key-1", annotations: [:])
     }
     let decrypts = LockedValue(0)
-    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String) throws(KMSError) -> [UInt8] {
+    /// Seconds a "wait" Decrypt waited before it saw its cancellation (nil: not seen).
+    let cancelledAfter = LockedValue<Double?>(nil)
+    func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
+                 context: CallContext) throws(KMSError) -> [UInt8] {
         decrypts.withLock { $0 += 1 }
         if ciphertext == Array("slow".utf8) { Thread.sleep(forTimeInterval: delay) }
+        if ciphertext == Array("wait".utf8) {
+            let t0 = Date()
+            while !context.isCancelled && Date().timeIntervalSince(t0) < 5 { Thread.sleep(forTimeInterval: 0.002) }
+            if context.isCancelled { cancelledAfter.withLock { $0 = Date().timeIntervalSince(t0) } }
+            throw KMSError(.unavailable, "gave up")
+        }
         guard keyID == "fake-key-1" else { throw KMSError(.failedPrecondition, "unknown key") }
         return ciphertext.reversed()
     }
@@ -32,7 +42,6 @@ private final class FakeBackend: KeyBackend, @unchecked Sendable {
         guard mayBlock, case .decrypt(_, let annotations) = call else { return false }
         return annotations["cached.kekd.test"] == nil
     }
-    func auditHMACKey() -> [UInt8]? { nil }
     func reload() {}
     func close() {}
 }
@@ -220,15 +229,9 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     let backend = FakeBackend(mayBlock: true, delay: 0.4)
     let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
     defer { server.shutdown() }
-    let fd = try Posix.connectUnix(server.configuration.socketPath)
-    defer { close(fd) }
-    let conn = GRPCClientConnection()
-    let slow = DecryptRequest(ciphertext: Array("slow".utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
-    let resetID = try #require(conn.startCall(path: decryptPath, message: slow))
-    _ = Posix.writeAll(fd, conn.http2.takeOutput())
     // Reset once the backend has the call.
-    let deadline = Date().addingTimeInterval(2)
-    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    let (fd, conn, resetID) = try startBlockingDecrypt(backend, server, ciphertext: "slow")
+    defer { close(fd) }
     #expect(backend.decrypts.withLock { $0 } == 1)
     conn.http2.resetStream(streamID: resetID, code: .cancel)
     let statusID = try #require(conn.startCall(path: statusPath, message: []))
@@ -242,3 +245,64 @@ func aCallPastItsDeadlineIsDeadlineExceededWithoutBackendWork(mayBlock: Bool) th
     #expect(done.keys.sorted() == [afterID])
     #expect(done[afterID]?.0.status == .ok)
 }
+
+/// Opens a connection and sends a Decrypt the backend holds ("slow": a while, "wait": until cancelled); returns once
+/// the backend has it.
+private func startBlockingDecrypt(_ backend: FakeBackend, _ server: KMSServer,
+                                  ciphertext: String = "wait") throws -> (Int32, GRPCClientConnection, UInt32) {
+    let fd = try Posix.connectUnix(server.configuration.socketPath)
+    let conn = GRPCClientConnection()
+    let waiting = DecryptRequest(ciphertext: Array(ciphertext.utf8), uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    let streamID = try #require(conn.startCall(path: decryptPath, message: waiting))
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    let deadline = Date().addingTimeInterval(2)
+    while backend.decrypts.withLock({ $0 }) == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    return (fd, conn, streamID)
+}
+
+@Test func aStreamResetReachesTheBlockedBackendAndFreesItsPoolSlot() throws {
+    // One pool slot, held by a Decrypt that waits for its cancellation: the client's RST_STREAM must reach the
+    // backend (through the call's context) and free the slot for the next blocking call.
+    let backend = FakeBackend(mayBlock: true)
+    let server = try startServer(backend) { $0.maxInFlightBackendCalls = 1 }
+    defer { server.shutdown() }
+    let (fd, conn, resetID) = try startBlockingDecrypt(backend, server)
+    defer { close(fd) }
+    let resetAt = Date()
+    conn.http2.resetStream(streamID: resetID, code: .cancel)
+    let blocking = DecryptRequest(ciphertext: [1, 2], uid: "u", keyID: "fake-key-1", annotations: [:]).serializedBytes()
+    _ = Posix.writeAll(fd, conn.http2.takeOutput())
+    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < resetAt.addingTimeInterval(2) { Thread.sleep(forTimeInterval: 0.005) }
+    #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the cancellation")
+    #expect(Date().timeIntervalSince(resetAt) < 1)
+    Thread.sleep(forTimeInterval: 0.05)  // the pool posts its completion back to the connection
+    let nextID = try #require(conn.startCall(path: decryptPath, message: blocking))
+    let done = exchange(conn, fd: fd, expecting: 1)
+    #expect(done.keys.sorted() == [nextID], "nothing is answered on the reset stream")
+    #expect(done[nextID]?.0.status == .ok, "the pool slot is free again")
+}
+
+@Test func closingTheConnectionCancelsItsCallsOnThePool() throws {
+    let backend = FakeBackend(mayBlock: true)
+    let server = try startServer(backend)
+    defer { server.shutdown() }
+    let (fd, _, _) = try startBlockingDecrypt(backend, server)
+    close(fd)
+    let deadline = Date().addingTimeInterval(2)
+    while backend.cancelledAfter.withLock({ $0 }) == nil && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+    #expect(backend.cancelledAfter.withLock { $0 } != nil, "the backend never saw the connection close")
+}
+
+#if DEBUG
+@Test func touchingAConnectionsStateOffItsOwnThreadTraps() async {
+    // The ownership rule (like Go's serveG.check()): only the connection's own thread may touch its state.
+    await #expect(processExitsWith: .failure) {
+        var config = ServerConfiguration(socketPath: "/unused")
+        config.maxConnections = 1
+        let server = KMSServer(configuration: config, service: KMSService(backend: FakeBackend(mayBlock: false)), audit: nil,
+                               metrics: nil, logger: Logger(minimumLevel: .error))
+        let connection = try ServerConnection(id: 1, fd: -1, peer: PeerCredentials(pid: 1, uid: 0, gid: 0), server: server)
+        connection.checkOwner()  // never started: this thread is not its owner
+    }
+}
+#endif

