@@ -61,8 +61,9 @@ final class ServerConnection: @unchecked Sendable {
         lock.lock()
         flushLocked()  // our SETTINGS go first
         let bufferSize = 64 * 1024
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 1)
-        defer { buffer.deallocate() }
+        // Read straight into an array that `receive` takes a slice of: the frame reader copies what it keeps, so no
+        // per-read array is made.
+        var buffer = [UInt8](repeating: 0, count: bufferSize)
         let started = Posix.monotonicNanos()
         var lastActivity = started
         var requestDeadline: UInt64?  // the oldest incomplete request's; a copy read without the lock
@@ -81,13 +82,12 @@ final class ServerConnection: @unchecked Sendable {
                 if checkTimeouts(now: now, started: started, lastActivity: lastActivity) { break }
                 continue
             }
-            let n = read(fd, buffer.baseAddress, bufferSize)
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, bufferSize) }
             if n == 0 { break }
             if n < 0 { if errno == EINTR || errno == EAGAIN { continue }; break }
             lastActivity = now
-            let bytes = Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             lock.lock()
-            let events = grpc.receive(bytes[...], now: now)
+            let events = grpc.receive(buffer[0..<n], now: now)
             var closeAfterFlush = false
             for event in events {
                 switch event {
