@@ -1,5 +1,6 @@
 // Thin, boring wrappers over OpenSSL EVP. Every function here is small on purpose: this is the code to review twice.
 import COpenSSL
+import Synchronization
 
 public enum CryptoError: Error, Equatable, CustomStringConvertible {
     /// An OpenSSL call failed; the string names the call (never any key material).
@@ -56,12 +57,36 @@ public enum AES256GCM {
     public static func seal(key: [UInt8], nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
                             appendingTo out: inout [UInt8]) throws(CryptoError) {
         guard key.count == keySize else { throw .invalidKeySize(key.count) }
-        guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
-        guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
+        let ctx = try keyedContext(key)
         defer { EVP_CIPHER_CTX_free(ctx) }
+        try seal(keyed: ctx, nonce: nonce, plaintext: plaintext, aad: aad, appendingTo: &out)
+    }
+
+    /// The same under a `SymmetricKey`, on one of its already keyed contexts (no key set-up per call).
+    public static func seal(key: SymmetricKey, nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
+                            appendingTo out: inout [UInt8]) throws(CryptoError) {
+        try key.withGCMContext { ctx throws(CryptoError) in
+            try seal(keyed: ctx, nonce: nonce, plaintext: plaintext, aad: aad, appendingTo: &out)
+        }
+    }
+
+    /// A new context holding `key`'s schedule; each seal or open then only sets its nonce.
+    static func keyedContext(_ key: [UInt8]) throws(CryptoError) -> OpaquePointer {
+        guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
+        guard EVP_CipherInit_ex2(ctx, FetchedAlgorithms.aes256GCM, key, nil, 1, nil) == 1 else {
+            EVP_CIPHER_CTX_free(ctx)
+            throw .openSSL("EVP_CipherInit_ex2(key)")
+        }
+        return ctx
+    }
+
+    private static func seal(keyed ctx: OpaquePointer, nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
+                             appendingTo out: inout [UInt8]) throws(CryptoError) {
+        guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
         var len: Int32 = 0
-        let initialised = nonce.withUnsafeBufferPointer { EVP_EncryptInit_ex2(ctx, FetchedAlgorithms.aes256GCM, key, $0.baseAddress, nil) }
-        guard initialised == 1 else { throw .openSSL("EVP_EncryptInit_ex2") }
+        // No cipher and no key: the context keeps both and restarts under this nonce.
+        let initialised = nonce.withUnsafeBufferPointer { EVP_CipherInit_ex2(ctx, nil, nil, $0.baseAddress, 1, nil) }
+        guard initialised == 1 else { throw .openSSL("EVP_CipherInit_ex2(encrypt)") }
         if !aad.isEmpty {
             guard EVP_EncryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_EncryptUpdate(aad)") }
         }
@@ -91,15 +116,24 @@ public enum AES256GCM {
     /// The same on slices of a caller's buffer (the envelope's nonce and body), without copying them out.
     public static func open(key: [UInt8], nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, aad: [UInt8]) throws(CryptoError) -> [UInt8] {
         guard key.count == keySize else { throw .invalidKeySize(key.count) }
+        let ctx = try keyedContext(key)
+        defer { EVP_CIPHER_CTX_free(ctx) }
+        return try open(keyed: ctx, nonce: nonce, sealed: sealed, aad: aad)
+    }
+
+    /// The same under a `SymmetricKey`, on one of its already keyed contexts (no key set-up per call).
+    public static func open(key: SymmetricKey, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, aad: [UInt8]) throws(CryptoError) -> [UInt8] {
+        try key.withGCMContext { ctx throws(CryptoError) in try open(keyed: ctx, nonce: nonce, sealed: sealed, aad: aad) }
+    }
+
+    private static func open(keyed ctx: OpaquePointer, nonce: ArraySlice<UInt8>, sealed: ArraySlice<UInt8>, aad: [UInt8]) throws(CryptoError) -> [UInt8] {
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
         guard sealed.count >= tagSize else { throw .authenticationFailed }
-        guard let ctx = EVP_CIPHER_CTX_new() else { throw .openSSL("EVP_CIPHER_CTX_new") }
-        defer { EVP_CIPHER_CTX_free(ctx) }
         let bodyCount = sealed.count - tagSize
         var out = [UInt8](repeating: 0, count: bodyCount)
         var len: Int32 = 0
-        let initialised = nonce.withUnsafeBufferPointer { EVP_DecryptInit_ex2(ctx, FetchedAlgorithms.aes256GCM, key, $0.baseAddress, nil) }
-        guard initialised == 1 else { throw .openSSL("EVP_DecryptInit_ex2") }
+        let initialised = nonce.withUnsafeBufferPointer { EVP_CipherInit_ex2(ctx, nil, nil, $0.baseAddress, 0, nil) }
+        guard initialised == 1 else { throw .openSSL("EVP_CipherInit_ex2(decrypt)") }
         if !aad.isEmpty {
             guard EVP_DecryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_DecryptUpdate(aad)") }
         }
@@ -266,7 +300,38 @@ public final class SymmetricKey: @unchecked Sendable {
         self.bytes = bytes
     }
     public static func random() throws(CryptoError) -> SymmetricKey { try SymmetricKey(bytes: SecureRandom.bytes(AES256GCM.keySize)) }
-    deinit { wipe(&bytes) }
+
+    /// AES-256-GCM contexts already keyed with `bytes`, for reuse: allocating and keying a context (key expansion,
+    /// GHASH tables) cost as much as sealing or opening a 32-byte DEK. A context is taken out of the list for one call,
+    /// so one thread at a time uses it; at most `maxIdleContexts` wait here (one per thread that used the key at once).
+    private let idleGCMContexts = Mutex<[IdleContext]>([])
+    private static let maxIdleContexts = 64
+    /// An idle context; only the thread that takes one out of the list touches it.
+    private struct IdleContext: @unchecked Sendable { let ctx: OpaquePointer }
+
+    func withGCMContext<R>(_ body: (OpaquePointer) throws(CryptoError) -> R) throws(CryptoError) -> R {
+        let ctx: OpaquePointer
+        if let idle = idleGCMContexts.withLock({ $0.popLast() }) { ctx = idle.ctx } else { ctx = try AES256GCM.keyedContext(bytes) }
+        let result: R
+        do { result = try body(ctx) } catch {
+            EVP_CIPHER_CTX_free(ctx)  // not reused after a failure: whatever state OpenSSL left goes with it
+            throw error
+        }
+        let kept = IdleContext(ctx: ctx)
+        let surplus: Bool = idleGCMContexts.withLock { idle in
+            guard idle.count < Self.maxIdleContexts else { return true }
+            idle.append(kept)
+            return false
+        }
+        if surplus { EVP_CIPHER_CTX_free(ctx) }
+        return result
+    }
+
+    deinit {
+        // EVP_CIPHER_CTX_free cleanses the key schedule each context holds.
+        idleGCMContexts.withLock { idle in for entry in idle { EVP_CIPHER_CTX_free(entry.ctx) } }
+        wipe(&bytes)
+    }
 }
 
 /// OpenSSL's FIPS provider: loads it and makes it the default for all fetches, or reports why not.

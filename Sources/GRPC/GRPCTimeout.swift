@@ -3,7 +3,7 @@
 public enum GRPCTimeout {
     /// Nanoseconds, or nil when the value is malformed. Saturates instead of overflowing.
     public static func parse(_ value: String) -> UInt64? {
-        let bytes = Array(value.utf8)
+        let bytes = value.utf8  // read in place: parsed on every call that carries a deadline
         guard bytes.count >= 2, bytes.count <= 9, let unit = bytes.last else { return nil }
         var amount: UInt64 = 0
         for d in bytes.dropLast() {

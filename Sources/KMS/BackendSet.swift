@@ -5,20 +5,28 @@
 /// The kind of backend a key_id belongs to, from its prefix. Every kind's key_ids have their own prefix, so they
 /// never collide. A new kind is one entry in `kinds`.
 public enum KeyIDKind {
-    /// (kind, does this key_id have the kind's prefix). `kekd-v` is checked after `kekd-vault-`'s own test: the file
-    /// backend's prefix is `kekd-v` followed by a digit.
-    static let kinds: [(kind: String, matches: @Sendable (String) -> Bool)] = [
-        ("vault", { $0.hasPrefix("kekd-vault-") }),
-        ("pkcs11", { $0.hasPrefix("kekd-pkcs11-") }),
-        ("file", { keyID in
-            guard keyID.hasPrefix("kekd-v"), let next = keyID.utf8.dropFirst(6).first else { return false }
-            return next >= UInt8(ascii: "0") && next <= UInt8(ascii: "9")
-        }),
+    /// (kind, the key_id prefix, whether a digit must follow it). Matched on the UTF-8 bytes: this runs up to three
+    /// times per Decrypt (routing, inline-or-pool, audit), and `String.hasPrefix` costs a grapheme-aware compare.
+    /// The file backend's prefix `kekd-v` only counts followed by a digit, so `kekd-vault-` is never taken for it.
+    static let kinds: [(kind: String, prefix: [UInt8], digitFollows: Bool)] = [
+        ("vault", Array("kekd-vault-".utf8), false),
+        ("pkcs11", Array("kekd-pkcs11-".utf8), false),
+        ("file", Array("kekd-v".utf8), true),
     ]
 
     /// "file", "vault", "pkcs11", or nil for a key_id no kekd backend issues.
     public static func of(_ keyID: String) -> String? {
-        kinds.first { $0.matches(keyID) }?.kind
+        var keyID = keyID
+        return keyID.withUTF8 { bytes in
+            for entry in kinds where bytes.count >= entry.prefix.count
+                && entry.prefix.withUnsafeBufferPointer({ $0.elementsEqual(bytes.prefix(entry.prefix.count)) }) {
+                guard entry.digitFollows else { return entry.kind }
+                guard bytes.count > entry.prefix.count else { return nil }
+                let next = bytes[entry.prefix.count]
+                return next >= UInt8(ascii: "0") && next <= UInt8(ascii: "9") ? entry.kind : nil
+            }
+            return nil
+        }
     }
 
     public static var known: [String] { kinds.map(\.kind) }
@@ -35,18 +43,19 @@ public struct BackendMember: Sendable {
 public final class BackendSet: KeyBackend {
     public let encrypting: any KeyBackend
     public let decryptOnly: [any KeyBackend]
-    private let byKind: [String: any KeyBackend]
+    /// (kind, backend), at most one per kind: a linear scan of one to three entries beats hashing the kind.
+    private let byKind: [(kind: String, backend: any KeyBackend)]
 
     /// Throws when two backends are of the same kind (their key_ids could not be told apart).
     public init(encrypting: any KeyBackend, decryptOnly: [any KeyBackend] = []) throws(KMSError) {
         self.encrypting = encrypting
         self.decryptOnly = decryptOnly
-        var byKind: [String: any KeyBackend] = [:]
+        var byKind: [(kind: String, backend: any KeyBackend)] = []
         for backend in [encrypting] + decryptOnly {
-            guard byKind[backend.name] == nil else {
+            guard !byKind.contains(where: { $0.kind == backend.name }) else {
                 throw KMSError(.invalidArgument, "two \(backend.name) backends: at most one backend of each kind")
             }
-            byKind[backend.name] = backend
+            byKind.append((backend.name, backend))
         }
         self.byKind = byKind
     }
@@ -84,7 +93,7 @@ public final class BackendSet: KeyBackend {
             throw KMSError(.invalidArgument, "key_id was not issued by kekd (no known backend prefix: "
                            + "file kekd-v<N>-, vault kekd-vault-, pkcs11 kekd-pkcs11-)")
         }
-        guard let backend = byKind[kind] else {
+        guard let backend = byKind.first(where: { $0.kind == kind })?.backend else {
             throw KMSError(.failedPrecondition, "key_id belongs to the \(kind) backend, which this kekd does not have "
                            + "(configured: \(members.map(\.kind).joined(separator: ", ")))")
         }

@@ -33,7 +33,7 @@ public enum Envelope {
         out.append(contentsOf: nonce)
         let aad = try additionalData(keyVersion: keyVersion, keyID: keyID, annotations: annotations)
         do {
-            try AES256GCM.seal(key: key.bytes, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
+            try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
             return out
         } catch {
             throw KMSError(.internalError, "AES-256-GCM seal: \(error)")
@@ -61,7 +61,7 @@ public enum Envelope {
         let sealed = ciphertext[headerSize...]
         let aad = try additionalData(keyVersion: version, keyID: keyID, annotations: annotations)
         do {
-            return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: aad)
+            return try AES256GCM.open(key: key, nonce: nonce, sealed: sealed, aad: aad)
         } catch .authenticationFailed {
             throw KMSError(.invalidArgument, "ciphertext failed authentication (tampered, truncated, or key_id/annotations do not match)")
         } catch {

@@ -97,8 +97,9 @@ final class ServerConnection: @unchecked Sendable {
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: config.writeTimeout)
         flush()  // our SETTINGS go first
         let bufferSize = 64 * 1024
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bufferSize, alignment: 1)
-        defer { buffer.deallocate() }
+        // Read straight into an array that `receive` takes a slice of: the frame reader copies what it keeps, so no
+        // per-read array is made.
+        var buffer = [UInt8](repeating: 0, count: bufferSize)
         let started = Posix.monotonicNanos()
         var lastActivity = started
         var requestDeadline: UInt64?  // the oldest incomplete request's
@@ -119,13 +120,13 @@ final class ServerConnection: @unchecked Sendable {
             if ready <= 0 {
                 if checkTimeouts(now: now, started: started, lastActivity: lastActivity) { break }
             } else if fds[0].revents != 0 {
-                let n = read(fd, buffer.baseAddress, bufferSize)
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, bufferSize) }
                 if n == 0 { break }
                 if n < 0 {
                     if errno != EINTR && errno != EAGAIN { break }
                 } else {
                     lastActivity = now
-                    if receive(Array(UnsafeRawBufferPointer(rebasing: buffer[0..<n])), now: now) { close = true }
+                    if receive(buffer[0..<n], now: now) { close = true }
                 }
             }
             // A send can fail the connection (a client that never reads filled maxQueuedOutputBytes).
@@ -147,10 +148,10 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     /// Feeds the state machine; returns true when the connection must close after this turn's flush.
-    private func receive(_ bytes: [UInt8], now: UInt64) -> Bool {
+    private func receive(_ bytes: ArraySlice<UInt8>, now: UInt64) -> Bool {
         checkOwner()
         var close = false
-        for event in grpc.receive(bytes[...], now: now) {
+        for event in grpc.receive(bytes, now: now) {
             switch event {
             case .call(let request):
                 handle(CallArrival(request, arrived: now))

@@ -86,3 +86,41 @@ private func hex(_ s: String) -> [UInt8] {
     try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: [1, 2, 3], aad: [4], appendingTo: &appended)
     #expect(appended == [0xEE] + sealed)
 }
+
+@Test func gcmUnderASymmetricKeyReusesKeyedContextsWithoutCarryingState() throws {
+    // NIST vector again, now through the key's reused contexts: seal, open, a failed open (its context is dropped),
+    // and back and forth between directions, each answer equal to the one-shot's.
+    let keyBytes = hex("31bdadd96698c204aa9ce1448ea94ae1fb4a9a0b3c9d773b51bb1822666b8f22")
+    let key = try SymmetricKey(bytes: keyBytes)
+    let iv = hex("0d18e06c7c725ac9e362e1ce"), pt = hex("2db5168e932556f8089a0622981d017d")
+    for round in 0..<3 {
+        var sealed: [UInt8] = []
+        try AES256GCM.seal(key: key, nonce: iv[...], plaintext: pt, aad: [], appendingTo: &sealed)
+        #expect(hexString(sealed) == "fa4362189661d163fcd6a56d8bf0405a" + "d636ac1bbedd5cc3ee727dc2ab4a9489", "round \(round)")
+        var tampered = sealed; tampered[0] ^= 1
+        #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: iv[...], sealed: tampered[...], aad: []) }
+        #expect(try AES256GCM.open(key: key, nonce: iv[...], sealed: sealed[...], aad: []) == pt)
+        let nonce = try SecureRandom.bytes(12), aad = try SecureRandom.bytes(round * 7)
+        var mine: [UInt8] = []
+        try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: pt, aad: aad, appendingTo: &mine)
+        #expect(mine == (try AES256GCM.seal(key: keyBytes, nonce: nonce, plaintext: pt, aad: aad)))
+        #expect(try AES256GCM.open(key: keyBytes, nonce: nonce, sealed: mine, aad: aad) == pt)
+    }
+}
+
+@Test func gcmUnderASymmetricKeyFromManyThreadsAtOnce() async throws {
+    let key = try SymmetricKey.random()
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for task in 0..<8 {
+            group.addTask {
+                for i in 0..<200 {
+                    let pt = [UInt8](repeating: UInt8(truncatingIfNeeded: task &+ i), count: 32), nonce = try SecureRandom.bytes(12)
+                    var sealed: [UInt8] = []
+                    try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: pt, aad: [UInt8(task)], appendingTo: &sealed)
+                    #expect(try AES256GCM.open(key: key, nonce: nonce[...], sealed: sealed[...], aad: [UInt8(task)]) == pt)
+                }
+            }
+        }
+        try await group.waitForAll()
+    }
+}
