@@ -229,6 +229,7 @@ func runServe(_ args: [String]) throws(StartupError) -> Int32 {
     logger.info("kekd started", ["version": kekdVersion, "backend": backend.name,
                                  "decrypt_also": backend.decryptOnly.map(\.name).joined(separator: ","), "key_id": status.keyID, "socket": socket,
                                  "health": health.map { "\($0.host):\($0.port)" } ?? "off", "audit_mode": audit.configuration.mode.rawValue])
+    if let reason = StartupMemory.releaseCodePages() { logger.warn("start-up code stays resident", ["reason": reason]) }
 
     // Signals: SIGHUP reloads keys and reopens the audit file; SIGTERM/SIGINT drain and exit 0.
     while true {
