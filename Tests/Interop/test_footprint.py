@@ -5,10 +5,11 @@ scripts/bench and scripts/image, in .build-static)."""
 import os
 import re
 import subprocess
+import time
 
 import pytest
 
-from conftest import KEKCTL, KEKD, ROOT
+from conftest import KEKCTL, KEKD, ROOT, SANITIZED
 
 # Shared objects of full Foundation and ICU, as the toolchain names them.
 FORBIDDEN_LIBRARIES = re.compile(r"lib(Foundation|FoundationInternationalization|FoundationNetworking|FoundationXML|"
@@ -48,3 +49,35 @@ def test_static_release_binaries_hold_no_foundation_or_icu_symbols():
         # No dynamic dependency on the toolchain's libraries either (the runtime is linked in).
         needed = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
         assert "libswiftCore" not in needed and not FORBIDDEN_LIBRARIES.search(needed), needed
+
+
+def code_mapping(pid, binary):
+    """(resident KiB, size KiB) of `binary`'s executable mapping in process `pid`."""
+    rss = size = 0
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                inside = fields[1] == "r-xp" and fields[-1] == os.path.realpath(binary)
+            elif inside and fields[0] == "Size:":
+                size += int(fields[1])
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1])
+    return rss, size
+
+
+@pytest.mark.skipif(SANITIZED, reason="instrumented code: a Status touches far more of it")
+def test_start_up_code_leaves_the_resident_set(kekd_factory):
+    """kekd drops its code mappings once start-up is done; left mapped, the start-up code the kernel faulted in stays
+    resident for the life of the process (about 7 of the release build's 10 MB of code)."""
+    k = kekd_factory()
+    subprocess.run([str(KEKCTL), "status", "--socket", k.socket], check=True, capture_output=True)
+    deadline = time.monotonic() + 10
+    while True:
+        rss, size = code_mapping(k.proc.pid, KEKD)
+        assert size > 0, "kekd's code mapping not found"
+        if rss < size / 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert rss < size / 4, f"{rss} of kekd's {size} KiB of code still resident after start-up and one Status"
