@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "YAML"),
 
         // Crypto primitives over OpenSSL EVP.
-        .target(name: "Crypto", dependencies: ["COpenSSL"]),
+        .target(name: "Crypto", dependencies: ["COpenSSL", "Locking"]),
 
         // HTTP/1.1 over TLS (keep-alive, deadlines, client certificates, host-name verification, chunked bodies): the
         // client Vault, the Kubernetes API client and the etcd client share.
@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(name: "KMSRPCTests", dependencies: ["KMSRPC", "KMSProto"]),
         .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "GRPCCodesTests", dependencies: ["GRPCCodes"]),
-        .testTarget(name: "LoggingTests", dependencies: ["Logging", "JSON"]),
+        .testTarget(name: "LoggingTests", dependencies: ["Logging", "JSON", "Locking"]),
         .testTarget(name: "CryptoTests", dependencies: ["Crypto"]),
         .testTarget(name: "ProtobufTests", dependencies: ["Protobuf", "KMSProto"]),
         .testTarget(name: "HPACKTests", dependencies: ["HPACK"]),

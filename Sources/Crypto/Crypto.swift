@@ -1,6 +1,6 @@
 // Thin, boring wrappers over OpenSSL EVP. Every function here is small on purpose: this is the code to review twice.
 import COpenSSL
-import Synchronization
+import Locking
 
 public enum CryptoError: Error, Equatable, CustomStringConvertible {
     /// An OpenSSL call failed; the string names the call (never any key material).
@@ -304,7 +304,7 @@ public final class SymmetricKey: @unchecked Sendable {
     /// AES-256-GCM contexts already keyed with `bytes`, for reuse: allocating and keying a context (key expansion,
     /// GHASH tables) cost as much as sealing or opening a 32-byte DEK. A context is taken out of the list for one call,
     /// so one thread at a time uses it; at most `maxIdleContexts` wait here (one per thread that used the key at once).
-    private let idleGCMContexts = Mutex<[IdleContext]>([])
+    private let idleGCMContexts = LockedValue<[IdleContext]>([])
     private static let maxIdleContexts = 64
     /// An idle context; only the thread that takes one out of the list touches it.
     private struct IdleContext: @unchecked Sendable { let ctx: OpaquePointer }

@@ -2,11 +2,11 @@
 import Foundation
 import JSON
 import Logging
-import Synchronization
+import Locking
 import Testing
 
 private final class Lines: Sendable {
-    let all = Mutex<[[UInt8]]>([])
+    let all = LockedValue<[[UInt8]]>([])
     var output: LogOutput { { line in self.all.withLock { $0.append(line) } } }
     var objects: [[String: JSONValue]] { all.withLock { $0 }.compactMap { JSONValue.parse($0)?.object } }
 }
