@@ -79,8 +79,9 @@ let package = Package(
         // Unix sockets: POSIX helpers and the blocking gRPC client kekctl and the benchmark use.
         .target(name: "Transport", dependencies: ["GRPC"]),
 
-        // The KMS v2 method table and a typed client of a running kekd (kekctl status/encrypt/decrypt/bench/doctor).
-        .target(name: "KMSRPC", dependencies: ["GRPC", "KMSProto", "Transport"]),
+        // The KMS v2 method table, the dispatcher from decoded requests to the KMS service (kekd), and a typed client of
+        // a running kekd (kekctl status/encrypt/decrypt/bench/doctor).
+        .target(name: "KMSRPC", dependencies: ["GRPC", "GRPCCodes", "KMS", "KMSProto", "Transport"]),
 
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "KMSRPC", "Transport", "Audit", "Metrics", "Locking", "Logging"]),

@@ -2,23 +2,33 @@
 import GRPC
 import KMS
 import KMSProto
-import KMSRPC
 
 /// What happened to one call, without any secret: the response bytes are the only sensitive part.
-struct CallOutcome: Sendable {
+public struct CallOutcome: Sendable {
     /// nil for a path that is not one of ours.
-    var method: KMSMethod?
-    var status: GRPCStatus
-    var response: [UInt8]?
-    var uid: String?
-    var keyID: String?
-    var ciphertext: [UInt8]?
+    public var method: KMSMethod?
+    public var status: GRPCStatus
+    public var response: [UInt8]?
+    public var uid: String?
+    public var keyID: String?
+    public var ciphertext: [UInt8]?
     /// The backend that served the call when it is not the encrypting one (a Decrypt routed to a decrypt-only backend).
-    var backend: String?
+    public var backend: String?
+
+    public init(method: KMSMethod?, status: GRPCStatus, response: [UInt8]? = nil, uid: String? = nil, keyID: String? = nil,
+                ciphertext: [UInt8]? = nil, backend: String? = nil) {
+        self.method = method
+        self.status = status
+        self.response = response
+        self.uid = uid
+        self.keyID = keyID
+        self.ciphertext = ciphertext
+        self.backend = backend
+    }
 }
 
 /// A request decoded, before any backend work: what the server needs to decide where the call runs.
-enum DecodedCall: Sendable {
+public enum DecodedCall: Sendable {
     case status(StatusRequest)
     case encrypt(EncryptRequest)
     case decrypt(DecryptRequest)
@@ -26,10 +36,12 @@ enum DecodedCall: Sendable {
     case malformed(CallOutcome)
 }
 
-struct KMSDispatcher: Sendable {
-    let service: KMSService
+public struct KMSDispatcher: Sendable {
+    public let service: KMSService
 
-    func decode(_ method: KMSMethod, message: [UInt8]) -> DecodedCall {
+    public init(service: KMSService) { self.service = service }
+
+    public func decode(_ method: KMSMethod, message: [UInt8]) -> DecodedCall {
         do {
             switch method {
             case .status: return .status(try StatusRequest(serializedBytes: message[...]))
@@ -42,7 +54,7 @@ struct KMSDispatcher: Sendable {
     }
 
     /// Whether the backend would wait on the network or a device for this call now (then it runs on the pool).
-    func wouldBlock(_ call: DecodedCall) -> Bool {
+    public func wouldBlock(_ call: DecodedCall) -> Bool {
         switch call {
         case .status, .malformed: false
         case .encrypt: service.backend.wouldBlock(.encrypt)
@@ -51,7 +63,7 @@ struct KMSDispatcher: Sendable {
     }
 
     /// `context` reaches the backend: its deadline bounds any waiting, its cancellation stops it.
-    func handle(_ call: DecodedCall, context: CallContext) -> CallOutcome {
+    public func handle(_ call: DecodedCall, context: CallContext) -> CallOutcome {
         switch call {
         case .malformed(let outcome):
             return outcome
@@ -87,11 +99,11 @@ struct KMSDispatcher: Sendable {
         }
     }
 
-    static func badRequest(_ error: some Error) -> GRPCStatus {
+    public static func badRequest(_ error: some Error) -> GRPCStatus {
         GRPCStatus(.invalidArgument, "malformed request message: \(error)")
     }
 
-    static func status(_ error: KMSError) -> GRPCStatus {
+    public static func status(_ error: KMSError) -> GRPCStatus {
         GRPCStatus(error.code, error.message)
     }
 }
