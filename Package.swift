@@ -77,7 +77,7 @@ let package = Package(
         .target(name: "CProcessHardening"),
 
         // Unix sockets: POSIX helpers and the blocking gRPC client kekctl and the benchmark use.
-        .target(name: "Transport", dependencies: ["GRPC"]),
+        .target(name: "Transport", dependencies: ["GRPC", "Locking"]),
 
         // The KMS v2 method table, the dispatcher from decoded requests to the KMS service (kekd), and a typed client of
         // a running kekd (kekctl status/encrypt/decrypt/bench/doctor).

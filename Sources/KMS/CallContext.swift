@@ -2,6 +2,7 @@
 // still wants the answer (RST_STREAM, connection closed). A value, so a call answered inline allocates nothing; only
 // a call that can be cancelled while it waits (one on the worker pool) carries a `CallCancellation`.
 import Glibc
+import Locking
 import Synchronization
 
 public struct CallContext: Sendable {
@@ -30,11 +31,7 @@ public struct CallContext: Sendable {
     }
 
     /// The clock `deadline` is on.
-    public static func monotonicNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    public static func monotonicNanos() -> UInt64 { Locking.monotonicNanos() }
 }
 
 /// Set once by the connection that owns the call; read by whoever is doing the call's work.

@@ -21,8 +21,11 @@ public enum KMSMethod: String, CaseIterable, Sendable {
 
     public static let paths = Set(allCases.map(\.rawValue))
 
-    /// The audit/metrics name of a path: the method name for ours, the raw path (audit) or "other" (metrics).
-    public static func op(forPath path: String) -> String { KMSMethod(rawValue: path)?.op ?? path }
+    /// The audit log's name of a call's method: ours by name, a foreign path as it came.
+    public static func auditOp(_ method: KMSMethod?, path: String) -> String { method?.op ?? path }
+
+    /// The metrics label of a call's method: ours by name, every foreign path as "other" (a bounded label set).
+    public static func metricsOp(_ method: KMSMethod?) -> String { method?.op ?? "other" }
 }
 
 /// A method with the message types it takes and answers: a client can only send the request the method expects.

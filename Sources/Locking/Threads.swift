@@ -133,3 +133,10 @@ public final class Condition: @unchecked Sendable {
         return pthread_cond_timedwait(cond, lockValue.mutex, &deadline) != ETIMEDOUT
     }
 }
+
+/// Nanoseconds on CLOCK_MONOTONIC: the one clock of deadlines, timeouts and latencies.
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

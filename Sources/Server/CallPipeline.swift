@@ -39,9 +39,9 @@ struct CallArrival: Sendable {
     }
 
     /// The metrics `op` label: our method's name, "other" for any other path.
-    var metricsOp: String { method?.op ?? "other" }
+    var metricsOp: String { KMSMethod.metricsOp(method) }
     /// The audit record's `op`: our method's name, or the path as the client sent it.
-    var auditOp: String { method?.op ?? request.path }
+    var auditOp: String { KMSMethod.auditOp(method, path: request.path) }
 }
 
 /// A check before any work: the status that answers the call instead, or nil to go on.
@@ -153,10 +153,10 @@ struct CallPipeline: Sendable {
     /// A call the gRPC layer refused before it reached the pipeline (bad headers, too large, unknown path).
     func recordRejected(path: String, streamID: UInt32, status: GRPCStatus, who: CallParty, now: UInt64) {
         let method = KMSMethod(rawValue: path)
-        let metricsOp = method?.op ?? "other"
+        let metricsOp = KMSMethod.metricsOp(method)
         metrics?.callStarted(op: metricsOp)  // every finished call was started: in-flight stays exact
         metrics?.callFinished(op: metricsOp, code: status.code, seconds: 0)
-        _ = audit?.record(Self.auditEvent(method?.op ?? path, CallOutcome(method: method, status: status), who: who,
+        _ = audit?.record(Self.auditEvent(KMSMethod.auditOp(method, path: path), CallOutcome(method: method, status: status), who: who,
                                           streamID: streamID, arrived: now, finished: now, backendName: backendName))
     }
 

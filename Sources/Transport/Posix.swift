@@ -1,6 +1,7 @@
 // Small POSIX helpers for unix sockets: kekd's serving edge and kekctl's client share them.
 import FoundationEssentials
 import Glibc
+import Locking
 
 public struct SystemError: Error, CustomStringConvertible, Sendable {
     public let call: String
@@ -81,9 +82,5 @@ public enum Posix {
         return fd
     }
 
-    public static func monotonicNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
+    public static func monotonicNanos() -> UInt64 { Locking.monotonicNanos() }
 }

@@ -10,7 +10,8 @@ import Testing
     for method in KMSMethod.allCases {
         #expect(KMSMethod(op: method.op) == method)
         #expect(KMSMethod(rawValue: method.path) == method)
-        #expect(KMSMethod.op(forPath: method.path) == method.op)
+        #expect(KMSMethod.auditOp(method, path: method.path) == method.op)
+        #expect(KMSMethod.metricsOp(method) == method.op)
     }
 }
 
@@ -19,7 +20,8 @@ import Testing
     #expect(KMSMethod(op: "") == nil)
     #expect(KMSMethod(rawValue: "/v1beta1.KeyManagementService/Encrypt") == nil)
     // The audit log names a foreign path as it came.
-    #expect(KMSMethod.op(forPath: "/grpc.health.v1.Health/Check") == "/grpc.health.v1.Health/Check")
+    #expect(KMSMethod.auditOp(nil, path: "/grpc.health.v1.Health/Check") == "/grpc.health.v1.Health/Check")
+    #expect(KMSMethod.metricsOp(nil) == "other")
 }
 
 @Test func eachCallNamesItsMethod() {
