@@ -1,5 +1,6 @@
 // Vault Transit rotation: `transit/keys/NAME/rotate` makes the new version; every kekd starts encrypting under it at
 // its next key poll (no file to copy, no separate promote). Retiring raises min_decryption_version to the new one.
+import KMS
 import Vault
 
 public struct VaultKeyRotator: KeyRotator {
@@ -8,7 +9,7 @@ public struct VaultKeyRotator: KeyRotator {
 
     public init(admin: TransitAdmin) { self.admin = admin }
 
-    private func call<T>(_ what: String, _ body: () throws(VaultError) -> T) throws(RotationError) -> T {
+    private func call<T>(_ what: String, _ body: () throws(KMSError) -> T) throws(RotationError) -> T {
         do { return try body() } catch { throw RotationError("Vault \(what): \(error.message)") }
     }
 
@@ -21,13 +22,13 @@ public struct VaultKeyRotator: KeyRotator {
     }
 
     public func stage(oldKeyID: String, log: (String) -> Void) throws(RotationError) -> String {
-        var info = try call("read key") { () throws(VaultError) in try admin.readKey() }
+        var info = try call("read key") { () throws(KMSError) in try admin.readKey() }
         let old = try version(of: oldKeyID, info)
         if info.latestVersion > old {
             log("Vault key already has version \(info.latestVersion), newer than kekd's \(old): not rotating again")
         } else {
-            try call("rotate") { () throws(VaultError) in try admin.rotate() }
-            info = try call("read key") { () throws(VaultError) in try admin.readKey() }
+            try call("rotate") { () throws(KMSError) in try admin.rotate() }
+            info = try call("read key") { () throws(KMSError) in try admin.readKey() }
             log("rotated Vault key \(admin.configuration.keyName): version \(info.latestVersion)")
         }
         return admin.keyID(version: info.latestVersion, info: info)
@@ -40,13 +41,13 @@ public struct VaultKeyRotator: KeyRotator {
     }
 
     public func retire(oldKeyID: String, newKeyID: String, log: (String) -> Void) throws(RotationError) {
-        let info = try call("read key") { () throws(VaultError) in try admin.readKey() }
+        let info = try call("read key") { () throws(KMSError) in try admin.readKey() }
         let new = try version(of: newKeyID, info)
         if info.minDecryptionVersion >= new {
             log("Vault key min_decryption_version is already \(info.minDecryptionVersion)")
             return
         }
-        try call("config") { () throws(VaultError) in try admin.setMinDecryptionVersion(new) }
+        try call("config") { () throws(KMSError) in try admin.setMinDecryptionVersion(new) }
         log("raised Vault key \(admin.configuration.keyName) min_decryption_version to \(new)")
     }
 

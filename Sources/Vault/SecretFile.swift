@@ -5,6 +5,7 @@ import FoundationEssentials
 import Locking
 #if canImport(Glibc)
 import Glibc
+import KMS
 #endif
 
 /// A small secret (token, role-id, secret-id) read from a file, re-read when the file changes.
@@ -22,19 +23,19 @@ final class SecretFile: Sendable {
     }
 
     /// The trimmed contents. Throws a message that names the file but never its contents.
-    func read() throws(VaultError) -> [UInt8] {
+    func read() throws(KMSError) -> [UInt8] {
         // O_NONBLOCK: a FIFO in the file's place must not hang the caller.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { throw VaultError(.unavailable, "cannot read \(what) \(path)") }
+        guard fd >= 0 else { throw KMSError(.unavailable, "cannot read \(what) \(path)") }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0 else { throw VaultError(.unavailable, "cannot read \(what) \(path)") }
+        guard fstat(fd, &st) == 0 else { throw KMSError(.unavailable, "cannot read \(what) \(path)") }
         // A file that became readable by others since startup is refused like at startup: its secret may be known.
-        if secret, let problem = CredentialFile.problem(st, path: path, what: what) { throw VaultError(.permissionDenied, problem) }
+        if secret, let problem = CredentialFile.problem(st, path: path, what: what) { throw KMSError(.permissionDenied, problem) }
         let stamp = FileStamp(st)
         if let cached = cache.withLock({ $0 }), cached.stamp == stamp { return cached.value }
         guard st.st_mode & S_IFMT == S_IFREG, stamp.size <= Int64(Self.maxSize) else {
-            throw VaultError(.unavailable, "cannot read \(what) \(path)")
+            throw KMSError(.unavailable, "cannot read \(what) \(path)")
         }
         var bytes = [UInt8](repeating: 0, count: Self.maxSize + 1)
         var length = 0
@@ -44,16 +45,16 @@ final class SecretFile: Sendable {
             if n == 0 { break }
             if errno == EINTR { continue }
             wipe(&bytes)
-            throw VaultError(.unavailable, "cannot read \(what) \(path)")
+            throw KMSError(.unavailable, "cannot read \(what) \(path)")
         }
         defer { wipe(&bytes) }
-        guard length <= Self.maxSize else { throw VaultError(.unavailable, "\(what) \(path) is too large") }
+        guard length <= Self.maxSize else { throw KMSError(.unavailable, "\(what) \(path) is too large") }
         let isSpace: (UInt8) -> Bool = { $0 == 10 || $0 == 13 || $0 == 32 || $0 == 9 }
         var end = length
         while end > 0 && isSpace(bytes[end - 1]) { end -= 1 }
         var start = 0
         while start < end && isSpace(bytes[start]) { start += 1 }
-        guard start < end else { throw VaultError(.unavailable, "\(what) \(path) is empty") }
+        guard start < end else { throw KMSError(.unavailable, "\(what) \(path) is empty") }
         let value = Array(bytes[start..<end])
         cache.withLock { $0 = (stamp, value) }
         return value

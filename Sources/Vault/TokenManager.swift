@@ -67,7 +67,7 @@ final class TokenManager: Sendable {
     var currentState: TokenState? { state.withLock { $0 } }
 
     /// The token to use now, obtaining one first if there is none.
-    func token(deadline: Date) throws(VaultError) -> (String, generation: Int) {
+    func token(deadline: Date) throws(KMSError) -> (String, generation: Int) {
         if let s = state.withLock({ $0 }) { return (s.token, s.generation) }
         return try obtain(replacing: nil, deadline: deadline)
     }
@@ -81,7 +81,7 @@ final class TokenManager: Sendable {
 
     /// Gets a fresh token unless another thread already replaced generation `replacing`.
     @discardableResult
-    func obtain(replacing: Int?, deadline: Date) throws(VaultError) -> (String, generation: Int) {
+    func obtain(replacing: Int?, deadline: Date) throws(KMSError) -> (String, generation: Int) {
         loginLock.lock()
         defer { loginLock.unlock() }
         if let s = state.withLock({ $0 }), s.generation != replacing { return (s.token, s.generation) }
@@ -90,12 +90,12 @@ final class TokenManager: Sendable {
         return (fresh.token, fresh.generation)
     }
 
-    private func login(deadline: Date) throws(VaultError) -> TokenState {
+    private func login(deadline: Date) throws(KMSError) -> TokenState {
         let t = now()
         let generation = generationCounter.add(1, ordering: .relaxed).newValue
         switch method {
         case .tokenFile:
-            guard let file = tokenFile else { throw VaultError(.internalError, "token file missing") }
+            guard let file = tokenFile else { throw KMSError(.internalError, "token file missing") }
             let token = String(decoding: try file.read(), as: UTF8.self)
             let reply = try client.request(op: .lookupSelf, method: "GET", path: "auth/token/lookup-self", token: token, deadline: deadline)
             guard reply.status == 200 else { throw VaultClient.error("token lookup-self", reply) }
@@ -103,7 +103,7 @@ final class TokenManager: Sendable {
             let renewable = reply.data["renewable"]?.bool ?? false
             return makeState(token: token, ttl: ttl, renewable: renewable, at: t, generation: generation)
         case .appRole(_, _, let mount):
-            guard let roleFile = roleIDFile, let secretFile = secretIDFile else { throw VaultError(.internalError, "approle files missing") }
+            guard let roleFile = roleIDFile, let secretFile = secretIDFile else { throw KMSError(.internalError, "approle files missing") }
             let body: JSONValue = .object(["role_id": .string(String(decoding: try roleFile.read(), as: UTF8.self)),
                                            "secret_id": .string(String(decoding: try secretFile.read(), as: UTF8.self))])
             return try loginReply(path: "auth/\(mount)/login", body: body, at: t, generation: generation, deadline: deadline)
@@ -114,7 +114,7 @@ final class TokenManager: Sendable {
         }
     }
 
-    private func loginReply(path: String, body: JSONValue, at t: Double, generation: Int, deadline: Date) throws(VaultError) -> TokenState {
+    private func loginReply(path: String, body: JSONValue, at t: Double, generation: Int, deadline: Date) throws(KMSError) -> TokenState {
         let reply = try client.request(op: .login, method: "POST", path: path, body: body, token: nil, deadline: deadline)
         guard reply.status == 200 else {
             var error = VaultClient.error("\(method.name) login", reply)
@@ -123,7 +123,7 @@ final class TokenManager: Sendable {
             throw error
         }
         guard let token = reply.auth["client_token"]?.string, !token.isEmpty else {
-            throw VaultError(.unavailable, "Vault \(method.name) login returned no client_token")
+            throw KMSError(.unavailable, "Vault \(method.name) login returned no client_token")
         }
         logins.add(1, ordering: .relaxed)
         let ttl = reply.auth["lease_duration"]?.int.map(Double.init) ?? 0
@@ -142,7 +142,7 @@ final class TokenManager: Sendable {
 
     /// Background step: re-read a changed token/secret file, renew at 2/3 TTL, re-login when renewal is refused or
     /// the token is near its max TTL. Errors are returned for logging; the caller keeps going.
-    func maintain(deadline: Date) -> VaultError? {
+    func maintain(deadline: Date) -> KMSError? {
         let credentialsChanged = credentialFilesChanged()
         guard let s = state.withLock({ $0 }) else {
             do { try obtain(replacing: nil, deadline: deadline) } catch { return error }
@@ -175,7 +175,7 @@ final class TokenManager: Sendable {
                         do { try obtain(replacing: s.generation, deadline: deadline) } catch { return error }
                         return nil
                     }
-                    return lease > 0 ? nil : VaultError(.permissionDenied, "Vault token reached its max TTL; replace the token file")
+                    return lease > 0 ? nil : KMSError(.permissionDenied, "Vault token reached its max TTL; replace the token file")
                 }
                 if reply.status != 403 && reply.status != 400 { return VaultClient.error("token renew-self", reply) }
             } catch {
@@ -186,7 +186,7 @@ final class TokenManager: Sendable {
         if tokenFile != nil && !credentialsChanged {
             let expired = s.ttl.map { now() >= s.obtainedAt + $0 } ?? false
             if expired { invalidate(generation: s.generation) }
-            return VaultError(.permissionDenied, "Vault token from file cannot be renewed; replace the token file")
+            return KMSError(.permissionDenied, "Vault token from file cannot be renewed; replace the token file")
         }
         do { try obtain(replacing: s.generation, deadline: deadline) } catch { return error }
         return nil
@@ -196,7 +196,7 @@ final class TokenManager: Sendable {
     /// PERMISSION_DENIED.
     /// A policy that denies an operation would otherwise cost a login per call: one 403-driven login per 5 s, unless
     /// the credential files changed since they were last read.
-    func withToken(deadline: Date, _ body: (String) throws(VaultError) -> VaultReply) throws(VaultError) -> VaultReply {
+    func withToken(deadline: Date, _ body: (String) throws(KMSError) -> VaultReply) throws(KMSError) -> VaultReply {
         let (token, generation) = try token(deadline: deadline)
         let reply = try body(token)
         guard reply.status == 403 else { return reply }
@@ -207,7 +207,7 @@ final class TokenManager: Sendable {
         loginLock.unlock()
         if let current = latest, current.generation != generation {
             let again = try body(current.token)
-            if again.status == 403 { throw VaultError(.permissionDenied, "Vault denied the request: \(again.errorText)") }
+            if again.status == 403 { throw KMSError(.permissionDenied, "Vault denied the request: \(again.errorText)") }
             return again
         }
         let t = now()
@@ -217,10 +217,10 @@ final class TokenManager: Sendable {
             last = t
             return true
         }
-        guard mayLogin else { throw VaultError(.permissionDenied, "Vault denied the request: \(reply.errorText)") }
+        guard mayLogin else { throw KMSError(.permissionDenied, "Vault denied the request: \(reply.errorText)") }
         let (fresh, _) = try obtain(replacing: generation, deadline: deadline)
         let again = try body(fresh)
-        if again.status == 403 { throw VaultError(.permissionDenied, "Vault denied the request after re-authenticating: \(again.errorText)") }
+        if again.status == 403 { throw KMSError(.permissionDenied, "Vault denied the request after re-authenticating: \(again.errorText)") }
         return again
     }
 }

@@ -9,7 +9,7 @@ public final class TransitAdmin: Sendable {
     public let configuration: VaultConfiguration
     let transit: TransitAPI
 
-    public init(configuration: VaultConfiguration) throws(VaultError) {
+    public init(configuration: VaultConfiguration) throws(KMSError) {
         self.configuration = configuration
         transit = try TransitAPI.make(configuration: configuration, onCall: nil)
     }
@@ -17,7 +17,7 @@ public final class TransitAdmin: Sendable {
     private var deadline: Date { Date(timeIntervalSinceNow: max(configuration.requestTimeout * 4, 10)) }
     private var keyPath: String { "\(configuration.transitMount)/keys/\(configuration.keyName)" }
 
-    public func readKey() throws(VaultError) -> TransitKeyInfo { try transit.readKey(deadline: deadline) }
+    public func readKey() throws(KMSError) -> TransitKeyInfo { try transit.readKey(deadline: deadline) }
 
     /// The key_id kekd reports once it encrypts under `version` (the same derivation as kekd's keyring).
     public func keyID(version: Int, info: TransitKeyInfo) -> String {
@@ -29,19 +29,19 @@ public final class TransitAdmin: Sendable {
         info.versionCreated.keys.first { self.keyID(version: $0, info: info) == keyID }
     }
 
-    private func post(_ op: BackendOperation, _ path: String, _ body: JSONValue?) throws(VaultError) {
+    private func post(_ op: BackendOperation, _ path: String, _ body: JSONValue?) throws(KMSError) {
         let d = deadline
-        let reply = try transit.tokens.withToken(deadline: d) { (token: String) throws(VaultError) -> VaultReply in
+        let reply = try transit.tokens.withToken(deadline: d) { (token: String) throws(KMSError) -> VaultReply in
             try transit.client.request(op: op, method: "POST", path: path, body: body, token: token, deadline: d)
         }
         guard (200...299).contains(reply.status) else { throw VaultClient.error(op.rawValue, reply) }
     }
 
     /// `POST transit/keys/NAME/rotate`: a new latest version.
-    public func rotate() throws(VaultError) { try post(.rotate, "\(keyPath)/rotate", nil) }
+    public func rotate() throws(KMSError) { try post(.rotate, "\(keyPath)/rotate", nil) }
 
     /// `POST transit/keys/NAME/config {min_decryption_version}`: versions below it stop decrypting.
-    public func setMinDecryptionVersion(_ version: Int) throws(VaultError) {
+    public func setMinDecryptionVersion(_ version: Int) throws(KMSError) {
         try post(.config, "\(keyPath)/config", .object(["min_decryption_version": .number(Double(version))]))
     }
 }

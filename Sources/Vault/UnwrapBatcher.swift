@@ -96,7 +96,7 @@ final class LocalKEKCache: Sendable {
 
 final class UnwrapBatcher: @unchecked Sendable {
     // All mutable state below is guarded by `cond`.
-    private final class Pending { var result: Result<SymmetricKey, VaultError>? }
+    private final class Pending { var result: Result<SymmetricKey, KMSError>? }
     private let cond = Condition()
     private var pending: [String: Pending] = [:]
     private var queue: [String] = []
@@ -104,20 +104,20 @@ final class UnwrapBatcher: @unchecked Sendable {
 
     private let cache: LocalKEKCache
     /// Unwraps a batch with one Vault call bounded by the deadline; returns one result per input, in order.
-    private let unwrapMany: @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]
+    private let unwrapMany: @Sendable ([String], Date) -> [Result<SymmetricKey, KMSError>]
     private let window: Double
     private let maxBatch: Int
     /// Vault calls made (one per batch), for tests and metrics.
     let batches = Atomic<Int>(0)
 
     init(cache: LocalKEKCache, window: Double = 0.002, maxBatch: Int = 128,
-         unwrapMany: @escaping @Sendable ([String], Date) -> [Result<SymmetricKey, VaultError>]) {
+         unwrapMany: @escaping @Sendable ([String], Date) -> [Result<SymmetricKey, KMSError>]) {
         self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
     }
 
     /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`, or until `cancellation`
     /// says the caller is gone.
-    func unwrap(_ wrapped: String, deadline: Date, cancellation: CallCancellation? = nil) throws(VaultError) -> SymmetricKey {
+    func unwrap(_ wrapped: String, deadline: Date, cancellation: CallCancellation? = nil) throws(KMSError) -> SymmetricKey {
         cond.lock()
         if let key = cache.get(wrapped) { cond.unlock(); return key }
         cond.unlock()
@@ -128,8 +128,8 @@ final class UnwrapBatcher: @unchecked Sendable {
     /// `maxBatch` per Vault call), shared with concurrent Decrypts missing the same keys. Waits at most until
     /// `deadline`; what is still missing then fails with UNAVAILABLE. A cancelled caller stops waiting within
     /// `cancellationCheck` seconds (its keys stay queued: the batch fills the cache for the next caller).
-    func unwrapAll(_ list: [String], deadline: Date, cancellation: CallCancellation? = nil) -> [Result<SymmetricKey, VaultError>] {
-        var results = [Result<SymmetricKey, VaultError>?](repeating: nil, count: list.count)
+    func unwrapAll(_ list: [String], deadline: Date, cancellation: CallCancellation? = nil) -> [Result<SymmetricKey, KMSError>] {
+        var results = [Result<SymmetricKey, KMSError>?](repeating: nil, count: list.count)
         var waiting: [(index: Int, entry: Pending)] = []
         cond.lock()
         for (i, wrapped) in list.enumerated() {
@@ -167,18 +167,18 @@ final class UnwrapBatcher: @unchecked Sendable {
             let left = deadline.timeIntervalSinceNow
             if cond.wait(seconds: cancellation == nil ? left : min(left, Self.cancellationCheck)) { continue }
             if cancellation?.isCancelled == true {
-                for item in waiting { results[item.index] = .failure(VaultError(.unavailable, "call cancelled while waiting for Vault")) }
+                for item in waiting { results[item.index] = .failure(KMSError(.unavailable, "call cancelled while waiting for Vault")) }
                 break
             }
             if deadline.timeIntervalSinceNow <= 0 && waiting.allSatisfy({ $0.entry.result == nil }) {
                 for item in waiting {
-                    results[item.index] = .failure(VaultError(.unavailable, "timed out waiting for Vault to unwrap the local KEK"))
+                    results[item.index] = .failure(KMSError(.unavailable, "timed out waiting for Vault to unwrap the local KEK"))
                 }
                 break
             }
         }
         cond.unlock()
-        return results.map { $0 ?? .failure(VaultError(.internalError, "local KEK not unwrapped")) }
+        return results.map { $0 ?? .failure(KMSError(.internalError, "local KEK not unwrapped")) }
     }
 
     /// How often a waiting caller that can be cancelled looks at its cancellation.
@@ -195,7 +195,7 @@ final class UnwrapBatcher: @unchecked Sendable {
         let generation = cache.generation
         var results = unwrapMany(batch, deadline)
         if results.count != batch.count {
-            results = Array(repeating: .failure(VaultError(.internalError, "unwrap result count mismatch")), count: batch.count)
+            results = Array(repeating: .failure(KMSError(.internalError, "unwrap result count mismatch")), count: batch.count)
         }
         for (wrapped, result) in zip(batch, results) {
             if case .success(let key) = result { cache.put(wrapped, key, ifGeneration: generation) }

@@ -8,13 +8,6 @@ import Glibc
 import GRPCCodes
 import KMS
 
-public struct VaultError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var code: GRPCStatusCode
-    public var message: String
-    public init(_ code: GRPCStatusCode, _ message: String) { self.code = code; self.message = message }
-    public var description: String { message }
-}
-
 /// A Vault reply: status and decoded JSON object (empty for 204 or a non-JSON body).
 struct VaultReply: Sendable {
     var status: Int
@@ -51,12 +44,12 @@ final class VaultClient: Sendable {
     /// Sends one logical request, retrying transient failures within `deadline`. Returns the final reply, whatever
     /// its status (callers decide what a 4xx means); throws only when no reply could be had.
     func request(op: BackendOperation, method: String, path: String, body: JSONValue? = nil, token: String?,
-                 deadline: Date) throws(VaultError) -> VaultReply {
+                 deadline: Date) throws(KMSError) -> VaultReply {
         var headers: [(name: String, value: String)] = [("Accept", "application/json"), ("X-Vault-Request", "true")]
         if let token {
             // A token is a header value: anything but visible ASCII would let a bad token file inject headers.
             guard !token.isEmpty, token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
-                throw VaultError(.permissionDenied, "Vault token contains characters a token cannot have")
+                throw KMSError(.permissionDenied, "Vault token contains characters a token cannot have")
             }
             headers.append(("X-Vault-Token", token))
         }
@@ -71,11 +64,11 @@ final class VaultClient: Sendable {
         defer { wipe(&request.body) }
         let started = Date()
         // A caller whose time is already up must not reach the breaker: its "timeout" says nothing about Vault.
-        guard deadline > started else { throw VaultError(.unavailable, "no time left for Vault \(op.rawValue)") }
+        guard deadline > started else { throw KMSError(.unavailable, "no time left for Vault \(op.rawValue)") }
         // The breaker is consulted once per call: an open breaker fails the call at once; a half-open one lets this
         // call (with its retries) be the trial.
         guard breaker.allow() else {
-            let error = VaultError(.unavailable, "Vault unreachable, failing fast (circuit open)")
+            let error = KMSError(.unavailable, "Vault unreachable, failing fast (circuit open)")
             report(op, error.code, started)
             throw error
         }
@@ -113,7 +106,7 @@ final class VaultClient: Sendable {
                 // each waiting for its own timeout.
                 if !(cutByCaller && Date() >= attemptDeadline) { breaker.recordFailure() }
                 report(op, .unavailable, started)
-                throw VaultError(.unavailable, lastProblem)
+                throw KMSError(.unavailable, lastProblem)
             }
         }
     }
@@ -141,7 +134,7 @@ final class VaultClient: Sendable {
     }
 
     /// Turns a non-2xx reply into an error with Vault's message.
-    static func error(_ what: String, _ reply: VaultReply) -> VaultError {
-        VaultError(code(forStatus: reply.status), "Vault \(what): \(reply.errorText)")
+    static func error(_ what: String, _ reply: VaultReply) -> KMSError {
+        KMSError(code(forStatus: reply.status), "Vault \(what): \(reply.errorText)")
     }
 }

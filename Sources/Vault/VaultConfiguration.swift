@@ -1,6 +1,7 @@
 // `kekd serve --backend vault ...` options: names, defaults and validation. Secrets are only ever file paths here.
 import FoundationEssentials
 import Glibc
+import KMS
 
 public struct VaultConfiguration: Sendable, Equatable {
     public var address: String
@@ -33,9 +34,9 @@ public struct VaultConfiguration: Sendable, Equatable {
     /// At start the most recent ones are unwrapped with one batched call. Set by kekd, not a flag.
     public var issuedKEKRecordPath: String?
 
-    public init(address: String, keyName: String, auth: VaultAuthMethod, tls: TLSSettings = .init()) throws(VaultError) {
+    public init(address: String, keyName: String, auth: VaultAuthMethod, tls: TLSSettings = .init()) throws(KMSError) {
         self.address = address
-        do { self.endpoint = try Endpoint(url: address, what: "Vault address") } catch { throw VaultError(.invalidArgument, error.message) }
+        do { self.endpoint = try Endpoint(url: address, what: "Vault address") } catch { throw KMSError(.invalidArgument, error.message) }
         self.keyName = keyName
         self.auth = auth
         self.tls = tls
@@ -53,20 +54,20 @@ public struct VaultConfiguration: Sendable, Equatable {
     ]
 
     /// Builds and validates a configuration from `--name value` pairs (names without `--`). Errors are one line.
-    public static func parse(_ flags: [String: String]) throws(VaultError) -> VaultConfiguration {
-        func bad(_ message: String) -> VaultError { VaultError(.invalidArgument, message) }
+    public static func parse(_ flags: [String: String]) throws(KMSError) -> VaultConfiguration {
+        func bad(_ message: String) -> KMSError { KMSError(.invalidArgument, message) }
         for name in flags.keys where !flagNames.contains(name) { throw bad("unknown Vault option --\(name)") }
         func value(_ name: String) -> String? {
             guard let v = flags[name]?.trimmingSpaces(), !v.isEmpty else { return nil }
             return v
         }
-        func readableFile(_ name: String) throws(VaultError) -> String? {
+        func readableFile(_ name: String) throws(KMSError) -> String? {
             guard let path = value(name) else { return nil }
             guard FileManager.default.isReadableFile(atPath: path) else { throw bad("--\(name): cannot read \(path)") }
             return path
         }
         /// A file holding a secret: also private to kekd, as the key file must be.
-        func secretFile(_ name: String, _ what: String) throws(VaultError) -> String? {
+        func secretFile(_ name: String, _ what: String) throws(KMSError) -> String? {
             guard let path = try readableFile(name) else { return nil }
             if let problem = CredentialFile.checkProblem(path, what: what) { throw bad("--\(name): \(problem)") }
             return path
@@ -129,7 +130,7 @@ public struct VaultConfiguration: Sendable, Equatable {
     }
 
     /// "500ms", "2s", "1.5s", "10m", "24h", or plain seconds.
-    public static func duration(_ text: String, _ name: String, max: Double) throws(VaultError) -> Double {
+    public static func duration(_ text: String, _ name: String, max: Double) throws(KMSError) -> Double {
         let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
         var number = text
         var scale = 1.0
@@ -137,31 +138,31 @@ public struct VaultConfiguration: Sendable, Equatable {
             number = String(text.dropLast(suffix.count)); scale = factor; break
         }
         guard let n = Double(number), n.isFinite, n > 0, n * scale <= max else {
-            throw VaultError(.invalidArgument, "--\(name): \(text) is not a duration in (0, \(Int(max))s] (e.g. 500ms, 2s, 30s)")
+            throw KMSError(.invalidArgument, "--\(name): \(text) is not a duration in (0, \(Int(max))s] (e.g. 500ms, 2s, 30s)")
         }
         return n * scale
     }
 
-    private static func count(_ text: String, _ name: String, max: Int) throws(VaultError) -> Int {
+    private static func count(_ text: String, _ name: String, max: Int) throws(KMSError) -> Int {
         guard let n = HTTPResponseParser.parseDecimal(String(text.filter { $0 != "_" })), n > 0, n <= max else {
-            throw VaultError(.invalidArgument, "--\(name): \(text) is not a whole number in 1...\(max)")
+            throw KMSError(.invalidArgument, "--\(name): \(text) is not a whole number in 1...\(max)")
         }
         return n
     }
 
-    private static func boolean(_ text: String, _ name: String) throws(VaultError) -> Bool {
+    private static func boolean(_ text: String, _ name: String) throws(KMSError) -> Bool {
         switch text.lowercased() {
         case "true", "1", "yes": return true
         case "false", "0", "no": return false
-        default: throw VaultError(.invalidArgument, "--\(name): expected true or false, got \(text)")
+        default: throw KMSError(.invalidArgument, "--\(name): expected true or false, got \(text)")
         }
     }
 
-    private static func mountPath(_ text: String, _ name: String) throws(VaultError) -> String {
+    private static func mountPath(_ text: String, _ name: String) throws(KMSError) -> String {
         let trimmed = text.hasSuffix("/") ? String(text.dropLast()) : text
         let ok = !trimmed.isEmpty && !trimmed.hasPrefix("/") && !trimmed.split(separator: "/", omittingEmptySubsequences: false).contains { $0.isEmpty || $0 == "." || $0 == ".." }
             && trimmed.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "-_./".contains($0)) })
-        guard ok else { throw VaultError(.invalidArgument, "--\(name): \(text) is not a valid mount path") }
+        guard ok else { throw KMSError(.invalidArgument, "--\(name): \(text) is not a valid mount path") }
         return trimmed
     }
 }

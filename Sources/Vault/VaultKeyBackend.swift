@@ -1,4 +1,4 @@
-// The KMS-facing adapter: `KeyBackend` over `VaultKeyring`, with Vault errors mapped onto KMS error codes.
+// The KMS-facing adapter: `KeyBackend` over `VaultKeyring` (which already speaks `KMSError`).
 import FoundationEssentials
 import Glibc
 import KMS
@@ -19,12 +19,8 @@ public final class VaultKeyBackend: KeyBackend {
                 onBackendCall: BackendCallHook? = nil,
                 onCache: (@Sendable (_ hit: Bool) -> Void)? = nil,
                 log: Logger) throws(KMSError) {
-        do {
-            keyring = try VaultKeyring(configuration: configuration, onBackendCall: onBackendCall, onCache: onCache,
-                                       log: log.with(["backend": "vault"]))
-        } catch {
-            throw Self.kmsError(error)
-        }
+        keyring = try VaultKeyring(configuration: configuration, onBackendCall: onBackendCall, onCache: onCache,
+                                   log: log.with(["backend": "vault"]))
     }
 
     /// Waits (at most `timeout` seconds) until a local KEK is ready; kekd can call this before serving.
@@ -49,26 +45,16 @@ public final class VaultKeyBackend: KeyBackend {
     }
 
     public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
-        do {
-            let envelope = try keyring.encrypt(plaintext, context: context)
-            return EncryptResult(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
-        } catch {
-            throw Self.kmsError(error)
-        }
+        let envelope = try keyring.encrypt(plaintext, context: context)
+        return EncryptResult(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
     }
 
     public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]], uid: String,
                         context: CallContext) throws(KMSError) -> [UInt8] {
-        do {
-            return try keyring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, context: context)
-        } catch {
-            throw Self.kmsError(error)
-        }
+        try keyring.decrypt(ciphertext: ciphertext, keyID: keyID, annotations: annotations, context: context)
     }
 
     public func reload() { keyring.reload() }
 
     public func close() { keyring.close() }
-
-    static func kmsError(_ error: VaultError) -> KMSError { KMSError(error.code, error.message) }
 }

@@ -103,7 +103,7 @@ public final class VaultKeyring: Sendable {
                 onCache: (@Sendable (Bool) -> Void)? = nil,
                 log: Logger,
                 maintenanceTick: Double = 1.0,
-                startBackground: Bool = true) throws(VaultError) {
+                startBackground: Bool = true) throws(KMSError) {
         self.configuration = configuration
         self.onCache = onCache
         self.log = log
@@ -219,17 +219,17 @@ public final class VaultKeyring: Sendable {
     /// Seals the DEK (seed) under the active local KEK. Calls Vault only when the local KEK reached a limit the
     /// background loop could not renew it before (then UNAVAILABLE if Vault cannot wrap a new one); that request is
     /// bounded by the caller's deadline.
-    public func encrypt(_ plaintext: [UInt8], context: CallContext = .unbounded) throws(VaultError) -> VaultEnvelope {
-        if configuration.decryptOnly { throw VaultError(.failedPrecondition, "the Vault backend is decrypt-only here") }
+    public func encrypt(_ plaintext: [UInt8], context: CallContext = .unbounded) throws(KMSError) -> VaultEnvelope {
+        if configuration.decryptOnly { throw KMSError(.failedPrecondition, "the Vault backend is decrypt-only here") }
         let (activeOrNil, blocked) = state.withLock { ($0.active, $0.blocked) }
-        if let blocked { throw VaultError(.failedPrecondition, blocked) }
-        guard var active = activeOrNil else { throw VaultError(.unavailable, "no local KEK yet (Vault not reached)") }
+        if let blocked { throw KMSError(.failedPrecondition, blocked) }
+        guard var active = activeOrNil else { throw KMSError(.unavailable, "no local KEK yet (Vault not reached)") }
         if now() - active.createdAt >= configuration.localKEKMaxAge { active = try replaceExhausted(active, context: context) }
         var used = active.encryptions.add(1, ordering: .relaxed).newValue
         if used > Self.encryptionLimit(configuration) {
             active = try replaceExhausted(active, context: context)
             used = active.encryptions.add(1, ordering: .relaxed).newValue
-            guard used <= Self.encryptionLimit(configuration) else { throw VaultError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
+            guard used <= Self.encryptionLimit(configuration) else { throw KMSError(.unavailable, "local KEK exhausted; waiting for Vault to wrap a new one") }
         }
         if used >= Self.renewalEncryptions(configuration) { wakeMaintenance() }
         let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
@@ -239,7 +239,7 @@ public final class VaultKeyring: Sendable {
                                             aad: Self.aad(keyID: active.keyID, annotations: annotations))
             return VaultEnvelope(ciphertext: [Self.formatVersion] + nonce + sealed, keyID: active.keyID, annotations: annotations)
         } catch {
-            throw VaultError(.internalError, "local encryption failed: \(error.description)")
+            throw KMSError(.internalError, "local encryption failed: \(error.description)")
         }
     }
 
@@ -259,24 +259,24 @@ public final class VaultKeyring: Sendable {
     /// A local KEK that is not cached is unwrapped by Vault; the call waits for it until the caller's deadline (at most
     /// the configured request timeout) and stops waiting when the caller cancels.
     public func decrypt(ciphertext: [UInt8], keyID: String, annotations: [String: [UInt8]],
-                        context: CallContext = .unbounded) throws(VaultError) -> [UInt8] {
+                        context: CallContext = .unbounded) throws(KMSError) -> [UInt8] {
         let minimum = 1 + Self.nonceSize + AES256GCM.tagSize
         guard ciphertext.count >= minimum, ciphertext[0] == Self.formatVersion else {
-            throw VaultError(.invalidArgument, "ciphertext is not a kekd Vault envelope")
+            throw KMSError(.invalidArgument, "ciphertext is not a kekd Vault envelope")
         }
         guard let wrappedBytes = annotations[Self.localKEKAnnotation] else {
-            throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) missing")
+            throw KMSError(.invalidArgument, "annotation \(Self.localKEKAnnotation) missing")
         }
         guard let (wrapped, version) = Self.parseWrapped(wrappedBytes) else {
-            throw VaultError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
+            throw KMSError(.invalidArgument, "annotation \(Self.localKEKAnnotation) is not a Vault ciphertext")
         }
         let (currentKeyID, minimumVersion) = state.withLock { ($0.keyIDs[version], $0.keyInfo?.minDecryptionVersion ?? 1) }
         guard currentKeyID == keyID || Self.isOwnKeyIDFormat(keyID, version: version) else {
-            throw VaultError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
+            throw KMSError(.invalidArgument, "key_id was not issued by kekd's Vault backend for this key version")
         }
         // Checked before the cache: retiring a version in Vault must stop kekd at once, cached local KEKs included.
         guard version >= minimumVersion else {
-            throw VaultError(.failedPrecondition, "the local KEK is wrapped under Vault key version \(version), below the key's "
+            throw KMSError(.failedPrecondition, "the local KEK is wrapped under Vault key version \(version), below the key's "
                              + "min_decryption_version \(minimumVersion)")
         }
         let key: SymmetricKey
@@ -296,7 +296,7 @@ public final class VaultKeyring: Sendable {
             return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: Self.aad(keyID: keyID, annotations: annotations))
         } catch {
             // A tampered or foreign envelope is the caller's bad input, as in the file backend (README: INVALID_ARGUMENT).
-            throw VaultError(.invalidArgument, "ciphertext or annotations failed authentication")
+            throw KMSError(.invalidArgument, "ciphertext or annotations failed authentication")
         }
     }
 
@@ -347,16 +347,16 @@ public final class VaultKeyring: Sendable {
     }
 
     static func unwrapBatch(_ wrapped: [String], transit: TransitAPI, problems: ProblemTracker, deadline: Date,
-                            onAccessError: (VaultError) -> Void = { _ in }) -> [Result<SymmetricKey, VaultError>] {
+                            onAccessError: (KMSError) -> Void = { _ in }) -> [Result<SymmetricKey, KMSError>] {
         do {
             let results = try transit.decryptBatch(wrapped, deadline: deadline)
             problems.clear(.vault)
             return results.map { result in
-                result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, VaultError> in
+                result.flatMap { (plain: [UInt8]) -> Result<SymmetricKey, KMSError> in
                     var bytes = plain
                     defer { wipe(&bytes) }
                     guard let key = try? SymmetricKey(bytes: bytes) else {
-                        return .failure(VaultError(.invalidArgument, "Vault-wrapped local KEK has the wrong size"))
+                        return .failure(KMSError(.invalidArgument, "Vault-wrapped local KEK has the wrong size"))
                     }
                     return .success(key)
                 }
@@ -513,34 +513,34 @@ public final class VaultKeyring: Sendable {
     }
 
     /// Makes a new local KEK under the latest known Vault version now (tests; operators get it via the limits).
-    func renewLocalKEK() throws(VaultError) {
-        guard let info = state.withLock({ $0.keyInfo }) else { throw VaultError(.unavailable, "Vault key not read yet") }
+    func renewLocalKEK() throws(KMSError) {
+        guard let info = state.withLock({ $0.keyInfo }) else { throw KMSError(.unavailable, "Vault key not read yet") }
         try installNewKEK(info: info, reason: "requested")
     }
 
     /// Called by Encrypt when `exhausted` may not encrypt any more: the first caller has Vault wrap a new local KEK,
     /// the others wait for it and use it. After a failed attempt, callers fail at once for a second instead of each
     /// waiting for Vault again.
-    private func replaceExhausted(_ exhausted: ActiveKEK, context: CallContext) throws(VaultError) -> ActiveKEK {
+    private func replaceExhausted(_ exhausted: ActiveKEK, context: CallContext) throws(KMSError) -> ActiveKEK {
         renewLock.lock()
         defer { renewLock.unlock() }
         let current = state.withLock { $0.active }
         if let current, current !== exhausted, current.exhaustion(config: configuration, now: now()) == nil { return current }
         let reason = exhausted.exhaustion(config: configuration, now: now()) ?? "the local KEK reached a limit"
         if let failure = renewalFailure.withLock({ $0 }), now() - failure.at < 1 {
-            throw VaultError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(failure.message)")
+            throw KMSError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(failure.message)")
         }
-        guard let info = state.withLock({ $0.keyInfo }) else { throw VaultError(.unavailable, "\(reason); Vault key not read yet") }
+        guard let info = state.withLock({ $0.keyInfo }) else { throw KMSError(.unavailable, "\(reason); Vault key not read yet") }
         do {
             try installNewKEKLocked(info: info, reason: reason, seconds: context.boundedSeconds(configuration.requestTimeout))
         } catch {
-            throw VaultError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(error.message)")
+            throw KMSError(.unavailable, "\(reason) and Vault cannot wrap a new one: \(error.message)")
         }
-        guard let fresh = state.withLock({ $0.active }), fresh !== exhausted else { throw VaultError(.unavailable, "\(reason)") }
+        guard let fresh = state.withLock({ $0.active }), fresh !== exhausted else { throw KMSError(.unavailable, "\(reason)") }
         return fresh
     }
 
-    private func installNewKEK(info: TransitKeyInfo, reason: String) throws(VaultError) {
+    private func installNewKEK(info: TransitKeyInfo, reason: String) throws(KMSError) {
         renewLock.lock()
         defer { renewLock.unlock() }
         try installNewKEKLocked(info: info, reason: reason, seconds: configuration.requestTimeout)
@@ -548,7 +548,7 @@ public final class VaultKeyring: Sendable {
 
     /// Called with `renewLock` held.
     /// Called with `renewLock` held; the wrap request gets at most `seconds`.
-    private func installNewKEKLocked(info: TransitKeyInfo, reason: String, seconds: Double) throws(VaultError) {
+    private func installNewKEKLocked(info: TransitKeyInfo, reason: String, seconds: Double) throws(KMSError) {
         do {
             try makeNewKEK(info: info, reason: reason, seconds: seconds)
             renewalFailure.withLock { $0 = nil }
@@ -561,10 +561,10 @@ public final class VaultKeyring: Sendable {
         }
     }
 
-    private func makeNewKEK(info: TransitKeyInfo, reason: String, seconds: Double) throws(VaultError) {
+    private func makeNewKEK(info: TransitKeyInfo, reason: String, seconds: Double) throws(KMSError) {
         let version = info.latestVersion
         let key: SymmetricKey
-        do { key = try SymmetricKey.random() } catch { throw VaultError(.internalError, "cannot generate local KEK: \(error.description)") }
+        do { key = try SymmetricKey.random() } catch { throw KMSError(.internalError, "cannot generate local KEK: \(error.description)") }
         let wrapped = try transit.encrypt(key.bytes, keyVersion: version, deadline: Date(timeIntervalSinceNow: seconds))
         let created = info.versionCreated[version] ?? 0
         let fresh = ActiveKEK(key: key, wrapped: wrapped, keyID: Self.keyID(config: configuration, version: version, created: created),
@@ -583,7 +583,7 @@ public final class VaultKeyring: Sendable {
     /// Vault answered 403 (access revoked or denied) or said the key is gone: every cached local KEK is dropped and
     /// Encrypt and Status fail until a key read succeeds again. Returns whether `error` was such an answer.
     @discardableResult
-    static func revokeAccess(_ error: VaultError, keyName: String, state: LockedValue<State>, cache: LocalKEKCache,
+    static func revokeAccess(_ error: KMSError, keyName: String, state: LockedValue<State>, cache: LocalKEKCache,
                              log: Logger) -> Bool {
         guard error.code == .permissionDenied || error.code == .failedPrecondition else { return false }
         let dropped = cache.count

@@ -32,7 +32,7 @@ final class FakeVault: @unchecked Sendable {
         var line: [UInt8] = []
         while !line.contains(10) {
             let chunk = stdoutPipe.fileHandleForReading.availableData
-            if chunk.isEmpty { throw VaultError(.unavailable, "fake_vault.py exited before printing its address") }
+            if chunk.isEmpty { throw KMSError(.unavailable, "fake_vault.py exited before printing its address") }
             line += chunk
         }
         info = (try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]) ?? [:]

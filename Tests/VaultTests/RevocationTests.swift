@@ -4,6 +4,7 @@
 // cannot replace fails Encrypt (UNAVAILABLE) and Status.
 import Crypto
 import Foundation
+import KMS
 import GRPCCodes
 import Locking
 import Testing
@@ -54,7 +55,7 @@ import Testing
         let base = ["vault-addr": "https://v:8200", "vault-key": "k", "vault-token-file": files.write("t", "x")]
         #expect(try VaultConfiguration.parse(base).cacheTTL == 300)
         #expect(try VaultConfiguration.parse(base.merging(["vault-cache-ttl": "90s"]) { $1 }).cacheTTL == 90)
-        #expect(throws: VaultError.self) { try VaultConfiguration.parse(base.merging(["vault-cache-ttl": "0"]) { $1 }) }
+        #expect(throws: KMSError.self) { try VaultConfiguration.parse(base.merging(["vault-cache-ttl": "0"]) { $1 }) }
     }
 }
 
@@ -84,7 +85,7 @@ import Testing
         #expect(try vault.vault("DELETE", "transit/keys/kekd") == 204)
         try vault.call("revoke_all")
         #expect(waitFor { !ring.health().canEncrypt }, "Status must fail once Vault refuses: \(ring.health().detail)")
-        #expect(throws: VaultError.self) { try ring.encrypt([1]) }
+        #expect(throws: KMSError.self) { try ring.encrypt([1]) }
         #expect(ring.cache.count == 0, "a 403/404 for the key drops every cached local KEK")
         let cachedCode = code(ring, cached), uncachedCode = code(ring, uncached)
         #expect(cachedCode == .permissionDenied || cachedCode == .failedPrecondition, "cached local KEK: \(String(describing: cachedCode))")
@@ -107,7 +108,7 @@ import Testing
         Thread.sleep(forTimeInterval: 0.8)
         #expect(code(ring, e) == .permissionDenied, "after the TTL Vault is asked, and refuses")
         #expect(!ring.health().canEncrypt, "the 403 from Decrypt fails Status too")
-        #expect(throws: VaultError.self) { try ring.encrypt([1]) }
+        #expect(throws: KMSError.self) { try ring.encrypt([1]) }
     }
 
     @Test func minDecryptionVersionIsEnforcedOnCachedAndUncachedLocalKEKs() throws {

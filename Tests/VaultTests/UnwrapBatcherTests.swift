@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMS
 import Locking
 import Testing
 @testable import Vault
@@ -10,12 +11,12 @@ import Testing
         let batches = LockedValue<[[String]]>([])
         let latency: Double
         init(latency: Double) { self.latency = latency }
-        func callAsFunction(_ wrapped: [String]) -> [Result<SymmetricKey, VaultError>] {
+        func callAsFunction(_ wrapped: [String]) -> [Result<SymmetricKey, KMSError>] {
             batches.withLock { $0.append(wrapped) }
             Thread.sleep(forTimeInterval: latency)
             return wrapped.map { w in
-                if w.hasPrefix("bad") { return .failure(VaultError(.invalidArgument, "bad")) }
-                guard let key = try? SymmetricKey(bytes: SHA256.hash(Array(w.utf8))) else { return .failure(VaultError(.internalError, "key")) }
+                if w.hasPrefix("bad") { return .failure(KMSError(.invalidArgument, "bad")) }
+                guard let key = try? SymmetricKey(bytes: SHA256.hash(Array(w.utf8))) else { return .failure(KMSError(.internalError, "key")) }
                 return .success(key)
             }
         }
@@ -76,9 +77,9 @@ import Testing
         let fake = FakeUnwrap(latency: 0)
         let cache = LocalKEKCache(capacity: 10)
         let batcher = UnwrapBatcher(cache: cache) { names, _ in fake(names) }
-        #expect(throws: VaultError(.invalidArgument, "bad")) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
+        #expect(throws: KMSError(.invalidArgument, "bad")) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
         _ = try batcher.unwrap("good", deadline: Date(timeIntervalSinceNow: 1))
-        #expect(throws: VaultError.self) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
+        #expect(throws: KMSError.self) { try batcher.unwrap("bad-1", deadline: Date(timeIntervalSinceNow: 1)) }
         #expect(fake.batches.withLock { $0.count } == 3 && cache.count == 1)
     }
 
@@ -88,7 +89,7 @@ import Testing
         Thread.detachNewThread { _ = try? batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 5)) }
         Thread.sleep(forTimeInterval: 0.05)
         let started = Date()
-        #expect(throws: VaultError.self) { try batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 0.1)) }
+        #expect(throws: KMSError.self) { try batcher.unwrap("slow", deadline: Date(timeIntervalSinceNow: 0.1)) }
         #expect(Date().timeIntervalSince(started) < 0.4)
     }
 

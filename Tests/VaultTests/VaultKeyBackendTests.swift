@@ -1,4 +1,5 @@
 import Foundation
+import GRPCCodes
 import KMS
 import Logging
 import Synchronization
@@ -95,6 +96,17 @@ struct VaultKeyBackendTests {
         defer { b.close() }
         #expect(!b.waitUntilReady(timeout: 0.5))
         #expect(!b.status().healthy && b.status().keyID.isEmpty)
-        #expect(throws: KMSError.self) { try b.encrypt(plaintext: [1], uid: "u") }
+        func code(_ body: () throws -> Void) -> GRPCStatusCode? {
+            do { try body(); return nil } catch { return (error as? KMSError)?.code }
+        }
+        // The codes README documents, straight from the keyring's own errors: an unreachable Vault is UNAVAILABLE, a
+        // tampered or foreign envelope INVALID_ARGUMENT whatever Vault's state.
+        #expect(code { _ = try b.encrypt(plaintext: [1], uid: "u") } == .unavailable)
+        let keyID = "kekd-vault-" + String(repeating: "0", count: 32) + "-v1"
+        let annotations = [VaultKeyring.localKEKAnnotation: Array("vault:v1:AAAA".utf8)]
+        let envelope = [VaultKeyring.formatVersion] + [UInt8](repeating: 7, count: 40)
+        #expect(code { _ = try b.decrypt(ciphertext: envelope, keyID: keyID, annotations: annotations, uid: "u") } == .unavailable)
+        #expect(code { _ = try b.decrypt(ciphertext: [9] + envelope.dropFirst(), keyID: keyID, annotations: annotations, uid: "u") } == .invalidArgument)
+        #expect(code { _ = try b.decrypt(ciphertext: envelope, keyID: "kekd-v1-000000000000000000000000", annotations: annotations, uid: "u") } == .invalidArgument)
     }
 }

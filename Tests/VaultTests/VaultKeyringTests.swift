@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import KMS
 import GRPCCodes
 import Synchronization
 import Logging
@@ -68,7 +69,7 @@ import Testing
         #expect(reader.waitUntilReady(timeout: 10))
         let health = reader.health()
         #expect(health.canDecrypt && !health.canEncrypt && health.keyID.isEmpty)
-        #expect(throws: VaultError.self) { try reader.encrypt(seed) }
+        #expect(throws: KMSError.self) { try reader.encrypt(seed) }
         #expect(try reader.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations) == seed)
         Thread.sleep(forTimeInterval: 0.3)  // several maintenance ticks: still no local KEK, and no poll every tick
         let stats = try vault.stats()
@@ -147,9 +148,9 @@ import Testing
         var deadline = Date(timeIntervalSinceNow: 5)
         while ring.health().canEncrypt && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
         #expect(!ring.health().canEncrypt && ring.health().detail.contains("does not exist"))
-        #expect(throws: VaultError.self) { try ring.encrypt([1]) }
+        #expect(throws: KMSError.self) { try ring.encrypt([1]) }
         // The 404 dropped every cached local KEK: what was written under the deleted key no longer decrypts.
-        #expect(throws: VaultError.self) { try ring.decrypt(ciphertext: old.ciphertext, keyID: old.keyID, annotations: old.annotations) }
+        #expect(throws: KMSError.self) { try ring.decrypt(ciphertext: old.ciphertext, keyID: old.keyID, annotations: old.annotations) }
         #expect(try vault.vault("POST", "transit/keys/kekd") == 204)
         deadline = Date(timeIntervalSinceNow: 5)
         while !ring.health().canEncrypt && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }

@@ -1,4 +1,5 @@
 import Foundation
+import KMS
 import Synchronization
 import Logging
 import Testing
@@ -124,7 +125,7 @@ import Testing
         defer { cold.close() }
         try vault.call("config", ["rules": [["path": "transit/decrypt", "status": 400, "count": 5]]])
         try vault.resetStats()
-        #expect(throws: VaultError.self) {
+        #expect(throws: KMSError.self) {
             try cold.decrypt(ciphertext: envelope.ciphertext, keyID: envelope.keyID, annotations: envelope.annotations)
         }
         do {
@@ -151,7 +152,7 @@ import Testing
         try vault.call("config", ["delay_ms": 4000])  // Vault hangs
 
         var started = Date()
-        #expect(throws: VaultError.self) { try ring.decrypt(ciphertext: foreign[0].ciphertext, keyID: foreign[0].keyID, annotations: foreign[0].annotations) }
+        #expect(throws: KMSError.self) { try ring.decrypt(ciphertext: foreign[0].ciphertext, keyID: foreign[0].keyID, annotations: foreign[0].annotations) }
         let first = Date().timeIntervalSince(started)
         #expect(first >= 0.9 && first < 2.0, "first miss waits one request timeout (\(first)s)")
         started = Date()
