@@ -32,6 +32,20 @@ public struct CallContext: Sendable {
 
     /// The clock `deadline` is on.
     public static func monotonicNanos() -> UInt64 { Locking.monotonicNanos() }
+
+    /// Whether the caller has stopped wanting the answer, as the error its call then ends with: CANCELLED once
+    /// cancelled, DEADLINE_EXCEEDED once past its deadline, nil while it still waits. For a backend call waiting on
+    /// work it shares with other callers (a token unwrap, a Vault batch): it leaves, the work goes on for the others.
+    public func stoppedWaiting(for what: String, now: UInt64 = CallContext.monotonicNanos()) -> KMSError? {
+        if isCancelled { return KMSError(.cancelled, "call cancelled while waiting for \(what)") }
+        if let deadline, Int64(bitPattern: deadline &- now) <= 0 {
+            return KMSError(.deadlineExceeded, "deadline passed while waiting for \(what)")
+        }
+        return nil
+    }
+
+    /// How often a waiting call looks at its cancellation (a flag set by the connection, with no wake-up of its own).
+    public static let cancellationCheckSeconds = 0.02
 }
 
 /// Set once by the connection that owns the call; read by whoever is doing the call's work.

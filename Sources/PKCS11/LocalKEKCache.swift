@@ -45,21 +45,36 @@ final class UnwrappedKEKCache: Sendable {
 }
 
 /// Concurrent misses for one wrapped KEK share one unwrap: the first caller runs it, the others wait for its result.
+/// A waiter leaves when its caller cancels or its deadline passes (CANCELLED / DEADLINE_EXCEEDED), or after `timeout`
+/// (UNAVAILABLE); the unwrap goes on for the others and fills the cache. The first caller runs the token operation
+/// itself and so returns when the token does: PKCS#11 cannot abandon a `C_Decrypt`, and a thread per operation
+/// would let a stalled token collect threads without bound.
 final class SingleFlight: @unchecked Sendable {
     // `flights` is guarded by `cond`.
     private final class Flight { var result: Result<SymmetricKey, KMSError>? }
     private let cond = Condition()
     private var flights: [String: Flight] = [:]
+    static let waitingFor = "the PKCS#11 token to unwrap the local KEK"
 
-    func run(_ key: String, deadline: Double, _ body: () -> Result<SymmetricKey, KMSError>) -> Result<SymmetricKey, KMSError> {
+    func run(_ key: String, context: CallContext, timeout: Double,
+             _ body: () -> Result<SymmetricKey, KMSError>) -> Result<SymmetricKey, KMSError> {
+        if let stopped = context.stoppedWaiting(for: Self.waitingFor) { return .failure(stopped) }
         cond.lock()
         if let flight = flights[key] {
+            let giveUp = CallContext.monotonicNanos() &+ UInt64(max(0, timeout) * 1e9)
             while flight.result == nil {
-                let left = deadline - monotonicSeconds()
-                if left <= 0 || (!cond.wait(seconds: left) && flight.result == nil) {
+                let now = CallContext.monotonicNanos()
+                if let stopped = context.stoppedWaiting(for: Self.waitingFor, now: now) {
                     cond.unlock()
-                    return .failure(KMSError(.unavailable, "timed out waiting for the PKCS#11 token to unwrap the local KEK"))
+                    return .failure(stopped)
                 }
+                guard now < giveUp else {
+                    cond.unlock()
+                    return .failure(KMSError(.unavailable, "timed out waiting for \(Self.waitingFor)"))
+                }
+                var seconds = Double(min(giveUp, context.deadline ?? giveUp) &- now) / 1e9
+                if context.cancellation != nil { seconds = min(seconds, CallContext.cancellationCheckSeconds) }
+                _ = cond.wait(seconds: seconds)
             }
             cond.unlock()
             return flight.result!

@@ -160,16 +160,17 @@ public final class PKCS11KeyBackend: KeyBackend {
             onCache?(false)
             // Fail fast while the token is away: the background loop reconnects, Decrypts must not queue on it.
             if let problem { throw KMSError(.unavailable, "PKCS#11 token unavailable: \(problem.message)") }
-            key = try unwrapShared(text, wrapped, handle: found.handle, keyID: keyID, noteInRecord: true).get()
+            key = try unwrapShared(text, wrapped, handle: found.handle, keyID: keyID, context: context, noteInRecord: true).get()
         }
         return try LocalKEKEnvelope.open(ciphertext, key: key, domain: Self.envelopeDomain, keyID: keyID, annotations: annotations)
     }
 
     /// One token unwrap per wrapped local KEK however many callers (Decrypts, the warm-up) miss it at once; the result
-    /// is cached, and noted in the record when asked (the warm-up's entries are in it already).
+    /// is cached, and noted in the record when asked (the warm-up's entries are in it already). A caller waiting for
+    /// another's unwrap leaves when `context` says so.
     private func unwrapShared(_ text: String, _ wrapped: WrappedLocalKEK, handle: UInt, keyID: String,
-                              noteInRecord: Bool) -> Result<SymmetricKey, KMSError> {
-        flights.run(text, deadline: monotonicSeconds() + configuration.requestTimeout) {
+                              context: CallContext, noteInRecord: Bool) -> Result<SymmetricKey, KMSError> {
+        flights.run(text, context: context, timeout: configuration.requestTimeout) {
             if let cached = cache.get(text) { return .success(cached) }
             return unwrap(wrapped, handle: handle, keyID: keyID).map { key in
                 cache.put(text, key, parsed: wrapped)
@@ -350,7 +351,8 @@ public final class PKCS11KeyBackend: KeyBackend {
             guard let found, !found.retired, constantTimeEqual(found.id, wrapped.keyObjectID), let keyID else {
                 dropped.append(entry.wrapped); continue
             }
-            let result = try? unwrapShared(entry.wrapped, wrapped, handle: found.handle, keyID: keyID, noteInRecord: false).get()
+            let result = try? unwrapShared(entry.wrapped, wrapped, handle: found.handle, keyID: keyID, context: .unbounded,
+                                      noteInRecord: false).get()
             if result != nil { warmed += 1 } else if state.withLock({ $0.problem == nil }) { dropped.append(entry.wrapped) }
         }
         record.remove(dropped)

@@ -115,20 +115,21 @@ final class UnwrapBatcher: @unchecked Sendable {
         self.cache = cache; self.window = window; self.maxBatch = max(1, maxBatch); self.unwrapMany = unwrapMany
     }
 
-    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`, or until `cancellation`
-    /// says the caller is gone.
-    func unwrap(_ wrapped: String, deadline: Date, cancellation: CallCancellation? = nil) throws(KMSError) -> SymmetricKey {
+    /// The unwrapped key for `wrapped`, from the cache or Vault. Waits at most until `deadline`, or until `context` says
+    /// the caller is gone.
+    func unwrap(_ wrapped: String, deadline: Date, context: CallContext = .unbounded) throws(KMSError) -> SymmetricKey {
         cond.lock()
         if let key = cache.get(wrapped) { cond.unlock(); return key }
         cond.unlock()
-        return try unwrapAll([wrapped], deadline: deadline, cancellation: cancellation)[0].get()
+        return try unwrapAll([wrapped], deadline: deadline, context: context)[0].get()
     }
 
     /// The unwrapped keys for `list`, in order, from the cache or Vault: the misses join one pending batch (up to
     /// `maxBatch` per Vault call), shared with concurrent Decrypts missing the same keys. Waits at most until
-    /// `deadline`; what is still missing then fails with UNAVAILABLE. A cancelled caller stops waiting within
-    /// `cancellationCheck` seconds (its keys stay queued: the batch fills the cache for the next caller).
-    func unwrapAll(_ list: [String], deadline: Date, cancellation: CallCancellation? = nil) -> [Result<SymmetricKey, KMSError>] {
+    /// `deadline`; what is still missing then fails with UNAVAILABLE. A caller that cancels or reaches its own deadline
+    /// stops waiting (CANCELLED / DEADLINE_EXCEEDED; cancellation is seen within `CallContext.cancellationCheckSeconds`);
+    /// its keys stay queued: the batch fills the cache for the next caller.
+    func unwrapAll(_ list: [String], deadline: Date, context: CallContext = .unbounded) -> [Result<SymmetricKey, KMSError>] {
         var results = [Result<SymmetricKey, KMSError>?](repeating: nil, count: list.count)
         var waiting: [(index: Int, entry: Pending)] = []
         cond.lock()
@@ -164,10 +165,10 @@ final class UnwrapBatcher: @unchecked Sendable {
                 }
                 continue
             }
-            let left = deadline.timeIntervalSinceNow
-            if cond.wait(seconds: cancellation == nil ? left : min(left, Self.cancellationCheck)) { continue }
-            if cancellation?.isCancelled == true {
-                for item in waiting { results[item.index] = .failure(KMSError(.unavailable, "call cancelled while waiting for Vault")) }
+            let left = min(deadline.timeIntervalSinceNow, context.secondsLeft() ?? .infinity)
+            if cond.wait(seconds: context.cancellation == nil ? left : min(left, CallContext.cancellationCheckSeconds)) { continue }
+            if let stopped = context.stoppedWaiting(for: "Vault to unwrap the local KEK") {
+                for item in waiting { results[item.index] = .failure(stopped) }
                 break
             }
             if deadline.timeIntervalSinceNow <= 0 && waiting.allSatisfy({ $0.entry.result == nil }) {
@@ -180,9 +181,6 @@ final class UnwrapBatcher: @unchecked Sendable {
         cond.unlock()
         return results.map { $0 ?? .failure(KMSError(.internalError, "local KEK not unwrapped")) }
     }
-
-    /// How often a waiting caller that can be cancelled looks at its cancellation.
-    static let cancellationCheck = 0.02
 
     private func runOneBatch(deadline: Date) {
         if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch

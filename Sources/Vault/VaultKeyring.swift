@@ -287,7 +287,7 @@ public final class VaultKeyring: Sendable {
         } else {
             onCache?(false)
             key = try batcher.unwrap(wrapped, deadline: Date(timeIntervalSinceNow: context.boundedSeconds(configuration.requestTimeout)),
-                                     cancellation: context.cancellation)
+                                     context: context)
             record?.note(wrapped: wrapped, keyVersion: version)
         }
         let nonce = Array(ciphertext[1...Self.nonceSize])

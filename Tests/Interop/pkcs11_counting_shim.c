@@ -1,10 +1,12 @@
 /* A PKCS#11 module that forwards every call to the real module named by $KEKD_SHIM_TARGET (SoftHSM in the tests)
  * and appends the name of each cryptographic call (C_EncryptInit/C_Encrypt/..., C_WrapKey/C_UnwrapKey, sign/
  * verify/digest) to $KEKD_SHIM_COUNT_FILE. It proves from outside kekd how often kekd made the token work.
+ * $KEKD_SHIM_DECRYPT_DELAY_MS makes every C_Decrypt take that much longer: a stalled token.
  * Built by Tests/Interop/test_pkcs11_backend.py with `cc -shared`; test-only. */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <p11-kit-1/p11-kit/pkcs11.h>
 
 static CK_FUNCTION_LIST *real;
@@ -26,7 +28,16 @@ FORWARD(C_EncryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDL
 FORWARD(C_Encrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, d, n, o, on))
 FORWARD(C_EncryptUpdate, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, d, n, o, on))
 FORWARD(C_DecryptInit, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (s, m, k))
-FORWARD(C_Decrypt, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, d, n, o, on))
+static CK_RV shim_C_Decrypt(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on) {
+    count("C_Decrypt");
+    const char *delay = getenv("KEKD_SHIM_DECRYPT_DELAY_MS");
+    long ms = delay ? atol(delay) : 0;
+    if (ms > 0 && o) {  /* the call that decrypts, not a length query */
+        struct timespec t = { ms / 1000, (ms % 1000) * 1000000L };
+        while (nanosleep(&t, &t) != 0) {}
+    }
+    return real->C_Decrypt(s, d, n, o, on);
+}
 FORWARD(C_DecryptUpdate, (CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR o, CK_ULONG_PTR on), (s, d, n, o, on))
 FORWARD(C_WrapKey, (CK_SESSION_HANDLE s, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE w, CK_OBJECT_HANDLE k, CK_BYTE_PTR o, CK_ULONG_PTR on),
         (s, m, w, k, o, on))

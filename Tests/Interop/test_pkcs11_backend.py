@@ -281,6 +281,44 @@ def test_encrypt_and_cached_decrypt_never_touch_the_hsm(kekd_factory, hsm, kms_p
     channel.close()
 
 
+def test_a_decrypt_waiting_for_a_stalled_token_leaves_at_its_deadline_or_cancellation(kekd_factory, hsm, kms_pb,
+                                                                                      counting_module, monkeypatch):
+    """Decrypts missing one local KEK share one token unwrap. The token stalls (the shim makes C_Decrypt take 2 s): a
+    waiting Decrypt whose client gives up (its deadline, or cancelled: RST_STREAM) ends at once, as its audit record
+    shows, while the unwrap goes on for the client that stayed. One unwrap in all."""
+    pb = kms_pb[0]
+    shim, hsm_ops = counting_module
+    writer = kekd_factory(extra=hsm.kekd_flags(), init_key=False)
+    channel, stub = stub_for(writer, kms_pb)
+    enc = encrypt(stub, pb, b"stalled")
+    channel.close()
+    assert writer.stop() == 0
+    monkeypatch.setenv("KEKD_SHIM_DECRYPT_DELAY_MS", "2000")
+    k = kekd_factory(extra=hsm.kekd_flags(module=shim), init_key=False)   # its own state folder: nothing to warm
+    channel, stub = stub_for(k, kms_pb)
+    before = hsm_ops()
+
+    def request(uid):
+        return pb.DecryptRequest(ciphertext=enc.ciphertext, key_id=enc.key_id, uid=uid, annotations=dict(enc.annotations))
+    patient = stub.Decrypt.future(request("patient"), timeout=20)
+    time.sleep(0.3)   # the patient call is in the token's C_Decrypt now
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decrypt(request("hasty"), timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    leaving = stub.Decrypt.future(request("leaving"), timeout=20)
+    time.sleep(0.3)
+    leaving.cancel()
+    assert patient.result().plaintext == b"stalled"
+    assert hsm_ops() - before == 2, "one C_DecryptInit + C_Decrypt for the three Decrypts"
+    channel.close()
+    assert k.stop() == 0
+    calls = {r["uid"]: r for r in map(json.loads, open(k.audit)) if r.get("op") == "Decrypt"}
+    assert calls["patient"]["outcome"] == "OK" and calls["patient"]["latency_us"] > 1_500_000
+    # The server's deadline and the client's RST_STREAM come at the same moment: either ends the wait.
+    assert calls["hasty"]["outcome"] in ("DEADLINE_EXCEEDED", "CANCELLED") and calls["hasty"]["latency_us"] < 1_000_000, calls
+    assert calls["leaving"]["outcome"] == "CANCELLED" and calls["leaving"]["latency_us"] < 1_000_000, calls
+
+
 def test_pin_file_followed_and_a_wrong_pin_never_retried(kekd_factory, hsm, kms_pb):
     """A changed PIN file is re-read; a PIN the token refused is not tried again until the file changes (retrying
     it every second would lock a real HSM's PIN)."""

@@ -83,6 +83,7 @@ struct VaultKeyBackendTests {
         } catch {
             let cancelledAfter = Date().timeIntervalSince(t1)
             #expect(cancelledAfter >= 0.15 && cancelledAfter < 1.5, "cancelled call returned after \(cancelledAfter) s: \(error)")
+            #expect(error.code == .cancelled, "\(error)")
         }
     }
 }
