@@ -31,6 +31,9 @@ let package = Package(
         // gRPC status codes and their names, shared by every layer that produces or reports one.
         .target(name: "GRPCCodes"),
 
+        // The process behind a unix socket (SO_PEERCRED): authorised by the serving edge, recorded by the audit log.
+        .target(name: "PeerIdentity"),
+
         // The one logger: JSON lines on stderr at a minimum level (`--log-level`), for every module.
         .target(name: "Logging", dependencies: ["JSON", "Locking"]),
 
@@ -59,7 +62,7 @@ let package = Package(
         .target(name: "PKCS11", dependencies: ["CPKCS11", "KMS", "Crypto", "Locking", "GRPCCodes", "Logging"]),
 
         // Observers of the service layer.
-        .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON", "Logging"]),
+        .target(name: "Audit", dependencies: ["Crypto", "Locking", "JSON", "Logging", "PeerIdentity"]),
         .target(name: "Metrics", dependencies: ["Locking", "GRPCCodes", "GRPC"]),
         // A strict Prometheus text-format reader (pure): kekd's metrics tests and rotate-cluster's apiserver metrics.
         .target(name: "PrometheusParser"),
@@ -77,7 +80,7 @@ let package = Package(
         .target(name: "CProcessHardening"),
 
         // Unix sockets: POSIX helpers and the blocking gRPC client kekctl and the benchmark use.
-        .target(name: "Transport", dependencies: ["GRPC", "Locking"]),
+        .target(name: "Transport", dependencies: ["GRPC", "Locking", "PeerIdentity"]),
 
         // The KMS v2 method table, the dispatcher from decoded requests to the KMS service (kekd), and a typed client of
         // a running kekd (kekctl status/encrypt/decrypt/bench/doctor).
@@ -105,7 +108,7 @@ let package = Package(
         .testTarget(name: "CensusTests", dependencies: ["Census", "Etcd", "HTTPClient", "KMSProto", "JSON"]),
         .testTarget(name: "PKCS11Tests", dependencies: ["PKCS11", "KMS", "Crypto", "Logging"]),
         .testTarget(name: "VaultTests", dependencies: ["Vault", "KMS", "Crypto", "Locking", "GRPCCodes", "Logging", "JSON"]),
-        .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking", "Logging"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "Crypto", "Locking", "Logging", "PeerIdentity"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics", "PrometheusParser", "GRPCCodes", "GRPC", "HTTP2"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON", "YAML"]),

@@ -2,18 +2,7 @@
 // material, tokens or annotation values: what cannot be represented cannot be logged by mistake.
 import FoundationEssentials
 import Glibc
-
-/// The connected process, from SO_PEERCRED.
-public struct AuditPeer: Sendable, Equatable {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-    }
-}
+import PeerIdentity
 
 /// One call, described after its outcome is known.
 public struct AuditEvent: Sendable {
@@ -31,14 +20,15 @@ public struct AuditEvent: Sendable {
     /// Why the call failed (never key material or plaintext: KMSError's contract).
     public var message: String?
     public var latencyMicros: Int64
-    public var peer: AuditPeer?
+    /// The connected process, from SO_PEERCRED.
+    public var peer: PeerCredentials?
     public var connection: UInt64
     public var stream: UInt32
     /// Encrypt result / Decrypt input. Only a 16-hex SHA-256 prefix is logged, computed on the writer thread.
     public var ciphertext: [UInt8]?
 
     public init(time: Date, op: String, uid: String? = nil, keyID: String? = nil, backend: String,
-                outcome: String, message: String? = nil, latencyMicros: Int64, peer: AuditPeer? = nil,
+                outcome: String, message: String? = nil, latencyMicros: Int64, peer: PeerCredentials? = nil,
                 connection: UInt64 = 0, stream: UInt32 = 0, ciphertext: [UInt8]? = nil) {
         self.time = time
         self.op = op

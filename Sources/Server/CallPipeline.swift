@@ -166,7 +166,7 @@ struct CallPipeline: Sendable {
         return AuditEvent(time: wallArrival, op: op, uid: outcome.uid, keyID: outcome.keyID, backend: outcome.backend ?? backendName,
                           outcome: outcome.status.code.name, message: outcome.status.code == .ok ? nil : outcome.status.message,
                           latencyMicros: Int64((finished &- arrived) / 1000),
-                          peer: AuditPeer(pid: who.peer.pid, uid: who.peer.uid, gid: who.peer.gid), connection: who.connection,
+                          peer: who.peer, connection: who.connection,
                           stream: streamID, ciphertext: outcome.ciphertext)
     }
 }

@@ -145,7 +145,7 @@ public final class KMSServer: @unchecked Sendable {
         metrics?.protocolError(.refusedConnection)
         _ = audit?.record(AuditEvent(time: Date(), op: "connection", uid: nil, keyID: nil, backend: backendName,
                                      outcome: GRPCStatusCode.permissionDenied.name, message: reason, latencyMicros: 0,
-                                     peer: peer.map { AuditPeer(pid: $0.pid, uid: $0.uid, gid: $0.gid) },
+                                     peer: peer,
                                      connection: 0, stream: 0, ciphertext: nil))
     }
 

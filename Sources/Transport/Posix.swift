@@ -2,6 +2,9 @@
 import FoundationEssentials
 import Glibc
 import Locking
+// Transport hands out the peer's credentials (`PeerCredentials.of(socket:)`): its users see the type without a
+// second import.
+@_exported import PeerIdentity
 
 public struct SystemError: Error, CustomStringConvertible, Sendable {
     public let call: String
@@ -10,18 +13,8 @@ public struct SystemError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(call): \(String(cString: strerror(errno)))" }
 }
 
-/// The connected process behind a unix socket (SO_PEERCRED).
-public struct PeerCredentials: Sendable, Equatable {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-    }
-
+extension PeerCredentials {
+    /// The process connected to unix socket `fd` (SO_PEERCRED); nil when the kernel will not say.
     public static func of(socket fd: Int32) -> PeerCredentials? {
         // struct ucred {pid_t pid; uid_t uid; gid_t gid;} — Glibc hides it behind _GNU_SOURCE, so mirror it here.
         var cred: (Int32, UInt32, UInt32) = (0, 0, 0)

@@ -2,6 +2,7 @@
 @testable import Audit
 import Foundation
 import Logging
+import PeerIdentity
 import Locking
 #if canImport(Glibc)
 import Glibc
@@ -27,7 +28,7 @@ func sampleEvent(_ i: Int, op: String = "Encrypt", keyID: String? = "k1", outcom
                  time: Date = Date(timeIntervalSince1970: 1_790_000_000)) -> AuditEvent {
     AuditEvent(time: time, op: op, uid: "uid-\(i)", keyID: keyID, backend: "file", outcome: outcome,
                message: outcome == "OK" ? nil : "failed \(i)", latencyMicros: Int64(i),
-               peer: AuditPeer(pid: 100, uid: 0, gid: 0), connection: UInt64(i / 1000), stream: UInt32(i % 1000),
+               peer: PeerCredentials(pid: 100, uid: 0, gid: 0), connection: UInt64(i / 1000), stream: UInt32(i % 1000),
                ciphertext: [UInt8(i & 0xFF), 1, 2, 3])
 }
 

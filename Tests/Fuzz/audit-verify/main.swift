@@ -18,6 +18,7 @@ import Audit
 import Crypto
 import Foundation
 import Logging
+import PeerIdentity
 
 let marker: [UInt8] = [0xFE, 0xFD, 0xFC]
 let hmacKey = [UInt8](repeating: 0x4B, count: 32)
@@ -119,7 +120,7 @@ func writeLog(folder: String, name: String, maxSize: Int64, key: [UInt8] = hmacK
 }
 
 func sampleEvents(_ count: Int, start: Int = 0) -> [AuditEvent] {
-    let peer = AuditPeer(pid: 4242, uid: 0, gid: 0)
+    let peer = PeerCredentials(pid: 4242, uid: 0, gid: 0)
     return (start..<(start + count)).map { i in
         let time = Date(timeIntervalSince1970: 1_795_000_000 + Double(i) * 1.25)
         switch i % 5 {
@@ -133,7 +134,7 @@ func sampleEvents(_ count: Int, start: Int = 0) -> [AuditEvent] {
         case 3: return AuditEvent(time: time, op: "/grpc.health.v1.Health/Check", backend: "file", outcome: "UNIMPLEMENTED",
                                   message: "unknown method", latencyMicros: 3, connection: UInt64.max, stream: UInt32.max)
         default: return AuditEvent(time: time, op: "Decrypt", uid: "ünïcødé-\(i)", keyID: "kekd-v3-343cb40974cb4e1d0e68ba5c", backend: "file",
-                                   outcome: "OK", latencyMicros: Int64(i) * 1000, peer: AuditPeer(pid: -1, uid: UInt32.max, gid: 7),
+                                   outcome: "OK", latencyMicros: Int64(i) * 1000, peer: PeerCredentials(pid: -1, uid: UInt32.max, gid: 7),
                                    connection: 3, stream: 5, ciphertext: [])
         }
     }
