@@ -23,7 +23,9 @@ nonisolated(unsafe) let subcommands: [(name: String, summary: String, run: ([Str
 
 @MainActor func usage() -> String {
     var s = "usage: kekctl COMMAND [flags]   (kekctl COMMAND --help for details)\n\ncommands:\n"
-    for c in subcommands { s += "  " + padded(c.name, to: 10) + c.summary + "\n" }
+    // The summaries start in one column, two spaces past the longest command name.
+    let column = subcommands.map(\.name.count).max().map { $0 + 2 } ?? 0
+    for c in subcommands { s += "  " + padded(c.name, to: column) + c.summary + "\n" }
     return s
 }
 

@@ -68,6 +68,20 @@ def test_init_creates_a_private_file_and_refuses_to_overwrite(tmp_path):
     assert listed(other)[0]["key_id"] != versions[0]["key_id"]
 
 
+def test_help_lists_every_command_with_its_summary_in_one_column():
+    """`kekctl --help` and the usage printed for no command: each command name, at least two spaces, its summary; the
+    summaries in one column (a name as long as rotate-cluster once ran into its text)."""
+    import re
+    for text in (kekctl("--help", check=0).stdout, kekctl(check=2).stderr):
+        rows = [line for line in text.splitlines() if line.startswith("  ")]
+        parsed = [re.fullmatch(r"(  (\S+) {2,})(\S.*)", row) for row in rows]
+        assert all(parsed), text
+        assert [m.group(2) for m in parsed] == ["init", "rotate", "list", "retire", "prune", "pkcs11", "audit", "status",
+                                                "encrypt", "decrypt", "bench", "doctor", "census", "rotate-cluster"]
+        assert len({len(m.group(1)) for m in parsed}) == 1, text
+        assert dict((m.group(2), m.group(3)) for m in parsed)["rotate-cluster"].startswith("rotate the KMS key")
+
+
 @pytest.mark.parametrize("command", ["init", "rotate", "list", "retire", "prune"])
 def test_usage_errors_and_help(command, key_file):
     helped = kekctl(command, "--help", check=0)
