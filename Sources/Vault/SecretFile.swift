@@ -2,10 +2,10 @@
 // Every credential file follows the key file's rules (HTTPClient's `CredentialFile`).
 import Crypto
 import FoundationEssentials
+import KMS
 import Locking
 #if canImport(Glibc)
 import Glibc
-import KMS
 #endif
 
 /// A small secret (token, role-id, secret-id) read from a file, re-read when the file changes.
