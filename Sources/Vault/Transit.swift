@@ -111,7 +111,7 @@ final class TransitAPI: Sendable {
                 // Vault's refusal below the key's min_decryption_version: retired on purpose, not a bad ciphertext.
                 let code: GRPCStatusCode = error.contains("disallowed by policy (too old)") ? .failedPrecondition : .invalidArgument
                 let hint = code == .failedPrecondition ? " (below the key's min_decryption_version)" : ""
-                return .failure(KMSError(code, "Vault decrypt: \(String(error.prefix(200)))\(hint)"))
+                return .failure(KMSError(code, "Vault decrypt: \(VaultReply.oneLine(error, limit: 200))\(hint)"))
             }
             guard let text = item["plaintext"]?.string, let bytes = Data(base64Encoded: text) else {
                 return .failure(KMSError(.invalidArgument, "Vault decrypt returned no plaintext"))

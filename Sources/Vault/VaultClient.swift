@@ -18,8 +18,26 @@ struct VaultReply: Sendable {
     /// Vault's `{"errors": [...]}` joined and bounded (Vault's messages hold no secrets; ours never echo tokens).
     var errorText: String {
         let errors = json["errors"]?.array?.compactMap(\.string) ?? []
-        let text = errors.isEmpty ? "HTTP \(status)" : errors.joined(separator: "; ")
-        return String(text.prefix(300))
+        guard !errors.isEmpty else { return "HTTP \(status)" }
+        return Self.oneLine(errors.map { Self.oneLine($0, limit: 300) }.joined(separator: "; "), limit: 300)
+    }
+
+    /// Vault's text as one line of at most `limit` characters, for an error message: each run of whitespace or control
+    /// characters (Vault's multi-errors read "1 error occurred:\n\t* …") becomes one space.
+    static func oneLine(_ text: String, limit: Int) -> String {
+        var out = String.UnicodeScalarView()
+        var count = 0, gap = false
+        for scalar in text.unicodeScalars {
+            if scalar.properties.isWhitespace || scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) {
+                gap = count > 0
+                continue
+            }
+            guard count + (gap ? 2 : 1) <= limit else { break }
+            if gap { out.append(" "); count += 1; gap = false }
+            out.append(scalar)
+            count += 1
+        }
+        return String(out)
     }
 }
 

@@ -293,3 +293,15 @@ import Testing
         #expect(dead.telemetry().tokenExpiry == nil)
     }
 }
+
+@Suite struct VaultReplyTests {
+    /// An error message is one line (log lines, audit records, grpc-message), whatever Vault's text holds.
+    @Test func vaultsMultiLineErrorsBecomeOneBoundedLine() {
+        let reply = VaultReply(status: 403, json: ["errors": ["1 error occurred:\n\t* permission denied\n\n", "\u{7}second\r"]])
+        #expect(reply.errorText == "1 error occurred: * permission denied; second")
+        #expect(VaultReply(status: 502, json: .object([:])).errorText == "HTTP 502")
+        let long = VaultReply.oneLine(String(repeating: "ab\n", count: 200), limit: 300)
+        #expect(long.count == 299 && long.hasPrefix("ab ab ") && long.hasSuffix(" ab"))
+        #expect(VaultReply.oneLine("  ünïcode\u{85}kept  ", limit: 50) == "ünïcode kept")
+    }
+}
