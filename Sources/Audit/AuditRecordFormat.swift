@@ -36,9 +36,11 @@ enum AuditRecordFormat {
     }
 
     /// What one record's body shares with the previous one, kept by the writer: the formatted second of its time,
-    /// and the fragment from "peer" to the stream id's key (the same for every record of a connection).
+    /// the fragment from "peer" to the stream id's key (the same for every record of a connection), and the digest
+    /// context of the ciphertext hash.
     struct BodyCache {
         var time = RFC3339.SecondCache()
+        let ciphertextDigest = SHA256Context()
         var connection: (peer: AuditPeer?, id: UInt64)?
         /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":` of `connection`.
         var connectionFragment: [UInt8] = []
@@ -103,7 +105,7 @@ enum AuditRecordFormat {
         JSONWriter.appendInteger(event.stream, to: &out)
         if let ciphertext = event.ciphertext {
             JSONWriter.appendLiteral(",\"ciphertext_sha256\":", to: &out)
-            JSONWriter.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
+            JSONWriter.appendHex(cache.ciphertextDigest.hash(ciphertext).prefix(8), to: &out)
         }
     }
 
