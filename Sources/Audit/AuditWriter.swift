@@ -205,8 +205,13 @@ final class AuditWriter: @unchecked Sendable {
     /// Writes the batch in as few segments as rotation and the memory cap allow; returns each record's fate.
     private func write(_ batch: [QueuedRecord]) -> [Bool] {
         var results = [Bool](repeating: false, count: batch.count)
-        for index in batch.indices { usage.note(batch[index].event) }
-        usage.settle()
+        if usage.path != nil {
+            for index in batch.indices {
+                // Read apart from the mutating call, which would make the event a copy.
+                if let (keyID, record) = KeyUsageTracker.usage(of: batch[index].event) { usage.note(keyID, record) }
+            }
+            usage.settle()
+        }
         if !sink.isOpen || !sink.pathStillNamesOpenFile() {
             do {
                 try sink.open()

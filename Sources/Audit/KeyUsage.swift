@@ -110,9 +110,8 @@ struct KeyUsageTracker {
         }
     }
 
-    /// Call `settle()` after the batch.
-    mutating func note(_ event: borrowing AuditEvent) {
-        guard path != nil, let (keyID, record) = Self.usage(of: event) else { return }
+    /// A record's usage (`usage(of:)`); call `settle()` after the batch.
+    mutating func note(_ keyID: String, _ record: KeyUsageRecord) {
         if recent?.keyID == keyID {
             recent?.record.merge(record)
         } else {
