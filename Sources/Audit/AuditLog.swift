@@ -115,7 +115,7 @@ public final class AuditLog: Sendable {
 
     /// best-effort: enqueue, never block, return true (a drop is counted and reported). fail-closed: block until
     /// the record is written and flushed (fsync batched across concurrent callers); false if it could not be.
-    public func record(_ event: AuditEvent) -> Bool {
+    public func record(_ event: consuming AuditEvent) -> Bool {
         let q = queue
         q.lock.lock()
         if configuration.mode == .bestEffort {

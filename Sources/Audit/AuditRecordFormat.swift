@@ -17,8 +17,6 @@ import JSON
 enum AuditRecordFormat {
     static let chainSize = 32
     static let genesisChain = [UInt8](repeating: 0, count: chainSize)
-    private static let chainKey = Array(",\"chain\":\"".utf8)
-    private static let seqPrefix = Array("{\"seq\":".utf8)
     /// `,"chain":"` + 64 hex + `"}`
     static let chainSuffixLength = 10 + 2 * chainSize + 2
 
@@ -32,70 +30,89 @@ enum AuditRecordFormat {
     static func body(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(512)
-        appendBody(of: event, seq: seq, prevChain: prevChain, droppedBefore: droppedBefore, to: &out)
+        var cache = BodyCache()
+        appendBody(of: event, seq: seq, prevChain: prevChain, droppedBefore: droppedBefore, cache: &cache, to: &out)
         return out
     }
 
-    static func appendBody(of event: AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64,
-                           to out: inout [UInt8]) {
-        out.append(contentsOf: seqPrefix)
+    /// What one record's body shares with the previous one, kept by the writer: the formatted second of its time,
+    /// the fragment from "peer" to the stream id's key (the same for every record of a connection), and the digest
+    /// context of the ciphertext hash.
+    struct BodyCache {
+        var time = RFC3339.SecondCache()
+        let ciphertextDigest = SHA256Context()
+        var connection: (peer: AuditPeer?, id: UInt64)?
+        /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":` of `connection`.
+        var connectionFragment: [UInt8] = []
+
+        mutating func appendConnection(_ peer: AuditPeer?, _ id: UInt64, to out: inout [UInt8]) {
+            if let connection, connection.peer == peer, connection.id == id {
+                out.append(contentsOf: connectionFragment)
+                return
+            }
+            connectionFragment.removeAll(keepingCapacity: true)
+            if let peer {
+                JSONWriter.appendLiteral(",\"peer\":{\"pid\":", to: &connectionFragment)
+                JSONWriter.appendInteger(peer.pid, to: &connectionFragment)
+                JSONWriter.appendLiteral(",\"uid\":", to: &connectionFragment)
+                JSONWriter.appendInteger(peer.uid, to: &connectionFragment)
+                JSONWriter.appendLiteral(",\"gid\":", to: &connectionFragment)
+                JSONWriter.appendInteger(peer.gid, to: &connectionFragment)
+                JSONWriter.appendLiteral("}", to: &connectionFragment)
+            } else {
+                JSONWriter.appendLiteral(",\"peer\":null", to: &connectionFragment)
+            }
+            JSONWriter.appendLiteral(",\"connection\":", to: &connectionFragment)
+            JSONWriter.appendInteger(id, to: &connectionFragment)
+            JSONWriter.appendLiteral(",\"stream\":", to: &connectionFragment)
+            connection = (peer, id)
+            out.append(contentsOf: connectionFragment)
+        }
+    }
+
+    /// Each key is written with its punctuation in one literal; the fields in the order of the format above.
+    static func appendBody(of event: borrowing AuditEvent, seq: UInt64, prevChain: [UInt8]?, droppedBefore: UInt64,
+                           cache: inout BodyCache, to out: inout [UInt8]) {
+        JSONWriter.appendLiteral("{\"seq\":", to: &out)
         JSONWriter.appendInteger(seq, to: &out)
         if let prevChain {
-            JSONWriter.appendKey("prev_chain", to: &out)
+            JSONWriter.appendLiteral(",\"prev_chain\":", to: &out)
             JSONWriter.appendHex(prevChain, to: &out)
         }
         if droppedBefore > 0 {
-            JSONWriter.appendKey("dropped_before", to: &out)
+            JSONWriter.appendLiteral(",\"dropped_before\":", to: &out)
             JSONWriter.appendInteger(droppedBefore, to: &out)
         }
-        JSONWriter.appendKey("time", to: &out)
-        out.append(0x22)
-        RFC3339.append(event.time, to: &out)
-        out.append(0x22)
-        JSONWriter.appendKey("op", to: &out)
+        JSONWriter.appendLiteral(",\"time\":\"", to: &out)
+        cache.time.append(event.time, to: &out)
+        JSONWriter.appendLiteral("\",\"op\":", to: &out)
         JSONWriter.appendString(event.op, maxScalars: maxOpScalars, to: &out)
-        JSONWriter.appendKey("uid", to: &out)
+        JSONWriter.appendLiteral(",\"uid\":", to: &out)
         appendOptionalString(event.uid, maxScalars: maxIDScalars, to: &out)
-        JSONWriter.appendKey("key_id", to: &out)
+        JSONWriter.appendLiteral(",\"key_id\":", to: &out)
         appendOptionalString(event.keyID, maxScalars: maxIDScalars, to: &out)
-        JSONWriter.appendKey("backend", to: &out)
+        JSONWriter.appendLiteral(",\"backend\":", to: &out)
         JSONWriter.appendString(event.backend, maxScalars: maxShortScalars, to: &out)
-        JSONWriter.appendKey("outcome", to: &out)
+        JSONWriter.appendLiteral(",\"outcome\":", to: &out)
         JSONWriter.appendString(event.outcome, maxScalars: maxShortScalars, to: &out)
         if let message = event.message {
-            JSONWriter.appendKey("message", to: &out)
+            JSONWriter.appendLiteral(",\"message\":", to: &out)
             JSONWriter.appendString(message, maxScalars: maxMessageScalars, to: &out)
         }
-        JSONWriter.appendKey("latency_us", to: &out)
+        JSONWriter.appendLiteral(",\"latency_us\":", to: &out)
         JSONWriter.appendInteger(event.latencyMicros, to: &out)
-        JSONWriter.appendKey("peer", to: &out)
-        if let peer = event.peer {
-            out.append(0x7B)
-            JSONWriter.appendKey("pid", to: &out, first: true)
-            JSONWriter.appendInteger(peer.pid, to: &out)
-            JSONWriter.appendKey("uid", to: &out)
-            JSONWriter.appendInteger(peer.uid, to: &out)
-            JSONWriter.appendKey("gid", to: &out)
-            JSONWriter.appendInteger(peer.gid, to: &out)
-            out.append(0x7D)
-        } else {
-            out.append(contentsOf: null)
-        }
-        JSONWriter.appendKey("connection", to: &out)
-        JSONWriter.appendInteger(event.connection, to: &out)
-        JSONWriter.appendKey("stream", to: &out)
+        cache.appendConnection(event.peer, event.connection, to: &out)
         JSONWriter.appendInteger(event.stream, to: &out)
         if let ciphertext = event.ciphertext {
-            JSONWriter.appendKey("ciphertext_sha256", to: &out)
-            JSONWriter.appendHex(SHA256.hash(ciphertext).prefix(8), to: &out)
+            JSONWriter.appendLiteral(",\"ciphertext_sha256\":", to: &out)
+            JSONWriter.appendHex(cache.ciphertextDigest.hash(ciphertext).prefix(8), to: &out)
         }
     }
 
     private static func appendOptionalString(_ s: String?, maxScalars: Int, to out: inout [UInt8]) {
-        if let s { JSONWriter.appendString(s, maxScalars: maxScalars, to: &out) } else { out.append(contentsOf: null) }
+        if let s { JSONWriter.appendString(s, maxScalars: maxScalars, to: &out) } else { JSONWriter.appendLiteral("null", to: &out) }
     }
 
-    private static let null = Array("null".utf8)
     private static let closingBrace: [UInt8] = [0x7D]
 
     /// chain(N) with a key context set up once (the writer's path: no joined copy of the message).
@@ -119,10 +136,9 @@ enum AuditRecordFormat {
 
     /// The chain field, the closing brace and the newline that end a line after its body.
     static func appendChainSuffix(_ chain: [UInt8], to out: inout [UInt8]) {
-        out.append(contentsOf: chainKey)
+        JSONWriter.appendLiteral(",\"chain\":\"", to: &out)
         JSONWriter.appendHexDigits(chain, to: &out)
-        out.append(contentsOf: [0x22, 0x7D])
-        out.append(0x0A)
+        JSONWriter.appendLiteral("\"}\n", to: &out)
     }
 }
 

@@ -27,6 +27,7 @@ public struct AuditEvent: Sendable {
     /// Encrypt result / Decrypt input. Only a 16-hex SHA-256 prefix is logged, computed on the writer thread.
     public var ciphertext: [UInt8]?
 
+    @inlinable
     public init(time: Date, op: String, uid: String? = nil, keyID: String? = nil, backend: String,
                 outcome: String, message: String? = nil, latencyMicros: Int64, peer: PeerCredentials? = nil,
                 connection: UInt64 = 0, stream: UInt32 = 0, ciphertext: [UInt8]? = nil) {

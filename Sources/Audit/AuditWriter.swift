@@ -29,6 +29,7 @@ final class AuditWriter: @unchecked Sendable {
     private let maxWriteBytes = 4 << 20
     /// The batch's lines, reused between batches.
     private var writeBuffer: [UInt8] = []
+    private var bodyCache = AuditRecordFormat.BodyCache()
     private var lossSinceLastLog = 0
     private var lastLossLog = 0.0
     private var lastLossReason = ""
@@ -191,11 +192,11 @@ final class AuditWriter: @unchecked Sendable {
 
     /// Appends the line for `event` at the next chain position to `out`; returns the state after it (not yet
     /// applied).
-    private func encode(_ event: AuditEvent, appendingTo out: inout [UInt8]) -> ChainState {
+    private func encode(_ event: borrowing AuditEvent, appendingTo out: inout [UInt8]) -> ChainState {
         let seq = state.seq + 1
         let start = out.count
         AuditRecordFormat.appendBody(of: event, seq: seq, prevChain: sink.openedNewFile ? state.chain : nil,
-                                     droppedBefore: state.unreportedDrops, to: &out)
+                                     droppedBefore: state.unreportedDrops, cache: &bodyCache, to: &out)
         let chain = AuditRecordFormat.chain(chainMAC, previous: state.chain, body: out[start...])
         AuditRecordFormat.appendChainSuffix(chain, to: &out)
         return ChainState(seq: seq, chain: chain, unreportedDrops: 0)
@@ -204,7 +205,13 @@ final class AuditWriter: @unchecked Sendable {
     /// Writes the batch in as few segments as rotation and the memory cap allow; returns each record's fate.
     private func write(_ batch: [QueuedRecord]) -> [Bool] {
         var results = [Bool](repeating: false, count: batch.count)
-        for item in batch { usage.note(item.event) }
+        if usage.path != nil {
+            for index in batch.indices {
+                // Read apart from the mutating call, which would make the event a copy.
+                if let (keyID, record) = KeyUsageTracker.usage(of: batch[index].event) { usage.note(keyID, record) }
+            }
+            usage.settle()
+        }
         if !sink.isOpen || !sink.pathStillNamesOpenFile() {
             do {
                 try sink.open()

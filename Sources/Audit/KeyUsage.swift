@@ -84,6 +84,9 @@ struct KeyUsageTracker {
     let path: String?
     private(set) var usage: [String: KeyUsageRecord] = [:]
     private(set) var dirty = false
+    /// The key of the last records noted and their usage, not yet in `usage`: a run of records of one key (the
+    /// usual batch) costs a string comparison each and one dictionary update at `settle()`.
+    private var recent: (keyID: String, record: KeyUsageRecord)?
     private let log: Logger
 
     init(path: String?, log: Logger) {
@@ -98,7 +101,7 @@ struct KeyUsageTracker {
     }
 
     /// The usage a successful Encrypt or Decrypt event shows; nil for anything else.
-    static func usage(of event: AuditEvent) -> (keyID: String, record: KeyUsageRecord)? {
+    static func usage(of event: borrowing AuditEvent) -> (keyID: String, record: KeyUsageRecord)? {
         guard event.outcome == "OK", let keyID = event.keyID, !keyID.isEmpty else { return nil }
         switch event.op {
         case "Encrypt": return (keyID, KeyUsageRecord(lastEncrypt: event.time))
@@ -107,8 +110,20 @@ struct KeyUsageTracker {
         }
     }
 
-    mutating func note(_ event: AuditEvent) {
-        guard path != nil, let (keyID, record) = Self.usage(of: event) else { return }
+    /// A record's usage (`usage(of:)`); call `settle()` after the batch.
+    mutating func note(_ keyID: String, _ record: KeyUsageRecord) {
+        if recent?.keyID == keyID {
+            recent?.record.merge(record)
+        } else {
+            settle()
+            recent = (keyID, record)
+        }
+    }
+
+    /// Moves what `note` gathered into `usage` (and `dirty`).
+    mutating func settle() {
+        guard let (keyID, record) = recent else { return }
+        recent = nil
         merge(keyID, record)
     }
 
@@ -123,6 +138,7 @@ struct KeyUsageTracker {
     }
 
     mutating func flush() {
+        settle()
         guard dirty, let path else { return }
         do {
             try KeyUsageFile.write(usage, path: path)

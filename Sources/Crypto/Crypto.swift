@@ -173,6 +173,26 @@ public enum SHA256 {
     }
 }
 
+/// SHA-256 with one digest context kept for many digests (the audit writer hashes a ciphertext per record): no
+/// context allocated, set up and freed each time. Not thread-safe: one owner.
+public final class SHA256Context {
+    private let ctx: OpaquePointer?
+
+    public init() { ctx = EVP_MD_CTX_new() }
+
+    deinit { EVP_MD_CTX_free(ctx) }
+
+    public func hash(_ data: [UInt8]) -> [UInt8] {
+        guard let ctx, EVP_DigestInit_ex2(ctx, FetchedAlgorithms.sha256, nil) == 1 else { return SHA256.hash(data) }
+        var md = [UInt8](repeating: 0, count: SHA256.size)
+        var mdLen: UInt32 = 0
+        let ok = data.withUnsafeBytes { EVP_DigestUpdate(ctx, $0.baseAddress, $0.count) } == 1
+            && EVP_DigestFinal_ex(ctx, &md, &mdLen) == 1
+        precondition(ok && mdLen == 32, "SHA-256 cannot fail on valid input")
+        return md
+    }
+}
+
 public enum HMACSHA256 {
     public static func mac(key: [UInt8], message: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)

@@ -89,23 +89,51 @@ public enum JSONWriter {
         appendDecimal(UInt64(truncatingIfNeeded: n.magnitude), minimumDigits: 1, to: &out)
     }
 
-    /// Decimal digits written in place, zero-padded to `minimumDigits`.
+    /// Decimal digits written in place, zero-padded to `minimumDigits`; two digits per division (a table of pairs).
     @inlinable
     public static func appendDecimal(_ value: UInt64, minimumDigits: Int, to out: inout [UInt8]) {
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 24) { digits in
             var i = 24
             var v = value
-            repeat {
-                i -= 1
-                digits[i] = 0x30 + UInt8(truncatingIfNeeded: v % 10)
-                v /= 10
-            } while v > 0
+            decimalPairs.withUTF8Buffer { pairs in
+                while v >= 100 {
+                    let pair = Int(truncatingIfNeeded: v % 100) &* 2
+                    v /= 100
+                    i -= 2
+                    digits[i] = pairs[pair]
+                    digits[i + 1] = pairs[pair + 1]
+                }
+                if v >= 10 {
+                    let pair = Int(truncatingIfNeeded: v) &* 2
+                    i -= 2
+                    digits[i] = pairs[pair]
+                    digits[i + 1] = pairs[pair + 1]
+                } else {
+                    i -= 1
+                    digits[i] = 0x30 + UInt8(truncatingIfNeeded: v)
+                }
+            }
             while 24 - i < min(minimumDigits, 24) {
                 i -= 1
                 digits[i] = 0x30
             }
             out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[i..<24]))
         }
+    }
+
+    /// "00" "01" … "99": the digits of every value below 100.
+    @inlinable static var decimalPairs: StaticString {
+        """
+        00010203040506070809101112131415161718192021222324252627282930313233343536373839\
+        40414243444546474849505152535455565758596061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899
+        """
+    }
+
+    /// JSON text written in the source (a key with its punctuation, `null`), appended as is.
+    @inlinable
+    public static func appendLiteral(_ text: StaticString, to out: inout [UInt8]) {
+        text.withUTF8Buffer { out.append(contentsOf: $0) }
     }
 
     /// A quoted lowercase hex string.
@@ -116,12 +144,18 @@ public enum JSONWriter {
         out.append(0x22)
     }
 
+    /// Lowercase hex digits, built on the stack and appended at once.
     @inlinable
     public static func appendHexDigits(_ bytes: some Collection<UInt8>, to out: inout [UInt8]) {
-        out.reserveCapacity(out.count + 2 * bytes.count)
-        for b in bytes {
-            out.append(hexDigit(b >> 4))
-            out.append(hexDigit(b & 0xF))
+        let count = 2 * bytes.count
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: count) { digits in
+            var i = 0
+            for b in bytes {
+                digits[i] = hexDigit(b >> 4)
+                digits[i + 1] = hexDigit(b & 0xF)
+                i += 2
+            }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: digits[0..<count]))
         }
     }
 

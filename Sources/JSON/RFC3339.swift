@@ -15,18 +15,50 @@ public enum RFC3339 {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Appends the time without quotes (audit records and log lines call this once per line).
+    /// Appends the time without quotes (log lines call this once per line).
     @inlinable
     public static func append(_ date: Date, to out: inout [UInt8]) {
-        let t = date.timeIntervalSince1970
-        var seconds: Int64 = 0
-        var nanos: Int64 = 0
-        if t.isFinite {
-            let clamped = min(max(t, Double(minSeconds)), Double(maxSeconds))
-            let whole = clamped.rounded(.down)
-            seconds = Int64(whole)
-            nanos = min(Int64(((clamped - whole) * 1e9).rounded()), 999_999_999)
+        let (seconds, nanos) = split(date)
+        appendSecond(seconds, to: &out)
+        appendFraction(nanos, to: &out)
+    }
+
+    /// The formatted second of the last time appended: a writer's consecutive times (the audit log's records) share
+    /// it, so the calendar arithmetic runs once a second and every other time costs one copy and nine digits.
+    public struct SecondCache: Sendable {
+        @usableFromInline var second = Int64.min
+        /// "YYYY-MM-DDTHH:MM:SS." of `second`.
+        @usableFromInline var prefix: [UInt8] = []
+
+        public init() {}
+
+        /// The same bytes as `RFC3339.append`.
+        @inlinable
+        public mutating func append(_ date: Date, to out: inout [UInt8]) {
+            let (seconds, nanos) = RFC3339.split(date)
+            if seconds != second {
+                prefix.removeAll(keepingCapacity: true)
+                RFC3339.appendSecond(seconds, to: &prefix)
+                second = seconds
+            }
+            out.append(contentsOf: prefix)
+            RFC3339.appendFraction(nanos, to: &out)
         }
+    }
+
+    /// Whole seconds since the epoch (clamped to the four-digit years) and nanoseconds.
+    @inlinable
+    static func split(_ date: Date) -> (seconds: Int64, nanos: Int64) {
+        let t = date.timeIntervalSince1970
+        guard t.isFinite else { return (0, 0) }
+        let clamped = min(max(t, Double(minSeconds)), Double(maxSeconds))
+        let whole = clamped.rounded(.down)
+        return (Int64(whole), min(Int64(((clamped - whole) * 1e9).rounded()), 999_999_999))
+    }
+
+    /// "YYYY-MM-DDTHH:MM:SS."
+    @inlinable
+    static func appendSecond(_ seconds: Int64, to out: inout [UInt8]) {
         let days = floorDiv(seconds, 86400)
         let secondOfDay = seconds - days * 86400
         let (year, month, day) = civilFromDays(days)
@@ -36,7 +68,13 @@ public enum RFC3339 {
         appendPadded(secondOfDay / 3600, 2, &out); out.append(0x3A)
         appendPadded(secondOfDay / 60 % 60, 2, &out); out.append(0x3A)
         appendPadded(secondOfDay % 60, 2, &out); out.append(0x2E)
-        appendPadded(nanos, 9, &out); out.append(0x5A)
+    }
+
+    /// Nine fractional digits and "Z".
+    @inlinable
+    static func appendFraction(_ nanos: Int64, to out: inout [UInt8]) {
+        JSONWriter.appendDecimal(UInt64(truncatingIfNeeded: nanos), minimumDigits: 9, to: &out)
+        out.append(0x5A)
     }
 
     public static func parse(_ text: String) -> Date? {

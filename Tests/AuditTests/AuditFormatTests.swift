@@ -27,6 +27,34 @@ import Testing
         #expect(Array(parsed.body) == body)
     }
 
+    /// The exact bytes of a body: the format is a contract with the verifier and every log already written.
+    @Test func bodyBytesAreExactlyTheDocumentedFormat() {
+        let body = AuditRecordFormat.body(of: sampleEvent(7, outcome: "INVALID_ARGUMENT"), seq: 3,
+                                          prevChain: [UInt8](repeating: 0xA5, count: 32), droppedBefore: 2)
+        #expect(String(decoding: body, as: UTF8.self) == "{\"seq\":3,\"prev_chain\":\"" + String(repeating: "a5", count: 32)
+                + "\",\"dropped_before\":2,\"time\":\"2026-09-21T14:13:20.000000000Z\",\"op\":\"Encrypt\",\"uid\":\"uid-7\","
+                + "\"key_id\":\"k1\",\"backend\":\"file\",\"outcome\":\"INVALID_ARGUMENT\",\"message\":\"failed 7\","
+                + "\"latency_us\":7,\"peer\":{\"pid\":100,\"uid\":0,\"gid\":0},\"connection\":0,\"stream\":7,"
+                + "\"ciphertext_sha256\":\"fa55d876033f8281\"")
+    }
+
+    /// The writer's cache (the time's second, the connection fragment) never changes a byte: records of changing
+    /// seconds, peers and connections encode through one cache exactly as each does alone.
+    @Test func cachedEncodingEqualsFreshEncoding() {
+        var cache = AuditRecordFormat.BodyCache()
+        let peers: [AuditPeer?] = [AuditPeer(pid: 100, uid: 0, gid: 0), AuditPeer(pid: 101, uid: 0, gid: 0), nil,
+                                   AuditPeer(pid: 100, uid: 7, gid: 9)]
+        for i in 0..<200 {
+            var event = sampleEvent(i, time: Date(timeIntervalSince1970: 1_790_000_000 + Double(i / 3) * 0.7 + 0.000_123_456))
+            event.peer = peers[(i / 5) % peers.count]
+            event.connection = UInt64(i / 7)
+            var cached = [UInt8]()
+            AuditRecordFormat.appendBody(of: event, seq: UInt64(i + 1), prevChain: nil, droppedBefore: 0, cache: &cache,
+                                         to: &cached)
+            #expect(cached == AuditRecordFormat.body(of: event, seq: UInt64(i + 1), prevChain: nil, droppedBefore: 0), "\(i)")
+        }
+    }
+
     @Test func optionalFieldsAreNullOrAbsent() throws {
         let event = AuditEvent(time: Date(), op: "/bogus/Method", backend: "", outcome: "UNIMPLEMENTED", latencyMicros: 1)
         let body = AuditRecordFormat.body(of: event, seq: 1, prevChain: nil, droppedBefore: 0)

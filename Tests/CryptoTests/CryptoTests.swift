@@ -43,6 +43,12 @@ private func hex(_ s: String) -> [UInt8] {
 
 @Test func sha256AndHMACKnownAnswers() {
     #expect(hexString(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    // A reused context gives every digest afresh (nothing carried over from the previous one).
+    let context = SHA256Context()
+    for _ in 0..<3 {
+        #expect(hexString(context.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(hexString(context.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+    }
     // RFC 4231 test case 2.
     #expect(hexString(HMACSHA256.mac(key: Array("Jefe".utf8), message: Array("what do ya want for nothing?".utf8)))
             == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")

@@ -63,6 +63,32 @@ import Testing
         #expect(RFC3339.format(Date(timeIntervalSince1970: 1e15)) == "9999-12-31T23:59:59.000000000Z")
     }
 
+    /// The per-second cache of the audit writer gives the bytes of `append` for every time, across seconds.
+    @Test func rfc3339SecondCacheMatchesAppend() {
+        var cache = RFC3339.SecondCache()
+        for t in [0.0, 0.999_999_999, 1, 1_795_613_718.5, 1_795_613_718.000_001, 1_795_613_719.25, -1, .nan, 1e15, 86399.9] {
+            var cached = [UInt8](), plain = [UInt8]()
+            cache.append(Date(timeIntervalSince1970: t), to: &cached)
+            RFC3339.append(Date(timeIntervalSince1970: t), to: &plain)
+            #expect(cached == plain, "\(t)")
+        }
+    }
+
+    @Test func decimalsAreZeroPaddedAndHexIsLowercase() {
+        for (value, digits, expected) in [(UInt64(5), 9, "000000005"), (99, 1, "99"), (100, 2, "100"), (1000, 1, "1000"),
+                                          (123_456_789, 9, "123456789"), (10, 4, "0010"), (0, 1, "0")] {
+            var out = [UInt8]()
+            JSONWriter.appendDecimal(value, minimumDigits: digits, to: &out)
+            #expect(String(decoding: out, as: UTF8.self) == expected)
+        }
+        var out = [UInt8]()
+        JSONWriter.appendHexDigits((0...255).map { UInt8($0) }, to: &out)
+        #expect(String(decoding: out, as: UTF8.self) == (0...255).map { String(format: "%02x", $0) }.joined())
+        out.removeAll()
+        JSONWriter.appendHexDigits([], to: &out)
+        #expect(out.isEmpty)
+    }
+
     @Test func parsesRFC3339() throws {
         let t = try #require(RFC3339.parse("2026-11-25T13:35:18.123456789Z"))
         #expect(abs(t.timeIntervalSince1970 - 1_795_613_718.123456789) < 1e-6)
