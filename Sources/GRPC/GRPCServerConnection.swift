@@ -67,9 +67,9 @@ public final class GRPCServerConnection {
         var heldBytes = 0
     }
     /// Streams whose request is still arriving.
-    private var receiving: [UInt32: PendingRequest] = [:]
+    private var receiving = StreamIDMap<PendingRequest>()
     /// Streams handed to a service and not yet answered.
-    private var inFlight: Set<UInt32> = []
+    private var inFlight = StreamIDMap<Void>()
 
     private let budget: RequestBufferBudget?
     /// Sum of `heldBytes` over the requests still arriving.
@@ -95,7 +95,7 @@ public final class GRPCServerConnection {
 
     /// Gives back to the server-wide budget what requests still arriving hold; call when the connection ends.
     public func releaseBufferedRequests() {
-        for streamID in Array(receiving.keys) { forget(streamID) }
+        for streamID in receiving.ids { forget(streamID) }
     }
 
     /// When the oldest request still arriving runs out of time (`requestTimeoutNanos`), on the clock passed to
@@ -136,10 +136,10 @@ public final class GRPCServerConnection {
                 onData(streamID: streamID, bytes: bytes, endStream: endStream, into: &out)
             case let .streamReset(streamID, _):
                 forget(streamID)
-                if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
+                if inFlight.removeValue(forKey: streamID) != nil { out.append(.cancelled(streamID: streamID)) }
             case let .streamError(streamID, code, reason):
                 forget(streamID)
-                if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
+                if inFlight.removeValue(forKey: streamID) != nil { out.append(.cancelled(streamID: streamID)) }
                 out.append(.streamProtocolError(kind: ProtocolErrorKind(code), reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
@@ -157,7 +157,7 @@ public final class GRPCServerConnection {
     /// Sends a successful response. Returns false when the stream is gone (the client cancelled it).
     @discardableResult
     public func respond(streamID: UInt32, message: [UInt8]) -> Bool {
-        guard inFlight.remove(streamID) != nil else { return false }
+        guard inFlight.removeValue(forKey: streamID) != nil else { return false }
         http2.sendHeaders(streamID: streamID, preEncoded: Self.responseHeaderBlock, endStream: false)
         http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: false)
         http2.sendHeaders(streamID: streamID, preEncoded: Self.okTrailerBlock, endStream: true)
@@ -167,7 +167,7 @@ public final class GRPCServerConnection {
     /// Answers an in-flight call with an error status (Trailers-Only). Returns false when the stream is gone.
     @discardableResult
     public func fail(streamID: UInt32, status: GRPCStatus) -> Bool {
-        guard inFlight.remove(streamID) != nil else { return false }
+        guard inFlight.removeValue(forKey: streamID) != nil else { return false }
         http2.sendHeaders(streamID: streamID, fields: Self.trailersOnly(status), endStream: true)
         return true
     }
@@ -188,12 +188,17 @@ public final class GRPCServerConnection {
 
         var method = "", path = "", contentType = "", encoding: String? = nil, timeout: String? = nil
         for field in fields {
-            switch field.name {
-            case ":method": method = field.value
-            case ":path": path = field.value
-            case "content-type": contentType = field.value
-            case "grpc-encoding": encoding = field.value
-            case "grpc-timeout": timeout = field.value
+            // The HTTP/2 layer classified the names (once per distinct field); only other names are compared here.
+            switch FieldClass(field).name {
+            case .method: method = field.value
+            case .path: path = field.value
+            case .contentType: contentType = field.value
+            case .other:
+                switch field.name.utf8.count {
+                case 12 where field.name == "grpc-timeout": timeout = field.value
+                case 13 where field.name == "grpc-encoding": encoding = field.value
+                default: break
+                }
             default: break
             }
         }
@@ -293,12 +298,12 @@ public final class GRPCServerConnection {
         http2.consume(streamID: streamID, bytes: pending.receivedBytes)
         guard pending.reader.messages.count == 1, pending.reader.pendingBytes == 0 else {
             let why = pending.reader.pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
-            inFlight.insert(streamID)
+            inFlight[streamID] = ()
             fail(streamID: streamID, status: GRPCStatus(.internalError, why))
             out.append(.rejected(streamID: streamID, path: pending.path, status: GRPCStatus(.internalError, why)))
             return
         }
-        inFlight.insert(streamID)
+        inFlight[streamID] = ()
         out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: pending.reader.messages[0], timeoutNanos: pending.timeoutNanos)))
     }
 

@@ -86,7 +86,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     var queuedDataBytes = 0
 
     // Streams.
-    var streams: [UInt32: HTTP2Stream] = [:]
+    var streams = StreamIDMap<HTTP2Stream>()
     var sendQueue: [UInt32] = []
     var highestPeerStreamID: UInt32 = 0
     var lastProcessedPeerStreamID: UInt32 = 0
@@ -108,7 +108,8 @@ public final class HTTP2Connection: @unchecked Sendable {
         connectionRecvWindow = connectionWindowTarget
         encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
         // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
-        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
+        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize,
+                               classifier: FieldClass.classify)
         handshake = role == .client ? .awaitingSettings : .awaitingPreface(matched: 0)
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
