@@ -55,7 +55,9 @@ public enum GRPCServerEvent: Sendable {
 public final class GRPCServerConnection {
     public let http2: HTTP2Connection
     public let limits: GRPCServerLimits
-    private let knownPaths: Set<String>
+    /// Compared in turn: a path decoded from the HPACK table shares storage with the table entry, so equal strings
+    /// compare at once, cheaper than hashing into a set of a few paths.
+    private let knownPaths: [String]
 
     private struct PendingRequest {
         var path: String
@@ -77,7 +79,7 @@ public final class GRPCServerConnection {
 
     /// `budget`, when given, is the server-wide cap shared with the other connections.
     public init(knownPaths: Set<String>, limits: GRPCServerLimits = .init(), budget: RequestBufferBudget? = nil) {
-        self.knownPaths = knownPaths
+        self.knownPaths = Array(knownPaths)
         self.limits = limits
         self.budget = budget
         var http2Limits = limits.http2
@@ -126,8 +128,9 @@ public final class GRPCServerConnection {
     /// `now` is a monotonic clock in nanoseconds: the HTTP/2 layer uses it to tell a rapid-reset attack from a
     /// client cancelling calls at their deadline.
     public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64? = nil) -> [GRPCServerEvent] {
-        var out: [GRPCServerEvent] = []
         let events = now.map { http2.receive(bytes, now: $0) } ?? http2.receive(bytes)
+        var out: [GRPCServerEvent] = []
+        out.reserveCapacity(events.count)   // usually fewer: one call per HEADERS + DATA pair
         for event in events {
             switch event {
             case let .headers(streamID, fields, endStream):
@@ -231,6 +234,14 @@ public final class GRPCServerConnection {
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
+        if endStream, receiving[streamID]?.reader.isEmpty == true,
+           let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize) {
+            // The usual unary request: the whole message in the DATA frame that ends the stream.
+            guard let pending = forget(streamID) else { return }
+            http2.consume(streamID: streamID, bytes: pending.receivedBytes + bytes.count)
+            handOver(streamID, pending, message: message, into: &out)
+            return
+        }
         guard let path = receiving[streamID]?.path else {
             // A stream we already answered: drop the rest and give its credit back.
             http2.consume(streamID: streamID, bytes: bytes.count)
@@ -303,8 +314,13 @@ public final class GRPCServerConnection {
             out.append(.rejected(streamID: streamID, path: pending.path, status: GRPCStatus(.internalError, why)))
             return
         }
+        handOver(streamID, pending, message: pending.reader.messages[0], into: &out)
+    }
+
+    private func handOver(_ streamID: UInt32, _ pending: PendingRequest, message: [UInt8],
+                          into out: inout [GRPCServerEvent]) {
         inFlight[streamID] = ()
-        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: pending.reader.messages[0], timeoutNanos: pending.timeoutNanos)))
+        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: message, timeoutNanos: pending.timeoutNanos)))
     }
 
     private func reject(_ streamID: UInt32, path: String, _ status: GRPCStatus, requestEnded: Bool,

@@ -67,6 +67,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var phase = Phase.open
     /// Events raised outside `receive` (a send that overflowed `maxQueuedOutputBytes`), reported by the next call.
     var deferredEvents: [HTTP2Event] = []
+    /// Events the latest `receive` reported (capped), to size the next one's array.
+    var eventsPerRead = 4
 
     // The peer's settings that shape what we send.
     var peerMaxFrameSize = HTTP2Constants.defaultMaxFrameSize
@@ -193,6 +195,9 @@ public final class HTTP2Connection: @unchecked Sendable {
         var events = deferredEvents
         deferredEvents.removeAll()
         guard !isClosed else { return events }
+        // Sized like the previous read's (capped): one allocation per read instead of one per doubling.
+        events.reserveCapacity(eventsPerRead)
+        defer { eventsPerRead = min(max(events.count, 4), 64) }
         reader.append(bytes)
         if case var .awaitingPreface(matched) = handshake {
             let expected = HTTP2Constants.clientPreface

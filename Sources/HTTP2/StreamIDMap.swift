@@ -40,9 +40,9 @@ public struct StreamIDMap<Value> {
     @inlinable public var isEmpty: Bool { count == 0 }
 
     @inlinable public subscript(id: UInt32) -> Value? {
-        get { slot(of: id).flatMap { slots[$0] } }
-        set {
-            if let newValue { insert(id, newValue) } else { removeValue(forKey: id) }
+        // Borrowed, so reading one property of a value does not copy the whole value.
+        _read {
+            if let index = slot(of: id) { yield slots[index] } else { yield nil }
         }
         // In place, so a value holding arrays is not copied (and its arrays not duplicated) on every mutation.
         _modify {
