@@ -61,7 +61,8 @@ public final class GRPCServerConnection {
 
     private struct PendingRequest {
         var path: String
-        var reader: MessageReader
+        /// Created by the first DATA that does not hold the whole request (most requests never need one).
+        var reader: MessageReader?
         var timeoutNanos: UInt64?
         /// DATA payload received on the stream (credited back to the peer when the request is handed over).
         var receivedBytes = 0
@@ -190,16 +191,17 @@ public final class GRPCServerConnection {
         if inFlight.contains(streamID) { return }  // trailers after the request was complete: nothing to do
 
         var method = "", path = "", contentType = "", encoding: String? = nil, timeout: String? = nil
-        for field in fields {
+        // By index, not `for field in fields`: the iterator would copy (retain and release) every name and value.
+        for index in fields.indices {
             // The HTTP/2 layer classified the names (once per distinct field); only other names are compared here.
-            switch FieldClass(field).name {
-            case .method: method = field.value
-            case .path: path = field.value
-            case .contentType: contentType = field.value
+            switch FieldClass(fields[index]).name {
+            case .method: method = fields[index].value
+            case .path: path = fields[index].value
+            case .contentType: contentType = fields[index].value
             case .other:
-                switch field.name.utf8.count {
-                case 12 where field.name == "grpc-timeout": timeout = field.value
-                case 13 where field.name == "grpc-encoding": encoding = field.value
+                switch fields[index].name.utf8.count {
+                case 12 where fields[index].name == "grpc-timeout": timeout = fields[index].value
+                case 13 where fields[index].name == "grpc-encoding": encoding = fields[index].value
                 default: break
                 }
             default: break
@@ -229,12 +231,12 @@ public final class GRPCServerConnection {
             }
             timeoutNanos = parsed
         }
-        receiving[streamID] = PendingRequest(path: path, reader: MessageReader(maxMessageSize: limits.maxReceiveMessageSize), timeoutNanos: timeoutNanos)
+        receiving[streamID] = PendingRequest(path: path, reader: nil, timeoutNanos: timeoutNanos)
         if endStream { finish(streamID: streamID, into: &out) }
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        if endStream, receiving[streamID]?.reader.isEmpty == true,
+        if endStream, receiving.contains(streamID), receiving[streamID]?.reader?.isEmpty ?? true,
            let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize) {
             // The usual unary request: the whole message in the DATA frame that ends the stream.
             guard let pending = forget(streamID) else { return }
@@ -268,7 +270,10 @@ public final class GRPCServerConnection {
             bufferedRequestBytes += bytes.count
         }
         do {
-            try receiving[streamID]!.reader.append(bytes)
+            if receiving[streamID]!.reader == nil {
+                receiving[streamID]!.reader = MessageReader(maxMessageSize: limits.maxReceiveMessageSize)
+            }
+            try receiving[streamID]!.reader!.append(bytes)
         } catch {
             let status: GRPCStatus
             switch error {
@@ -282,13 +287,13 @@ public final class GRPCServerConnection {
             reject(streamID, path: path, status, requestEnded: endStream, into: &out)
             return
         }
-        guard receiving[streamID]!.reader.messages.count <= 1 else {
+        guard receiving[streamID]!.reader!.messages.count <= 1 else {
             reject(streamID, path: path, GRPCStatus(.unimplemented, "more than one request message on a unary method"), requestEnded: endStream, into: &out)
             return
         }
         if endStream {
             finish(streamID: streamID, into: &out)
-        } else if let missing = receiving[streamID]!.reader.bytesToCompleteMessage {
+        } else if let missing = receiving[streamID]!.reader!.bytesToCompleteMessage {
             // Credit for the rest of a declared message (within the size limit), so it can complete even when it
             // is larger than the stream window.
             http2.allowReceiving(streamID: streamID, bytes: missing)
@@ -307,20 +312,22 @@ public final class GRPCServerConnection {
         guard let pending = forget(streamID) else { return }
         // Handed over (or answered below): the request's bytes are consumed.
         http2.consume(streamID: streamID, bytes: pending.receivedBytes)
-        guard pending.reader.messages.count == 1, pending.reader.pendingBytes == 0 else {
-            let why = pending.reader.pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
+        let messages = pending.reader?.messages ?? [], pendingBytes = pending.reader?.pendingBytes ?? 0
+        guard messages.count == 1, pendingBytes == 0 else {
+            let why = pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
             inFlight[streamID] = ()
             fail(streamID: streamID, status: GRPCStatus(.internalError, why))
             out.append(.rejected(streamID: streamID, path: pending.path, status: GRPCStatus(.internalError, why)))
             return
         }
-        handOver(streamID, pending, message: pending.reader.messages[0], into: &out)
+        handOver(streamID, pending, message: messages[0], into: &out)
     }
 
     private func handOver(_ streamID: UInt32, _ pending: PendingRequest, message: [UInt8],
                           into out: inout [GRPCServerEvent]) {
         inFlight[streamID] = ()
-        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: message, timeoutNanos: pending.timeoutNanos)))
+        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: message,
+                                     timeoutNanos: pending.timeoutNanos)))
     }
 
     private func reject(_ streamID: UInt32, path: String, _ status: GRPCStatus, requestEnded: Bool,

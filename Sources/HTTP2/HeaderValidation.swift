@@ -61,48 +61,52 @@ public enum HeaderValidation {
     /// Byte-level checks run only for fields classified malformed (`FieldClass`), to name the violation.
     public static func validate(_ fields: [HeaderField], kind: Kind) throws(MalformedHeaders) -> Int? {
         var seenRegular = false
-        var method: String?
+        var isConnect: Bool?   // nil: no :method yet
         var hasScheme = false, hasPath = false, hasAuthority = false, hasStatus = false
         var contentLength: Int?
-        for field in fields {
-            let fieldClass = FieldClass(field)
+        // By index, not `for field in fields`: the iterator would copy (retain and release) every name and value.
+        for index in fields.indices {
+            let fieldClass = FieldClass(fields[index])
             if fieldClass.name.isPseudo {
-                guard !seenRegular else { throw MalformedHeaders("pseudo-header \(field.name) after regular fields") }
+                guard !seenRegular else {
+                    throw MalformedHeaders("pseudo-header \(fields[index].name) after regular fields")
+                }
                 switch (kind, fieldClass.name) {
                 case (.request, .method):
-                    guard method == nil else { throw MalformedHeaders("duplicate :method") }
-                    guard !field.value.isEmpty else { throw MalformedHeaders("empty :method") }
-                    method = field.value
+                    guard isConnect == nil else { throw MalformedHeaders("duplicate :method") }
+                    guard !fields[index].value.isEmpty else { throw MalformedHeaders("empty :method") }
+                    isConnect = fields[index].value == "CONNECT"
                 case (.request, .scheme):
                     guard !hasScheme else { throw MalformedHeaders("duplicate :scheme") }
                     hasScheme = true
                 case (.request, .path):
                     guard !hasPath else { throw MalformedHeaders("duplicate :path") }
-                    guard !field.value.isEmpty else { throw MalformedHeaders("empty :path") }
+                    guard !fields[index].value.isEmpty else { throw MalformedHeaders("empty :path") }
                     hasPath = true
                 case (.request, .authority):
                     guard !hasAuthority else { throw MalformedHeaders("duplicate :authority") }
                     hasAuthority = true
                 case (.response, .status):
                     guard !hasStatus else { throw MalformedHeaders("duplicate :status") }
-                    let digits = field.value.utf8
+                    let digits = fields[index].value.utf8
                     guard digits.count == 3, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
                         throw MalformedHeaders("invalid :status")
                     }
                     hasStatus = true
                 default:
-                    throw MalformedHeaders("pseudo-header \(field.name) not allowed here")
+                    throw MalformedHeaders("pseudo-header \(fields[index].name) not allowed here")
                 }
             } else {
                 seenRegular = true
-                if fieldClass.isMalformed { try checkRegularName(field.name.utf8) }
+                if fieldClass.isMalformed { try checkRegularName(fields[index].name.utf8) }
                 switch fieldClass.name {
                 case .te:
-                    if field.value != "trailers" { throw MalformedHeaders("te other than trailers") }
+                    if fields[index].value != "trailers" { throw MalformedHeaders("te other than trailers") }
                 case .connectionSpecific:
-                    throw MalformedHeaders("connection-specific field \(field.name)")
+                    throw MalformedHeaders("connection-specific field \(fields[index].name)")
                 case .contentLength:
-                    guard let n = parseContentLength(field.value), contentLength == nil || contentLength == n else {
+                    guard let n = parseContentLength(fields[index].value),
+                          contentLength == nil || contentLength == n else {
                         throw MalformedHeaders("invalid content-length")
                     }
                     contentLength = n
@@ -110,12 +114,12 @@ public enum HeaderValidation {
                     break
                 }
             }
-            if fieldClass.isMalformed { try checkValue(field.value.utf8) }
+            if fieldClass.isMalformed { try checkValue(fields[index].value.utf8) }
         }
         switch kind {
         case .request:
-            guard let method else { throw MalformedHeaders("missing :method") }
-            if method == "CONNECT" {
+            guard let isConnect else { throw MalformedHeaders("missing :method") }
+            if isConnect {
                 guard hasAuthority, !hasScheme, !hasPath else { throw MalformedHeaders("malformed CONNECT request") }
             } else {
                 guard hasScheme, hasPath else { throw MalformedHeaders("missing :scheme or :path") }

@@ -44,6 +44,9 @@ public struct StreamIDMap<Value> {
         _read {
             if let index = slot(of: id) { yield slots[index] } else { yield nil }
         }
+        set {
+            if let newValue { insert(id, newValue) } else { removeValue(forKey: id) }
+        }
         // In place, so a value holding arrays is not copied (and its arrays not duplicated) on every mutation.
         _modify {
             if let index = slot(of: id) {
@@ -61,16 +64,22 @@ public struct StreamIDMap<Value> {
 
     @inlinable mutating func insert(_ id: UInt32, _ value: Value) {
         precondition(id != 0, "stream 0 has no entry")
-        if let index = slot(of: id) {
-            slots[index] = value
-            return
-        }
-        if (count + 1) * 4 > keys.count * 3 { grow() }
+        if (occupied + 1) * 4 > keys.count * 3 { grow() }
         var index = home(id)
-        while keys[index] != 0 { index = (index + 1) & mask }
-        keys[index] = id
-        slots[index] = value
-        occupied += 1
+        while true {
+            let key = keys[index]
+            if key == id {
+                slots[index] = value
+                return
+            }
+            if key == 0 {
+                keys[index] = id
+                slots[index] = value
+                occupied += 1
+                return
+            }
+            index = (index + 1) & mask
+        }
     }
 
     @inlinable @discardableResult
