@@ -84,7 +84,7 @@ let package = Package(
 
         // The KMS v2 method table, the dispatcher from decoded requests to the KMS service (kekd), and a typed client of
         // a running kekd (kekctl status/encrypt/decrypt/bench/doctor).
-        .target(name: "KMSRPC", dependencies: ["GRPC", "GRPCCodes", "KMS", "KMSProto", "Transport"]),
+        .target(name: "KMSRPC", dependencies: ["GRPC", "GRPCCodes", "KMS", "KMSProto", "Protobuf", "Transport", "Locking"]),
 
         // The edge: sockets, threads, signals, the health endpoint.
         .target(name: "Server", dependencies: ["GRPC", "GRPCCodes", "HTTP2", "KMS", "KMSProto", "KMSRPC", "Transport", "Audit", "Metrics", "Locking", "Logging"]),

@@ -55,11 +55,14 @@ public enum GRPCServerEvent: Sendable {
 public final class GRPCServerConnection {
     public let http2: HTTP2Connection
     public let limits: GRPCServerLimits
-    private let knownPaths: Set<String>
+    /// Compared in turn: a path decoded from the HPACK table shares storage with the table entry, so equal strings
+    /// compare at once, cheaper than hashing into a set of a few paths.
+    private let knownPaths: [String]
 
     private struct PendingRequest {
         var path: String
-        var reader: MessageReader
+        /// Created by the first DATA that does not hold the whole request (most requests never need one).
+        var reader: MessageReader?
         var timeoutNanos: UInt64?
         /// DATA payload received on the stream (credited back to the peer when the request is handed over).
         var receivedBytes = 0
@@ -67,9 +70,9 @@ public final class GRPCServerConnection {
         var heldBytes = 0
     }
     /// Streams whose request is still arriving.
-    private var receiving: [UInt32: PendingRequest] = [:]
+    private var receiving = StreamIDMap<PendingRequest>()
     /// Streams handed to a service and not yet answered.
-    private var inFlight: Set<UInt32> = []
+    private var inFlight = StreamIDMap<Void>()
 
     private let budget: RequestBufferBudget?
     /// Sum of `heldBytes` over the requests still arriving.
@@ -77,7 +80,7 @@ public final class GRPCServerConnection {
 
     /// `budget`, when given, is the server-wide cap shared with the other connections.
     public init(knownPaths: Set<String>, limits: GRPCServerLimits = .init(), budget: RequestBufferBudget? = nil) {
-        self.knownPaths = knownPaths
+        self.knownPaths = Array(knownPaths)
         self.limits = limits
         self.budget = budget
         var http2Limits = limits.http2
@@ -95,7 +98,7 @@ public final class GRPCServerConnection {
 
     /// Gives back to the server-wide budget what requests still arriving hold; call when the connection ends.
     public func releaseBufferedRequests() {
-        for streamID in Array(receiving.keys) { forget(streamID) }
+        for streamID in receiving.ids { forget(streamID) }
     }
 
     /// When the oldest request still arriving runs out of time (`requestTimeoutNanos`), on the clock passed to
@@ -126,8 +129,9 @@ public final class GRPCServerConnection {
     /// `now` is a monotonic clock in nanoseconds: the HTTP/2 layer uses it to tell a rapid-reset attack from a
     /// client cancelling calls at their deadline.
     public func receive(_ bytes: ArraySlice<UInt8>, now: UInt64? = nil) -> [GRPCServerEvent] {
-        var out: [GRPCServerEvent] = []
         let events = now.map { http2.receive(bytes, now: $0) } ?? http2.receive(bytes)
+        var out: [GRPCServerEvent] = []
+        out.reserveCapacity(events.count)   // usually fewer: one call per HEADERS + DATA pair
         for event in events {
             switch event {
             case let .headers(streamID, fields, endStream):
@@ -136,10 +140,10 @@ public final class GRPCServerConnection {
                 onData(streamID: streamID, bytes: bytes, endStream: endStream, into: &out)
             case let .streamReset(streamID, _):
                 forget(streamID)
-                if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
+                if inFlight.removeValue(forKey: streamID) != nil { out.append(.cancelled(streamID: streamID)) }
             case let .streamError(streamID, code, reason):
                 forget(streamID)
-                if inFlight.remove(streamID) != nil { out.append(.cancelled(streamID: streamID)) }
+                if inFlight.removeValue(forKey: streamID) != nil { out.append(.cancelled(streamID: streamID)) }
                 out.append(.streamProtocolError(kind: ProtocolErrorKind(code), reason: reason))
             case .goAwayReceived:
                 out.append(.peerGoAway)
@@ -157,7 +161,7 @@ public final class GRPCServerConnection {
     /// Sends a successful response. Returns false when the stream is gone (the client cancelled it).
     @discardableResult
     public func respond(streamID: UInt32, message: [UInt8]) -> Bool {
-        guard inFlight.remove(streamID) != nil else { return false }
+        guard inFlight.removeValue(forKey: streamID) != nil else { return false }
         http2.sendHeaders(streamID: streamID, preEncoded: Self.responseHeaderBlock, endStream: false)
         http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: false)
         http2.sendHeaders(streamID: streamID, preEncoded: Self.okTrailerBlock, endStream: true)
@@ -167,7 +171,7 @@ public final class GRPCServerConnection {
     /// Answers an in-flight call with an error status (Trailers-Only). Returns false when the stream is gone.
     @discardableResult
     public func fail(streamID: UInt32, status: GRPCStatus) -> Bool {
-        guard inFlight.remove(streamID) != nil else { return false }
+        guard inFlight.removeValue(forKey: streamID) != nil else { return false }
         http2.sendHeaders(streamID: streamID, fields: Self.trailersOnly(status), endStream: true)
         return true
     }
@@ -187,13 +191,19 @@ public final class GRPCServerConnection {
         if inFlight.contains(streamID) { return }  // trailers after the request was complete: nothing to do
 
         var method = "", path = "", contentType = "", encoding: String? = nil, timeout: String? = nil
-        for field in fields {
-            switch field.name {
-            case ":method": method = field.value
-            case ":path": path = field.value
-            case "content-type": contentType = field.value
-            case "grpc-encoding": encoding = field.value
-            case "grpc-timeout": timeout = field.value
+        // By index, not `for field in fields`: the iterator would copy (retain and release) every name and value.
+        for index in fields.indices {
+            // The HTTP/2 layer classified the names (once per distinct field); only other names are compared here.
+            switch FieldClass(fields[index]).name {
+            case .method: method = fields[index].value
+            case .path: path = fields[index].value
+            case .contentType: contentType = fields[index].value
+            case .other:
+                switch fields[index].name.utf8.count {
+                case 12 where fields[index].name == "grpc-timeout": timeout = fields[index].value
+                case 13 where fields[index].name == "grpc-encoding": encoding = fields[index].value
+                default: break
+                }
             default: break
             }
         }
@@ -221,11 +231,19 @@ public final class GRPCServerConnection {
             }
             timeoutNanos = parsed
         }
-        receiving[streamID] = PendingRequest(path: path, reader: MessageReader(maxMessageSize: limits.maxReceiveMessageSize), timeoutNanos: timeoutNanos)
+        receiving[streamID] = PendingRequest(path: path, reader: nil, timeoutNanos: timeoutNanos)
         if endStream { finish(streamID: streamID, into: &out) }
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
+        if endStream, receiving.contains(streamID), receiving[streamID]?.reader?.isEmpty ?? true,
+           let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize) {
+            // The usual unary request: the whole message in the DATA frame that ends the stream.
+            guard let pending = forget(streamID) else { return }
+            http2.consume(streamID: streamID, bytes: pending.receivedBytes + bytes.count)
+            handOver(streamID, pending, message: message, into: &out)
+            return
+        }
         guard let path = receiving[streamID]?.path else {
             // A stream we already answered: drop the rest and give its credit back.
             http2.consume(streamID: streamID, bytes: bytes.count)
@@ -252,7 +270,10 @@ public final class GRPCServerConnection {
             bufferedRequestBytes += bytes.count
         }
         do {
-            try receiving[streamID]!.reader.append(bytes)
+            if receiving[streamID]!.reader == nil {
+                receiving[streamID]!.reader = MessageReader(maxMessageSize: limits.maxReceiveMessageSize)
+            }
+            try receiving[streamID]!.reader!.append(bytes)
         } catch {
             let status: GRPCStatus
             switch error {
@@ -266,13 +287,13 @@ public final class GRPCServerConnection {
             reject(streamID, path: path, status, requestEnded: endStream, into: &out)
             return
         }
-        guard receiving[streamID]!.reader.messages.count <= 1 else {
+        guard receiving[streamID]!.reader!.messages.count <= 1 else {
             reject(streamID, path: path, GRPCStatus(.unimplemented, "more than one request message on a unary method"), requestEnded: endStream, into: &out)
             return
         }
         if endStream {
             finish(streamID: streamID, into: &out)
-        } else if let missing = receiving[streamID]!.reader.bytesToCompleteMessage {
+        } else if let missing = receiving[streamID]!.reader!.bytesToCompleteMessage {
             // Credit for the rest of a declared message (within the size limit), so it can complete even when it
             // is larger than the stream window.
             http2.allowReceiving(streamID: streamID, bytes: missing)
@@ -291,15 +312,22 @@ public final class GRPCServerConnection {
         guard let pending = forget(streamID) else { return }
         // Handed over (or answered below): the request's bytes are consumed.
         http2.consume(streamID: streamID, bytes: pending.receivedBytes)
-        guard pending.reader.messages.count == 1, pending.reader.pendingBytes == 0 else {
-            let why = pending.reader.pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
-            inFlight.insert(streamID)
+        let messages = pending.reader?.messages ?? [], pendingBytes = pending.reader?.pendingBytes ?? 0
+        guard messages.count == 1, pendingBytes == 0 else {
+            let why = pendingBytes > 0 ? "request ended inside a message" : "request carried no message"
+            inFlight[streamID] = ()
             fail(streamID: streamID, status: GRPCStatus(.internalError, why))
             out.append(.rejected(streamID: streamID, path: pending.path, status: GRPCStatus(.internalError, why)))
             return
         }
-        inFlight.insert(streamID)
-        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: pending.reader.messages[0], timeoutNanos: pending.timeoutNanos)))
+        handOver(streamID, pending, message: messages[0], into: &out)
+    }
+
+    private func handOver(_ streamID: UInt32, _ pending: PendingRequest, message: [UInt8],
+                          into out: inout [GRPCServerEvent]) {
+        inFlight[streamID] = ()
+        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: message,
+                                     timeoutNanos: pending.timeoutNanos)))
     }
 
     private func reject(_ streamID: UInt32, path: String, _ status: GRPCStatus, requestEnded: Bool,

@@ -3,10 +3,15 @@
 public enum GRPCTimeout {
     /// Nanoseconds, or nil when the value is malformed. Saturates instead of overflowing.
     public static func parse(_ value: String) -> UInt64? {
-        let bytes = value.utf8  // read in place: parsed on every call that carries a deadline
-        guard bytes.count >= 2, bytes.count <= 9, let unit = bytes.last else { return nil }
+        var value = value  // read in place (parsed on every call that carries a deadline); no copy for a native string
+        return value.withUTF8(parse)
+    }
+
+    private static func parse(_ bytes: UnsafeBufferPointer<UInt8>) -> UInt64? {
+        guard bytes.count >= 2, bytes.count <= 9 else { return nil }
+        let unit = bytes[bytes.count - 1]
         var amount: UInt64 = 0
-        for d in bytes.dropLast() {
+        for d in bytes[..<(bytes.count - 1)] {
             guard d >= UInt8(ascii: "0"), d <= UInt8(ascii: "9") else { return nil }
             amount = amount * 10 + UInt64(d - UInt8(ascii: "0"))
         }

@@ -23,13 +23,9 @@ public struct MessageReader: Sendable {
 
     /// Appends DATA bytes; throws as soon as a header announces something we refuse, before buffering it.
     public mutating func append(_ bytes: [UInt8]) throws(MessageFramingError) {
-        if prefix.isEmpty && chunks.isEmpty && bytes.count >= 5 && bytes[0] == 0 {
-            let declared = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
-            if declared == bytes.count - 5 && declared <= maxMessageSize {
-                // The usual unary request: one DATA payload holding exactly one message, taken in one copy.
-                messages.append(Array(bytes[5...]))
-                return
-            }
+        if prefix.isEmpty && chunks.isEmpty, let message = Self.wholeMessage(bytes, maxMessageSize: maxMessageSize) {
+            messages.append(message)
+            return
         }
         var index = 0
         while index < bytes.count {
@@ -66,6 +62,18 @@ public struct MessageReader: Sendable {
         chunkBytes = 0
         prefix.removeAll(keepingCapacity: true)
     }
+
+    /// The message when `bytes` is exactly one uncompressed message within `maxMessageSize` (the usual unary
+    /// request: one DATA payload), taken in one copy; nil otherwise.
+    public static func wholeMessage(_ bytes: [UInt8], maxMessageSize: Int) -> [UInt8]? {
+        guard bytes.count >= 5, bytes[0] == 0 else { return nil }
+        let declared = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
+        guard declared == bytes.count - 5, declared <= maxMessageSize else { return nil }
+        return Array(bytes[5...])
+    }
+
+    /// Nothing received yet: no message, no part of one.
+    public var isEmpty: Bool { prefix.isEmpty && chunks.isEmpty && messages.isEmpty }
 
     /// Bytes of an incomplete message still waiting for more DATA.
     public var pendingBytes: Int { prefix.count + chunkBytes }

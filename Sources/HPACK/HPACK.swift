@@ -6,12 +6,31 @@
 public struct HeaderField: Hashable, Sendable {
     public var name: String
     public var value: String
+    /// The decoder's `HeaderFieldClassifier` result for this name and value (0: not classified). Derived from
+    /// `name` and `value`, so it is no part of the field's identity (equality and hashing ignore it).
+    public var classification: UInt16
 
     public init(name: String, value: String) {
         self.name = name
         self.value = value
+        self.classification = 0
+    }
+
+    public static func == (lhs: HeaderField, rhs: HeaderField) -> Bool {
+        lhs.name == rhs.name && lhs.value == rhs.value
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(name)
+        hasher.combine(value)
     }
 }
+
+/// Classifies a field for the decoder's user (e.g. which name it is and whether it is well-formed). The decoder calls
+/// it once per field decoded from literal octets and keeps the result with a dynamic-table entry, so a field sent as
+/// an index (most fields of repeated requests) arrives classified at no cost. Must be a pure function of name and
+/// value, and return a nonzero value.
+public typealias HeaderFieldClassifier = @Sendable (HeaderField) -> UInt16
 
 /// What was malformed in a header block. Every case except `headerListTooLarge` leaves the decoder's dynamic
 /// table in an undefined state: the connection must end with COMPRESSION_ERROR.

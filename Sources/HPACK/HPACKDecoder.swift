@@ -12,12 +12,25 @@ public struct HPACKDecoder: Sendable {
     /// `maxTableSize` is the table size at the start of the connection, which is also the first limit. For HTTP/2
     /// keep the protocol's 4096 here even when advertising less, and call `setMaxTableSizeLimit` once the peer has
     /// acknowledged our SETTINGS (until then the peer may still use 4096).
-    public init(maxTableSize: Int = 4096, maxHeaderListSize: Int = 16384) {
+    /// With a `classifier`, every decoded field carries its `classification`.
+    public init(maxTableSize: Int = 4096, maxHeaderListSize: Int = 16384, classifier: HeaderFieldClassifier? = nil) {
         let size = max(0, maxTableSize)
         table = DynamicTable(maxSize: size)
         tableSizeLimit = size
         self.maxHeaderListSize = max(0, maxHeaderListSize)
+        self.classifier = classifier
+        staticEntries = classifier.map { classify in
+            StaticTable.tableEntries.map { entry in
+                var entry = entry
+                entry.field.classification = classify(entry.field)
+                return entry
+            }
+        } ?? StaticTable.tableEntries
     }
+
+    private let classifier: HeaderFieldClassifier?
+    /// The static table, classified by `classifier`.
+    private let staticEntries: [TableEntry]
 
     /// Our advertised SETTINGS_HEADER_TABLE_SIZE: a size update above it is an error.
     /// Call it when the peer acknowledges the SETTINGS frame carrying the new value (RFC 9113 section 6.5.3):
@@ -88,7 +101,9 @@ public struct HPACKDecoder: Sendable {
                     (name, nameOctets) = (entry.field.name, entry.nameOctets)
                 }
                 let (value, valueOctets) = try reader.readString()
-                field = HeaderField(name: name, value: value)
+                var literal = HeaderField(name: name, value: value)
+                if let classifier { literal.classification = classifier(literal) }
+                field = literal
                 size = nameOctets + valueOctets + entryOverhead
                 if indexing {
                     table.insert(TableEntry(field: field, nameOctets: nameOctets, size: size))
@@ -114,7 +129,7 @@ public struct HPACKDecoder: Sendable {
 
     /// An entry by absolute index (static 1...61, then dynamic newest first).
     private func lookup(_ index: Int) throws(HPACKError) -> TableEntry {
-        if index >= 1 && index <= StaticTable.count { return StaticTable.tableEntries[index - 1] }
+        if index >= 1 && index <= StaticTable.count { return staticEntries[index - 1] }
         guard index > StaticTable.count, let entry = table.entry(at: index - StaticTable.count - 1) else {
             throw .invalidIndex(index)
         }

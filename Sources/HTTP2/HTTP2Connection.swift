@@ -67,6 +67,8 @@ public final class HTTP2Connection: @unchecked Sendable {
     var phase = Phase.open
     /// Events raised outside `receive` (a send that overflowed `maxQueuedOutputBytes`), reported by the next call.
     var deferredEvents: [HTTP2Event] = []
+    /// Events the latest `receive` reported (capped), to size the next one's array.
+    var eventsPerRead = 4
 
     // The peer's settings that shape what we send.
     var peerMaxFrameSize = HTTP2Constants.defaultMaxFrameSize
@@ -86,7 +88,7 @@ public final class HTTP2Connection: @unchecked Sendable {
     var queuedDataBytes = 0
 
     // Streams.
-    var streams: [UInt32: HTTP2Stream] = [:]
+    var streams = StreamIDMap<HTTP2Stream>()
     var sendQueue: [UInt32] = []
     var highestPeerStreamID: UInt32 = 0
     var lastProcessedPeerStreamID: UInt32 = 0
@@ -108,7 +110,8 @@ public final class HTTP2Connection: @unchecked Sendable {
         connectionRecvWindow = connectionWindowTarget
         encoder = HPACKEncoder(maxTableSize: min(4096, max(0, limits.maxEncoderTableSize)))
         // Both tables start at 4096 (RFC 7541 §4.2); our advertised size applies once the peer ACKs our SETTINGS.
-        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize)
+        decoder = HPACKDecoder(maxTableSize: 4096, maxHeaderListSize: limits.maxHeaderListSize,
+                               classifier: FieldClass.classify)
         handshake = role == .client ? .awaitingSettings : .awaitingPreface(matched: 0)
         nextLocalStreamID = role == .client ? 1 : 2
         closedQuietly = RecentStreamSet(capacity: max(256, limits.maxConcurrentStreams * 2))
@@ -192,6 +195,9 @@ public final class HTTP2Connection: @unchecked Sendable {
         var events = deferredEvents
         deferredEvents.removeAll()
         guard !isClosed else { return events }
+        // Sized like the previous read's (capped): one allocation per read instead of one per doubling.
+        events.reserveCapacity(eventsPerRead)
+        defer { eventsPerRead = min(max(events.count, 4), 64) }
         reader.append(bytes)
         if case var .awaitingPreface(matched) = handshake {
             let expected = HTTP2Constants.clientPreface

@@ -119,6 +119,21 @@ public struct EncryptResponse: ProtoMessage {
     }
 }
 
+/// The annotations of the latest DecryptRequest decoded with this memo, and the map entries' bytes they came from.
+/// kube-apiserver sends the same annotations with every Decrypt under one key version: a map is a function of its
+/// entries' bytes in order, so equal bytes reuse it.
+public struct AnnotationsMemo: Sendable {
+    fileprivate var entries: [[UInt8]]
+    fileprivate var map: [String: [UInt8]]
+
+    public init() { self.init(entries: [], map: [:]) }
+
+    fileprivate init(entries: [[UInt8]], map: [String: [UInt8]]) {
+        self.entries = entries
+        self.map = map
+    }
+}
+
 public struct DecryptRequest: ProtoMessage {
     public var ciphertext: [UInt8]
     public var uid: String
@@ -133,18 +148,32 @@ public struct DecryptRequest: ProtoMessage {
     }
 
     public init(serializedBytes bytes: ArraySlice<UInt8>) throws(ProtobufError) {
+        var memo = AnnotationsMemo()
+        try self.init(serializedBytes: bytes, memo: &memo)
+    }
+
+    /// Decodes like `init(serializedBytes:)`; when the annotation entries are the same bytes as in the request
+    /// `memo` last saw, their map is reused instead of built (and hashed) again, and `memo` keeps the latest.
+    public init(serializedBytes bytes: ArraySlice<UInt8>, memo: inout AnnotationsMemo) throws(ProtobufError) {
         self.init()
         var reader = ProtobufReader(bytes)
+        var entries: [ArraySlice<UInt8>] = []
         while let tag = try reader.readTag() {
             switch (tag.fieldNumber, tag.wireType) {
             case (1, .lengthDelimited): ciphertext = Array(try reader.readLengthDelimited())
             case (2, .lengthDelimited): uid = try reader.readString(field: 2)
             case (3, .lengthDelimited): keyID = try reader.readString(field: 3)
-            case (4, .lengthDelimited):
-                try StringBytesMap.mergeEntry(try reader.readLengthDelimited(), into: &annotations, field: 4)
+            case (4, .lengthDelimited): entries.append(try reader.readLengthDelimited())
             default: try reader.skipField(tag.wireType)
             }
         }
+        if entries.isEmpty { return }
+        if entries.elementsEqual(memo.entries, by: { $0.elementsEqual($1) }) {
+            annotations = memo.map
+            return
+        }
+        for entry in entries { try StringBytesMap.mergeEntry(entry, into: &annotations, field: 4) }
+        memo = AnnotationsMemo(entries: entries.map { Array($0) }, map: annotations)
     }
 
     public func serializedBytes() -> [UInt8] {

@@ -36,7 +36,13 @@ enum StringBytesMap {
             default: try reader.skipField(tag.wireType)
             }
         }
-        map[key] = Array(value)
+        if map.isEmpty {
+            // The usual single annotation: built in one step (a subscript insert into the empty map hashes the
+            // key twice, before and after allocating the storage).
+            map = [key: Array(value)]
+        } else {
+            map[key] = Array(value)
+        }
     }
 
     /// Entries sorted by the key's UTF-8 bytes (not `String` ordering, which is by Unicode scalars after

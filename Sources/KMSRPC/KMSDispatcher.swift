@@ -2,6 +2,8 @@
 import GRPC
 import KMS
 import KMSProto
+import Locking
+import Protobuf
 
 /// What happened to one call, without any secret: the response bytes are the only sensitive part.
 public struct CallOutcome: Sendable {
@@ -38,6 +40,8 @@ public enum DecodedCall: Sendable {
 
 public struct KMSDispatcher: Sendable {
     public let service: KMSService
+    /// Shared by the connections: one Decrypt's annotations, reused while the next ones carry the same bytes.
+    private let annotationsMemo = LockedValue(AnnotationsMemo())
 
     public init(service: KMSService) { self.service = service }
 
@@ -46,7 +50,10 @@ public struct KMSDispatcher: Sendable {
             switch method {
             case .status: return .status(try StatusRequest(serializedBytes: message[...]))
             case .encrypt: return .encrypt(try EncryptRequest(serializedBytes: message[...]))
-            case .decrypt: return .decrypt(try DecryptRequest(serializedBytes: message[...]))
+            case .decrypt:
+                return .decrypt(try annotationsMemo.withLock { (memo) throws(ProtobufError) in
+                    try DecryptRequest(serializedBytes: message[...], memo: &memo)
+                })
             }
         } catch {
             return .malformed(CallOutcome(method: method, status: Self.badRequest(error)))

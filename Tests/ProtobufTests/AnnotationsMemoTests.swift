@@ -1,0 +1,35 @@
+import Testing
+import Protobuf
+import KMSProto
+
+@Suite struct AnnotationsMemoTests {
+    private func request(_ annotations: [String: [UInt8]], uid: String = "u") -> [UInt8] {
+        DecryptRequest(ciphertext: [1, 2, 3], uid: uid, keyID: "k", annotations: annotations).serializedBytes()
+    }
+
+    /// With a memo, every request decodes exactly as without one, whether its annotations repeat or change.
+    @Test func memoizedDecodeMatchesPlainDecode() throws {
+        var memo = AnnotationsMemo()
+        let sequence: [[String: [UInt8]]] = [
+            ["a.example.com": [1]], ["a.example.com": [1]], ["a.example.com": [2]], [:],
+            ["a.example.com": [2], "b.example.com": []], ["a.example.com": [2], "b.example.com": []], ["a.example.com": [1]],
+        ]
+        for (index, annotations) in sequence.enumerated() {
+            let bytes = request(annotations, uid: "u\(index)")
+            let memoized = try DecryptRequest(serializedBytes: bytes[...], memo: &memo)
+            #expect(memoized == (try DecryptRequest(serializedBytes: bytes)))
+            #expect(memoized.annotations == annotations && memoized.uid == "u\(index)")
+        }
+    }
+
+    /// A request whose annotation key is not UTF-8 fails as before and leaves the memo as it was.
+    @Test func invalidEntryIsAnErrorAndNotRemembered() throws {
+        var memo = AnnotationsMemo()
+        let good = request(["a.example.com": [1]])
+        _ = try DecryptRequest(serializedBytes: good[...], memo: &memo)
+        // Field 4 entry {1: "\xff", 2: [9]}.
+        let bad: [UInt8] = [0x0a, 1, 7, 0x22, 6, 0x0a, 1, 0xff, 0x12, 1, 9]
+        #expect(throws: ProtobufError.self) { try DecryptRequest(serializedBytes: bad[...], memo: &memo) }
+        #expect(try DecryptRequest(serializedBytes: good[...], memo: &memo).annotations == ["a.example.com": [1]])
+    }
+}
