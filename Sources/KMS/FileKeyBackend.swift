@@ -76,6 +76,8 @@ public final class FileKeyBackend: KeyBackend {
     /// The one annotation Encrypt returns: the envelope format, under the project's domain. Bound as AAD.
     public static let annotationKey = "local-kek.kekd.io"
     public static let annotationValue: [UInt8] = Array("aes-256-gcm/\(Envelope.formatVersion)".utf8)
+    /// Every ciphertext's annotations: built once, not per Encrypt.
+    static let annotations = [annotationKey: annotationValue]
 
     public let name = "file"
     /// Every call is a local AES-GCM: it never waits.
@@ -137,7 +139,7 @@ public final class FileKeyBackend: KeyBackend {
 
     public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         let primary = current.withLock { $0 }.primary
-        let annotations = [Self.annotationKey: Self.annotationValue]
+        let annotations = Self.annotations
         let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version,
                                            keyID: primary.keyID, annotations: annotations)
         return EncryptResult(ciphertext: ciphertext, keyID: primary.keyID, annotations: annotations)
