@@ -9,6 +9,7 @@
 // The first record written to every newly opened file carries prev_chain = chain(N-1), so each file (a rotated
 // one, or one whose predecessors were deleted) verifies on its own, and the link between files is checked.
 // Fields are always in this order; strings use JSONWriter's escaping (pure ASCII), so the bytes are deterministic.
+import PeerIdentity
 import Crypto
 import FoundationEssentials
 import Glibc
@@ -41,11 +42,11 @@ enum AuditRecordFormat {
     struct BodyCache {
         var time = RFC3339.SecondCache()
         let ciphertextDigest = SHA256Context()
-        var connection: (peer: AuditPeer?, id: UInt64)?
+        var connection: (peer: PeerCredentials?, id: UInt64)?
         /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":` of `connection`.
         var connectionFragment: [UInt8] = []
 
-        mutating func appendConnection(_ peer: AuditPeer?, _ id: UInt64, to out: inout [UInt8]) {
+        mutating func appendConnection(_ peer: PeerCredentials?, _ id: UInt64, to out: inout [UInt8]) {
             if let connection, connection.peer == peer, connection.id == id {
                 out.append(contentsOf: connectionFragment)
                 return

@@ -73,6 +73,9 @@ public final class GRPCServerConnection {
     private var receiving = StreamIDMap<PendingRequest>()
     /// Streams handed to a service and not yet answered.
     private var inFlight = StreamIDMap<Void>()
+    /// The framed response being written (reused; only buffers up to `responseScratchKept` bytes are kept).
+    private var responseScratch: [UInt8] = []
+    private static let responseScratchKept = 64 * 1024
 
     private let budget: RequestBufferBudget?
     /// Sum of `heldBytes` over the requests still arriving.
@@ -162,9 +165,12 @@ public final class GRPCServerConnection {
     @discardableResult
     public func respond(streamID: UInt32, message: [UInt8]) -> Bool {
         guard inFlight.removeValue(forKey: streamID) != nil else { return false }
-        http2.sendHeaders(streamID: streamID, preEncoded: Self.responseHeaderBlock, endStream: false)
-        http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: false)
-        http2.sendHeaders(streamID: streamID, preEncoded: Self.okTrailerBlock, endStream: true)
+        // Framed into a buffer kept for it: the HTTP/2 layer copies it into its output.
+        responseScratch.removeAll(keepingCapacity: true)
+        MessageFraming.frame(message, into: &responseScratch)
+        http2.sendResponse(streamID: streamID, headers: Self.responseHeaderBlock, data: responseScratch[...],
+                           trailers: Self.okTrailerBlock)
+        if responseScratch.capacity > Self.responseScratchKept { responseScratch = [] }  // a large answer's buffer is not kept
         return true
     }
 

@@ -88,12 +88,17 @@ public struct MessageReader: Sendable {
 public enum MessageFraming {
     public static func frame(_ message: [UInt8]) -> [UInt8] {
         var out = [UInt8]()
-        out.reserveCapacity(message.count + 5)
+        frame(message, into: &out)
+        return out
+    }
+
+    /// Appends `message` framed to `out`.
+    public static func frame(_ message: [UInt8], into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + message.count + 5)
         let n = UInt32(truncatingIfNeeded: message.count)
         out.append(0)
         out.append(UInt8(n >> 24)); out.append(UInt8((n >> 16) & 0xFF))
         out.append(UInt8((n >> 8) & 0xFF)); out.append(UInt8(n & 0xFF))
         out.append(contentsOf: message)
-        return out
     }
 }

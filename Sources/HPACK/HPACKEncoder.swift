@@ -17,6 +17,18 @@ public struct HPACKEncoder: Sendable {
     private var nameSequence: [String: Int] = [:]
     /// Size updates owed at the start of the next block: the smallest size since the last block, then the final one.
     private var pendingSizeUpdate: (smallest: Int, final: Int)?
+    /// The last block's fields and the table entry each can be referenced by. A client sends the same header list
+    /// call after call, so the field at a position usually repeats; an equal field (strings of the same storage compare
+    /// at once) whose entry is still in its table is sent as that index without hashing anything.
+    private var lastBlock: [(field: HeaderField, reference: Reference)] = []
+
+    private enum Reference {
+        case staticIndex(Int)
+        /// The sequence number of a dynamic table entry.
+        case dynamic(Int)
+        /// Sent as a literal not added to a table.
+        case none
+    }
 
     /// `maxTableSize` is the table size both sides start with (HTTP/2: 4096) and the most this encoder will use.
     public init(maxTableSize: Int = 4096, useHuffman: Bool = true, useIndexing: Bool = true) {
@@ -46,7 +58,27 @@ public struct HPACKEncoder: Sendable {
 
     public mutating func encode(_ headers: [HeaderField], into buffer: inout [UInt8]) {
         appendPendingSizeUpdate(to: &buffer)
-        for field in headers { encode(field, into: &buffer) }
+        var block = lastBlock
+        lastBlock = []  // not shared while `block` is rebuilt in place
+        for (position, field) in headers.enumerated() {
+            if position < block.count, block[position].field == field, let index = index(of: block[position].reference) {
+                appendInteger(index, prefixBits: 7, flags: 0x80, to: &buffer)
+                continue
+            }
+            let reference = encode(field, into: &buffer)
+            if position < block.count { block[position] = (field, reference) } else { block.append((field, reference)) }
+        }
+        if block.count > headers.count { block.removeLast(block.count - headers.count) }
+        lastBlock = block
+    }
+
+    /// The index a remembered reference has now; nil when it is a literal or its entry was evicted.
+    private func index(of reference: Reference) -> Int? {
+        switch reference {
+        case .staticIndex(let index): index
+        case .dynamic(let sequence): dynamicIndex(sequence)
+        case .none: nil
+        }
     }
 
     /// A block encoded once (`PreEncodedHeaders`): only the size update owed, if any, is encoded now.
@@ -65,24 +97,31 @@ public struct HPACKEncoder: Sendable {
         }
     }
 
-    private mutating func encode(_ field: HeaderField, into buffer: inout [UInt8]) {
+    /// Encodes one field; returns how the same field can be referenced in the next block.
+    private mutating func encode(_ field: HeaderField, into buffer: inout [UInt8]) -> Reference {
         // One hash of the name finds static matches; the dynamic table is searched only when it holds anything.
         let staticName = StaticTable.nameIndex[field.name]
-        if let index = staticName.flatMap({ StaticTable.index(of: field, from: $0) })
-            ?? (table.count > 0 ? dynamicIndex(fieldSequence[field]) : nil) {
+        if let index = staticName.flatMap({ StaticTable.index(of: field, from: $0) }) {
             appendInteger(index, prefixBits: 7, flags: 0x80, to: &buffer)
-            return
+            return .staticIndex(index)
+        }
+        if table.count > 0, let sequence = fieldSequence[field], let index = dynamicIndex(sequence) {
+            appendInteger(index, prefixBits: 7, flags: 0x80, to: &buffer)
+            return .dynamic(sequence)
         }
         let nameIndex = staticName ?? (table.count > 0 ? dynamicIndex(nameSequence[field.name]) : nil) ?? 0
         let size = field.name.utf8.count + field.value.utf8.count + entryOverhead
+        var reference = Reference.none
         if useIndexing && size <= table.maxSize {
             appendInteger(nameIndex, prefixBits: 6, flags: 0x40, to: &buffer)
+            reference = .dynamic(insertCount)
             insert(field, size: size)
         } else {
             appendInteger(nameIndex, prefixBits: 4, flags: 0x00, to: &buffer)
         }
         if nameIndex == 0 { appendString(field.name, to: &buffer) }
         appendString(field.value, to: &buffer)
+        return reference
     }
 
     /// The absolute index of a live sequence number.

@@ -16,6 +16,31 @@ extension HTTP2Connection {
     /// The same for a block encoded once (a server's fixed response headers and trailers).
     public func sendHeaders(streamID: UInt32, preEncoded headers: PreEncodedHeaders, endStream: Bool) {
         guard let stream = streamAcceptingHeaders(streamID, endStream: endStream) else { return }
+        writeHeaders(stream, preEncoded: headers, endStream: endStream)
+    }
+
+    /// A whole response (server): headers, one DATA payload and trailers, all blocks encoded once. The usual answer
+    /// (nothing queued on the stream, the payload within one frame and both windows) is written with one stream
+    /// lookup and no copy of `data` but into the output; otherwise it takes the general path. False when the stream
+    /// is gone or cannot send.
+    @discardableResult
+    public func sendResponse(streamID: UInt32, headers: PreEncodedHeaders, data: ArraySlice<UInt8>,
+                             trailers: PreEncodedHeaders) -> Bool {
+        guard !isClosed, let stream = streams[streamID] else { return false }
+        guard stream.pending.isEmpty, data.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow),
+              stream.queueHeaders(endStream: false) else {
+            sendHeaders(streamID: streamID, preEncoded: headers, endStream: false)
+            sendData(streamID: streamID, bytes: Array(data), endStream: false)
+            sendHeaders(streamID: streamID, preEncoded: trailers, endStream: true)
+            return true
+        }
+        writeHeaders(stream, preEncoded: headers, endStream: false)
+        if stream.queueData(endStream: false) { writeData(stream, data, endStream: false) }
+        if stream.queueHeaders(endStream: true) { writeHeaders(stream, preEncoded: trailers, endStream: true) }
+        return true
+    }
+
+    private func writeHeaders(_ stream: HTTP2Stream, preEncoded headers: PreEncodedHeaders, endStream: Bool) {
         if stream.pending.isEmpty {
             headerScratch.removeAll(keepingCapacity: true)
             encoder.encode(headers, into: &headerScratch)

@@ -102,7 +102,9 @@ public final class BackendSet: KeyBackend {
 
     /// For the audit record: the backend a Decrypt under `keyID` is (or would be) served by, else the encrypting one.
     public func servingBackendName(decryptKeyID keyID: String) -> String {
-        (try? backend(forKeyID: keyID))?.name ?? name
+        // One backend (the usual set): it serves every Decrypt it is asked, and names the others too.
+        if decryptOnly.isEmpty { return name }
+        return (try? backend(forKeyID: keyID))?.name ?? name
     }
 
     public func reload() { for member in members { member.backend.reload() } }

@@ -76,6 +76,8 @@ public final class FileKeyBackend: KeyBackend {
     /// The one annotation Encrypt returns: the envelope format, under the project's domain. Bound as AAD.
     public static let annotationKey = "local-kek.kekd.io"
     public static let annotationValue: [UInt8] = Array("aes-256-gcm/\(Envelope.formatVersion)".utf8)
+    /// Every ciphertext's annotations: built once, not per Encrypt.
+    static let annotations = [annotationKey: annotationValue]
 
     public let name = "file"
     /// Every call is a local AES-GCM: it never waits.
@@ -88,6 +90,9 @@ public final class FileKeyBackend: KeyBackend {
     }
     private let current: LockedValue<KeySnapshot>
     private let lastRejection = LockedValue<String?>(nil)
+    /// What `status()` answers, rebuilt when the keys or the last rejection change: Status is polled and must not
+    /// format its detail on every call.
+    private let currentStatus: LockedValue<BackendStatus>
     private let rejectedReloads = Atomic<Int>(0)
     /// Serialises reloads (poller and SIGHUP) and holds what the poller last saw; never taken by Status.
     private let watch: LockedValue<WatchState>
@@ -105,6 +110,7 @@ public final class FileKeyBackend: KeyBackend {
         let snapshot = try KeySnapshot(loaded.file)
         auditKey = try loaded.file.auditHMACKey()
         current = LockedValue(snapshot)
+        currentStatus = LockedValue(Self.status(of: snapshot, path: keyFilePath, rejection: nil))
         watch = LockedValue(WatchState(fingerprint: loaded.fingerprint, lastProblem: nil))
         if snapshot.isLegacyFormat {
             log.info("key file is in the first (single-key) format; `kekctl rotate` converts it",
@@ -117,16 +123,23 @@ public final class FileKeyBackend: KeyBackend {
 
     // MARK: KeyBackend
 
-    public func status() -> BackendStatus {
-        let snapshot = current.withLock { $0 }
-        var detail = "key file \(keyFilePath): \(snapshot.entries.count) version(s), primary version \(snapshot.primary.version)"
-        if let rejection = lastRejection.withLock({ $0 }) { detail += "; last change rejected: \(rejection)" }
+    public func status() -> BackendStatus { currentStatus.withLock { $0 } }
+
+    private static func status(of snapshot: KeySnapshot, path: String, rejection: String?) -> BackendStatus {
+        var detail = "key file \(path): \(snapshot.entries.count) version(s), primary version \(snapshot.primary.version)"
+        if let rejection { detail += "; last change rejected: \(rejection)" }
         return BackendStatus(healthy: true, keyID: snapshot.primary.keyID, detail: detail)
+    }
+
+    /// After a change of `current` or `lastRejection` (made under `watch`, so changes do not interleave).
+    private func refreshStatus() {
+        let next = Self.status(of: current.withLock { $0 }, path: keyFilePath, rejection: lastRejection.withLock { $0 })
+        currentStatus.withLock { $0 = next }
     }
 
     public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         let primary = current.withLock { $0 }.primary
-        let annotations = [Self.annotationKey: Self.annotationValue]
+        let annotations = Self.annotations
         let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version,
                                            keyID: primary.keyID, annotations: annotations)
         return EncryptResult(ciphertext: ciphertext, keyID: primary.keyID, annotations: annotations)
@@ -232,14 +245,19 @@ public final class FileKeyBackend: KeyBackend {
         }
         state.lastProblem = nil
         lastRejection.withLock { $0 = nil }
-        if next.primary.version == previous.primary.version && previous.sameStates(as: next) { return }
+        if next.primary.version == previous.primary.version && previous.sameStates(as: next) {
+            refreshStatus()
+            return
+        }
         current.withLock { $0 = next }
+        refreshStatus()
         log.info("key file reloaded", ["path": keyFilePath, "key_id": next.primary.keyID,
                                        "primary_version": String(next.primary.version), "versions": String(next.entries.count)])
     }
 
     private func reject(_ problem: String, _ state: inout WatchState) {
         lastRejection.withLock { $0 = problem }
+        refreshStatus()
         rejectedReloads.add(1, ordering: .relaxed)
         guard state.lastProblem != problem else { return }
         state.lastProblem = problem

@@ -2,6 +2,7 @@
 // against the apiserver's own limits, so a bad request never reaches a backend and the apiserver never receives
 // something it would reject.
 import KMSProto
+import Locking
 
 public final class KMSService: Sendable {
     /// The Status `version` values kube-apiserver accepts; kekd should refuse any other flag value.
@@ -9,6 +10,8 @@ public final class KMSService: Sendable {
 
     public let backend: any KeyBackend
     public let statusVersion: String
+    /// The last Status answer and its wire bytes, reused while the backend's status is the same.
+    private let lastStatus = LockedValue<(state: BackendStatus, response: StatusResponse, bytes: [UInt8])?>(nil)
 
     public init(backend: any KeyBackend, statusVersion: String = "v2") {
         self.backend = backend
@@ -19,9 +22,23 @@ public final class KMSService: Sendable {
     /// key_id is the backend's primary key_id; a backend with none yet reports an empty key_id, which the apiserver
     /// counts as an invalid Status, so it stops extending its write DEK (kms-v2-facts 2.2).
     public func status(_ request: StatusRequest) -> StatusResponse {
-        let state = backend.status()
+        Self.response(to: backend.status(), version: statusVersion)
+    }
+
+    private static func response(to state: BackendStatus, version: String) -> StatusResponse {
         let healthz = state.healthy ? "ok" : (state.detail.isEmpty ? "unhealthy" : "unhealthy: " + state.detail)
-        return StatusResponse(version: statusVersion, healthz: healthz, keyID: state.keyID)
+        return StatusResponse(version: version, healthz: healthz, keyID: state.keyID)
+    }
+
+    /// `status(_:)` with its serialized form: kube-apiserver polls Status, and the answer changes only with the backend's
+    /// state, so it is encoded once per state rather than per call.
+    public func statusAnswer() -> (response: StatusResponse, bytes: [UInt8]) {
+        let state = backend.status()
+        if let last = lastStatus.withLock({ $0 }), last.state == state { return (last.response, last.bytes) }
+        let response = Self.response(to: state, version: statusVersion)
+        let bytes = response.serializedBytes()
+        lastStatus.withLock { $0 = (state, response, bytes) }
+        return (response, bytes)
     }
 
     public func encrypt(_ request: EncryptRequest, context: CallContext = .unbounded) throws(KMSError) -> EncryptResponse {

@@ -74,15 +74,15 @@ public struct KMSDispatcher: Sendable {
         switch call {
         case .malformed(let outcome):
             return outcome
-        case .status(let request):
+        case .status:
             let op = KMSMethod.status
-            let response = service.status(request)
+            let (response, bytes) = service.statusAnswer()
             // A healthz string alone does not stop kube-apiserver from writing with its cached DEK seed
             // (kubernetes#138950): an unhealthy backend must fail Status at the gRPC level.
             guard response.healthz == "ok", !response.keyID.isEmpty else {
                 return CallOutcome(method: op, status: GRPCStatus(.unavailable, "key backend \(response.healthz)"), keyID: response.keyID)
             }
-            return CallOutcome(method: op, status: .ok, response: response.serializedBytes(), keyID: response.keyID)
+            return CallOutcome(method: op, status: .ok, response: bytes, keyID: response.keyID)
         case .encrypt(let request):
             let op = KMSMethod.encrypt
             do {

@@ -23,9 +23,6 @@ public enum KMSMethod: String, CaseIterable, Sendable {
 
     /// The audit log's name of a call's method: ours by name, a foreign path as it came.
     public static func auditOp(_ method: KMSMethod?, path: String) -> String { method?.op ?? path }
-
-    /// The metrics label of a call's method: ours by name, every foreign path as "other" (a bounded label set).
-    public static func metricsOp(_ method: KMSMethod?) -> String { method?.op ?? "other" }
 }
 
 /// A method with the message types it takes and answers: a client can only send the request the method expects.

@@ -35,8 +35,20 @@ public struct VaultFigures: Sendable {
 /// adds (plus a short lock to find the slot of string-labelled backend and protocol-error series), with no
 /// allocation.
 public final class KekdMetrics: Sendable {
-    /// gRPC method labels. Anything else (unknown paths) is `other`: the raw path is unbounded cardinality.
-    static let ops = ["Status", "Encrypt", "Decrypt", "other"]
+    /// The gRPC `op` label: the three KMS methods, and `other` for any other path (the raw path is unbounded
+    /// cardinality). Its raw value is the series' slot.
+    public enum Op: Int, CaseIterable, Sendable {
+        case status, encrypt, decrypt, other
+
+        public var label: String {
+            switch self {
+            case .status: "Status"
+            case .encrypt: "Encrypt"
+            case .decrypt: "Decrypt"
+            case .other: "other"
+            }
+        }
+    }
     /// The `code` label: every gRPC status code, in code order (a series' slot is op * codes.count + code).
     static let codes = GRPCStatusCode.allCases
 
@@ -76,15 +88,14 @@ public final class KekdMetrics: Sendable {
 
     // MARK: recording
 
-    public func callStarted(op: String) {
+    public func callStarted(op: Op) {
         inFlight.wrappingAdd(1, ordering: .relaxed)
     }
 
-    public func callFinished(op: String, code: GRPCStatusCode, seconds: Double) {
+    public func callFinished(op: Op, code: GRPCStatusCode, seconds: Double) {
         inFlight.wrappingSubtract(1, ordering: .relaxed)
-        let opIndex = Self.opIndex(op)
-        requests.add(opIndex * Self.codes.count + code.rawValue)
-        requestDurations.observe(series: opIndex, seconds: seconds)
+        requests.add(op.rawValue * Self.codes.count + code.rawValue)
+        requestDurations.observe(series: op.rawValue, seconds: seconds)
     }
 
     public func connectionOpened() {
@@ -163,20 +174,20 @@ public final class KekdMetrics: Sendable {
 
     private func renderCalls(_ w: inout PrometheusTextWriter) {
         w.family("kekd_grpc_requests_total", .counter, help: "gRPC calls finished, by method and status code.")
-        for (opIndex, op) in Self.ops.enumerated() {
+        for op in Op.allCases {
             for code in Self.codes {
-                let value = requests.value(opIndex * Self.codes.count + code.rawValue)
+                let value = requests.value(op.rawValue * Self.codes.count + code.rawValue)
                 // The OK series of the three KMS methods always exist so rate() works from the first scrape.
-                if value > 0 || (code == .ok && op != "other") {
-                    w.sample("kekd_grpc_requests_total", ["op": op, "code": code.name], value)
+                if value > 0 || (code == .ok && op != .other) {
+                    w.sample("kekd_grpc_requests_total", ["op": op.label, "code": code.name], value)
                 }
             }
         }
         w.family("kekd_grpc_request_duration_seconds", .histogram, help: "gRPC call latency, by method.")
-        for (opIndex, op) in Self.ops.enumerated() {
-            let snapshot = requestDurations.snapshot(series: opIndex)
-            if snapshot.count > 0 || op != "other" {
-                w.histogram("kekd_grpc_request_duration_seconds", labelName: "op", labelValue: op, snapshot: snapshot)
+        for op in Op.allCases {
+            let snapshot = requestDurations.snapshot(series: op.rawValue)
+            if snapshot.count > 0 || op != .other {
+                w.histogram("kekd_grpc_request_duration_seconds", labelName: "op", labelValue: op.label, snapshot: snapshot)
             }
         }
         w.family("kekd_grpc_requests_in_flight", .gauge, help: "gRPC calls started and not yet finished.")
@@ -290,19 +301,6 @@ public final class KekdMetrics: Sendable {
 
     /// The method name or the full gRPC path. Dispatches on length first: a String `switch` tries each pattern
     /// in turn, and every mismatch costs a byte comparison; an equal small string matches on its raw bits.
-    static func opIndex(_ op: String) -> Int {
-        let bytes = op.utf8
-        switch bytes.count {
-        case 6: return op == "Status" ? 0 : 3
-        case 7: return bytes.first == UInt8(ascii: "E") ? (op == "Encrypt" ? 1 : 3) : (op == "Decrypt" ? 2 : 3)
-        case 31: return op == "/v2.KeyManagementService/Status" ? 0 : 3
-        case 32:
-            if op == "/v2.KeyManagementService/Encrypt" { return 1 }
-            return op == "/v2.KeyManagementService/Decrypt" ? 2 : 3
-        default: return 3
-        }
-    }
-
     static func now() -> Double {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

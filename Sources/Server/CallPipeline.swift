@@ -38,8 +38,8 @@ struct CallArrival: Sendable {
         self.context = CallContext(deadline: request.timeoutNanos.map { arrived &+ $0 })
     }
 
-    /// The metrics `op` label: our method's name, "other" for any other path.
-    var metricsOp: String { KMSMethod.metricsOp(method) }
+    /// The metrics `op` label: our method, `other` for any other path.
+    var metricsOp: KekdMetrics.Op { KekdMetrics.Op(method) }
     /// The audit record's `op`: our method's name, or the path as the client sent it.
     var auditOp: String { KMSMethod.auditOp(method, path: request.path) }
 }
@@ -153,7 +153,7 @@ struct CallPipeline: Sendable {
     /// A call the gRPC layer refused before it reached the pipeline (bad headers, too large, unknown path).
     func recordRejected(path: String, streamID: UInt32, status: GRPCStatus, who: CallParty, now: UInt64) {
         let method = KMSMethod(rawValue: path)
-        let metricsOp = KMSMethod.metricsOp(method)
+        let metricsOp = KekdMetrics.Op(method)
         metrics?.callStarted(op: metricsOp)  // every finished call was started: in-flight stays exact
         metrics?.callFinished(op: metricsOp, code: status.code, seconds: 0)
         _ = audit?.record(Self.auditEvent(KMSMethod.auditOp(method, path: path), CallOutcome(method: method, status: status), who: who,
@@ -168,5 +168,17 @@ struct CallPipeline: Sendable {
                           latencyMicros: Int64((finished &- arrived) / 1000),
                           peer: who.peer, connection: who.connection,
                           stream: streamID, ciphertext: outcome.ciphertext)
+    }
+}
+
+extension KekdMetrics.Op {
+    /// Our methods by name, every foreign path as `other` (a bounded label set).
+    init(_ method: KMSMethod?) {
+        switch method {
+        case .status: self = .status
+        case .encrypt: self = .encrypt
+        case .decrypt: self = .decrypt
+        case nil: self = .other
+        }
     }
 }

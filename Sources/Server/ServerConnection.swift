@@ -242,8 +242,7 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     /// Admission, then the work inline or on the pool.
-    private func handle(_ arrival: CallArrival) {
-        var call = arrival
+    private func handle(_ call: consuming CallArrival) {
         pipeline.metrics?.callStarted(op: call.metricsOp)
         if let refused = pipeline.admit(call, peer: peer, now: call.arrived) {
             complete(call, refused)
@@ -282,8 +281,7 @@ final class ServerConnection: @unchecked Sendable {
     }
 
     /// Finishes a call answered on this thread.
-    private func complete(_ call: CallArrival, _ result: CallOutcome) {
-        var outcome = result
+    private func complete(_ call: CallArrival, _ outcome: consuming CallOutcome) {
         let finished = Posix.monotonicNanos()
         pipeline.finish(call, &outcome, who: party, finished: finished)
         answer(call, outcome, finished: finished)

@@ -2,6 +2,7 @@
 @testable import Audit
 import Crypto
 import Foundation
+import PeerIdentity
 import Testing
 
 @Suite struct AuditFormatTests {
@@ -42,8 +43,8 @@ import Testing
     /// seconds, peers and connections encode through one cache exactly as each does alone.
     @Test func cachedEncodingEqualsFreshEncoding() {
         var cache = AuditRecordFormat.BodyCache()
-        let peers: [AuditPeer?] = [AuditPeer(pid: 100, uid: 0, gid: 0), AuditPeer(pid: 101, uid: 0, gid: 0), nil,
-                                   AuditPeer(pid: 100, uid: 7, gid: 9)]
+        let peers: [PeerCredentials?] = [PeerCredentials(pid: 100, uid: 0, gid: 0), PeerCredentials(pid: 101, uid: 0, gid: 0), nil,
+                                   PeerCredentials(pid: 100, uid: 7, gid: 9)]
         for i in 0..<200 {
             var event = sampleEvent(i, time: Date(timeIntervalSince1970: 1_790_000_000 + Double(i / 3) * 0.7 + 0.000_123_456))
             event.peer = peers[(i / 5) % peers.count]

@@ -157,3 +157,17 @@ private func responses(_ events: [GRPCClientEvent]) -> [UInt32: GRPCResponse] {
     #expect(GRPCMessageEncoding.decode("%zz%4") == "%zz%4")  // malformed escapes are kept
 }
 
+
+@Test func responsesOfEverySizeArriveWholeWhetherWrittenAtOnceOrThroughFlowControl() throws {
+    let server = GRPCServerConnection(knownPaths: [statusPath])
+    let client = GRPCClientConnection()
+    // One frame (written at once), over one frame, and over the 65,535-byte initial window (flow-controlled).
+    for size in [0, 40, 16_379, 16_380, 20_000, 200_000] {
+        let id = try #require(client.startCall(path: statusPath, message: [1], timeoutNanos: nil))
+        let request = try #require(calls(pump(client, server).server).first)
+        let message = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        #expect(server.respond(streamID: request.streamID, message: message))
+        #expect(responses(pump(client, server).client)[id] == GRPCResponse(status: .ok, message: message), "size \(size)")
+    }
+    #expect(server.inFlightCount == 0 && server.http2.openStreamCount == 0)
+}

@@ -70,7 +70,7 @@ struct DifferentialTests {
                     tableSize = generator.tableSize()
                     encoder.setMaxTableSize(tableSize!)
                 }
-                let list = generator.list()
+                let list = lists.last.map { Int.random(in: 0..<2, using: &generator.rng) == 0 ? generator.next(after: $0) : generator.list() } ?? generator.list()
                 var block: [UInt8] = []
                 encoder.encode(list, into: &block)
                 diffCase.steps.append(DiffStep(tableSize: tableSize, headers: hexPairs(list), swiftBlock: hex(block)))

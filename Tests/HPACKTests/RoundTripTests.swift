@@ -11,6 +11,7 @@ struct RoundTripTests {
             let initial = Bool.random(using: &generator.rng) ? 4096 : generator.tableSize()
             var encoder = HPACKEncoder(maxTableSize: initial, useHuffman: huffman, useIndexing: indexing)
             var decoder = HPACKDecoder(maxTableSize: initial, maxHeaderListSize: 1 << 20)
+            var previous: [HeaderField]?
             for _ in 0..<100 {
                 if Int.random(in: 0..<10, using: &generator.rng) == 0 {
                     // A SETTINGS change: acknowledged before the encoder's next block.
@@ -18,7 +19,9 @@ struct RoundTripTests {
                     encoder.setMaxTableSize(size)
                     decoder.setMaxTableSizeLimit(size)
                 }
-                let list = generator.list()
+                // Half the blocks repeat the previous list with at most one change, as a client's requests do.
+                let list = previous.map { Bool.random(using: &generator.rng) ? generator.next(after: $0) : generator.list() } ?? generator.list()
+                previous = list
                 var block: [UInt8] = []
                 encoder.encode(list, into: &block)
                 let decoded = try decoder.decode(block[...])
@@ -29,6 +32,25 @@ struct RoundTripTests {
                 if decoded != list { return }
             }
         }
+    }
+
+    @Test func aRepeatedListIsSentAsIndexesOnly() throws {
+        var encoder = HPACKEncoder()
+        var decoder = HPACKDecoder(maxHeaderListSize: 1 << 20)
+        let list = [HeaderField(name: ":method", value: "POST"), HeaderField(name: ":path", value: "/v2.KeyManagementService/Decrypt"),
+                    HeaderField(name: "te", value: "trailers"), HeaderField(name: "grpc-timeout", value: "2999999u")]
+        var first: [UInt8] = [], second: [UInt8] = []
+        encoder.encode(list, into: &first)
+        encoder.encode(list, into: &second)
+        #expect(second.count == list.count && second.allSatisfy { $0 & 0x80 != 0 })  // one indexed octet per field
+        #expect(try decoder.decode(first[...]) == list && decoder.decode(second[...]) == list)
+        // Evicted by a table size change: the same list is sent in full again and still decodes.
+        encoder.setMaxTableSize(0)
+        decoder.setMaxTableSizeLimit(0)
+        var third: [UInt8] = []
+        encoder.encode(list, into: &third)
+        #expect(third.count > second.count + 8)
+        #expect(try decoder.decode(third[...]) == list)
     }
 
     @Test func blocksDecodeFromAnySliceOffset() throws {

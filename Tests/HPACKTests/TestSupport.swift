@@ -102,6 +102,19 @@ struct HeaderListGenerator {
         (0..<Int.random(in: 0...12, using: &rng)).map { _ in field() }
     }
 
+    /// `previous` with one change (a field replaced, added or dropped), the way a client's next request repeats
+    /// its header list: exercises the encoder's memory of the last block.
+    mutating func next(after previous: [HeaderField]) -> [HeaderField] {
+        var list = previous
+        switch Int.random(in: 0..<4, using: &rng) {
+        case 0 where !list.isEmpty: list[Int.random(in: 0..<list.count, using: &rng)] = field()
+        case 1: list.insert(field(), at: Int.random(in: 0...list.count, using: &rng))
+        case 2 where !list.isEmpty: list.remove(at: Int.random(in: 0..<list.count, using: &rng))
+        default: break  // the same list again
+        }
+        return list
+    }
+
     mutating func tableSize() -> Int {
         [0, 1, 32, 64, 100, 256, 1000, 2048, 4096].randomElement(using: &rng)!
     }

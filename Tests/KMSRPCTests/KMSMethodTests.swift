@@ -11,7 +11,6 @@ import Testing
         #expect(KMSMethod(op: method.op) == method)
         #expect(KMSMethod(rawValue: method.path) == method)
         #expect(KMSMethod.auditOp(method, path: method.path) == method.op)
-        #expect(KMSMethod.metricsOp(method) == method.op)
     }
 }
 
@@ -21,7 +20,6 @@ import Testing
     #expect(KMSMethod(rawValue: "/v1beta1.KeyManagementService/Encrypt") == nil)
     // The audit log names a foreign path as it came.
     #expect(KMSMethod.auditOp(nil, path: "/grpc.health.v1.Health/Check") == "/grpc.health.v1.Health/Check")
-    #expect(KMSMethod.metricsOp(nil) == "other")
 }
 
 @Test func eachCallNamesItsMethod() {

@@ -302,3 +302,25 @@ import Synchronization
     #expect(rename(folder.file("..data_tmp"), folder.file("..data")) == 0)
     #expect(eventually { backend.status().keyID == file.keyID(forVersion: 2) })
 }
+
+@Test func statusFollowsRotationAndRejectedReloadsAndServiceReusesTheEncodedAnswer() throws {
+    let folder = TempFolder()
+    let (backend, path) = try makeBackend(folder, poll: nil)
+    defer { backend.close() }
+    let service = KMSService(backend: backend)
+    let first = service.statusAnswer()
+    #expect(first.response.healthz == "ok" && first.bytes == first.response.serializedBytes())
+    // Unchanged state: the same answer.
+    #expect(service.statusAnswer().bytes == first.bytes)
+    #expect(backend.status().detail.contains("primary version 1") && !backend.status().detail.contains("rejected"))
+    try rotate(path)
+    backend.reload()
+    let rotated = service.statusAnswer()
+    #expect(rotated.response.keyID == backend.status().keyID && rotated.response.keyID != first.response.keyID)
+    #expect(rotated.bytes == rotated.response.serializedBytes())
+    #expect(backend.status().detail.contains("primary version 2"))
+    // A broken file is rejected: the detail says so (the keys and key_id stay).
+    try writeFile(path, Array("{not json".utf8))
+    backend.reload()
+    #expect(backend.status().detail.contains("last change rejected") && backend.status().keyID == rotated.response.keyID)
+}

@@ -9,7 +9,8 @@ import Testing
         #expect(startThread(name: "kekd-test-\(i)-with-a-long-name") {
             var name = [CChar](repeating: 0, count: 32)
             _ = prctlName(&name)
-            seen.withLock { $0.append(String(cString: name)) }
+            let length = name.firstIndex(of: 0) ?? name.count
+            seen.withLock { $0.append(String(decoding: name[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)) }
             done.lock(); done.signal(); done.unlock()
         })
     }

@@ -39,8 +39,8 @@ func prometheusClientParsesTheExposition() throws {
     let awkwardKeyID = "k\"1\\x\ny"
     metrics.setKeyID(awkwardKeyID)
     for s in [0.000_02, 0.3, 4.0] {
-        metrics.callStarted(op: "Status")
-        metrics.callFinished(op: "Status", code: .ok, seconds: s)
+        metrics.callStarted(op: .status)
+        metrics.callFinished(op: .status, code: .ok, seconds: s)
     }
     let file = FileManager.default.temporaryDirectory.appendingPathComponent("kekd-metrics-\(UUID().uuidString).txt")
     try metrics.render().write(to: file, atomically: true, encoding: .utf8)

@@ -23,11 +23,11 @@ import PrometheusParser
 
     static func busyMetrics() -> KekdMetrics {
         let m = KekdMetrics(version: "0.1.0", backend: "file")
-        m.callStarted(op: "Encrypt")
-        m.callFinished(op: "Encrypt", code: .ok, seconds: 0.000_03)
-        m.callStarted(op: "Decrypt")
-        m.callFinished(op: "Decrypt", code: .invalidArgument, seconds: 0.002)
-        m.callStarted(op: "Status")
+        m.callStarted(op: .encrypt)
+        m.callFinished(op: .encrypt, code: .ok, seconds: 0.000_03)
+        m.callStarted(op: .decrypt)
+        m.callFinished(op: .decrypt, code: .invalidArgument, seconds: 0.002)
+        m.callStarted(op: .status)
         m.connectionOpened()
         m.protocolError(.enhanceYourCalm)
         m.backendCall(op: "encrypt", result: "ok", seconds: 0.000_01)
@@ -149,8 +149,8 @@ import PrometheusParser
         let m = KekdMetrics(version: "1", backend: "file")
         let observations = [0.000_005, 0.000_01, 0.000_3, 0.000_3, 0.04, 2.9, 3.5, 100]
         for s in observations {
-            m.callStarted(op: "Decrypt")
-            m.callFinished(op: "Decrypt", code: .ok, seconds: s)
+            m.callStarted(op: .decrypt)
+            m.callFinished(op: .decrypt, code: .ok, seconds: s)
         }
         let p = try ExpositionParser.parse(m.render())
         let buckets = p.samples
@@ -190,12 +190,12 @@ import PrometheusParser
 
     @Test func opLabelIsBoundedAndCodesAreNamed() throws {
         let m = KekdMetrics(version: "1", backend: "file")
-        for path in ["/v1beta1.KeyManagementService/Encrypt", "/x/\(UUID().uuidString)", "/v2.KeyManagementService/Decrypt"] {
-            m.callStarted(op: path)
-            m.callFinished(op: path, code: .unimplemented, seconds: 0.001)
+        for op: KekdMetrics.Op in [.other, .other, .decrypt] {
+            m.callStarted(op: op)
+            m.callFinished(op: op, code: .unimplemented, seconds: 0.001)
         }
-        m.callStarted(op: "Encrypt")
-        m.callFinished(op: "Encrypt", code: .unknown, seconds: 0.001)
+        m.callStarted(op: .encrypt)
+        m.callFinished(op: .encrypt, code: .unknown, seconds: 0.001)
         let p = try ExpositionParser.parse(m.render())
         #expect(Set(p.samples.compactMap { $0.labels["op"] }).isSubset(of: ["Status", "Encrypt", "Decrypt", "other"]))
         #expect(p.value("kekd_grpc_requests_total", ["op": "other", "code": "UNIMPLEMENTED"]) == 2)
@@ -258,7 +258,7 @@ import PrometheusParser
         let m = KekdMetrics(version: "1", backend: "file")
         let threads = 8, perThread = 20_000
         DispatchQueue.concurrentPerform(iterations: threads) { t in
-            let op = ["Status", "Encrypt", "Decrypt", "/bogus"][t % 4]
+            let op = KekdMetrics.Op.allCases[t % 4]
             for i in 0..<perThread {
                 m.callStarted(op: op)
                 m.callFinished(op: op, code: i % 10 == 0 ? .unavailable : .ok, seconds: Double(i % 7) * 0.001)
@@ -293,8 +293,8 @@ import PrometheusParser
         let writer = Thread {
             var i = 0
             while !done.value.load(ordering: .relaxed) {
-                m.callStarted(op: "Encrypt")
-                m.callFinished(op: "Encrypt", code: .ok, seconds: Double(i % 50) * 0.0001)
+                m.callStarted(op: .encrypt)
+                m.callFinished(op: .encrypt, code: .ok, seconds: Double(i % 50) * 0.0001)
                 i += 1
             }
         }

@@ -43,10 +43,14 @@ private func arrival(_ method: KMSMethod?, timeoutNanos: UInt64? = nil, arrived:
 
 @Test func theMethodIsMatchedOnceAndOtherPathsAreNamedOneWay() {
     let ours = arrival(.decrypt)
-    #expect(ours.method == .decrypt && ours.metricsOp == "Decrypt" && ours.auditOp == "Decrypt")
+    #expect(ours.method == .decrypt && ours.metricsOp == .decrypt && ours.auditOp == "Decrypt")
     let other = arrival(nil)
-    #expect(other.method == nil && other.metricsOp == "other" && other.auditOp == "/other.Service/Call")
+    #expect(other.method == nil && other.metricsOp == .other && other.auditOp == "/other.Service/Call")
     #expect(pipeline().admit(other, peer: root, now: other.arrived)?.status.code == .unimplemented)
+    // The metrics label of each method is its name; another version's path is `other`, not its method name.
+    for method in KMSMethod.allCases { #expect(KekdMetrics.Op(method).label == method.op) }
+    let v1 = CallArrival(GRPCRequest(streamID: 1, path: "/v1beta1.KeyManagementService/Encrypt", message: [], timeoutNanos: nil), arrived: 1)
+    #expect(v1.metricsOp == .other)
 }
 
 @Test func authorizationRefusesEncryptAndDecryptToStatusOnlyPeers() {
