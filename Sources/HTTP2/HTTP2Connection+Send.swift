@@ -22,18 +22,19 @@ extension HTTP2Connection {
     /// A whole response (server): headers, one DATA payload and trailers, all blocks encoded once. The usual answer
     /// (nothing queued on the stream, the payload within one frame and both windows) is written with one stream
     /// lookup and no copy of `data` but into the output; otherwise it takes the general path. False when the stream
-    /// is gone or cannot send.
+    /// is gone or can no longer send headers.
     @discardableResult
     public func sendResponse(streamID: UInt32, headers: PreEncodedHeaders, data: ArraySlice<UInt8>,
                              trailers: PreEncodedHeaders) -> Bool {
         guard !isClosed, let stream = streams[streamID] else { return false }
-        guard stream.pending.isEmpty, data.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow),
-              stream.queueHeaders(endStream: false) else {
-            sendHeaders(streamID: streamID, preEncoded: headers, endStream: false)
+        guard stream.pending.isEmpty, data.count <= min(sendFrameSize, stream.sendWindow, connectionSendWindow) else {
+            guard stream.queueHeaders(endStream: false) else { return false }
+            writeHeaders(stream, preEncoded: headers, endStream: false)
             sendData(streamID: streamID, bytes: Array(data), endStream: false)
             sendHeaders(streamID: streamID, preEncoded: trailers, endStream: true)
             return true
         }
+        guard stream.queueHeaders(endStream: false) else { return false }
         writeHeaders(stream, preEncoded: headers, endStream: false)
         if stream.queueData(endStream: false) { writeData(stream, data, endStream: false) }
         if stream.queueHeaders(endStream: true) { writeHeaders(stream, preEncoded: trailers, endStream: true) }
