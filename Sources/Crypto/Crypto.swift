@@ -37,7 +37,6 @@ public enum SecureRandom {
 enum FetchedAlgorithms {
     nonisolated(unsafe) static let aes256GCM: OpaquePointer = EVP_CIPHER_fetch(nil, "AES-256-GCM", nil) ?? EVP_aes_256_gcm()
     nonisolated(unsafe) static let sha256: OpaquePointer = EVP_MD_fetch(nil, "SHA256", nil) ?? EVP_sha256()
-    nonisolated(unsafe) static let hmac: OpaquePointer? = EVP_MAC_fetch(nil, "HMAC", nil)
 }
 
 /// AES-256-GCM with 96-bit nonces and 128-bit tags.
@@ -209,44 +208,51 @@ public enum HMACSHA256 {
 
 /// An HMAC-SHA256 key set up once for many MACs (the audit chain: one per record), each over several parts without
 /// joining them first. Not thread-safe: one owner (the audit writer thread).
+/// HMAC as RFC 2104 defines it, H((K ^ opad) || H((K ^ ipad) || m)), with the SHA-256 states after the two pad blocks
+/// kept: each MAC copies them instead of re-keying (EVP_MAC re-derives both on every init, a third of a record's MAC).
 public final class HMACSHA256Context {
-    private let ctx: OpaquePointer?
-    private let key: [UInt8]
+    private let inner: OpaquePointer
+    private let outer: OpaquePointer
+    private let work: OpaquePointer
 
     public init(key: [UInt8]) {
-        self.key = key
-        var ctx: OpaquePointer? = FetchedAlgorithms.hmac.flatMap { EVP_MAC_CTX_new($0) }
-        if let c = ctx {
-            let ok: Int32 = "digest".withCString { name in
-                "SHA256".withCString { digest in
-                    var params = [OSSL_PARAM_construct_utf8_string(name, UnsafeMutablePointer(mutating: digest), 0),
-                                  OSSL_PARAM_construct_end()]
-                    return key.withUnsafeBytes { k in
-                        EVP_MAC_init(c, k.baseAddress?.assumingMemoryBound(to: UInt8.self), k.count, &params)
-                    }
-                }
-            }
-            if ok != 1 { EVP_MAC_CTX_free(c); ctx = nil }
+        let blockSize = 64
+        var block = key.count > blockSize ? SHA256.hash(key) : key
+        block.append(contentsOf: repeatElement(0, count: blockSize - block.count))
+        func padded(_ pad: UInt8) -> OpaquePointer {
+            var padBlock = block.map { $0 ^ pad }
+            defer { wipe(&padBlock) }
+            guard let ctx = EVP_MD_CTX_new(), EVP_DigestInit_ex2(ctx, FetchedAlgorithms.sha256, nil) == 1,
+                  EVP_DigestUpdate(ctx, padBlock, blockSize) == 1
+            else { preconditionFailure("SHA-256 cannot fail on valid input") }
+            return ctx
         }
-        self.ctx = ctx
+        inner = padded(0x36)
+        outer = padded(0x5C)
+        wipe(&block)
+        guard let work = EVP_MD_CTX_new() else { preconditionFailure("out of memory") }
+        self.work = work
     }
 
-    deinit { EVP_MAC_CTX_free(ctx) }
+    deinit {
+        EVP_MD_CTX_free(inner)
+        EVP_MD_CTX_free(outer)
+        EVP_MD_CTX_free(work)
+    }
 
     /// HMAC-SHA256(key, parts joined).
     public func mac(_ parts: ArraySlice<UInt8>...) -> [UInt8] {
-        // OpenSSL 3's HMAC re-initialises with the key it already holds when given none.
-        guard let ctx, EVP_MAC_init(ctx, nil, 0, nil) == 1 else {
-            return HMACSHA256.mac(key: key, message: parts.reduce(into: []) { $0.append(contentsOf: $1) })
-        }
+        var out = [UInt8](repeating: 0, count: SHA256.size)
+        var outLen: UInt32 = 0
+        var ok = EVP_MD_CTX_copy_ex(work, inner) == 1
         for part in parts where !part.isEmpty {
-            let ok = part.withUnsafeBufferPointer { EVP_MAC_update(ctx, $0.baseAddress, $0.count) }
-            precondition(ok == 1, "HMAC-SHA256 update cannot fail on valid input")
+            ok = ok && part.withUnsafeBufferPointer { EVP_DigestUpdate(work, $0.baseAddress, $0.count) } == 1
         }
-        var out = [UInt8](repeating: 0, count: 32)
-        var outLen = 0
-        let ok = EVP_MAC_final(ctx, &out, &outLen, 32)
-        precondition(ok == 1 && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
+        ok = ok && EVP_DigestFinal_ex(work, &out, &outLen) == 1
+            && EVP_MD_CTX_copy_ex(work, outer) == 1
+            && EVP_DigestUpdate(work, out, out.count) == 1
+            && EVP_DigestFinal_ex(work, &out, &outLen) == 1
+        precondition(ok && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
         return out
     }
 }

@@ -83,6 +83,18 @@ private func hex(_ s: String) -> [UInt8] {
     #expect(context.mac([]) == HMACSHA256.mac(key: key, message: []))
 }
 
+@Test func hmacContextHashesAKeyLongerThanABlockAndPadsOneOfExactlyABlock() {
+    // RFC 4231 test case 6: a 131-byte key is hashed first.
+    let longKey = [UInt8](repeating: 0xAA, count: 131)
+    let message = Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8)
+    #expect(hexString(HMACSHA256Context(key: longKey).mac(message[...]))
+            == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
+    for count in [63, 64, 65] {
+        let key = (0..<count).map { UInt8($0) }
+        #expect(HMACSHA256Context(key: key).mac(message[...]) == HMACSHA256.mac(key: key, message: message))
+    }
+}
+
 @Test func gcmOpensSlicesOfALargerBuffer() throws {
     let key = [UInt8](repeating: 7, count: 32), nonce = [UInt8](repeating: 9, count: 12)
     let sealed = try AES256GCM.seal(key: key, nonce: nonce, plaintext: [1, 2, 3], aad: [4])
