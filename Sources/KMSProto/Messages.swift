@@ -1,3 +1,4 @@
+import Glibc
 import Protobuf
 
 // Decoders switch on (field number, wire type): a known field number arriving with another wire type is skipped as
@@ -131,9 +132,15 @@ public struct AnnotationsMemo: Sendable {
 
     /// Whether `first` followed by `more` are the map entries' bytes this memo holds.
     fileprivate func holds(_ first: ArraySlice<UInt8>, _ more: [ArraySlice<UInt8>]) -> Bool {
-        entries.count == 1 + more.count && entries[0].elementsEqual(first)
-            && zip(entries.dropFirst(), more).allSatisfy { $0.elementsEqual($1) }
+        entries.count == 1 + more.count && sameBytes(entries[0], first)
+            && zip(entries.dropFirst(), more).allSatisfy { sameBytes($0, $1) }
     }
+}
+
+/// One memcmp: `elementsEqual` goes byte by byte through the generic sequence path.
+private func sameBytes(_ a: [UInt8], _ b: ArraySlice<UInt8>) -> Bool {
+    guard a.count == b.count else { return false }
+    return a.withUnsafeBytes { x in b.withUnsafeBytes { y in x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
 }
 
 public struct DecryptRequest: ProtoMessage {
@@ -175,7 +182,7 @@ public struct DecryptRequest: ProtoMessage {
             }
         }
         if !keyIDBytes.isEmpty {
-            if memo.keyIDBytes.elementsEqual(keyIDBytes) {
+            if sameBytes(memo.keyIDBytes, keyIDBytes) {
                 keyID = memo.keyID
             } else {
                 keyID = try ProtobufReader.string(keyIDBytes, field: 3)
