@@ -22,6 +22,12 @@ public enum Envelope {
     /// Seals `plaintext` under `key`; `keyVersion`, `keyID` and `annotations` are bound as AAD.
     public static func seal(plaintext: [UInt8], key: SymmetricKey, keyVersion: UInt32, keyID: String,
                             annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
+        try seal(plaintext: plaintext, key: key, keyVersion: keyVersion,
+                 aad: additionalData(keyVersion: keyVersion, keyID: keyID, annotations: annotations))
+    }
+
+    /// `seal` with the AAD already built for `keyVersion` (a key version's own, built once per key file load).
+    static func seal(plaintext: [UInt8], key: SymmetricKey, keyVersion: UInt32, aad: [UInt8]) throws(KMSError) -> [UInt8] {
         let nonce: [UInt8]
         do { nonce = try SecureRandom.bytes(AES256GCM.nonceSize) } catch {
             throw KMSError(.internalError, "random nonce: \(error)")
@@ -31,7 +37,6 @@ public enum Envelope {
         out.append(formatVersion)
         appendBigEndian(keyVersion, to: &out)
         out.append(contentsOf: nonce)
-        let aad = try additionalData(keyVersion: keyVersion, keyID: keyID, annotations: annotations)
         do {
             try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
             return out
@@ -57,9 +62,15 @@ public enum Envelope {
     public static func open(ciphertext: [UInt8], key: SymmetricKey, keyID: String,
                             annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
         let version = try keyVersion(of: ciphertext)
+        return try open(ciphertext: ciphertext, key: key,
+                        aad: additionalData(keyVersion: version, keyID: keyID, annotations: annotations))
+    }
+
+    /// `open` with the AAD already built; the caller checked the ciphertext's format and that the AAD is for the key
+    /// version it names (`keyVersion(of:)`).
+    static func open(ciphertext: [UInt8], key: SymmetricKey, aad: [UInt8]) throws(KMSError) -> [UInt8] {
         let nonce = ciphertext[5..<headerSize]
         let sealed = ciphertext[headerSize...]
-        let aad = try additionalData(keyVersion: version, keyID: keyID, annotations: annotations)
         do {
             return try AES256GCM.open(key: key, nonce: nonce, sealed: sealed, aad: aad)
         } catch .authenticationFailed {

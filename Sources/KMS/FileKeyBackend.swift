@@ -21,6 +21,16 @@ final class KeySnapshot: Sendable {
         let key: SymmetricKey
         /// Version 1 only: the key_id the first release gave a first-format key (see `KeyFile`); still accepted.
         let firstReleaseKeyID: String?
+        /// The AAD of every ciphertext Encrypt makes under this version (its key_id and `FileKeyBackend.annotations`):
+        /// built once here, not per call.
+        let ownAAD: [UInt8]
+
+        /// Whether a Decrypt's key_id and annotations are the ones Encrypt returns for this version (so `ownAAD` is
+        /// its AAD). Checked without hashing: the usual single annotation is compared directly.
+        func isOwn(keyID: String, annotations: [String: [UInt8]]) -> Bool {
+            guard keyID == self.keyID, annotations.count == 1, let only = annotations.first else { return false }
+            return only.value == FileKeyBackend.annotationValue && only.key == FileKeyBackend.annotationKey
+        }
     }
     let fileID: [UInt8]
     let auditSecret: [UInt8]
@@ -35,8 +45,11 @@ final class KeySnapshot: Sendable {
         for v in file.versions {
             let key: SymmetricKey
             do { key = try SymmetricKey(bytes: v.key) } catch { throw KMSError(.failedPrecondition, "key version \(v.version): \(error)") }
-            let entry = Entry(version: v.version, state: v.state, keyID: file.keyID(forVersion: v.version), key: key,
-                              firstReleaseKeyID: v.version == 1 ? KeyFile.firstReleaseLegacyKeyID(key: v.key) : nil)
+            let keyID = file.keyID(forVersion: v.version)
+            let entry = Entry(version: v.version, state: v.state, keyID: keyID, key: key,
+                              firstReleaseKeyID: v.version == 1 ? KeyFile.firstReleaseLegacyKeyID(key: v.key) : nil,
+                              ownAAD: try Envelope.additionalData(keyVersion: v.version, keyID: keyID,
+                                                                  annotations: FileKeyBackend.annotations))
             entries[v.version] = entry
             if v.state == .primary { primary = entry }
         }
@@ -139,10 +152,8 @@ public final class FileKeyBackend: KeyBackend {
 
     public func encrypt(plaintext: [UInt8], uid: String, context: CallContext) throws(KMSError) -> EncryptResult {
         let primary = current.withLock { $0 }.primary
-        let annotations = Self.annotations
-        let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version,
-                                           keyID: primary.keyID, annotations: annotations)
-        return EncryptResult(ciphertext: ciphertext, keyID: primary.keyID, annotations: annotations)
+        let ciphertext = try Envelope.seal(plaintext: plaintext, key: primary.key, keyVersion: primary.version, aad: primary.ownAAD)
+        return EncryptResult(ciphertext: ciphertext, keyID: primary.keyID, annotations: Self.annotations)
     }
 
     /// The ciphertext names its key version; the key_id must be that version's key_id in this key file (else the
@@ -167,6 +178,9 @@ public final class FileKeyBackend: KeyBackend {
         }
         guard entry.state != .retired else {
             throw KMSError(.failedPrecondition, "key version \(version) (key_id \(keyID)) is retired")
+        }
+        if entry.isOwn(keyID: keyID, annotations: annotations) {
+            return try Envelope.open(ciphertext: ciphertext, key: entry.key, aad: entry.ownAAD)
         }
         return try Envelope.open(ciphertext: ciphertext, key: entry.key, keyID: keyID, annotations: annotations)
     }

@@ -69,18 +69,17 @@ public struct EncryptedObject: ProtoMessage {
     }
 
     public func serializedBytes() -> [UInt8] {
-        let entries = StringBytesMap.sortedEntries(annotations)
         let sourceType = encryptedDEKSourceType.rawValue
         let size = SingularField.size(field: 1, length: encryptedData.count)
             + SingularField.size(field: 2, length: keyID.utf8.count)
             + SingularField.size(field: 3, length: encryptedDEKSource.count)
-            + StringBytesMap.encodedSize(entries, field: 4)
+            + StringBytesMap.encodedSize(annotations, field: 4)
             + (sourceType == 0 ? 0 : 1 + 10)
         var writer = ProtobufWriter(capacity: size)
         SingularField.write(field: 1, encryptedData, into: &writer)
         SingularField.write(field: 2, keyID.utf8, into: &writer)
         SingularField.write(field: 3, encryptedDEKSource, into: &writer)
-        StringBytesMap.write(entries, field: 4, into: &writer)
+        StringBytesMap.write(annotations, field: 4, into: &writer)
         if sourceType != 0 {
             writer.writeTag(field: 5, wireType: .varint)
             writer.writeVarint(sourceType)

@@ -1,3 +1,4 @@
+import Glibc
 import Protobuf
 
 // Decoders switch on (field number, wire type): a known field number arriving with another wire type is skipped as
@@ -107,31 +108,39 @@ public struct EncryptResponse: ProtoMessage {
     }
 
     public func serializedBytes() -> [UInt8] {
-        let entries = StringBytesMap.sortedEntries(annotations)
         let size = SingularField.size(field: 1, length: ciphertext.count)
             + SingularField.size(field: 2, length: keyID.utf8.count)
-            + StringBytesMap.encodedSize(entries, field: 3)
+            + StringBytesMap.encodedSize(annotations, field: 3)
         var writer = ProtobufWriter(capacity: size)
         SingularField.write(field: 1, ciphertext, into: &writer)
         SingularField.write(field: 2, keyID.utf8, into: &writer)
-        StringBytesMap.write(entries, field: 3, into: &writer)
+        StringBytesMap.write(annotations, field: 3, into: &writer)
         return writer.bytes
     }
 }
 
-/// The annotations of the latest DecryptRequest decoded with this memo, and the map entries' bytes they came from.
-/// kube-apiserver sends the same annotations with every Decrypt under one key version: a map is a function of its
-/// entries' bytes in order, so equal bytes reuse it.
+/// The key_id and annotations of the latest DecryptRequest decoded with this memo, and the bytes they came from.
+/// kube-apiserver sends the same key_id and annotations with every Decrypt under one key version: a String or map is
+/// a function of its bytes, so equal bytes reuse it instead of allocating (and hashing) it again.
 public struct AnnotationsMemo: Sendable {
-    fileprivate var entries: [[UInt8]]
-    fileprivate var map: [String: [UInt8]]
+    fileprivate var keyIDBytes: [UInt8] = []
+    fileprivate var keyID = ""
+    fileprivate var entries: [[UInt8]] = []
+    fileprivate var map: [String: [UInt8]] = [:]
 
-    public init() { self.init(entries: [], map: [:]) }
+    public init() {}
 
-    fileprivate init(entries: [[UInt8]], map: [String: [UInt8]]) {
-        self.entries = entries
-        self.map = map
+    /// Whether `first` followed by `more` are the map entries' bytes this memo holds.
+    fileprivate func holds(_ first: ArraySlice<UInt8>, _ more: [ArraySlice<UInt8>]) -> Bool {
+        entries.count == 1 + more.count && sameBytes(entries[0], first)
+            && zip(entries.dropFirst(), more).allSatisfy { sameBytes($0, $1) }
     }
+}
+
+/// One memcmp: `elementsEqual` goes byte by byte through the generic sequence path.
+private func sameBytes(_ a: [UInt8], _ b: ArraySlice<UInt8>) -> Bool {
+    guard a.count == b.count else { return false }
+    return a.withUnsafeBytes { x in b.withUnsafeBytes { y in x.count == 0 || memcmp(x.baseAddress!, y.baseAddress!, x.count) == 0 } }
 }
 
 public struct DecryptRequest: ProtoMessage {
@@ -152,41 +161,56 @@ public struct DecryptRequest: ProtoMessage {
         try self.init(serializedBytes: bytes, memo: &memo)
     }
 
-    /// Decodes like `init(serializedBytes:)`; when the annotation entries are the same bytes as in the request
-    /// `memo` last saw, their map is reused instead of built (and hashed) again, and `memo` keeps the latest.
+    /// Decodes like `init(serializedBytes:)`; when the key_id or the annotation entries are the same bytes as in the
+    /// request `memo` last saw, its String or map is reused instead of built again, and `memo` keeps the latest.
     public init(serializedBytes bytes: ArraySlice<UInt8>, memo: inout AnnotationsMemo) throws(ProtobufError) {
         self.init()
         var reader = ProtobufReader(bytes)
-        var entries: [ArraySlice<UInt8>] = []
+        var keyIDBytes: ArraySlice<UInt8> = []
+        // The usual single entry is kept apart: no array is allocated for it.
+        var firstEntry: ArraySlice<UInt8>?
+        var moreEntries: [ArraySlice<UInt8>] = []
         while let tag = try reader.readTag() {
             switch (tag.fieldNumber, tag.wireType) {
             case (1, .lengthDelimited): ciphertext = Array(try reader.readLengthDelimited())
             case (2, .lengthDelimited): uid = try reader.readString(field: 2)
-            case (3, .lengthDelimited): keyID = try reader.readString(field: 3)
-            case (4, .lengthDelimited): entries.append(try reader.readLengthDelimited())
+            case (3, .lengthDelimited): keyIDBytes = try reader.readLengthDelimited()
+            case (4, .lengthDelimited):
+                let entry = try reader.readLengthDelimited()
+                if firstEntry == nil { firstEntry = entry } else { moreEntries.append(entry) }
             default: try reader.skipField(tag.wireType)
             }
         }
-        if entries.isEmpty { return }
-        if entries.elementsEqual(memo.entries, by: { $0.elementsEqual($1) }) {
+        if !keyIDBytes.isEmpty {
+            if sameBytes(memo.keyIDBytes, keyIDBytes) {
+                keyID = memo.keyID
+            } else {
+                keyID = try ProtobufReader.string(keyIDBytes, field: 3)
+                memo.keyIDBytes = Array(keyIDBytes)
+                memo.keyID = keyID
+            }
+        }
+        guard let firstEntry else { return }
+        if memo.holds(firstEntry, moreEntries) {
             annotations = memo.map
             return
         }
-        for entry in entries { try StringBytesMap.mergeEntry(entry, into: &annotations, field: 4) }
-        memo = AnnotationsMemo(entries: entries.map { Array($0) }, map: annotations)
+        try StringBytesMap.mergeEntry(firstEntry, into: &annotations, field: 4)
+        for entry in moreEntries { try StringBytesMap.mergeEntry(entry, into: &annotations, field: 4) }
+        memo.entries = [Array(firstEntry)] + moreEntries.map { Array($0) }
+        memo.map = annotations
     }
 
     public func serializedBytes() -> [UInt8] {
-        let entries = StringBytesMap.sortedEntries(annotations)
         let size = SingularField.size(field: 1, length: ciphertext.count)
             + SingularField.size(field: 2, length: uid.utf8.count)
             + SingularField.size(field: 3, length: keyID.utf8.count)
-            + StringBytesMap.encodedSize(entries, field: 4)
+            + StringBytesMap.encodedSize(annotations, field: 4)
         var writer = ProtobufWriter(capacity: size)
         SingularField.write(field: 1, ciphertext, into: &writer)
         SingularField.write(field: 2, uid.utf8, into: &writer)
         SingularField.write(field: 3, keyID.utf8, into: &writer)
-        StringBytesMap.write(entries, field: 4, into: &writer)
+        StringBytesMap.write(annotations, field: 4, into: &writer)
         return writer.bytes
     }
 }

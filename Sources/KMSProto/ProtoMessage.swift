@@ -57,20 +57,28 @@ enum StringBytesMap {
             + ProtobufWriter.lengthDelimitedFieldSize(field: 2, length: value.count)
     }
 
-    static func encodedSize(_ entries: [(key: String, value: [UInt8])], field: Int) -> Int {
+    /// The size does not depend on the order: summed over the map as it is.
+    static func encodedSize(_ map: [String: [UInt8]], field: Int) -> Int {
         var size = 0
-        for entry in entries {
+        for entry in map {
             size += ProtobufWriter.lengthDelimitedFieldSize(field: field, length: entryPayloadSize(key: entry.key, value: entry.value))
         }
         return size
     }
 
-    static func write(_ entries: [(key: String, value: [UInt8])], field: Int, into writer: inout ProtobufWriter) {
-        for entry in entries {
-            writer.writeLengthDelimitedHeader(field: field, length: entryPayloadSize(key: entry.key, value: entry.value))
-            writer.writeLengthDelimited(field: 1, entry.key.utf8)
-            writer.writeLengthDelimited(field: 2, entry.value)
+    static func write(_ map: [String: [UInt8]], field: Int, into writer: inout ProtobufWriter) {
+        // One entry (the usual case) has no order to establish: no sorted copy is made.
+        if map.count == 1, let only = map.first {
+            write(key: only.key, value: only.value, field: field, into: &writer)
+            return
         }
+        for entry in sortedEntries(map) { write(key: entry.key, value: entry.value, field: field, into: &writer) }
+    }
+
+    private static func write(key: String, value: [UInt8], field: Int, into writer: inout ProtobufWriter) {
+        writer.writeLengthDelimitedHeader(field: field, length: entryPayloadSize(key: key, value: value))
+        writer.writeLengthDelimited(field: 1, key.utf8)
+        writer.writeLengthDelimited(field: 2, value)
     }
 }
 

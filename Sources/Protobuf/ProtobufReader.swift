@@ -58,7 +58,12 @@ public struct ProtobufReader {
     /// A proto3 `string` payload; invalid UTF-8 is an error naming `field`.
     @inlinable
     public mutating func readString(field: Int) throws(ProtobufError) -> String {
-        let payload = try readLengthDelimited()
+        try Self.string(try readLengthDelimited(), field: field)
+    }
+
+    /// A `string` field's payload read earlier with `readLengthDelimited` (to compare its bytes first), as a String.
+    @inlinable
+    public static func string(_ payload: ArraySlice<UInt8>, field: Int) throws(ProtobufError) -> String {
         if payload.isEmpty { return "" }
         let string: String? = payload.withUnsafeBufferPointer { buffer in
             // ASCII (every uid and key_id the apiserver sends) is valid UTF-8 as it is; only other text is validated.

@@ -324,3 +324,23 @@ import Synchronization
     backend.reload()
     #expect(backend.status().detail.contains("last change rejected") && backend.status().keyID == rotated.response.keyID)
 }
+
+/// Each key version's AAD built at load is the one `Envelope.additionalData` builds per call: a ciphertext Encrypt
+/// made opens through the general path, and `isOwn` takes only Encrypt's own key_id and annotation.
+@Test func ownAADIsTheGeneralAAD() throws {
+    let folder = TempFolder()
+    let (backend, path) = try makeBackend(folder, poll: nil)
+    defer { backend.close() }
+    let snapshot = try KeySnapshot(KeyFileStore.load(path: path).file)
+    let entry = snapshot.primary
+    #expect(entry.ownAAD == (try Envelope.additionalData(keyVersion: entry.version, keyID: entry.keyID,
+                                                          annotations: FileKeyBackend.annotations)))
+    let sealed = try backend.encrypt(plaintext: [1, 2, 3], uid: "u")
+    #expect(try Envelope.open(ciphertext: sealed.ciphertext, key: entry.key, keyID: sealed.keyID,
+                              annotations: sealed.annotations) == [1, 2, 3])
+    #expect(entry.isOwn(keyID: sealed.keyID, annotations: sealed.annotations))
+    #expect(!entry.isOwn(keyID: sealed.keyID + "x", annotations: sealed.annotations))
+    #expect(!entry.isOwn(keyID: sealed.keyID, annotations: [FileKeyBackend.annotationKey: Array("x".utf8)]))
+    #expect(!entry.isOwn(keyID: sealed.keyID, annotations: ["other.kekd.io": FileKeyBackend.annotationValue]))
+    #expect(!entry.isOwn(keyID: sealed.keyID, annotations: sealed.annotations.merging(["b.example.com": []]) { a, _ in a }))
+}

@@ -3,8 +3,8 @@ import Protobuf
 import KMSProto
 
 @Suite struct AnnotationsMemoTests {
-    private func request(_ annotations: [String: [UInt8]], uid: String = "u") -> [UInt8] {
-        DecryptRequest(ciphertext: [1, 2, 3], uid: uid, keyID: "k", annotations: annotations).serializedBytes()
+    private func request(_ annotations: [String: [UInt8]], uid: String = "u", keyID: String = "k") -> [UInt8] {
+        DecryptRequest(ciphertext: [1, 2, 3], uid: uid, keyID: keyID, annotations: annotations).serializedBytes()
     }
 
     /// With a memo, every request decodes exactly as without one, whether its annotations repeat or change.
@@ -20,6 +20,19 @@ import KMSProto
             #expect(memoized == (try DecryptRequest(serializedBytes: bytes)))
             #expect(memoized.annotations == annotations && memoized.uid == "u\(index)")
         }
+    }
+
+    /// The key_id follows each request's bytes, whether it repeats or changes; one that is not UTF-8 is an error.
+    @Test func keyIDFollowsTheBytes() throws {
+        var memo = AnnotationsMemo()
+        for keyID in ["kekd-v1-aaaaaaaaaaaaaaaaaaaa", "kekd-v1-aaaaaaaaaaaaaaaaaaaa", "kekd-v2-aaaaaaaaaaaaaaaaaaaa", "", "k",
+                      "kekd-v2-aaaaaaaaaaaaaaaaaaaa"] {
+            let bytes = request(["a.example.com": [1]], keyID: keyID)
+            #expect(try DecryptRequest(serializedBytes: bytes[...], memo: &memo).keyID == keyID)
+        }
+        // Field 3 = "\xff".
+        let bad: [UInt8] = [0x0a, 1, 7, 0x1a, 1, 0xff]
+        #expect(throws: ProtobufError.invalidUTF8(field: 3)) { try DecryptRequest(serializedBytes: bad[...], memo: &memo) }
     }
 
     /// A request whose annotation key is not UTF-8 fails as before and leaves the memo as it was.
