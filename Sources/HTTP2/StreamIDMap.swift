@@ -90,6 +90,14 @@ public struct StreamIDMap<Value> {
         return value
     }
 
+    /// Removes and returns the value for `id` when `condition` holds for it, with one lookup.
+    @inlinable @discardableResult
+    public mutating func removeValue(forKey id: UInt32, if condition: (Value) -> Bool) -> Value? {
+        guard let index = slot(of: id), let value = slots[index], condition(value) else { return nil }
+        remove(at: index)
+        return value
+    }
+
     /// Empties `index` and shifts later members of its probe run back, so lookups never meet a hole early.
     @inlinable mutating func remove(at index: Int) {
         var hole = index
