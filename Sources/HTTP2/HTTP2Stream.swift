@@ -160,9 +160,7 @@ final class HTTP2Stream {
 
 /// A bounded FIFO set of stream ids (streams we reset or chose to ignore), so late frames for them are dropped
 /// quietly as §5.1 allows, without remembering every stream forever. Every closed stream passes through it, so its
-/// members sit in a `StreamIDMap` (no hashing) rather than a `Set`, keyed by a scrambled id: the map puts consecutive
-/// ids in consecutive slots, and the ring's hundreds of members would make one long probe run that every removal
-/// walks. Stream 0 is never a member.
+/// members sit in a `StreamIDMap` (no `Hasher`) rather than a `Set`. Stream 0 is never a member.
 struct RecentStreamSet {
     private var members = StreamIDMap<Void>()
     private var order: [UInt32] = []
@@ -171,20 +169,17 @@ struct RecentStreamSet {
 
     init(capacity: Int) { self.capacity = max(1, capacity) }
 
-    func contains(_ id: UInt32) -> Bool { members.contains(Self.key(id)) }
-
-    /// Multiplying by an odd constant is a bijection on UInt32 that keeps nonzero ids nonzero.
-    private static func key(_ id: UInt32) -> UInt32 { id &* 0x9E37_79B1 }
+    func contains(_ id: UInt32) -> Bool { members.contains(id) }
 
     mutating func insert(_ id: UInt32) {
         guard !contains(id) else { return }
         if order.count < capacity {
             order.append(id)
         } else {
-            members.removeValue(forKey: Self.key(order[next]))
+            members.removeValue(forKey: order[next])
             order[next] = id
             next = (next + 1) % capacity
         }
-        members[Self.key(id)] = ()
+        members[id] = ()
     }
 }
