@@ -55,9 +55,12 @@ public enum GRPCServerEvent: Sendable {
 public final class GRPCServerConnection {
     public let http2: HTTP2Connection
     public let limits: GRPCServerLimits
-    /// Compared in turn: a path decoded from the HPACK table shares storage with the table entry, so equal strings
-    /// compare at once, cheaper than hashing into a set of a few paths.
+    /// Compared in turn: cheaper than hashing into a set of a few paths.
     private let knownPaths: [String]
+    /// The last accepted path and content-type: a client's repeated requests send them as the same HPACK table
+    /// entries, whose strings share storage with these, so the usual request's checks compare identical strings.
+    private var lastKnownPath: String?
+    private var lastGRPCContentType: String?
 
     private struct PendingRequest {
         var path: String
@@ -120,8 +123,8 @@ public final class GRPCServerConnection {
 
     /// Stops tracking a request that is still arriving and releases what it held.
     @discardableResult
-    private func forget(_ streamID: UInt32) -> PendingRequest? {
-        guard let pending = receiving.removeValue(forKey: streamID) else { return nil }
+    private func forget(_ streamID: UInt32, if condition: (PendingRequest) -> Bool = { _ in true }) -> PendingRequest? {
+        guard let pending = receiving.removeValue(forKey: streamID, if: condition) else { return nil }
         if pending.heldBytes > 0 {
             bufferedRequestBytes -= pending.heldBytes
             budget?.release(pending.heldBytes)
@@ -185,7 +188,7 @@ public final class GRPCServerConnection {
     // MARK: - Request assembly
 
     private func onHeaders(streamID: UInt32, fields: [HeaderField], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        if receiving[streamID] != nil {
+        if receiving.contains(streamID) {
             // Trailers from the client: only legal as the end of the request.
             guard endStream else {
                 reject(streamID, path: receiving[streamID]!.path, GRPCStatus(.internalError, "unexpected HEADERS in the middle of a request"), requestEnded: false, into: &out)
@@ -217,14 +220,17 @@ public final class GRPCServerConnection {
             rejectHTTP(streamID, status: "405", path: path, GRPCStatus(.unimplemented, "method \(method) not allowed; gRPC uses POST"), requestEnded: endStream, into: &out)
             return
         }
-        guard contentType == "application/grpc" || contentType.hasPrefix("application/grpc+") || contentType.hasPrefix("application/grpc;") else {
+        guard contentType == lastGRPCContentType || contentType == "application/grpc"
+                || contentType.hasPrefix("application/grpc+") || contentType.hasPrefix("application/grpc;") else {
             rejectHTTP(streamID, status: "415", path: path, GRPCStatus(.internalError, "content-type \(contentType) is not gRPC"), requestEnded: endStream, into: &out)
             return
         }
-        guard knownPaths.contains(path) else {
+        lastGRPCContentType = contentType
+        guard path == lastKnownPath || knownPaths.contains(path) else {
             reject(streamID, path: path, GRPCStatus(.unimplemented, "unknown method \(path)"), requestEnded: endStream, into: &out)
             return
         }
+        lastKnownPath = path
         if let encoding, encoding != "identity" {
             reject(streamID, path: path, GRPCStatus(.unimplemented, "grpc-encoding \(encoding) is not supported; send uncompressed messages"), requestEnded: endStream, into: &out)
             return
@@ -242,10 +248,9 @@ public final class GRPCServerConnection {
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        if endStream, receiving.contains(streamID), receiving[streamID]?.reader?.isEmpty ?? true,
-           let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize) {
+        if endStream, let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize),
+           let pending = forget(streamID, if: { $0.reader?.isEmpty ?? true }) {
             // The usual unary request: the whole message in the DATA frame that ends the stream.
-            guard let pending = forget(streamID) else { return }
             http2.consume(streamID: streamID, bytes: pending.receivedBytes + bytes.count)
             handOver(streamID, pending, message: message, into: &out)
             return

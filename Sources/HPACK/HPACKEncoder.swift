@@ -81,6 +81,9 @@ public struct HPACKEncoder: Sendable {
         }
     }
 
+    /// A table size update is owed at the start of the next block: a block encoded once cannot be sent as it is.
+    public var owesSizeUpdate: Bool { pendingSizeUpdate != nil }
+
     /// A block encoded once (`PreEncodedHeaders`): only the size update owed, if any, is encoded now.
     public mutating func encode(_ headers: PreEncodedHeaders, into buffer: inout [UInt8]) {
         appendPendingSizeUpdate(to: &buffer)

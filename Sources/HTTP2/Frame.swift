@@ -261,12 +261,14 @@ public struct FrameReader: Sendable {
 /// Appends frames straight into an output buffer (the connection's hot path builds no `Frame` values).
 public enum FrameWriter {
     public static func appendHeader(into out: inout [UInt8], length: Int, type: UInt8, flags: UInt8, streamID: UInt32) {
-        out.append(UInt8(truncatingIfNeeded: length >> 16))
-        out.append(UInt8(truncatingIfNeeded: length >> 8))
-        out.append(UInt8(truncatingIfNeeded: length))
-        out.append(type)
-        out.append(flags)
-        appendUInt32(streamID & 0x7fff_ffff, into: &out)
+        // Built on the stack and appended once: nine single-byte appends each checked capacity and uniqueness.
+        let id = streamID & 0x7fff_ffff
+        let header: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (
+            UInt8(truncatingIfNeeded: length >> 16), UInt8(truncatingIfNeeded: length >> 8),
+            UInt8(truncatingIfNeeded: length), type, flags,
+            UInt8(truncatingIfNeeded: id >> 24), UInt8(truncatingIfNeeded: id >> 16),
+            UInt8(truncatingIfNeeded: id >> 8), UInt8(truncatingIfNeeded: id))
+        withUnsafeBytes(of: header) { out.append(contentsOf: $0) }
     }
 
     public static func appendUInt16(_ v: UInt16, into out: inout [UInt8]) {

@@ -159,9 +159,10 @@ final class HTTP2Stream {
 }
 
 /// A bounded FIFO set of stream ids (streams we reset or chose to ignore), so late frames for them are dropped
-/// quietly as §5.1 allows, without remembering every stream forever.
+/// quietly as §5.1 allows, without remembering every stream forever. Every closed stream passes through it, so its
+/// members sit in a `StreamIDMap` (no `Hasher`) rather than a `Set`. Stream 0 is never a member.
 struct RecentStreamSet {
-    private var members = Set<UInt32>()
+    private var members = StreamIDMap<Void>()
     private var order: [UInt32] = []
     private var next = 0
     let capacity: Int
@@ -171,14 +172,14 @@ struct RecentStreamSet {
     func contains(_ id: UInt32) -> Bool { members.contains(id) }
 
     mutating func insert(_ id: UInt32) {
-        guard !members.contains(id) else { return }
+        guard !contains(id) else { return }
         if order.count < capacity {
             order.append(id)
         } else {
-            members.remove(order[next])
+            members.removeValue(forKey: order[next])
             order[next] = id
             next = (next + 1) % capacity
         }
-        members.insert(id)
+        members[id] = ()
     }
 }

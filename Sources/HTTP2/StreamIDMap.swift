@@ -1,9 +1,10 @@
 // Per-stream tables keyed by stream id, looked up several times per frame: an open-addressing table that hashes an
-// id by its position in the sequence (`id >> 1`) instead of `Hasher` (SipHash), which dominated the lookups.
+// id with one multiplication (Fibonacci hashing) instead of `Hasher` (SipHash), which dominated the lookups.
 
 /// A map from stream id (never 0) to a value with `Dictionary`'s subscript semantics, for the few dozen streams a
-/// connection has open. Linear probing with backward-shift deletion (no tombstones); peers open ids in sequence, so
-/// `id >> 1` spreads live streams over consecutive slots.
+/// connection has open. Linear probing with backward-shift deletion (no tombstones). Ids are scattered, not placed
+/// by their position in the sequence: live streams' consecutive ids would form one probe run that every deletion
+/// walks to its end.
 @frozen
 public struct StreamIDMap<Value> {
     /// 0 marks an empty slot (stream 0 is the connection and never has an entry).
@@ -23,7 +24,7 @@ public struct StreamIDMap<Value> {
     @inlinable var mask: Int { keys.count - 1 }
 
     @inlinable @inline(__always)
-    func home(_ id: UInt32) -> Int { Int(id >> 1) & mask }
+    func home(_ id: UInt32) -> Int { Int(truncatingIfNeeded: (UInt64(id) &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask }
 
     /// The slot holding `id`, or nil.
     @inlinable @inline(__always)
@@ -86,6 +87,14 @@ public struct StreamIDMap<Value> {
     public mutating func removeValue(forKey id: UInt32) -> Value? {
         guard let index = slot(of: id) else { return nil }
         let value = slots[index]
+        remove(at: index)
+        return value
+    }
+
+    /// Removes and returns the value for `id` when `condition` holds for it, with one lookup.
+    @inlinable @discardableResult
+    public mutating func removeValue(forKey id: UInt32, if condition: (Value) -> Bool) -> Value? {
+        guard let index = slot(of: id), let value = slots[index], condition(value) else { return nil }
         remove(at: index)
         return value
     }

@@ -11,12 +11,16 @@ import Testing
         for step in 0..<20_000 {
             // Ids 1...97 (some sharing a home slot), with a run of sequential odd ids as peers open them.
             let id = step % 3 == 0 ? UInt32(2 * (step / 3 % 40) + 1) : UInt32.random(in: 1...97, using: &generator)
-            switch Int.random(in: 0..<4, using: &generator) {
+            switch Int.random(in: 0..<5, using: &generator) {
             case 0, 1:
                 map[id] = step
                 model[id] = step
             case 2:
                 #expect(map.removeValue(forKey: id) == model.removeValue(forKey: id))
+            case 3:
+                // Removed only when the condition holds for the value.
+                let expected = model[id].flatMap { $0 % 2 == 0 ? model.removeValue(forKey: id) : nil }
+                #expect(map.removeValue(forKey: id, if: { $0 % 2 == 0 }) == expected)
             default:
                 map[id]? += 1   // in place through the optional
                 model[id]? += 1
@@ -32,6 +36,14 @@ import Testing
         }
         map.removeAll()
         #expect(map.isEmpty && map[1] == nil && !map.contains(1))
+    }
+
+    /// The recent-stream set keeps exactly the last `capacity` ids inserted (re-inserting a member changes nothing).
+    @Test func recentStreamSetForgetsTheOldest() {
+        var recent = RecentStreamSet(capacity: 4)
+        for id: UInt32 in [1, 3, 5, 3, 7, 9, 11] { recent.insert(id) }
+        #expect([1, 3].allSatisfy { !recent.contains($0) })
+        #expect([5, 7, 9, 11].allSatisfy { recent.contains($0) })
     }
 }
 
