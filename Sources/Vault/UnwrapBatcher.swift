@@ -96,7 +96,12 @@ final class LocalKEKCache: Sendable {
 
 final class UnwrapBatcher: @unchecked Sendable {
     // All mutable state below is guarded by `cond`.
-    private final class Pending { var result: Result<SymmetricKey, KMSError>? }
+    private final class Pending {
+        var result: Result<SymmetricKey, KMSError>?
+        /// The latest deadline of the callers waiting for this key: its batch may run until then.
+        var deadline: Date
+        init(deadline: Date) { self.deadline = deadline }
+    }
     private let cond = Condition()
     private var pending: [String: Pending] = [:]
     private var queue: [String] = []
@@ -136,9 +141,10 @@ final class UnwrapBatcher: @unchecked Sendable {
         for (i, wrapped) in list.enumerated() {
             if let key = cache.get(wrapped) { results[i] = .success(key); continue }
             if let existing = pending[wrapped] {
+                existing.deadline = max(existing.deadline, deadline)
                 waiting.append((i, existing))
             } else {
-                let entry = Pending()
+                let entry = Pending(deadline: deadline)
                 pending[wrapped] = entry
                 queue.append(wrapped)
                 waiting.append((i, entry))
@@ -152,12 +158,11 @@ final class UnwrapBatcher: @unchecked Sendable {
             }
             if waiting.isEmpty { break }
             if !leaderActive && !queue.isEmpty {
-                // Start one batch, bounded by this caller's deadline; whoever is still waiting afterwards starts the
-                // next. On its own thread, so this caller can stop waiting when cancelled while the batch still
-                // fills the cache for the others.
+                // Start one batch; whoever is still waiting afterwards starts the next. On its own thread, so this
+                // caller can stop waiting when cancelled while the batch still fills the cache for the others.
                 leaderActive = true
                 startThread(name: "kekd-vault-unwrap") { [self] in
-                    runOneBatch(deadline: deadline)
+                    runOneBatch()
                     cond.lock()
                     leaderActive = false
                     cond.broadcast()
@@ -182,11 +187,14 @@ final class UnwrapBatcher: @unchecked Sendable {
         return results.map { $0 ?? .failure(KMSError(.internalError, "local KEK not unwrapped")) }
     }
 
-    private func runOneBatch(deadline: Date) {
+    /// One Vault call for the oldest queued keys, bounded by the latest deadline of their callers: the caller that
+    /// happened to start it may have the shortest deadline, and its deadline must not cut the others' request short.
+    private func runOneBatch() {
         if window > 0 { sleep(seconds: window) }  // let concurrent misses join this batch
         cond.lock()
         let batch = Array(queue.prefix(maxBatch))
         queue.removeFirst(batch.count)
+        let deadline = batch.compactMap { pending[$0]?.deadline }.max() ?? Date()
         cond.unlock()
         guard !batch.isEmpty else { return }
         batches.add(1, ordering: .relaxed)

@@ -95,6 +95,37 @@ import Testing
         #expect(Date().timeIntervalSince(started) < 0.4)
     }
 
+    /// The batch's Vault request runs until the latest deadline among the callers waiting for its keys, not the
+    /// deadline of whichever caller happened to start it (models a Vault that needs 0.4 s and a request cut off at its
+    /// deadline).
+    @Test func aShortDeadlineThatStartsTheBatchDoesNotCutTheOthersShort() throws {
+        let requestDeadlines = LockedValue<[Date]>([])
+        let batcher = UnwrapBatcher(cache: LocalKEKCache(capacity: 10), window: 0.1) { names, deadline in
+            requestDeadlines.withLock { $0.append(deadline) }
+            Thread.sleep(forTimeInterval: 0.4)
+            guard Date() <= deadline else { return names.map { _ in .failure(KMSError(.unavailable, "Vault request timed out")) } }
+            return names.map { name in
+                guard let key = try? SymmetricKey(bytes: SHA256.hash(Array(name.utf8))) else { return .failure(KMSError(.internalError, "key")) }
+                return .success(key)
+            }
+        }
+        let short = LockedValue<KMSError?>(nil)
+        let started = DispatchGroup()
+        started.enter()
+        Thread.detachNewThread {
+            started.leave()
+            do throws(KMSError) { _ = try batcher.unwrap("k", deadline: Date(timeIntervalSinceNow: 0.2)) } catch { short.withLock { $0 = error } }
+        }
+        started.wait()
+        Thread.sleep(forTimeInterval: 0.02)  // inside the batch's gathering window
+        let longDeadline = Date(timeIntervalSinceNow: 5)
+        let key = try batcher.unwrap("k", deadline: longDeadline)
+        #expect(key.bytes == SHA256.hash(Array("k".utf8)))
+        #expect(requestDeadlines.withLock { $0.count } == 1)
+        #expect(requestDeadlines.withLock { $0.first } == longDeadline)
+        #expect(short.withLock { $0 }?.code == .unavailable, "the short caller still leaves at its own deadline")
+    }
+
     /// The caller's own deadline or cancellation ends its wait with the caller's code, as in the PKCS#11 backend; the
     /// batch goes on and fills the cache for the next caller.
     @Test func aCallerThatCancelsOrReachesItsDeadlineLeavesWithItsOwnCode() throws {
