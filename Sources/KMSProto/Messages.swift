@@ -174,7 +174,10 @@ public struct DecryptRequest: ProtoMessage {
             switch (tag.fieldNumber, tag.wireType) {
             case (1, .lengthDelimited): ciphertext = Array(try reader.readLengthDelimited())
             case (2, .lengthDelimited): uid = try reader.readString(field: 2)
-            case (3, .lengthDelimited): keyIDBytes = try reader.readLengthDelimited()
+            case (3, .lengthDelimited):
+                // Only the last occurrence is kept, but every one must be UTF-8 (as protobuf-go and upb check).
+                if !keyIDBytes.isEmpty { _ = try ProtobufReader.string(keyIDBytes, field: 3) }
+                keyIDBytes = try reader.readLengthDelimited()
             case (4, .lengthDelimited):
                 let entry = try reader.readLengthDelimited()
                 if firstEntry == nil { firstEntry = entry } else { moreEntries.append(entry) }

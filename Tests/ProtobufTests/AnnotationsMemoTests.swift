@@ -33,6 +33,9 @@ import KMSProto
         // Field 3 = "\xff".
         let bad: [UInt8] = [0x0a, 1, 7, 0x1a, 1, 0xff]
         #expect(throws: ProtobufError.invalidUTF8(field: 3)) { try DecryptRequest(serializedBytes: bad[...], memo: &memo) }
+        // A bad key_id followed by the memo's own key_id: the last occurrence wins, but every one must be UTF-8.
+        let hidden = bad + [0x1a, 28] + Array("kekd-v2-aaaaaaaaaaaaaaaaaaaa".utf8)
+        #expect(throws: ProtobufError.invalidUTF8(field: 3)) { try DecryptRequest(serializedBytes: hidden[...], memo: &memo) }
     }
 
     /// A request whose annotation key is not UTF-8 fails as before and leaves the memo as it was.

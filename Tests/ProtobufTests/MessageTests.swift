@@ -158,6 +158,9 @@ struct MessageDecodingTests {
             for bad in ["ff", "c0af", "eda080", "e282", "6f6b80"] {
                 var input: [UInt8] = [UInt8(field << 3 | 2), UInt8(hexBytes(bad).count)] + hexBytes(bad)
                 #expect(throws: ProtobufError.invalidUTF8(field: field), "\(name) \(bad)") { try decode(input[...]) }
+                // Every occurrence is checked (as protobuf-go and upb do), not only the last one, which is kept.
+                let repeated = input + [UInt8(field << 3 | 2), 2, 0x6f, 0x6b]
+                #expect(throws: ProtobufError.invalidUTF8(field: field), "\(name) \(bad) then ok") { try decode(repeated[...]) }
                 // The same field with valid UTF-8 decodes, so the error is about the bytes, not the field.
                 input = [UInt8(field << 3 | 2), 2, 0x6f, 0x6b]
                 #expect(throws: Never.self, "\(name)") { try decode(input[...]) }
