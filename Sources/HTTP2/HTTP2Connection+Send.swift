@@ -43,16 +43,15 @@ extension HTTP2Connection {
 
     private func writeHeaders(_ stream: HTTP2Stream, preEncoded headers: PreEncodedHeaders, endStream: Bool) {
         if stream.pending.isEmpty {
+            // The usual case: the block goes out as encoded, without a copy through the scratch buffer.
+            var block = headers.block[...]
             if encoder.owesSizeUpdate {
                 headerScratch.removeAll(keepingCapacity: true)
                 encoder.encode(headers, into: &headerScratch)
-                FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: headerScratch[...],
-                                              endStream: endStream, maxFrameSize: sendFrameSize)
-            } else {
-                // The usual case: the block goes out as encoded, without a copy through the scratch buffer.
-                FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: headers.block[...],
-                                              endStream: endStream, maxFrameSize: sendFrameSize)
+                block = headerScratch[...]
             }
+            FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: block, endStream: endStream,
+                                          maxFrameSize: sendFrameSize)
             if endStream { closeLocal(stream) }
         } else {
             stream.pending.append(PendingOutbound(bytes: [], fields: headers.fields, endStream: endStream))
