@@ -204,6 +204,12 @@ final class AuditWriter: @unchecked Sendable {
 
     /// Writes the batch in as few segments as rotation and the memory cap allow; returns each record's fate.
     private func write(_ batch: [QueuedRecord]) -> [Bool] {
+        // Through a buffer pointer, so each event is read in place: an array element's event went through a copy
+        // (a retain and release of each of its strings) on its way to the encoder.
+        batch.withUnsafeBufferPointer { write($0) }
+    }
+
+    private func write(_ batch: UnsafeBufferPointer<QueuedRecord>) -> [Bool] {
         var results = [Bool](repeating: false, count: batch.count)
         if usage.path != nil {
             for index in batch.indices {

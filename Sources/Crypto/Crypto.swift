@@ -31,6 +31,38 @@ public enum SecureRandom {
     }
 }
 
+/// Random 96-bit GCM nonces, drawn from OpenSSL's DRBG 4 KiB at a time. A nonce is public (it travels in the
+/// ciphertext) and only has to be unpredictable and never repeat; a call into the DRBG (its lock, a CTR-DRBG update
+/// through the EVP layer) cost a sixth of a 32-byte Encrypt, so it is made once per 341 nonces. Each byte is handed
+/// out once and zeroed. kekd and kekctl never fork without exec, so no child process can hand out the same bytes.
+public enum NonceSource {
+    static let poolSize = 4096
+    private static let pool = LockedValue(Pool())
+    private struct Pool {
+        var bytes = [UInt8](repeating: 0, count: NonceSource.poolSize)
+        var next = NonceSource.poolSize
+    }
+
+    /// Fills `destination` (at most `poolSize` bytes) with bytes no other call gets.
+    public static func fill(_ destination: UnsafeMutableBufferPointer<UInt8>) throws(CryptoError) {
+        precondition(destination.count <= poolSize, "a nonce larger than the pool")
+        guard let target = destination.baseAddress else { return }
+        try pool.withLock { (pool: inout Pool) throws(CryptoError) in
+            if pool.next + destination.count > poolSize {
+                let ok = pool.bytes.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress!, Int32(poolSize)) }
+                guard ok == 1 else { throw .openSSL("RAND_bytes") }
+                pool.next = 0
+            }
+            let start = pool.next
+            pool.bytes.withUnsafeMutableBufferPointer { bytes in
+                target.update(from: bytes.baseAddress! + start, count: destination.count)
+                (bytes.baseAddress! + start).update(repeating: 0, count: destination.count)
+            }
+            pool.next += destination.count
+        }
+    }
+}
+
 /// Algorithms fetched from the provider once: the legacy getters (`EVP_aes_256_gcm()`, `EVP_sha256()`) make OpenSSL 3
 /// look the algorithm up again on every init, a measurable share of a 32-byte Decrypt. Fetched on first use, which
 /// comes after `FIPSMode.enable()` (kekd enables it before touching any key), so the FIPS provider's are used then.
@@ -79,32 +111,71 @@ public enum AES256GCM {
         return ctx
     }
 
+    /// `header` || nonce || ciphertext || tag in one new array (the envelopes' layout): `writeHeader` fills the first
+    /// `headerSize` bytes, the nonce comes from `NonceSource`, and the seal runs on one of `key`'s keyed contexts.
+    public static func sealWithRandomNonce(key: SymmetricKey, headerSize: Int, plaintext: [UInt8], aad: [UInt8],
+                                           writeHeader: (UnsafeMutableBufferPointer<UInt8>) -> Void) throws(CryptoError) -> [UInt8] {
+        let total = headerSize + nonceSize + plaintext.count + tagSize
+        var failure: CryptoError?
+        let out = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
+            let base = buffer.baseAddress!
+            writeHeader(UnsafeMutableBufferPointer(start: base, count: headerSize))
+            let nonce = UnsafeMutableBufferPointer(start: base + headerSize, count: nonceSize)
+            do throws(CryptoError) {
+                try NonceSource.fill(nonce)
+                try key.withGCMContext { ctx throws(CryptoError) in
+                    try seal(keyed: ctx, nonce: UnsafePointer(nonce.baseAddress!), plaintext: plaintext, aad: aad,
+                             into: base + headerSize + nonceSize)
+                }
+                count = total
+            } catch {
+                failure = error
+                count = 0
+            }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
     private static func seal(keyed ctx: OpaquePointer, nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
                              appendingTo out: inout [UInt8]) throws(CryptoError) {
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
+        let size = plaintext.count + tagSize
+        var failure: CryptoError?
+        let sealed = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+            do throws(CryptoError) {
+                try nonce.withUnsafeBufferPointer { nonce throws(CryptoError) in
+                    try seal(keyed: ctx, nonce: nonce.baseAddress!, plaintext: plaintext, aad: aad, into: buffer.baseAddress!)
+                }
+                count = size
+            } catch {
+                failure = error
+                count = 0
+            }
+        }
+        if let failure { throw failure }
+        if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
+    }
+
+    /// Writes ciphertext || tag (plaintext.count + tagSize bytes) to `destination`.
+    private static func seal(keyed ctx: OpaquePointer, nonce: UnsafePointer<UInt8>, plaintext: [UInt8], aad: [UInt8],
+                             into destination: UnsafeMutablePointer<UInt8>) throws(CryptoError) {
         var len: Int32 = 0
         // No cipher and no key: the context keeps both and restarts under this nonce.
-        let initialised = nonce.withUnsafeBufferPointer { EVP_CipherInit_ex2(ctx, nil, nil, $0.baseAddress, 1, nil) }
-        guard initialised == 1 else { throw .openSSL("EVP_CipherInit_ex2(encrypt)") }
+        guard EVP_CipherInit_ex2(ctx, nil, nil, nonce, 1, nil) == 1 else { throw .openSSL("EVP_CipherInit_ex2(encrypt)") }
         if !aad.isEmpty {
             guard EVP_EncryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_EncryptUpdate(aad)") }
         }
-        // A zeroed array (a memset even unoptimised), appended below: `append(contentsOf: repeatElement(...))`
-        // goes element by element in debug and sanitizer builds, seconds for a 4 MiB plaintext.
-        var sealed = [UInt8](repeating: 0, count: plaintext.count + tagSize)
         var written = 0
-        let ok: Bool = sealed.withUnsafeMutableBufferPointer { buf in
-            let base = buf.baseAddress!
-            if !plaintext.isEmpty {
-                guard EVP_EncryptUpdate(ctx, base, &len, plaintext, Int32(plaintext.count)) == 1 else { return false }
-                written = Int(len)
-            }
-            guard EVP_EncryptFinal_ex(ctx, base + written, &len) == 1 else { return false }
-            written += Int(len)
-            return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(tagSize), base + written) == 1
+        if !plaintext.isEmpty {
+            guard EVP_EncryptUpdate(ctx, destination, &len, plaintext, Int32(plaintext.count)) == 1 else { throw .openSSL("EVP_Encrypt") }
+            written = Int(len)
         }
-        guard ok, written == plaintext.count else { throw .openSSL("EVP_Encrypt") }
-        if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
+        guard EVP_EncryptFinal_ex(ctx, destination + written, &len) == 1 else { throw .openSSL("EVP_Encrypt") }
+        written += Int(len)
+        guard written == plaintext.count,
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, Int32(tagSize), destination + written) == 1
+        else { throw .openSSL("EVP_Encrypt") }
     }
 
     /// Opens ciphertext || tag; throws `.authenticationFailed` on any mismatch.
@@ -172,21 +243,35 @@ public enum SHA256 {
     }
 }
 
+/// Whether digests should go through EVP: in FIPS mode, so each comes from the FIPS provider. Otherwise the two
+/// contexts below use OpenSSL's SHA256_* functions on a plain struct (a state copies without an allocation, and a
+/// digest costs half of EVP's, which copies a provider context through the allocator and looks parameters up by name).
+private func digestsNeedEVP() -> Bool { EVP_default_properties_is_fips_enabled(nil) == 1 }
+
 /// SHA-256 with one digest context kept for many digests (the audit writer hashes a ciphertext per record): no
 /// context allocated, set up and freed each time. Not thread-safe: one owner.
 public final class SHA256Context {
-    private let ctx: OpaquePointer?
+    private var plain = SHA256_CTX()
+    private let evp: OpaquePointer?
 
-    public init() { ctx = EVP_MD_CTX_new() }
+    public convenience init() { self.init(throughEVP: digestsNeedEVP()) }
 
-    deinit { EVP_MD_CTX_free(ctx) }
+    init(throughEVP: Bool) { evp = throughEVP ? EVP_MD_CTX_new() : nil }
+
+    deinit { EVP_MD_CTX_free(evp) }
 
     public func hash(_ data: [UInt8]) -> [UInt8] {
-        guard let ctx, EVP_DigestInit_ex2(ctx, FetchedAlgorithms.sha256, nil) == 1 else { return SHA256.hash(data) }
         var md = [UInt8](repeating: 0, count: SHA256.size)
+        guard let evp else {
+            SHA256_Init(&plain)
+            data.withUnsafeBufferPointer { _ = SHA256_Update(&plain, $0.baseAddress, $0.count) }
+            SHA256_Final(&md, &plain)
+            return md
+        }
         var mdLen: UInt32 = 0
-        let ok = data.withUnsafeBytes { EVP_DigestUpdate(ctx, $0.baseAddress, $0.count) } == 1
-            && EVP_DigestFinal_ex(ctx, &md, &mdLen) == 1
+        let ok = EVP_DigestInit_ex2(evp, FetchedAlgorithms.sha256, nil) == 1
+            && data.withUnsafeBytes { EVP_DigestUpdate(evp, $0.baseAddress, $0.count) } == 1
+            && EVP_DigestFinal_ex(evp, &md, &mdLen) == 1
         precondition(ok && mdLen == 32, "SHA-256 cannot fail on valid input")
         return md
     }
@@ -211,14 +296,32 @@ public enum HMACSHA256 {
 /// HMAC as RFC 2104 defines it, H((K ^ opad) || H((K ^ ipad) || m)), with the SHA-256 states after the two pad blocks
 /// kept: each MAC copies them instead of re-keying (EVP_MAC re-derives both on every init, a third of a record's MAC).
 public final class HMACSHA256Context {
-    private let inner: OpaquePointer
-    private let outer: OpaquePointer
-    private let work: OpaquePointer
+    /// The states after the pad blocks, outside FIPS mode.
+    private var plainInner = SHA256_CTX()
+    private var plainOuter = SHA256_CTX()
+    /// The same as EVP contexts, in FIPS mode.
+    private let evp: (inner: OpaquePointer, outer: OpaquePointer, work: OpaquePointer)?
 
-    public init(key: [UInt8]) {
+    public convenience init(key: [UInt8]) { self.init(key: key, throughEVP: digestsNeedEVP()) }
+
+    init(key: [UInt8], throughEVP: Bool) {
         let blockSize = 64
         var block = key.count > blockSize ? SHA256.hash(key) : key
         block.append(contentsOf: repeatElement(0, count: blockSize - block.count))
+        defer { wipe(&block) }
+        guard throughEVP else {
+            for (pad, state) in [(UInt8(0x36), 0), (0x5C, 1)] {
+                var padBlock = block.map { $0 ^ pad }
+                defer { wipe(&padBlock) }
+                var ctx = SHA256_CTX()
+                SHA256_Init(&ctx)
+                SHA256_Update(&ctx, padBlock, blockSize)
+                if state == 0 { plainInner = ctx } else { plainOuter = ctx }
+                cleanse(&ctx)
+            }
+            evp = nil
+            return
+        }
         func padded(_ pad: UInt8) -> OpaquePointer {
             var padBlock = block.map { $0 ^ pad }
             defer { wipe(&padBlock) }
@@ -227,34 +330,52 @@ public final class HMACSHA256Context {
             else { preconditionFailure("SHA-256 cannot fail on valid input") }
             return ctx
         }
-        inner = padded(0x36)
-        outer = padded(0x5C)
-        wipe(&block)
         guard let work = EVP_MD_CTX_new() else { preconditionFailure("out of memory") }
-        self.work = work
+        evp = (padded(0x36), padded(0x5C), work)
     }
 
     deinit {
-        EVP_MD_CTX_free(inner)
-        EVP_MD_CTX_free(outer)
-        EVP_MD_CTX_free(work)
+        cleanse(&plainInner)
+        cleanse(&plainOuter)
+        if let evp {
+            EVP_MD_CTX_free(evp.inner)
+            EVP_MD_CTX_free(evp.outer)
+            EVP_MD_CTX_free(evp.work)
+        }
     }
 
     /// HMAC-SHA256(key, parts joined).
     public func mac(_ parts: ArraySlice<UInt8>...) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: SHA256.size)
-        var outLen: UInt32 = 0
-        var ok = EVP_MD_CTX_copy_ex(work, inner) == 1
-        for part in parts where !part.isEmpty {
-            ok = ok && part.withUnsafeBufferPointer { EVP_DigestUpdate(work, $0.baseAddress, $0.count) } == 1
+        guard let evp else {
+            var ctx = plainInner
+            for part in parts where !part.isEmpty {
+                part.withUnsafeBufferPointer { _ = SHA256_Update(&ctx, $0.baseAddress, $0.count) }
+            }
+            SHA256_Final(&out, &ctx)
+            ctx = plainOuter
+            SHA256_Update(&ctx, out, out.count)
+            SHA256_Final(&out, &ctx)
+            cleanse(&ctx)
+            return out
         }
-        ok = ok && EVP_DigestFinal_ex(work, &out, &outLen) == 1
-            && EVP_MD_CTX_copy_ex(work, outer) == 1
-            && EVP_DigestUpdate(work, out, out.count) == 1
-            && EVP_DigestFinal_ex(work, &out, &outLen) == 1
+        var outLen: UInt32 = 0
+        var ok = EVP_MD_CTX_copy_ex(evp.work, evp.inner) == 1
+        for part in parts where !part.isEmpty {
+            ok = ok && part.withUnsafeBufferPointer { EVP_DigestUpdate(evp.work, $0.baseAddress, $0.count) } == 1
+        }
+        ok = ok && EVP_DigestFinal_ex(evp.work, &out, &outLen) == 1
+            && EVP_MD_CTX_copy_ex(evp.work, evp.outer) == 1
+            && EVP_DigestUpdate(evp.work, out, out.count) == 1
+            && EVP_DigestFinal_ex(evp.work, &out, &outLen) == 1
         precondition(ok && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
         return out
     }
+}
+
+/// Zeroes a SHA-256 state that held keyed data.
+private func cleanse(_ ctx: inout SHA256_CTX) {
+    withUnsafeMutableBytes(of: &ctx) { OPENSSL_cleanse($0.baseAddress, $0.count) }
 }
 
 /// HKDF-SHA256 (RFC 5869), extract-then-expand.

@@ -28,18 +28,11 @@ public enum Envelope {
 
     /// `seal` with the AAD already built for `keyVersion` (a key version's own, built once per key file load).
     static func seal(plaintext: [UInt8], key: SymmetricKey, keyVersion: UInt32, aad: [UInt8]) throws(KMSError) -> [UInt8] {
-        let nonce: [UInt8]
-        do { nonce = try SecureRandom.bytes(AES256GCM.nonceSize) } catch {
-            throw KMSError(.internalError, "random nonce: \(error)")
-        }
-        var out: [UInt8] = []
-        out.reserveCapacity(overhead + plaintext.count)
-        out.append(formatVersion)
-        appendBigEndian(keyVersion, to: &out)
-        out.append(contentsOf: nonce)
         do {
-            try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: plaintext, aad: aad, appendingTo: &out)
-            return out
+            return try AES256GCM.sealWithRandomNonce(key: key, headerSize: 5, plaintext: plaintext, aad: aad) { header in
+                header[0] = formatVersion
+                for i in 0..<4 { header[1 + i] = UInt8(truncatingIfNeeded: keyVersion >> (24 - 8 * i)) }
+            }
         } catch {
             throw KMSError(.internalError, "AES-256-GCM seal: \(error)")
         }

@@ -14,7 +14,8 @@ import Synchronization
 
 /// The keys one call works with.
 final class KeySnapshot: Sendable {
-    struct Entry: Sendable {
+    /// A class: a call takes its version's entry out of the dictionary, one retain instead of one per field.
+    final class Entry: Sendable {
         let version: UInt32
         let state: KeyState
         let keyID: String
@@ -24,6 +25,15 @@ final class KeySnapshot: Sendable {
         /// The AAD of every ciphertext Encrypt makes under this version (its key_id and `FileKeyBackend.annotations`):
         /// built once here, not per call.
         let ownAAD: [UInt8]
+
+        init(version: UInt32, state: KeyState, keyID: String, key: SymmetricKey, firstReleaseKeyID: String?, ownAAD: [UInt8]) {
+            self.version = version
+            self.state = state
+            self.keyID = keyID
+            self.key = key
+            self.firstReleaseKeyID = firstReleaseKeyID
+            self.ownAAD = ownAAD
+        }
 
         /// Whether a Decrypt's key_id and annotations are the ones Encrypt returns for this version (so `ownAAD` is
         /// its AAD). Checked without hashing: the usual single annotation is compared directly.

@@ -14,10 +14,10 @@ public enum LocalKEKEnvelope {
     public static func seal(_ plaintext: [UInt8], key: SymmetricKey, domain: String, keyID: String,
                             annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
         do {
-            let nonce = try SecureRandom.bytes(AES256GCM.nonceSize)
-            let sealed = try AES256GCM.seal(key: key.bytes, nonce: nonce, plaintext: plaintext,
-                                            aad: aad(domain: domain, keyID: keyID, annotations: annotations))
-            return [formatVersion] + nonce + sealed
+            return try AES256GCM.sealWithRandomNonce(key: key, headerSize: 1, plaintext: plaintext,
+                                                     aad: aad(domain: domain, keyID: keyID, annotations: annotations)) {
+                $0[0] = formatVersion
+            }
         } catch {
             throw KMSError(.internalError, "local encryption failed: \(error.description)")
         }
@@ -28,8 +28,8 @@ public enum LocalKEKEnvelope {
                             annotations: [String: [UInt8]]) throws(KMSError) -> [UInt8] {
         guard isWellFormed(ciphertext) else { throw KMSError(.invalidArgument, "ciphertext is not a kekd local-KEK envelope") }
         do {
-            return try AES256GCM.open(key: key.bytes, nonce: Array(ciphertext[1...AES256GCM.nonceSize]),
-                                      sealed: Array(ciphertext[(1 + AES256GCM.nonceSize)...]),
+            return try AES256GCM.open(key: key, nonce: ciphertext[1...AES256GCM.nonceSize],
+                                      sealed: ciphertext[(1 + AES256GCM.nonceSize)...],
                                       aad: aad(domain: domain, keyID: keyID, annotations: annotations))
         } catch {
             throw KMSError(.invalidArgument, "ciphertext or annotations failed authentication")

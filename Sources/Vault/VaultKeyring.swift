@@ -234,10 +234,11 @@ public final class VaultKeyring: Sendable {
         if used >= Self.renewalEncryptions(configuration) { wakeMaintenance() }
         let annotations = [Self.localKEKAnnotation: Array(active.wrapped.utf8)]
         do {
-            let nonce = try SecureRandom.bytes(Self.nonceSize)
-            let sealed = try AES256GCM.seal(key: active.key.bytes, nonce: nonce, plaintext: plaintext,
-                                            aad: Self.aad(keyID: active.keyID, annotations: annotations))
-            return VaultEnvelope(ciphertext: [Self.formatVersion] + nonce + sealed, keyID: active.keyID, annotations: annotations)
+            let ciphertext = try AES256GCM.sealWithRandomNonce(key: active.key, headerSize: 1, plaintext: plaintext,
+                                                               aad: Self.aad(keyID: active.keyID, annotations: annotations)) {
+                $0[0] = Self.formatVersion
+            }
+            return VaultEnvelope(ciphertext: ciphertext, keyID: active.keyID, annotations: annotations)
         } catch {
             throw KMSError(.internalError, "local encryption failed: \(error.description)")
         }
@@ -290,10 +291,9 @@ public final class VaultKeyring: Sendable {
                                      context: context)
             record?.note(wrapped: wrapped, keyVersion: version)
         }
-        let nonce = Array(ciphertext[1...Self.nonceSize])
-        let sealed = Array(ciphertext[(1 + Self.nonceSize)...])
         do {
-            return try AES256GCM.open(key: key.bytes, nonce: nonce, sealed: sealed, aad: Self.aad(keyID: keyID, annotations: annotations))
+            return try AES256GCM.open(key: key, nonce: ciphertext[1...Self.nonceSize], sealed: ciphertext[(1 + Self.nonceSize)...],
+                                      aad: Self.aad(keyID: keyID, annotations: annotations))
         } catch {
             // A tampered or foreign envelope is the caller's bad input, as in the file backend (README: INVALID_ARGUMENT).
             throw KMSError(.invalidArgument, "ciphertext or annotations failed authentication")

@@ -41,10 +41,11 @@ private func hex(_ s: String) -> [UInt8] {
     #expect(try AES256GCM.open(key: key, nonce: nonce, sealed: sealed, aad: [1, 2]) == [])
 }
 
-@Test func sha256AndHMACKnownAnswers() {
+// Each context test runs on both digest paths: the SHA256_* functions (normal) and EVP (FIPS mode).
+@Test(arguments: [false, true]) func sha256AndHMACKnownAnswers(throughEVP: Bool) {
     #expect(hexString(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     // A reused context gives every digest afresh (nothing carried over from the previous one).
-    let context = SHA256Context()
+    let context = SHA256Context(throughEVP: throughEVP)
     for _ in 0..<3 {
         #expect(hexString(context.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(hexString(context.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
@@ -71,9 +72,9 @@ private func hex(_ s: String) -> [UInt8] {
     #expect(r1 != r2)
 }
 
-@Test func hmacContextMatchesTheOneShotMACOverJoinedParts() {
+@Test(arguments: [false, true]) func hmacContextMatchesTheOneShotMACOverJoinedParts(throughEVP: Bool) {
     let key = Array("Jefe".utf8)
-    let context = HMACSHA256Context(key: key)
+    let context = HMACSHA256Context(key: key, throughEVP: throughEVP)
     let message = Array("what do ya want for nothing?".utf8)
     // Reused: every MAC starts from the key again, never from the previous message.
     for _ in 0..<3 {
@@ -83,15 +84,15 @@ private func hex(_ s: String) -> [UInt8] {
     #expect(context.mac([]) == HMACSHA256.mac(key: key, message: []))
 }
 
-@Test func hmacContextHashesAKeyLongerThanABlockAndPadsOneOfExactlyABlock() {
+@Test(arguments: [false, true]) func hmacContextHashesAKeyLongerThanABlockAndPadsOneOfExactlyABlock(throughEVP: Bool) {
     // RFC 4231 test case 6: a 131-byte key is hashed first.
     let longKey = [UInt8](repeating: 0xAA, count: 131)
     let message = Array("Test Using Larger Than Block-Size Key - Hash Key First".utf8)
-    #expect(hexString(HMACSHA256Context(key: longKey).mac(message[...]))
+    #expect(hexString(HMACSHA256Context(key: longKey, throughEVP: throughEVP).mac(message[...]))
             == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54")
     for count in [63, 64, 65] {
         let key = (0..<count).map { UInt8($0) }
-        #expect(HMACSHA256Context(key: key).mac(message[...]) == HMACSHA256.mac(key: key, message: message))
+        #expect(HMACSHA256Context(key: key, throughEVP: throughEVP).mac(message[...]) == HMACSHA256.mac(key: key, message: message))
     }
 }
 
@@ -141,4 +142,32 @@ private func hex(_ s: String) -> [UInt8] {
         }
         try await group.waitForAll()
     }
+}
+
+@Test func nonceSourceNeverHandsOutTheSameBytesTwiceAcrossRefills() throws {
+    // Three pools' worth of 12-byte nonces (a pool holds 341 and 4 spare bytes): all distinct, none all zero (the
+    // bytes handed out are zeroed in the pool, so a reuse would show as a zero nonce or a duplicate).
+    var seen = Set<[UInt8]>()
+    for _ in 0..<(3 * NonceSource.poolSize / AES256GCM.nonceSize + 5) {
+        var nonce = [UInt8](repeating: 0, count: AES256GCM.nonceSize)
+        try nonce.withUnsafeMutableBufferPointer { buffer throws(CryptoError) in try NonceSource.fill(buffer) }
+        #expect(nonce != [UInt8](repeating: 0, count: AES256GCM.nonceSize))
+        #expect(seen.insert(nonce).inserted)
+    }
+}
+
+@Test func sealWithRandomNonceLaysOutHeaderNonceAndSealedBodyInOneArray() throws {
+    let key = try SymmetricKey.random(), pt: [UInt8] = Array(0..<32), aad: [UInt8] = [9, 9]
+    let first = try AES256GCM.sealWithRandomNonce(key: key, headerSize: 3, plaintext: pt, aad: aad) { $0.update(repeating: 0xAB) }
+    let second = try AES256GCM.sealWithRandomNonce(key: key, headerSize: 3, plaintext: pt, aad: aad) { $0.update(repeating: 0xAB) }
+    #expect(first.count == 3 + AES256GCM.nonceSize + pt.count + AES256GCM.tagSize)
+    #expect(first.prefix(3) == [0xAB, 0xAB, 0xAB])
+    #expect(first[3..<15] != second[3..<15])
+    for sealed in [first, second] {
+        #expect(try AES256GCM.open(key: key.bytes, nonce: Array(sealed[3..<15]), sealed: Array(sealed[15...]), aad: aad) == pt)
+    }
+    var tampered = first; tampered[20] ^= 1
+    #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: tampered[3..<15], sealed: tampered[15...], aad: aad) }
+    let empty = try AES256GCM.sealWithRandomNonce(key: key, headerSize: 0, plaintext: [], aad: []) { _ in }
+    #expect(try AES256GCM.open(key: key, nonce: empty[0..<12], sealed: empty[12...], aad: []) == [])
 }
