@@ -106,7 +106,10 @@ enum AuditRecordFormat {
         JSONWriter.appendInteger(event.stream, to: &out)
         if let ciphertext = event.ciphertext {
             JSONWriter.appendLiteral(",\"ciphertext_sha256\":", to: &out)
-            JSONWriter.appendHex(cache.ciphertextDigest.hash(ciphertext).prefix(8), to: &out)
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: SHA256.size) { digest in
+                cache.ciphertextDigest.hash(ciphertext, into: digest.baseAddress!)
+                JSONWriter.appendHex(UnsafeBufferPointer(rebasing: digest[..<8]), to: &out)
+            }
         }
     }
 

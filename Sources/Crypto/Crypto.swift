@@ -262,18 +262,23 @@ public final class SHA256Context {
 
     public func hash(_ data: [UInt8]) -> [UInt8] {
         var md = [UInt8](repeating: 0, count: SHA256.size)
+        md.withUnsafeMutableBufferPointer { hash(data, into: $0.baseAddress!) }
+        return md
+    }
+
+    /// Writes the digest (`SHA256.size` bytes) to `digest`: no array for a caller that keeps only part of it.
+    public func hash(_ data: [UInt8], into digest: UnsafeMutablePointer<UInt8>) {
         guard let evp else {
             SHA256_Init(&plain)
             data.withUnsafeBufferPointer { _ = SHA256_Update(&plain, $0.baseAddress, $0.count) }
-            SHA256_Final(&md, &plain)
-            return md
+            SHA256_Final(digest, &plain)
+            return
         }
         var mdLen: UInt32 = 0
         let ok = EVP_DigestInit_ex2(evp, FetchedAlgorithms.sha256, nil) == 1
             && data.withUnsafeBytes { EVP_DigestUpdate(evp, $0.baseAddress, $0.count) } == 1
-            && EVP_DigestFinal_ex(evp, &md, &mdLen) == 1
+            && EVP_DigestFinal_ex(evp, digest, &mdLen) == 1
         precondition(ok && mdLen == 32, "SHA-256 cannot fail on valid input")
-        return md
     }
 }
 
