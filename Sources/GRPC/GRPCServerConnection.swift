@@ -34,9 +34,27 @@ public protocol RequestBufferBudget: AnyObject, Sendable {
 public struct GRPCRequest: Sendable {
     public var streamID: UInt32
     public var path: String
-    public var message: [UInt8]
     /// The client's deadline relative to the request's arrival (grpc-timeout), in nanoseconds.
     public var timeoutNanos: UInt64?
+    /// The bytes the message arrived in and where it starts in them: the usual request is the DATA payload after its
+    /// 5-byte prefix, decoded without a copy. (An array and an offset, not a slice: a slice would make every event
+    /// carrying a request a larger value, copied through its type's value witnesses.)
+    private let storage: [UInt8]
+    private let messageStart: Int
+
+    public var message: ArraySlice<UInt8> { storage[messageStart...] }
+
+    public init(streamID: UInt32, path: String, message: [UInt8], timeoutNanos: UInt64?) {
+        self.init(streamID: streamID, path: path, storage: message, messageStart: 0, timeoutNanos: timeoutNanos)
+    }
+
+    init(streamID: UInt32, path: String, storage: [UInt8], messageStart: Int, timeoutNanos: UInt64?) {
+        self.streamID = streamID
+        self.path = path
+        self.storage = storage
+        self.messageStart = messageStart
+        self.timeoutNanos = timeoutNanos
+    }
 }
 
 public enum GRPCServerEvent: Sendable {
@@ -248,11 +266,11 @@ public final class GRPCServerConnection {
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        if endStream, let message = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize),
+        if endStream, let start = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize),
            let pending = forget(streamID, if: { $0.reader?.isEmpty ?? true }) {
             // The usual unary request: the whole message in the DATA frame that ends the stream.
             http2.consume(streamID: streamID, bytes: pending.receivedBytes + bytes.count)
-            handOver(streamID, pending, message: message, into: &out)
+            handOver(streamID, pending, storage: bytes, messageStart: start, into: &out)
             return
         }
         guard let path = receiving[streamID]?.path else {
@@ -331,13 +349,13 @@ public final class GRPCServerConnection {
             out.append(.rejected(streamID: streamID, path: pending.path, status: GRPCStatus(.internalError, why)))
             return
         }
-        handOver(streamID, pending, message: messages[0], into: &out)
+        handOver(streamID, pending, storage: messages[0], messageStart: 0, into: &out)
     }
 
-    private func handOver(_ streamID: UInt32, _ pending: PendingRequest, message: [UInt8],
+    private func handOver(_ streamID: UInt32, _ pending: PendingRequest, storage: [UInt8], messageStart: Int,
                           into out: inout [GRPCServerEvent]) {
         inFlight[streamID] = ()
-        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, message: message,
+        out.append(.call(GRPCRequest(streamID: streamID, path: pending.path, storage: storage, messageStart: messageStart,
                                      timeoutNanos: pending.timeoutNanos)))
     }
 

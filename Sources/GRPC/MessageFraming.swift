@@ -23,8 +23,8 @@ public struct MessageReader: Sendable {
 
     /// Appends DATA bytes; throws as soon as a header announces something we refuse, before buffering it.
     public mutating func append(_ bytes: [UInt8]) throws(MessageFramingError) {
-        if prefix.isEmpty && chunks.isEmpty, let message = Self.wholeMessage(bytes, maxMessageSize: maxMessageSize) {
-            messages.append(message)
+        if prefix.isEmpty && chunks.isEmpty, let start = Self.wholeMessage(bytes, maxMessageSize: maxMessageSize) {
+            messages.append(Array(bytes[start...]))
             return
         }
         var index = 0
@@ -63,13 +63,13 @@ public struct MessageReader: Sendable {
         prefix.removeAll(keepingCapacity: true)
     }
 
-    /// The message when `bytes` is exactly one uncompressed message within `maxMessageSize` (the usual unary
-    /// request: one DATA payload), taken in one copy; nil otherwise.
-    public static func wholeMessage(_ bytes: [UInt8], maxMessageSize: Int) -> [UInt8]? {
+    /// Where the message starts in `bytes` when they are exactly one uncompressed message within `maxMessageSize`
+    /// (the usual unary request: one DATA payload); nil otherwise.
+    public static func wholeMessage(_ bytes: [UInt8], maxMessageSize: Int) -> Int? {
         guard bytes.count >= 5, bytes[0] == 0 else { return nil }
         let declared = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
         guard declared == bytes.count - 5, declared <= maxMessageSize else { return nil }
-        return Array(bytes[5...])
+        return 5
     }
 
     /// Nothing received yet: no message, no part of one.

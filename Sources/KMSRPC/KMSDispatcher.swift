@@ -45,14 +45,14 @@ public struct KMSDispatcher: Sendable {
 
     public init(service: KMSService) { self.service = service }
 
-    public func decode(_ method: KMSMethod, message: [UInt8]) -> DecodedCall {
+    public func decode(_ method: KMSMethod, message: ArraySlice<UInt8>) -> DecodedCall {
         do {
             switch method {
-            case .status: return .status(try StatusRequest(serializedBytes: message[...]))
-            case .encrypt: return .encrypt(try EncryptRequest(serializedBytes: message[...]))
+            case .status: return .status(try StatusRequest(serializedBytes: message))
+            case .encrypt: return .encrypt(try EncryptRequest(serializedBytes: message))
             case .decrypt:
                 return .decrypt(try annotationsMemo.withLock { (memo) throws(ProtobufError) in
-                    try DecryptRequest(serializedBytes: message[...], memo: &memo)
+                    try DecryptRequest(serializedBytes: message, memo: &memo)
                 })
             }
         } catch {

@@ -87,7 +87,7 @@ private func responses(_ events: [GRPCClientEvent]) -> [UInt32: GRPCResponse] {
     for i in 0..<50 { ids.append(try #require(client.startCall(path: statusPath, message: [UInt8(i)]))) }
     let requests = calls(pump(client, server).server)
     #expect(requests.count == 50)
-    for r in requests.reversed() { server.respond(streamID: r.streamID, message: r.message + r.message) }
+    for r in requests.reversed() { server.respond(streamID: r.streamID, message: Array(r.message) + r.message) }
     let got = responses(pump(client, server).client)
     #expect(got.count == 50)
     for (i, id) in ids.enumerated() { #expect(got[id]?.message == [UInt8(i), UInt8(i)]) }
