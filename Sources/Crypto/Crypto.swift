@@ -115,46 +115,42 @@ public enum AES256GCM {
     /// `headerSize` bytes, the nonce comes from `NonceSource`, and the seal runs on one of `key`'s keyed contexts.
     public static func sealWithRandomNonce(key: SymmetricKey, headerSize: Int, plaintext: [UInt8], aad: [UInt8],
                                            writeHeader: (UnsafeMutableBufferPointer<UInt8>) -> Void) throws(CryptoError) -> [UInt8] {
-        let total = headerSize + nonceSize + plaintext.count + tagSize
-        var failure: CryptoError?
-        let out = [UInt8](unsafeUninitializedCapacity: total) { buffer, count in
-            let base = buffer.baseAddress!
+        try newArray(count: headerSize + nonceSize + plaintext.count + tagSize) { (base) throws(CryptoError) in
             writeHeader(UnsafeMutableBufferPointer(start: base, count: headerSize))
             let nonce = UnsafeMutableBufferPointer(start: base + headerSize, count: nonceSize)
-            do throws(CryptoError) {
-                try NonceSource.fill(nonce)
-                try key.withGCMContext { ctx throws(CryptoError) in
-                    try seal(keyed: ctx, nonce: UnsafePointer(nonce.baseAddress!), plaintext: plaintext, aad: aad,
-                             into: base + headerSize + nonceSize)
-                }
-                count = total
-            } catch {
-                failure = error
-                count = 0
+            try NonceSource.fill(nonce)
+            try key.withGCMContext { ctx throws(CryptoError) in
+                try seal(keyed: ctx, nonce: UnsafePointer(nonce.baseAddress!), plaintext: plaintext, aad: aad,
+                         into: base + headerSize + nonceSize)
             }
         }
-        if let failure { throw failure }
-        return out
     }
 
     private static func seal(keyed ctx: OpaquePointer, nonce: ArraySlice<UInt8>, plaintext: [UInt8], aad: [UInt8],
                              appendingTo out: inout [UInt8]) throws(CryptoError) {
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
-        let size = plaintext.count + tagSize
+        let sealed = try newArray(count: plaintext.count + tagSize) { (destination) throws(CryptoError) in
+            try nonce.withUnsafeBufferPointer { nonce throws(CryptoError) in
+                try seal(keyed: ctx, nonce: nonce.baseAddress!, plaintext: plaintext, aad: aad, into: destination)
+            }
+        }
+        if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
+    }
+
+    /// An array of `count` bytes that `fill` writes in full, or `fill`'s error (no zeroing pass first).
+    private static func newArray(count: Int, _ fill: (UnsafeMutablePointer<UInt8>) throws(CryptoError) -> Void) throws(CryptoError) -> [UInt8] {
         var failure: CryptoError?
-        let sealed = [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             do throws(CryptoError) {
-                try nonce.withUnsafeBufferPointer { nonce throws(CryptoError) in
-                    try seal(keyed: ctx, nonce: nonce.baseAddress!, plaintext: plaintext, aad: aad, into: buffer.baseAddress!)
-                }
-                count = size
+                try fill(buffer.baseAddress!)
+                initialized = count
             } catch {
                 failure = error
-                count = 0
+                initialized = 0
             }
         }
         if let failure { throw failure }
-        if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
+        return bytes
     }
 
     /// Writes ciphertext || tag (plaintext.count + tagSize bytes) to `destination`.
@@ -251,7 +247,6 @@ private func digestsNeedEVP() -> Bool { EVP_default_properties_is_fips_enabled(n
 /// SHA-256 with one digest context kept for many digests (the audit writer hashes a ciphertext per record): no
 /// context allocated, set up and freed each time. Not thread-safe: one owner.
 public final class SHA256Context {
-    private var plain = SHA256_CTX()
     private let evp: OpaquePointer?
 
     public convenience init() { self.init(throughEVP: digestsNeedEVP()) }
@@ -269,9 +264,10 @@ public final class SHA256Context {
     /// Writes the digest (`SHA256.size` bytes) to `digest`: no array for a caller that keeps only part of it.
     public func hash(_ data: [UInt8], into digest: UnsafeMutablePointer<UInt8>) {
         guard let evp else {
-            SHA256_Init(&plain)
-            data.withUnsafeBufferPointer { _ = SHA256_Update(&plain, $0.baseAddress, $0.count) }
-            SHA256_Final(digest, &plain)
+            var ctx = SHA256_CTX()
+            SHA256_Init(&ctx)
+            data.withUnsafeBufferPointer { _ = SHA256_Update(&ctx, $0.baseAddress, $0.count) }
+            SHA256_Final(digest, &ctx)
             return
         }
         var mdLen: UInt32 = 0
@@ -314,25 +310,23 @@ public final class HMACSHA256Context {
         var block = key.count > blockSize ? SHA256.hash(key) : key
         block.append(contentsOf: repeatElement(0, count: blockSize - block.count))
         defer { wipe(&block) }
+        /// Runs `body` on the key block XORed with `pad`, wiped afterwards.
+        func withPadBlock(_ pad: UInt8, _ body: ([UInt8]) -> Void) {
+            var padBlock = block.map { $0 ^ pad }
+            defer { wipe(&padBlock) }
+            body(padBlock)
+        }
         guard throughEVP else {
-            for (pad, state) in [(UInt8(0x36), 0), (0x5C, 1)] {
-                var padBlock = block.map { $0 ^ pad }
-                defer { wipe(&padBlock) }
-                var ctx = SHA256_CTX()
-                SHA256_Init(&ctx)
-                SHA256_Update(&ctx, padBlock, blockSize)
-                if state == 0 { plainInner = ctx } else { plainOuter = ctx }
-                cleanse(&ctx)
-            }
             evp = nil
+            withPadBlock(0x36) { SHA256_Init(&plainInner); SHA256_Update(&plainInner, $0, blockSize) }
+            withPadBlock(0x5C) { SHA256_Init(&plainOuter); SHA256_Update(&plainOuter, $0, blockSize) }
             return
         }
         func padded(_ pad: UInt8) -> OpaquePointer {
-            var padBlock = block.map { $0 ^ pad }
-            defer { wipe(&padBlock) }
-            guard let ctx = EVP_MD_CTX_new(), EVP_DigestInit_ex2(ctx, FetchedAlgorithms.sha256, nil) == 1,
-                  EVP_DigestUpdate(ctx, padBlock, blockSize) == 1
-            else { preconditionFailure("SHA-256 cannot fail on valid input") }
+            guard let ctx = EVP_MD_CTX_new(), EVP_DigestInit_ex2(ctx, FetchedAlgorithms.sha256, nil) == 1 else {
+                preconditionFailure("SHA-256 cannot fail on valid input")
+            }
+            withPadBlock(pad) { precondition(EVP_DigestUpdate(ctx, $0, blockSize) == 1, "SHA-256 cannot fail on valid input") }
             return ctx
         }
         guard let work = EVP_MD_CTX_new() else { preconditionFailure("out of memory") }
