@@ -266,11 +266,11 @@ public final class GRPCServerConnection {
     }
 
     private func onData(streamID: UInt32, bytes: [UInt8], endStream: Bool, into out: inout [GRPCServerEvent]) {
-        if endStream, let start = MessageReader.wholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize),
+        if endStream, MessageReader.isWholeMessage(bytes, maxMessageSize: limits.maxReceiveMessageSize),
            let pending = forget(streamID, if: { $0.reader?.isEmpty ?? true }) {
             // The usual unary request: the whole message in the DATA frame that ends the stream.
             http2.consume(streamID: streamID, bytes: pending.receivedBytes + bytes.count)
-            handOver(streamID, pending, storage: bytes, messageStart: start, into: &out)
+            handOver(streamID, pending, storage: bytes, messageStart: MessageFraming.prefixSize, into: &out)
             return
         }
         guard let path = receiving[streamID]?.path else {

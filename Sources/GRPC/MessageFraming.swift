@@ -23,17 +23,17 @@ public struct MessageReader: Sendable {
 
     /// Appends DATA bytes; throws as soon as a header announces something we refuse, before buffering it.
     public mutating func append(_ bytes: [UInt8]) throws(MessageFramingError) {
-        if prefix.isEmpty && chunks.isEmpty, let start = Self.wholeMessage(bytes, maxMessageSize: maxMessageSize) {
-            messages.append(Array(bytes[start...]))
+        if prefix.isEmpty && chunks.isEmpty, Self.isWholeMessage(bytes, maxMessageSize: maxMessageSize) {
+            messages.append(Array(bytes[MessageFraming.prefixSize...]))
             return
         }
         var index = 0
         while index < bytes.count {
-            if prefix.count < 5 {
-                let take = min(5 - prefix.count, bytes.count - index)
+            if prefix.count < MessageFraming.prefixSize {
+                let take = min(MessageFraming.prefixSize - prefix.count, bytes.count - index)
                 prefix.append(contentsOf: bytes[index..<(index + take)])
                 index += take
-                guard prefix.count == 5 else { return }
+                guard prefix.count == MessageFraming.prefixSize else { return }
                 guard prefix[0] == 0 else { throw prefix[0] == 1 ? .compressedNotSupported : .invalidFlag(prefix[0]) }
                 length = Int(prefix[1]) << 24 | Int(prefix[2]) << 16 | Int(prefix[3]) << 8 | Int(prefix[4])
                 guard length <= maxMessageSize else { throw .tooLarge(length: length, limit: maxMessageSize) }
@@ -63,13 +63,12 @@ public struct MessageReader: Sendable {
         prefix.removeAll(keepingCapacity: true)
     }
 
-    /// Where the message starts in `bytes` when they are exactly one uncompressed message within `maxMessageSize`
-    /// (the usual unary request: one DATA payload); nil otherwise.
-    public static func wholeMessage(_ bytes: [UInt8], maxMessageSize: Int) -> Int? {
-        guard bytes.count >= 5, bytes[0] == 0 else { return nil }
+    /// Whether `bytes` are exactly one uncompressed message within `maxMessageSize`, its prefix included (the usual
+    /// unary request: one DATA payload).
+    public static func isWholeMessage(_ bytes: [UInt8], maxMessageSize: Int) -> Bool {
+        guard bytes.count >= MessageFraming.prefixSize, bytes[0] == 0 else { return false }
         let declared = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
-        guard declared == bytes.count - 5, declared <= maxMessageSize else { return nil }
-        return 5
+        return declared == bytes.count - MessageFraming.prefixSize && declared <= maxMessageSize
     }
 
     /// Nothing received yet: no message, no part of one.
@@ -81,11 +80,14 @@ public struct MessageReader: Sendable {
     /// Bytes still missing from the message being received, once its 5-byte prefix is in (its length is then
     /// within `maxMessageSize`); nil before a prefix.
     public var bytesToCompleteMessage: Int? {
-        prefix.count == 5 ? length - chunkBytes : nil
+        prefix.count == MessageFraming.prefixSize ? length - chunkBytes : nil
     }
 }
 
 public enum MessageFraming {
+    /// The compressed flag and the 32-bit length before each message.
+    public static let prefixSize = 5
+
     public static func frame(_ message: [UInt8]) -> [UInt8] {
         var out = [UInt8]()
         frame(message, into: &out)
@@ -94,7 +96,7 @@ public enum MessageFraming {
 
     /// Appends `message` framed to `out`.
     public static func frame(_ message: [UInt8], into out: inout [UInt8]) {
-        out.reserveCapacity(out.count + message.count + 5)
+        out.reserveCapacity(out.count + message.count + prefixSize)
         let n = UInt32(truncatingIfNeeded: message.count)
         out.append(0)
         out.append(UInt8(n >> 24)); out.append(UInt8((n >> 16) & 0xFF))

@@ -29,7 +29,7 @@ public enum Envelope {
     /// `seal` with the AAD already built for `keyVersion` (a key version's own, built once per key file load).
     static func seal(plaintext: [UInt8], key: SymmetricKey, keyVersion: UInt32, aad: [UInt8]) throws(KMSError) -> [UInt8] {
         do {
-            return try AES256GCM.sealWithRandomNonce(key: key, headerSize: 5, plaintext: plaintext, aad: aad) { header in
+            return try AES256GCM.sealWithRandomNonce(key: key, headerSize: headerSize - AES256GCM.nonceSize, plaintext: plaintext, aad: aad) { header in
                 header[0] = formatVersion
                 for i in 0..<4 { header[1 + i] = UInt8(truncatingIfNeeded: keyVersion >> (24 - 8 * i)) }
             }
