@@ -11,7 +11,19 @@ public final class KMSService: Sendable {
     public let backend: any KeyBackend
     public let statusVersion: String
     /// The last Status answer and its wire bytes, reused while the backend's status is the same.
-    private let lastStatus = LockedValue<(state: BackendStatus, response: StatusResponse, bytes: [UInt8])?>(nil)
+    private let lastStatus = LockedValue<StatusAnswer?>(nil)
+
+    /// One Status answer: an object, so taking it from the lock is one retain rather than a copy of every field.
+    private final class StatusAnswer: Sendable {
+        let state: BackendStatus
+        let response: StatusResponse
+        let bytes: [UInt8]
+        init(state: BackendStatus, response: StatusResponse, bytes: [UInt8]) {
+            self.state = state
+            self.response = response
+            self.bytes = bytes
+        }
+    }
 
     public init(backend: any KeyBackend, statusVersion: String = "v2") {
         self.backend = backend
@@ -36,9 +48,9 @@ public final class KMSService: Sendable {
         let state = backend.status()
         if let last = lastStatus.withLock({ $0 }), last.state == state { return (last.response, last.bytes) }
         let response = Self.response(to: state, version: statusVersion)
-        let bytes = response.serializedBytes()
-        lastStatus.withLock { $0 = (state, response, bytes) }
-        return (response, bytes)
+        let answer = StatusAnswer(state: state, response: response, bytes: response.serializedBytes())
+        lastStatus.withLock { $0 = answer }
+        return (answer.response, answer.bytes)
     }
 
     public func encrypt(_ request: EncryptRequest, context: CallContext = .unbounded) throws(KMSError) -> EncryptResponse {

@@ -81,6 +81,8 @@ private func hex(_ s: String) -> [UInt8] {
         #expect(hexString(context.mac(message[...])) == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
     }
     #expect(context.mac(message[..<4], [], message[4...]) == HMACSHA256.mac(key: key, message: message))
+    #expect(context.mac(message[..<4], message[4..<9], message[9...]) == HMACSHA256.mac(key: key, message: message))
+    #expect(context.mac(message[..<4], message[4...]) == HMACSHA256.mac(key: key, message: message))
     #expect(context.mac([]) == HMACSHA256.mac(key: key, message: []))
 }
 
