@@ -45,6 +45,40 @@ enum AuditRecordFormat {
         var connection: (peer: PeerCredentials?, id: UInt64)?
         /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":` of `connection`.
         var connectionFragment: [UInt8] = []
+        /// `","op":…,"uid":` of `op` (the quote closes the time).
+        var op: String?
+        var opFragment: [UInt8] = []
+        /// `,"key_id":…,"backend":…,"outcome":…` of `result`: the same for most consecutive records (one key, one
+        /// backend, OK), so their strings are escaped once, not per record.
+        var result: (keyID: String?, backend: String, outcome: String)?
+        var resultFragment: [UInt8] = []
+
+        mutating func appendOp(_ op: String, to out: inout [UInt8]) {
+            if op != self.op {
+                opFragment.removeAll(keepingCapacity: true)
+                JSONWriter.appendLiteral("\",\"op\":", to: &opFragment)
+                JSONWriter.appendString(op, maxScalars: maxOpScalars, to: &opFragment)
+                JSONWriter.appendLiteral(",\"uid\":", to: &opFragment)
+                self.op = op
+            }
+            out.append(contentsOf: opFragment)
+        }
+
+        mutating func appendResult(keyID: String?, backend: String, outcome: String, to out: inout [UInt8]) {
+            if let result, result.keyID == keyID, result.backend == backend, result.outcome == outcome {
+                out.append(contentsOf: resultFragment)
+                return
+            }
+            resultFragment.removeAll(keepingCapacity: true)
+            JSONWriter.appendLiteral(",\"key_id\":", to: &resultFragment)
+            appendOptionalString(keyID, maxScalars: maxIDScalars, to: &resultFragment)
+            JSONWriter.appendLiteral(",\"backend\":", to: &resultFragment)
+            JSONWriter.appendString(backend, maxScalars: maxShortScalars, to: &resultFragment)
+            JSONWriter.appendLiteral(",\"outcome\":", to: &resultFragment)
+            JSONWriter.appendString(outcome, maxScalars: maxShortScalars, to: &resultFragment)
+            result = (keyID, backend, outcome)
+            out.append(contentsOf: resultFragment)
+        }
 
         mutating func appendConnection(_ peer: PeerCredentials?, _ id: UInt64, to out: inout [UInt8]) {
             if let connection, connection.peer == peer, connection.id == id {
@@ -86,16 +120,9 @@ enum AuditRecordFormat {
         }
         JSONWriter.appendLiteral(",\"time\":\"", to: &out)
         cache.time.append(event.time, to: &out)
-        JSONWriter.appendLiteral("\",\"op\":", to: &out)
-        JSONWriter.appendString(event.op, maxScalars: maxOpScalars, to: &out)
-        JSONWriter.appendLiteral(",\"uid\":", to: &out)
+        cache.appendOp(event.op, to: &out)
         appendOptionalString(event.uid, maxScalars: maxIDScalars, to: &out)
-        JSONWriter.appendLiteral(",\"key_id\":", to: &out)
-        appendOptionalString(event.keyID, maxScalars: maxIDScalars, to: &out)
-        JSONWriter.appendLiteral(",\"backend\":", to: &out)
-        JSONWriter.appendString(event.backend, maxScalars: maxShortScalars, to: &out)
-        JSONWriter.appendLiteral(",\"outcome\":", to: &out)
-        JSONWriter.appendString(event.outcome, maxScalars: maxShortScalars, to: &out)
+        cache.appendResult(keyID: event.keyID, backend: event.backend, outcome: event.outcome, to: &out)
         if let message = event.message {
             JSONWriter.appendLiteral(",\"message\":", to: &out)
             JSONWriter.appendString(message, maxScalars: maxMessageScalars, to: &out)

@@ -102,12 +102,12 @@ struct KeyUsageTracker {
 
     /// The usage a successful Encrypt or Decrypt event shows; nil for anything else.
     static func usage(of event: borrowing AuditEvent) -> (keyID: String, record: KeyUsageRecord)? {
-        guard event.outcome == "OK", let keyID = event.keyID, !keyID.isEmpty else { return nil }
-        switch event.op {
-        case "Encrypt": return (keyID, KeyUsageRecord(lastEncrypt: event.time))
-        case "Decrypt": return (keyID, KeyUsageRecord(lastDecrypt: event.time))
-        default: return nil
+        // Comparisons of short strings (a word or two each), the op first: a string `switch` cost a search per record.
+        let encrypt = event.op == "Encrypt"
+        guard encrypt || event.op == "Decrypt", event.outcome == "OK", let keyID = event.keyID, !keyID.isEmpty else {
+            return nil
         }
+        return (keyID, encrypt ? KeyUsageRecord(lastEncrypt: event.time) : KeyUsageRecord(lastDecrypt: event.time))
     }
 
     /// A record's usage (`usage(of:)`); call `settle()` after the batch.

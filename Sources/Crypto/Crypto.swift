@@ -137,20 +137,16 @@ public enum AES256GCM {
         if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
     }
 
-    /// An array of `count` bytes that `fill` writes in full, or `fill`'s error (no zeroing pass first).
+    /// An array of `count` bytes that `fill` writes in full, or `fill`'s error. Filled in a temporary (on the stack
+    /// when small), copied out once, then the temporary is wiped (it may hold plaintext): allocating the array first
+    /// goes through the standard library's generic allocation entry point, which looks the storage type up at run
+    /// time on every call (more instructions than the AES-GCM of a DEK seed).
     private static func newArray(count: Int, _ fill: (UnsafeMutablePointer<UInt8>) throws(CryptoError) -> Void) throws(CryptoError) -> [UInt8] {
-        var failure: CryptoError?
-        let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            do throws(CryptoError) {
-                try fill(buffer.baseAddress!)
-                initialized = count
-            } catch {
-                failure = error
-                initialized = 0
-            }
+        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(count, 1)) { (temporary) throws(CryptoError) -> [UInt8] in
+            defer { OPENSSL_cleanse(temporary.baseAddress, temporary.count) }
+            try fill(temporary.baseAddress!)
+            return Array(UnsafeBufferPointer(rebasing: temporary[..<count]))
         }
-        if let failure { throw failure }
-        return bytes
     }
 
     /// Writes ciphertext || tag (plaintext.count + tagSize bytes) to `destination`.
@@ -196,35 +192,27 @@ public enum AES256GCM {
         guard nonce.count == nonceSize else { throw .invalidNonceSize(nonce.count) }
         guard sealed.count >= tagSize else { throw .authenticationFailed }
         let bodyCount = sealed.count - tagSize
-        var out = [UInt8](repeating: 0, count: bodyCount)
         var len: Int32 = 0
         let initialised = nonce.withUnsafeBufferPointer { EVP_CipherInit_ex2(ctx, nil, nil, $0.baseAddress, 0, nil) }
         guard initialised == 1 else { throw .openSSL("EVP_CipherInit_ex2(decrypt)") }
         if !aad.isEmpty {
             guard EVP_DecryptUpdate(ctx, nil, &len, aad, Int32(aad.count)) == 1 else { throw .openSSL("EVP_DecryptUpdate(aad)") }
         }
-        let ok: Bool = sealed.withUnsafeBufferPointer { input in
-            out.withUnsafeMutableBufferPointer { buf in
+        return try newArray(count: bodyCount) { (out) throws(CryptoError) in
+            let ok: Bool = sealed.withUnsafeBufferPointer { input in
                 var written = 0
                 if bodyCount > 0 {
-                    guard EVP_DecryptUpdate(ctx, buf.baseAddress!, &len, input.baseAddress!, Int32(bodyCount)) == 1 else { return false }
+                    guard EVP_DecryptUpdate(ctx, out, &len, input.baseAddress!, Int32(bodyCount)) == 1 else { return false }
                     written = Int(len)
                 }
                 // OpenSSL copies the tag; it does not write through this pointer.
                 let tag = UnsafeMutableRawPointer(mutating: input.baseAddress! + bodyCount)
                 guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), tag) == 1 else { return false }
-                var scratch: (UInt64, UInt64) = (0, 0)
-                let final = bodyCount > 0
-                    ? EVP_DecryptFinal_ex(ctx, buf.baseAddress! + written, &len)
-                    : withUnsafeMutableBytes(of: &scratch) { EVP_DecryptFinal_ex(ctx, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &len) }
-                return final == 1
+                return EVP_DecryptFinal_ex(ctx, out + written, &len) == 1
             }
+            // What was decrypted before the tag check failed is wiped with the temporary.
+            guard ok else { throw .authenticationFailed }
         }
-        guard ok else {
-            wipe(&out)
-            throw .authenticationFailed
-        }
-        return out
     }
 }
 
@@ -346,7 +334,18 @@ public final class HMACSHA256Context {
     /// HMAC-SHA256(key, first || second || third). Fixed parts, not a variadic list: a variadic list is an array of
     /// slices allocated on every call, its element type looked up at run time (~400 instructions per audit record).
     public func mac(_ first: ArraySlice<UInt8>, _ second: ArraySlice<UInt8> = [], _ third: ArraySlice<UInt8> = []) -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: SHA256.size)
+        // Computed on the stack and copied out once: `[UInt8](repeating:count:)` looked up its storage type at run
+        // time on every call, as costly as the variadic list was.
+        var digest: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+        return withUnsafeMutableBytes(of: &digest) { raw in
+            let out = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            mac(first, second, third, into: out)
+            return Array(UnsafeBufferPointer(start: out, count: SHA256.size))
+        }
+    }
+
+    private func mac(_ first: ArraySlice<UInt8>, _ second: ArraySlice<UInt8>, _ third: ArraySlice<UInt8>,
+                     into out: UnsafeMutablePointer<UInt8>) {
         guard let evp else {
             var ctx = plainInner
             func update(_ part: ArraySlice<UInt8>) {
@@ -355,12 +354,12 @@ public final class HMACSHA256Context {
             update(first)
             update(second)
             update(third)
-            SHA256_Final(&out, &ctx)
+            SHA256_Final(out, &ctx)
             ctx = plainOuter
-            SHA256_Update(&ctx, out, out.count)
-            SHA256_Final(&out, &ctx)
+            SHA256_Update(&ctx, out, SHA256.size)
+            SHA256_Final(out, &ctx)
             cleanse(&ctx)
-            return out
+            return
         }
         var outLen: UInt32 = 0
         var ok = EVP_MD_CTX_copy_ex(evp.work, evp.inner) == 1
@@ -370,12 +369,11 @@ public final class HMACSHA256Context {
         update(first)
         update(second)
         update(third)
-        ok = ok && EVP_DigestFinal_ex(evp.work, &out, &outLen) == 1
+        ok = ok && EVP_DigestFinal_ex(evp.work, out, &outLen) == 1
             && EVP_MD_CTX_copy_ex(evp.work, evp.outer) == 1
-            && EVP_DigestUpdate(evp.work, out, out.count) == 1
-            && EVP_DigestFinal_ex(evp.work, &out, &outLen) == 1
+            && EVP_DigestUpdate(evp.work, out, SHA256.size) == 1
+            && EVP_DigestFinal_ex(evp.work, out, &outLen) == 1
         precondition(ok && outLen == 32, "HMAC-SHA256 cannot fail on valid input")
-        return out
     }
 }
 

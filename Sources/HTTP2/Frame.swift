@@ -30,7 +30,9 @@ public struct PriorityInfo: Equatable, Sendable {
 public struct Frame: Equatable, Sendable {
     public enum Payload: Equatable, Sendable {
         case data(bytes: [UInt8], endStream: Bool, padding: Int?)
-        case headers(block: [UInt8], endStream: Bool, endHeaders: Bool, priority: PriorityInfo?, padding: Int?)
+        /// `block` (here and in `continuation`) is a slice of the reader's buffer, not a copy: the connection decodes
+        /// it before it reads the next frame, and copies only a block that waits for its CONTINUATION frames.
+        case headers(block: ArraySlice<UInt8>, endStream: Bool, endHeaders: Bool, priority: PriorityInfo?, padding: Int?)
         case priority(PriorityInfo)
         case rstStream(HTTP2ErrorCode)
         case settings([HTTP2Setting], ack: Bool)
@@ -38,7 +40,7 @@ public struct Frame: Equatable, Sendable {
         case ping(opaque: UInt64, ack: Bool)
         case goAway(lastStreamID: UInt32, code: HTTP2ErrorCode, debugData: [UInt8])
         case windowUpdate(increment: UInt32)
-        case continuation(block: [UInt8], endHeaders: Bool)
+        case continuation(block: ArraySlice<UInt8>, endHeaders: Bool)
         case unknown(type: UInt8, flags: UInt8, payload: [UInt8])
     }
     public var streamID: UInt32
@@ -202,7 +204,7 @@ public struct FrameReader: Sendable {
                                         name: "HEADERS")
             let priority = hasPriority ? readPriority(at: body.lowerBound - 5) : nil
             return Frame(streamID: streamID, payload: .headers(
-                block: Array(buffer[body]), endStream: flags & FrameFlag.endStream != 0,
+                block: buffer[body], endStream: flags & FrameFlag.endStream != 0,
                 endHeaders: flags & FrameFlag.endHeaders != 0, priority: priority, padding: pad))
         case .priority:
             guard streamID != 0 else { throw .connection(.protocolError, "PRIORITY on stream 0") }
@@ -253,7 +255,7 @@ public struct FrameReader: Sendable {
         case .continuation:
             guard streamID != 0 else { throw .connection(.protocolError, "CONTINUATION on stream 0") }
             return Frame(streamID: streamID, payload: .continuation(
-                block: Array(buffer[start..<(start + length)]), endHeaders: flags & FrameFlag.endHeaders != 0))
+                block: buffer[start..<(start + length)], endHeaders: flags & FrameFlag.endHeaders != 0))
         }
     }
 }

@@ -29,7 +29,7 @@ extension HTTP2Connection {
             } else {
                 if block.isEmpty { countEmptyFrame(&events) }
                 headerBlock = HeaderBlockInProgress(streamID: frame.streamID, endStream: endStream, priority: priority,
-                                                    block: block, continuationCount: 0)
+                                                    block: Array(block), continuationCount: 0)
             }
         case let .continuation(fragment, endHeaders):
             handleContinuation(fragment, endHeaders: endHeaders, &events)
@@ -75,7 +75,7 @@ extension HTTP2Connection {
 
     // MARK: - Header blocks
 
-    private func handleContinuation(_ fragment: [UInt8], endHeaders: Bool, _ events: inout [HTTP2Event]) {
+    private func handleContinuation(_ fragment: ArraySlice<UInt8>, endHeaders: Bool, _ events: inout [HTTP2Event]) {
         guard var block = headerBlock else {
             fail(.protocolError, "CONTINUATION without a header block", &events)
             return
@@ -93,18 +93,18 @@ extension HTTP2Connection {
         headerBlock = nil   // release the stored copy before appending, so the buffer is uniquely referenced
         block.block.append(contentsOf: fragment)
         if endHeaders {
-            handleHeaderBlock(block.streamID, block.block, endStream: block.endStream, priority: block.priority, &events)
+            handleHeaderBlock(block.streamID, block.block[...], endStream: block.endStream, priority: block.priority, &events)
         } else {
             headerBlock = block
         }
     }
 
-    private func handleHeaderBlock(_ id: UInt32, _ block: [UInt8], endStream: Bool, priority: PriorityInfo?,
+    private func handleHeaderBlock(_ id: UInt32, _ block: ArraySlice<UInt8>, endStream: Bool, priority: PriorityInfo?,
                                    _ events: inout [HTTP2Event]) {
         // Decode first, whatever happens to the stream: the HPACK dynamic table must stay in step with the peer.
         let fields: [HeaderField]
         do {
-            fields = try decoder.decode(block[...])
+            fields = try decoder.decode(block)
         } catch .headerListTooLarge {
             // The block was fully decoded (the table is in sync): only this stream fails (§10.5.1).
             rejectOversizedHeaderList(id, &events)

@@ -39,14 +39,23 @@ import Testing
                 + "\"ciphertext_sha256\":\"fa55d876033f8281\"")
     }
 
-    /// The writer's cache (the time's second, the connection fragment) never changes a byte: records of changing
-    /// seconds, peers and connections encode through one cache exactly as each does alone.
+    /// The writer's cache (the time's second, the connection fragment, the op and result fragments) never changes a
+    /// byte: records of changing seconds, peers, connections, ops, key_ids, backends and outcomes encode through one
+    /// cache exactly as each does alone.
     @Test func cachedEncodingEqualsFreshEncoding() {
         var cache = AuditRecordFormat.BodyCache()
         let peers: [PeerCredentials?] = [PeerCredentials(pid: 100, uid: 0, gid: 0), PeerCredentials(pid: 101, uid: 0, gid: 0), nil,
                                    PeerCredentials(pid: 100, uid: 7, gid: 9)]
+        let ops = ["Encrypt", "Decrypt", "Status", "/other/\"Path\u{7}"]
+        let keyIDs: [String?] = ["k1", "k2", nil, "", "k\u{e9}"]
+        let backends = ["file", "vault", ""]
+        let outcomes = ["OK", "INVALID_ARGUMENT", "OK", "UNAVAILABLE"]
         for i in 0..<200 {
-            var event = sampleEvent(i, time: Date(timeIntervalSince1970: 1_790_000_000 + Double(i / 3) * 0.7 + 0.000_123_456))
+            var event = sampleEvent(i, op: ops[(i / 2) % ops.count], keyID: keyIDs[(i / 3) % keyIDs.count],
+                                    outcome: outcomes[(i / 4) % outcomes.count],
+                                    time: Date(timeIntervalSince1970: 1_790_000_000 + Double(i / 3) * 0.7 + 0.000_123_456))
+            event.backend = backends[(i / 6) % backends.count]
+            event.uid = i % 5 == 0 ? nil : event.uid
             event.peer = peers[(i / 5) % peers.count]
             event.connection = UInt64(i / 7)
             var cached = [UInt8]()

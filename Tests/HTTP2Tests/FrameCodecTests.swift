@@ -162,6 +162,6 @@ import Testing
             return
         }
         #expect(b0.count == 16384 && b1.count == 16384)
-        #expect(b0 + b1 + b2 == block)
+        #expect(Array(b0) + Array(b1) + Array(b2) == block)
     }
 }

@@ -60,7 +60,7 @@ import Testing
                 // The second block refers to the field by its dynamic-table index (one octet, high bit set).
                 #expect(block.count == fields.count)
             }
-            let frame = Frame(streamID: id, payload: .headers(block: block, endStream: true, endHeaders: true,
+            let frame = Frame(streamID: id, payload: .headers(block: block[...], endStream: true, endHeaders: true,
                                                               priority: nil, padding: nil))
             let events = server.feed(frame.serialized())
             #expect(isStreamError(events, id, .protocolError))

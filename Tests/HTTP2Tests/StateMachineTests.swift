@@ -41,9 +41,9 @@ import Testing
         input += client.headers(1) + frameBytes(1, .data(bytes: [1, 2, 3], endStream: false, padding: 5))
         input += frameBytes(0, .ping(opaque: 9, ack: false)) + frameBytes(0, .windowUpdate(increment: 1000))
         let block = client.block()
-        input += frameBytes(3, .headers(block: Array(block.prefix(4)), endStream: false, endHeaders: false,
+        input += frameBytes(3, .headers(block: block.prefix(4), endStream: false, endHeaders: false,
                                         priority: nil, padding: nil))
-        input += frameBytes(3, .continuation(block: Array(block.dropFirst(4)), endHeaders: true))
+        input += frameBytes(3, .continuation(block: block.dropFirst(4), endHeaders: true))
         input += client.headers(1, [HeaderField(name: "x-trailer", value: "t")], endStream: true)
         input += frameBytes(3, .rstStream(.cancel)) + frameBytes(0, .settings([], ack: true))
 

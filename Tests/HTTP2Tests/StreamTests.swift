@@ -136,7 +136,7 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
     @Test func selfDependencyIsStreamProtocolError() {
         var client = FakeClient()
         let server = handshakenServer()
-        let headers = frameBytes(3, .headers(block: client.block(), endStream: true, endHeaders: true,
+        let headers = frameBytes(3, .headers(block: client.block()[...], endStream: true, endHeaders: true,
                                              priority: PriorityInfo(exclusive: false, dependency: 3, weight: 1),
                                              padding: nil))
         #expect(isStreamError(server.feed(headers), 3, .protocolError))
@@ -162,7 +162,7 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
     @Test func paddedHeadersAndDataAreAccepted() {
         var client = FakeClient()
         let server = handshakenServer()
-        let events = server.feed(frameBytes(1, .headers(block: client.block(), endStream: false, endHeaders: true,
+        let events = server.feed(frameBytes(1, .headers(block: client.block()[...], endStream: false, endHeaders: true,
                                                         priority: nil, padding: 10))
             + frameBytes(1, .data(bytes: [7], endStream: true, padding: 3)))
         #expect(events == [.headers(streamID: 1, fields: FakeClient.requestFields, endStream: false),
@@ -214,10 +214,10 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
         var client = FakeClient()
         let server = handshakenServer()
         let block = client.block()
-        let bytes = frameBytes(1, .headers(block: Array(block[0..<3]), endStream: true, endHeaders: false,
+        let bytes = frameBytes(1, .headers(block: block[0..<3], endStream: true, endHeaders: false,
                                            priority: nil, padding: nil))
-            + frameBytes(1, .continuation(block: Array(block[3..<10]), endHeaders: false))
-            + frameBytes(1, .continuation(block: Array(block[10...]), endHeaders: true))
+            + frameBytes(1, .continuation(block: block[3..<10], endHeaders: false))
+            + frameBytes(1, .continuation(block: block[10...], endHeaders: true))
         #expect(server.feed(bytes) == [.headers(streamID: 1, fields: FakeClient.requestFields, endStream: true)])
     }
 
@@ -225,15 +225,15 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
         var client = FakeClient()
         let server = handshakenServer()
         let block = client.block()
-        let start = frameBytes(1, .headers(block: Array(block[0..<3]), endStream: true, endHeaders: false,
+        let start = frameBytes(1, .headers(block: block[0..<3], endStream: true, endHeaders: false,
                                            priority: nil, padding: nil))
         for intruder in [frameBytes(0, .ping(opaque: 1, ack: false)),
-                         frameBytes(3, .continuation(block: Array(block[3...]), endHeaders: true)),
+                         frameBytes(3, .continuation(block: block[3...], endHeaders: true)),
                          frameBytes(1, .data(bytes: [], endStream: true, padding: nil))] {
             let fresh = handshakenServer()
             #expect(isConnectionError(fresh.feed(start + intruder), .protocolError))
         }
-        #expect(isConnectionError(server.feed(frameBytes(1, .continuation(block: block, endHeaders: true))),
+        #expect(isConnectionError(server.feed(frameBytes(1, .continuation(block: block[...], endHeaders: true))),
                                   .protocolError))   // CONTINUATION with no block open
     }
 
@@ -249,8 +249,8 @@ let okTrailers = [HeaderField(name: "grpc-status", value: "0")]
         limits.maxHeaderBlockBytes = 20000
         let server = handshakenServer(limits)
         let big = [UInt8](repeating: 0, count: 16000)
-        let bytes = frameBytes(1, .headers(block: big, endStream: true, endHeaders: false, priority: nil, padding: nil))
-            + frameBytes(1, .continuation(block: big, endHeaders: false))
+        let bytes = frameBytes(1, .headers(block: big[...], endStream: true, endHeaders: false, priority: nil, padding: nil))
+            + frameBytes(1, .continuation(block: big[...], endHeaders: false))
         #expect(isConnectionError(server.feed(bytes), .enhanceYourCalm))
     }
 

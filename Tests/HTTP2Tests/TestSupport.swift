@@ -30,7 +30,7 @@ struct FakeClient {
 
     mutating func headers(_ id: UInt32, _ fields: [HeaderField] = FakeClient.requestFields,
                           endStream: Bool = false) -> [UInt8] {
-        Frame(streamID: id, payload: .headers(block: block(fields), endStream: endStream, endHeaders: true,
+        Frame(streamID: id, payload: .headers(block: block(fields)[...], endStream: endStream, endHeaders: true,
                                               priority: nil, padding: nil)).serialized()
     }
 }
