@@ -137,12 +137,28 @@ public enum AES256GCM {
         if out.isEmpty { out = sealed } else { out.append(contentsOf: sealed) }
     }
 
-    /// An array of `count` bytes that `fill` writes in full, or `fill`'s error. Filled in a temporary (on the stack
-    /// when small), copied out once, then the temporary is wiped (it may hold plaintext): allocating the array first
-    /// goes through the standard library's generic allocation entry point, which looks the storage type up at run
-    /// time on every call (more instructions than the AES-GCM of a DEK seed).
+    /// An array of `count` bytes that `fill` writes in full, or `fill`'s error. A small one (a DEK seed, its
+    /// envelope) is filled in a temporary on the stack, copied out once and the temporary wiped (it may hold
+    /// plaintext): allocating the array first goes through the standard library's generic allocation entry point,
+    /// which looks the storage type up at run time on every call (more instructions than the AES-GCM of a DEK seed).
+    /// A larger one is filled in place: a large temporary would grow the thread's resident stack for good.
     private static func newArray(count: Int, _ fill: (UnsafeMutablePointer<UInt8>) throws(CryptoError) -> Void) throws(CryptoError) -> [UInt8] {
-        try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(count, 1)) { (temporary) throws(CryptoError) -> [UInt8] in
+        guard count <= 512 else {
+            var failure: CryptoError?
+            let bytes = [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+                do throws(CryptoError) {
+                    try fill(buffer.baseAddress!)
+                    initialized = count
+                } catch {
+                    failure = error
+                    OPENSSL_cleanse(buffer.baseAddress, count)
+                    initialized = 0
+                }
+            }
+            if let failure { throw failure }
+            return bytes
+        }
+        return try withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(count, 1)) { (temporary) throws(CryptoError) -> [UInt8] in
             defer { OPENSSL_cleanse(temporary.baseAddress, temporary.count) }
             try fill(temporary.baseAddress!)
             return Array(UnsafeBufferPointer(rebasing: temporary[..<count]))

@@ -12,13 +12,14 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 public final class UnixGRPCClient {
     private let fd: Int32
     private let connection = GRPCClientConnection()
-    private let ioTimeoutMillis: Int32
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
 
     public init(socketPath: String, ioTimeoutSeconds: Double = 5) throws {
         do { fd = try Posix.connectUnix(socketPath) } catch { throw ClientError("cannot connect to \(socketPath): \(error)") }
-        ioTimeoutMillis = Int32(ioTimeoutSeconds * 1000)
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: ioTimeoutSeconds)
+        // A blocking read bounded by the socket's receive timeout: one system call per answer, not a poll and a read.
+        // (At least a microsecond: a zero timeval would mean no timeout at all.)
+        Posix.setTimeout(fd, option: SO_RCVTIMEO, seconds: max(ioTimeoutSeconds, 1e-6))
     }
 
     deinit { close(fd) }
@@ -74,11 +75,14 @@ public final class UnixGRPCClient {
     }
 
     private func readEvents() throws -> [GRPCClientEvent] {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&pfd, 1, ioTimeoutMillis)
-        guard ready > 0 else { throw ClientError(ready == 0 ? "timed out waiting for kekd" : "poll failed") }
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { throw ClientError(n == 0 ? "kekd closed the connection" : "read failed: \(SystemError("read"))") }
+        var n: Int
+        repeat {
+            n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        } while n < 0 && errno == EINTR
+        guard n > 0 else {
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw ClientError("timed out waiting for kekd") }
+            throw ClientError(n == 0 ? "kekd closed the connection" : "read failed: \(SystemError("read"))")
+        }
         let events = connection.receive(buffer[0..<n])
         try flush()  // acks and window updates
         return events

@@ -173,3 +173,19 @@ private func hex(_ s: String) -> [UInt8] {
     let empty = try AES256GCM.sealWithRandomNonce(key: key, headerSize: 0, plaintext: [], aad: []) { _ in }
     #expect(try AES256GCM.open(key: key, nonce: empty[0..<12], sealed: empty[12...], aad: []) == [])
 }
+
+@Test(arguments: [0, 1, 31, 32, 484, 485, 511, 512, 513, 4096, 70_000])
+func gcmSealsAndOpensEverySizeOnEitherSideOfTheStackTemporary(size: Int) throws {
+    // Outputs up to 512 bytes are built in a stack temporary and copied out, larger ones in place: both must give the
+    // one-shot API's bytes, open what they sealed and refuse a flipped tag bit.
+    let key = try SymmetricKey.random(), nonce = try SecureRandom.bytes(12)
+    let pt = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+    var sealed: [UInt8] = []
+    try AES256GCM.seal(key: key, nonce: nonce[...], plaintext: pt, aad: [1], appendingTo: &sealed)
+    #expect(sealed == (try AES256GCM.seal(key: key.bytes, nonce: nonce, plaintext: pt, aad: [1])))
+    #expect(try AES256GCM.open(key: key, nonce: nonce[...], sealed: sealed[...], aad: [1]) == pt)
+    var tampered = sealed; tampered[tampered.count - 1] ^= 1
+    #expect(throws: CryptoError.authenticationFailed) { try AES256GCM.open(key: key, nonce: nonce[...], sealed: tampered[...], aad: [1]) }
+    let framed = try AES256GCM.sealWithRandomNonce(key: key, headerSize: 2, plaintext: pt, aad: []) { $0.update(repeating: 5) }
+    #expect(try AES256GCM.open(key: key, nonce: framed[2..<14], sealed: framed[14...], aad: []) == pt)
+}
