@@ -140,7 +140,7 @@ public enum AES256GCM {
     /// An array of `count` bytes that `fill` writes in full, or `fill`'s error. A small one (a DEK seed, its
     /// envelope) is filled in a temporary on the stack, copied out once and the temporary wiped (it may hold
     /// plaintext): allocating the array first goes through the standard library's generic allocation entry point,
-    /// which looks the storage type up at run time on every call (more instructions than the AES-GCM of a DEK seed).
+    /// which looks the storage type up at run time on every call (several hundred instructions).
     /// A larger one is filled in place: a large temporary would grow the thread's resident stack for good.
     private static func newArray(count: Int, _ fill: (UnsafeMutablePointer<UInt8>) throws(CryptoError) -> Void) throws(CryptoError) -> [UInt8] {
         guard count <= 512 else {
