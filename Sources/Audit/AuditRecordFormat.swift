@@ -37,72 +37,75 @@ enum AuditRecordFormat {
     }
 
     /// What one record's body shares with the previous one, kept by the writer: the formatted second of its time,
-    /// the fragment from "peer" to the stream id's key (the same for every record of a connection), and the digest
-    /// context of the ciphertext hash.
+    /// three fragments that repeat across consecutive records, and the digest context of the ciphertext hash.
     struct BodyCache {
         var time = RFC3339.SecondCache()
         let ciphertextDigest = SHA256Context()
-        var connection: (peer: PeerCredentials?, id: UInt64)?
-        /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":` of `connection`.
-        var connectionFragment: [UInt8] = []
-        /// `","op":…,"uid":` of `op` (the quote closes the time).
-        var op: String?
-        var opFragment: [UInt8] = []
-        /// `,"key_id":…,"backend":…,"outcome":…` of `result`: the same for most consecutive records (one key, one
-        /// backend, OK), so their strings are escaped once, not per record.
-        var result: (keyID: String?, backend: String, outcome: String)?
-        var resultFragment: [UInt8] = []
+        /// `","op":…,"uid":` (the quote closes the time).
+        var op = CachedFragment<String>()
+        /// `,"key_id":…,"backend":…,"outcome":…`: the same for most consecutive records (one key, one backend, OK).
+        var result = CachedFragment<ResultKey>()
+        /// `,"peer":{"pid":…,"uid":…,"gid":…}|null,"connection":N,"stream":`: the same for every record of a connection.
+        var connection = CachedFragment<ConnectionKey>()
+    }
 
-        mutating func appendOp(_ op: String, to out: inout [UInt8]) {
-            if op != self.op {
-                opFragment.removeAll(keepingCapacity: true)
-                JSONWriter.appendLiteral("\",\"op\":", to: &opFragment)
-                JSONWriter.appendString(op, maxScalars: maxOpScalars, to: &opFragment)
-                JSONWriter.appendLiteral(",\"uid\":", to: &opFragment)
-                self.op = op
-            }
-            out.append(contentsOf: opFragment)
-        }
+    struct ResultKey: Equatable {
+        var keyID: String?
+        var backend: String
+        var outcome: String
+    }
 
-        mutating func appendResult(keyID: String?, backend: String, outcome: String, to out: inout [UInt8]) {
-            if let result, result.keyID == keyID, result.backend == backend, result.outcome == outcome {
-                out.append(contentsOf: resultFragment)
-                return
-            }
-            resultFragment.removeAll(keepingCapacity: true)
-            JSONWriter.appendLiteral(",\"key_id\":", to: &resultFragment)
-            appendOptionalString(keyID, maxScalars: maxIDScalars, to: &resultFragment)
-            JSONWriter.appendLiteral(",\"backend\":", to: &resultFragment)
-            JSONWriter.appendString(backend, maxScalars: maxShortScalars, to: &resultFragment)
-            JSONWriter.appendLiteral(",\"outcome\":", to: &resultFragment)
-            JSONWriter.appendString(outcome, maxScalars: maxShortScalars, to: &resultFragment)
-            result = (keyID, backend, outcome)
-            out.append(contentsOf: resultFragment)
-        }
+    struct ConnectionKey: Equatable {
+        var peer: PeerCredentials?
+        var id: UInt64
+    }
 
-        mutating func appendConnection(_ peer: PeerCredentials?, _ id: UInt64, to out: inout [UInt8]) {
-            if let connection, connection.peer == peer, connection.id == id {
-                out.append(contentsOf: connectionFragment)
-                return
+    /// Bytes built from a key and reused while consecutive records have the same key, so their strings and numbers
+    /// are escaped and formatted once, not per record.
+    struct CachedFragment<Key: Equatable> {
+        private var key: Key?
+        private var bytes: [UInt8] = []
+
+        mutating func append(for key: Key, to out: inout [UInt8], build: (Key, inout [UInt8]) -> Void) {
+            if key != self.key {
+                bytes.removeAll(keepingCapacity: true)
+                build(key, &bytes)
+                self.key = key
             }
-            connectionFragment.removeAll(keepingCapacity: true)
-            if let peer {
-                JSONWriter.appendLiteral(",\"peer\":{\"pid\":", to: &connectionFragment)
-                JSONWriter.appendInteger(peer.pid, to: &connectionFragment)
-                JSONWriter.appendLiteral(",\"uid\":", to: &connectionFragment)
-                JSONWriter.appendInteger(peer.uid, to: &connectionFragment)
-                JSONWriter.appendLiteral(",\"gid\":", to: &connectionFragment)
-                JSONWriter.appendInteger(peer.gid, to: &connectionFragment)
-                JSONWriter.appendLiteral("}", to: &connectionFragment)
-            } else {
-                JSONWriter.appendLiteral(",\"peer\":null", to: &connectionFragment)
-            }
-            JSONWriter.appendLiteral(",\"connection\":", to: &connectionFragment)
-            JSONWriter.appendInteger(id, to: &connectionFragment)
-            JSONWriter.appendLiteral(",\"stream\":", to: &connectionFragment)
-            connection = (peer, id)
-            out.append(contentsOf: connectionFragment)
+            out.append(contentsOf: bytes)
         }
+    }
+
+    private static func buildOp(_ op: String, _ out: inout [UInt8]) {
+        JSONWriter.appendLiteral("\",\"op\":", to: &out)
+        JSONWriter.appendString(op, maxScalars: maxOpScalars, to: &out)
+        JSONWriter.appendLiteral(",\"uid\":", to: &out)
+    }
+
+    private static func buildResult(_ result: ResultKey, _ out: inout [UInt8]) {
+        JSONWriter.appendLiteral(",\"key_id\":", to: &out)
+        appendOptionalString(result.keyID, maxScalars: maxIDScalars, to: &out)
+        JSONWriter.appendLiteral(",\"backend\":", to: &out)
+        JSONWriter.appendString(result.backend, maxScalars: maxShortScalars, to: &out)
+        JSONWriter.appendLiteral(",\"outcome\":", to: &out)
+        JSONWriter.appendString(result.outcome, maxScalars: maxShortScalars, to: &out)
+    }
+
+    private static func buildConnection(_ connection: ConnectionKey, _ out: inout [UInt8]) {
+        if let peer = connection.peer {
+            JSONWriter.appendLiteral(",\"peer\":{\"pid\":", to: &out)
+            JSONWriter.appendInteger(peer.pid, to: &out)
+            JSONWriter.appendLiteral(",\"uid\":", to: &out)
+            JSONWriter.appendInteger(peer.uid, to: &out)
+            JSONWriter.appendLiteral(",\"gid\":", to: &out)
+            JSONWriter.appendInteger(peer.gid, to: &out)
+            JSONWriter.appendLiteral("}", to: &out)
+        } else {
+            JSONWriter.appendLiteral(",\"peer\":null", to: &out)
+        }
+        JSONWriter.appendLiteral(",\"connection\":", to: &out)
+        JSONWriter.appendInteger(connection.id, to: &out)
+        JSONWriter.appendLiteral(",\"stream\":", to: &out)
     }
 
     /// Each key is written with its punctuation in one literal; the fields in the order of the format above.
@@ -120,16 +123,17 @@ enum AuditRecordFormat {
         }
         JSONWriter.appendLiteral(",\"time\":\"", to: &out)
         cache.time.append(event.time, to: &out)
-        cache.appendOp(event.op, to: &out)
+        cache.op.append(for: event.op, to: &out, build: buildOp)
         appendOptionalString(event.uid, maxScalars: maxIDScalars, to: &out)
-        cache.appendResult(keyID: event.keyID, backend: event.backend, outcome: event.outcome, to: &out)
+        cache.result.append(for: ResultKey(keyID: event.keyID, backend: event.backend, outcome: event.outcome), to: &out,
+                            build: buildResult)
         if let message = event.message {
             JSONWriter.appendLiteral(",\"message\":", to: &out)
             JSONWriter.appendString(message, maxScalars: maxMessageScalars, to: &out)
         }
         JSONWriter.appendLiteral(",\"latency_us\":", to: &out)
         JSONWriter.appendInteger(event.latencyMicros, to: &out)
-        cache.appendConnection(event.peer, event.connection, to: &out)
+        cache.connection.append(for: ConnectionKey(peer: event.peer, id: event.connection), to: &out, build: buildConnection)
         JSONWriter.appendInteger(event.stream, to: &out)
         if let ciphertext = event.ciphertext {
             JSONWriter.appendLiteral(",\"ciphertext_sha256\":", to: &out)

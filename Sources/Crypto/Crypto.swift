@@ -226,7 +226,7 @@ public enum AES256GCM {
                 guard EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), tag) == 1 else { return false }
                 return EVP_DecryptFinal_ex(ctx, out + written, &len) == 1
             }
-            // What was decrypted before the tag check failed is wiped with the temporary.
+            // What was decrypted before the tag check failed is wiped by newArray, whichever buffer held it.
             guard ok else { throw .authenticationFailed }
         }
     }
