@@ -12,14 +12,14 @@ public struct ClientError: Error, CustomStringConvertible, Sendable {
 public final class UnixGRPCClient {
     private let fd: Int32
     private let connection = GRPCClientConnection()
+    private let ioTimeoutMillis: Int32
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
 
     public init(socketPath: String, ioTimeoutSeconds: Double = 5) throws {
         do { fd = try Posix.connectUnix(socketPath) } catch { throw ClientError("cannot connect to \(socketPath): \(error)") }
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: ioTimeoutSeconds)
-        // A blocking read bounded by the socket's receive timeout: one system call per answer, not a poll and a read.
-        // (At least a microsecond: a zero timeval would mean no timeout at all.)
-        Posix.setTimeout(fd, option: SO_RCVTIMEO, seconds: max(ioTimeoutSeconds, 1e-6))
+        // Whole milliseconds for poll, at least one (0 would not wait at all).
+        ioTimeoutMillis = Int32(clamping: max(1, Int64((min(ioTimeoutSeconds, 1e6) * 1000).rounded(.up))))
     }
 
     deinit { close(fd) }
@@ -75,12 +75,18 @@ public final class UnixGRPCClient {
     }
 
     private func readEvents() throws -> [GRPCClientEvent] {
+        // Wait in poll, not in a blocking read: a reader blocked in read(2) on a unix stream socket is also woken
+        // when kekd consumes our request (the kernel signals write space on the same wait queue), a wasted wake-up
+        // and context switch per call; poll's waiter asks for POLLIN only and sleeps through it.
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        var ready: Int32
+        repeat { ready = poll(&pfd, 1, ioTimeoutMillis) } while ready < 0 && errno == EINTR
+        guard ready > 0 else { throw ClientError(ready == 0 ? "timed out waiting for kekd" : "poll failed: \(SystemError("poll"))") }
         var n: Int
         repeat {
             n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         } while n < 0 && errno == EINTR
         guard n > 0 else {
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw ClientError("timed out waiting for kekd") }
             throw ClientError(n == 0 ? "kekd closed the connection" : "read failed: \(SystemError("read"))")
         }
         let events = connection.receive(buffer[0..<n])

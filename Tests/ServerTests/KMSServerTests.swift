@@ -160,6 +160,28 @@ private func exchange(_ conn: GRPCClientConnection, fd: Int32, expecting count: 
     }
 }
 
+@Test func clientGivesUpOnASilentServerAfterItsTimeout() throws {
+    // A socket that accepts (the backlog does) and never answers: the call ends with the timeout, not a hang.
+    let path = tempSocketPath()
+    let dir = (path as NSString).deletingLastPathComponent
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var addr = try Posix.makeUnixAddress(path)
+    let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(listener) }
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    #expect(bound == 0 && listen(listener, 4) == 0)
+    let client = try UnixGRPCClient(socketPath: path, ioTimeoutSeconds: 0.2)
+    let t0 = Date()
+    #expect {
+        _ = try client.call(path: statusPath, message: [])
+    } throws: { "\($0)".contains("timed out waiting for kekd") }
+    let waited = Date().timeIntervalSince(t0)
+    #expect(waited >= 0.19 && waited < 3, "waited \(waited) s")
+}
+
 @Test func kekdsOwnUIDIsNotACallerByDefault() {
     #expect(ServerConfiguration(socketPath: "/x").allowedUIDs == [0])
 }
