@@ -1,4 +1,5 @@
 // RFC 7541 section 6: encoding header blocks.
+import Synchronization
 
 /// Encodes the header blocks of one HTTP/2 connection direction; its dynamic table persists across blocks.
 /// Fields found in a table are sent as 1-octet indexed references; with `useIndexing`, every other field that fits
@@ -21,6 +22,19 @@ public struct HPACKEncoder: Sendable {
     /// call after call, so the field at a position usually repeats; an equal field (strings of the same storage compare
     /// at once) whose entry is still in its table is sent as that index without hashing anything.
     private var lastBlock: [(field: HeaderField, reference: Reference)] = []
+    /// Each pre-encoded list sent with this table (a server has a handful: its response headers, its OK trailers):
+    /// the entry each field can be referenced by, and those references as index octets, valid while the table is
+    /// at `generation`.
+    private var preEncodedMemos: [PreEncodedMemo] = []
+    /// Changes whenever an entry is inserted or evicted or the size changes: dynamic indices may have moved.
+    private var tableGeneration = 0
+
+    private struct PreEncodedMemo {
+        var id: Int
+        var references: [Reference]
+        var indices: [UInt8]
+        var generation: Int
+    }
 
     private enum Reference {
         case staticIndex(Int)
@@ -53,6 +67,7 @@ public struct HPACKEncoder: Sendable {
         guard newSize != table.maxSize else { return }
         evict(toFit: 0, within: newSize)
         table.setMaxSize(newSize)
+        tableGeneration += 1
         pendingSizeUpdate = (min(pendingSizeUpdate?.smallest ?? newSize, newSize), newSize)
     }
 
@@ -84,10 +99,68 @@ public struct HPACKEncoder: Sendable {
     /// A table size update is owed at the start of the next block: a block encoded once cannot be sent as it is.
     public var owesSizeUpdate: Bool { pendingSizeUpdate != nil }
 
-    /// A block encoded once (`PreEncodedHeaders`): only the size update owed, if any, is encoded now.
+    /// A fixed header list (`PreEncodedHeaders`). Its first use on this encoder adds its fields to the dynamic
+    /// table like any block; afterwards, while those entries live, it is only their indices (and the peer decodes
+    /// indices, not literals). Without a table it is the block encoded once.
     public mutating func encode(_ headers: PreEncodedHeaders, into buffer: inout [UInt8]) {
         appendPendingSizeUpdate(to: &buffer)
-        buffer.append(contentsOf: headers.block)
+        guard useIndexing, table.maxSize > 0 else {
+            buffer.append(contentsOf: headers.block)
+            return
+        }
+        if let slot = memoSlot(headers.id) {
+            if preEncodedMemos[slot].generation == tableGeneration {
+                buffer.append(contentsOf: preEncodedMemos[slot].indices)
+                return
+            }
+            if let indices = indices(of: preEncodedMemos[slot].references) {
+                preEncodedMemos[slot].indices = indices
+                preEncodedMemos[slot].generation = tableGeneration
+                buffer.append(contentsOf: indices)
+                return
+            }
+        }
+        // First use, or an entry has been evicted since: encode as usual, which (re)inserts what is missing.
+        var references: [Reference] = []
+        references.reserveCapacity(headers.fields.count)
+        for field in headers.fields { references.append(encode(field, into: &buffer)) }
+        let indices = indices(of: references)
+        let memo = PreEncodedMemo(id: headers.id, references: references, indices: indices ?? [],
+                                  generation: indices == nil ? -1 : tableGeneration)
+        if let slot = memoSlot(headers.id) {
+            preEncodedMemos[slot] = memo
+        } else {
+            if preEncodedMemos.count == 8 { preEncodedMemos.removeFirst() }
+            preEncodedMemos.append(memo)
+        }
+    }
+
+    /// The block `encode(headers, into:)` would append, when it is ready-made: no size update owed and the list's
+    /// entries unchanged since its indices were computed. Lets a server send its usual answer without encoding.
+    /// (`mutating` only so a caller holding the encoder in a class property accesses it in place, without a copy.)
+    public mutating func readyBlock(for headers: PreEncodedHeaders) -> [UInt8]? {
+        guard pendingSizeUpdate == nil, let slot = memoSlot(headers.id),
+              preEncodedMemos[slot].generation == tableGeneration else { return nil }
+        return preEncodedMemos[slot].indices
+    }
+
+    private func memoSlot(_ id: Int) -> Int? {
+        var slot = 0
+        while slot < preEncodedMemos.count {
+            if preEncodedMemos[slot].id == id { return slot }
+            slot += 1
+        }
+        return nil
+    }
+
+    /// The references as index octets when every one is still live.
+    private func indices(of references: [Reference]) -> [UInt8]? {
+        var octets: [UInt8] = []
+        for reference in references {
+            guard let index = index(of: reference) else { return nil }
+            appendInteger(index, prefixBits: 7, flags: 0x80, to: &octets)
+        }
+        return octets
     }
 
     private mutating func appendPendingSizeUpdate(to buffer: inout [UInt8]) {
@@ -139,6 +212,7 @@ public struct HPACKEncoder: Sendable {
         fieldSequence[field] = insertCount
         nameSequence[field.name] = insertCount
         insertCount += 1
+        tableGeneration += 1
     }
 
     /// Evicts oldest entries until `incoming` more octets fit in `maxSize`, dropping their lookup entries.
@@ -168,11 +242,16 @@ public struct HPACKEncoder: Sendable {
     }
 }
 
-/// A header list encoded once for every connection (a server's fixed response headers): static-table references and
-/// literals without indexing, so the block never depends on, or changes, any connection's dynamic table.
+/// A header list a server sends on every call (its response headers, its OK trailers), prepared once. An encoder
+/// with a dynamic table sends it as table indices after its first use on the connection (see `encode(_:into:)`);
+/// `block`, static-table references and literals without indexing, is the form for an encoder without one.
 public struct PreEncodedHeaders: Sendable {
     public let fields: [HeaderField]
     public let block: [UInt8]
+    /// Distinguishes this list in an encoder's memo of where its fields are.
+    let id: Int
+
+    private static let nextID = Atomic<Int>(0)
 
     public init(_ fields: [HeaderField]) {
         self.fields = fields
@@ -180,5 +259,6 @@ public struct PreEncodedHeaders: Sendable {
         var block: [UInt8] = []
         encoder.encode(fields, into: &block)
         self.block = block
+        id = Self.nextID.add(1, ordering: .relaxed).newValue
     }
 }

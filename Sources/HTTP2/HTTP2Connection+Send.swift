@@ -43,15 +43,16 @@ extension HTTP2Connection {
 
     private func writeHeaders(_ stream: HTTP2Stream, preEncoded headers: PreEncodedHeaders, endStream: Bool) {
         if stream.pending.isEmpty {
-            // The usual case: the block goes out as encoded, without a copy through the scratch buffer.
-            var block = headers.block[...]
-            if encoder.owesSizeUpdate {
+            // In wire order: after its first use on the connection the block is a few dynamic-table indices.
+            if let block = encoder.readyBlock(for: headers) {
+                FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: block[...], endStream: endStream,
+                                              maxFrameSize: sendFrameSize)
+            } else {
                 headerScratch.removeAll(keepingCapacity: true)
                 encoder.encode(headers, into: &headerScratch)
-                block = headerScratch[...]
+                FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: headerScratch[...],
+                                              endStream: endStream, maxFrameSize: sendFrameSize)
             }
-            FrameWriter.appendHeaderBlock(into: &output, streamID: stream.id, block: block, endStream: endStream,
-                                          maxFrameSize: sendFrameSize)
             if endStream { closeLocal(stream) }
         } else {
             stream.pending.append(PendingOutbound(bytes: [], fields: headers.fields, endStream: endStream))

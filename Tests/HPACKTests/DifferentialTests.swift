@@ -54,6 +54,11 @@ struct DifferentialTests {
     static let caseCount = 400
     static let stepsPerCase = 15
     static let fuzzCount = 4000
+    static let preEncoded = [
+        PreEncodedHeaders([HeaderField(name: ":status", value: "200"), HeaderField(name: "content-type", value: "application/grpc")]),
+        PreEncodedHeaders([HeaderField(name: "grpc-status", value: "0")]),
+        PreEncodedHeaders([HeaderField(name: "x-fixed", value: String(repeating: "v", count: 300)), HeaderField(name: "grpc-status", value: "0")]),
+    ]
 
     @Test func swiftAndPythonAgree() throws {
         var generator = HeaderListGenerator(seed: 0xD1FF)
@@ -70,9 +75,16 @@ struct DifferentialTests {
                     tableSize = generator.tableSize()
                     encoder.setMaxTableSize(tableSize!)
                 }
-                let list = lists.last.map { Int.random(in: 0..<2, using: &generator.rng) == 0 ? generator.next(after: $0) : generator.list() } ?? generator.list()
+                var list = lists.last.map { Int.random(in: 0..<2, using: &generator.rng) == 0 ? generator.next(after: $0) : generator.list() } ?? generator.list()
                 var block: [UInt8] = []
-                encoder.encode(list, into: &block)
+                // A server's fixed lists between the others: indices while their entries live, re-inserted after.
+                if Int.random(in: 0..<3, using: &generator.rng) == 0 {
+                    let pre = Self.preEncoded[Int.random(in: 0..<Self.preEncoded.count, using: &generator.rng)]
+                    list = pre.fields
+                    encoder.encode(pre, into: &block)
+                } else {
+                    encoder.encode(list, into: &block)
+                }
                 diffCase.steps.append(DiffStep(tableSize: tableSize, headers: hexPairs(list), swiftBlock: hex(block)))
                 lists.append(list)
             }

@@ -172,20 +172,78 @@ struct EncoderTests {
 
 @Suite("Pre-encoded header blocks")
 struct PreEncodedHeadersTests {
-    @Test func decodesToItsFieldsAndLeavesTheDynamicTableAlone() throws {
-        let fields = [HeaderField(name: ":status", value: "200"), HeaderField(name: "content-type", value: "application/grpc"),
-                      HeaderField(name: "grpc-status", value: "0")]
-        let pre = PreEncodedHeaders(fields)
+    static let fields = [HeaderField(name: ":status", value: "200"), HeaderField(name: "content-type", value: "application/grpc"),
+                         HeaderField(name: "grpc-status", value: "0")]
+
+    @Test func firstUseFillsTheTableThenOnlyIndicesAreSent() throws {
+        let pre = PreEncodedHeaders(Self.fields)
         var encoder = HPACKEncoder()
         var decoder = HPACKDecoder(maxHeaderListSize: 1 << 20)
-        for _ in 0..<2 {
+        #expect(encoder.readyBlock(for: pre) == nil)
+        var first: [UInt8] = []
+        encoder.encode(pre, into: &first)
+        #expect(encoder.readyBlock(for: pre) == [0x88, 0xbf, 0xbe])
+        #expect(try decoder.decode(first[...]) == Self.fields)
+        #expect(encoder.dynamicTableEntries == Array(Self.fields.dropFirst().reversed()))
+        #expect(decoder.dynamicTableEntries == encoder.dynamicTableEntries)
+        for _ in 0..<3 {
             var block: [UInt8] = []
             encoder.encode(pre, into: &block)
-            #expect(block == pre.block)
-            #expect(try decoder.decode(block[...]) == fields)
+            // :status 200 is static 8; content-type went in first (now 63), grpc-status second (62).
+            #expect(block == [0x88, 0xbf, 0xbe])
+            #expect(try decoder.decode(block[...]) == Self.fields)
         }
-        #expect(encoder.dynamicTableSize == 0)
-        #expect(decoder.dynamicTableSize == 0)
+        #expect(decoder.dynamicTableEntries == encoder.dynamicTableEntries)
+        // A size update owed must go first: no ready-made block until it has been sent.
+        encoder.setMaxTableSize(1024)
+        #expect(encoder.readyBlock(for: pre) == nil)
+        var resized: [UInt8] = []
+        encoder.encode(pre, into: &resized)
+        decoder.setMaxTableSizeLimit(1024)
+        #expect(try decoder.decode(resized[...]) == Self.fields)
+        #expect(encoder.readyBlock(for: pre) == [0x88, 0xbf, 0xbe])
+    }
+
+    @Test func interleavedListsAndEvictionStayInStepWithTheDecoder() throws {
+        let headers = PreEncodedHeaders(Array(Self.fields.prefix(2)))
+        let trailers = PreEncodedHeaders([Self.fields[2]])
+        var encoder = HPACKEncoder(maxTableSize: 256)
+        var decoder = HPACKDecoder(maxTableSize: 256, maxHeaderListSize: 1 << 20)
+        var sizes: [Int] = []
+        for round in 0..<40 {
+            for (pre, expected) in [(headers, headers.fields), (trailers, trailers.fields)] {
+                var block: [UInt8] = []
+                encoder.encode(pre, into: &block)
+                #expect(try decoder.decode(block[...]) == expected, "round \(round)")
+                if pre.id == trailers.id { sizes.append(block.count) }
+            }
+            if round % 5 == 4 {
+                // Other fields (an error's grpc-message, say) push the entries out of a small table.
+                let other = [HeaderField(name: "grpc-message", value: String(repeating: "x", count: 90 + round))]
+                var block: [UInt8] = []
+                encoder.encode(other, into: &block)
+                #expect(try decoder.decode(block[...]) == other)
+            }
+            #expect(decoder.dynamicTableEntries == encoder.dynamicTableEntries)
+        }
+        // Re-inserted after each eviction, one index octet otherwise.
+        #expect(sizes.filter { $0 == 1 }.count >= 30)
+        #expect(sizes.contains { $0 > 1 })
+    }
+
+    @Test func withoutATableTheBlockIsTheOneEncodedOnce() throws {
+        let pre = PreEncodedHeaders(Self.fields)
+        for var encoder in [HPACKEncoder(maxTableSize: 0), HPACKEncoder(useIndexing: false)] {
+            var decoder = HPACKDecoder(maxHeaderListSize: 1 << 20)
+            for _ in 0..<2 {
+                var block: [UInt8] = []
+                encoder.encode(pre, into: &block)
+                #expect(block == pre.block)
+                #expect(try decoder.decode(block[...]) == Self.fields)
+            }
+            #expect(encoder.dynamicTableSize == 0)
+            #expect(decoder.dynamicTableSize == 0)
+        }
     }
 
     @Test func aSizeUpdateOwedGoesFirst() throws {
