@@ -17,6 +17,22 @@ struct QueuedRecord {
     var waiter: RecordWaiter?
 }
 
+/// Records gathered by one thread and handed to the log together (`AuditLog.record(_:)`): a connection collects
+/// the best-effort records of the calls it answers in one turn and enqueues them after the answers are written,
+/// under one lock, and usually without copying them (the batch's array becomes the queue's when that is empty).
+public struct AuditBatch {
+    var records: [QueuedRecord] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { records.isEmpty }
+    public var count: Int { records.count }
+
+    public mutating func append(_ event: consuming AuditEvent) {
+        records.append(QueuedRecord(event: event, waiter: nil))
+    }
+}
+
 /// What callers and the writer share; every field is guarded by `lock`.
 final class AuditQueue: @unchecked Sendable {
     let lock = MonitorLock()
@@ -156,6 +172,42 @@ public final class AuditLog: Sendable {
             refuse(reason: "audit record not synced within \(configuration.failClosedTimeout) s")
         }
         return done && ok
+    }
+
+    /// Enqueues a batch and empties it (its capacity is kept for the next). best-effort: one lock for all, each
+    /// record that finds the queue full a drop, as `record` counts it. fail-closed: `record` one by one (a caller
+    /// that needs the veto records each call itself before answering it).
+    public func record(_ batch: inout AuditBatch) {
+        guard !batch.records.isEmpty else { return }
+        guard configuration.mode == .bestEffort else {
+            for index in batch.records.indices { _ = record(batch.records[index].event) }
+            batch.records.removeAll(keepingCapacity: true)
+            return
+        }
+        let q = queue
+        q.lock.lock()
+        let room = q.closing ? 0 : max(0, configuration.queueCapacity - q.pending.count)
+        let dropped = max(0, batch.records.count - room)
+        if dropped > 0 {
+            q.droppedSinceLastBatch += dropped
+            if configuration.usageFilePath != nil {
+                for index in (batch.records.count - dropped)..<batch.records.count {
+                    if let (keyID, usage) = KeyUsageTracker.usage(of: batch.records[index].event) {
+                        q.droppedUsage[keyID, default: KeyUsageRecord()].merge(usage)
+                    }
+                }
+            }
+            batch.records.removeLast(dropped)
+        }
+        if q.pending.isEmpty {
+            swap(&q.pending, &batch.records)  // no copy: the writer left an empty array with capacity
+        } else {
+            q.pending.append(contentsOf: batch.records)
+        }
+        q.wakeWriterIfIdle()
+        q.lock.unlock()
+        batch.records.removeAll(keepingCapacity: true)
+        if dropped > 0 { counters.dropped.add(dropped, ordering: .relaxed) }
     }
 
     private func refuse(reason: String) {

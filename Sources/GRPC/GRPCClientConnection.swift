@@ -23,7 +23,10 @@ public final class GRPCClientConnection {
         var sawHeaders = false
         var reader: MessageReader
     }
-    private var calls: [UInt32: Call] = [:]
+    private var calls = StreamIDMap<Call>()
+    /// The last call's request headers: the same path and timeout (the benchmark's load, a probe's retries) reuse
+    /// the list, which the HPACK encoder then recognises field by field without hashing.
+    private var lastRequest: (path: String, timeoutNanos: UInt64?, fields: [HeaderField])?
 
     public init(authority: String = "localhost", maxReceiveMessageSize: Int = 4 << 20, limits: HTTP2Limits = .init()) {
         self.authority = authority
@@ -36,6 +39,20 @@ public final class GRPCClientConnection {
     /// Queues a unary call; nil when the connection can open no more streams.
     public func startCall(path: String, message: [UInt8], timeoutNanos: UInt64? = nil) -> UInt32? {
         guard let streamID = http2.openStream() else { return nil }
+        let fields: [HeaderField]
+        if let last = lastRequest, last.path == path, last.timeoutNanos == timeoutNanos {
+            fields = last.fields
+        } else {
+            fields = requestHeaders(path: path, timeoutNanos: timeoutNanos)
+            lastRequest = (path, timeoutNanos, fields)
+        }
+        calls[streamID] = Call(reader: MessageReader(maxMessageSize: maxReceiveMessageSize))
+        http2.sendHeaders(streamID: streamID, fields: fields, endStream: false)
+        http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: true)
+        return streamID
+    }
+
+    private func requestHeaders(path: String, timeoutNanos: UInt64?) -> [HeaderField] {
         var fields = [
             HeaderField(name: ":method", value: "POST"),
             HeaderField(name: ":scheme", value: "http"),
@@ -46,41 +63,36 @@ public final class GRPCClientConnection {
             HeaderField(name: "te", value: "trailers"),
         ]
         if let timeoutNanos { fields.append(HeaderField(name: "grpc-timeout", value: GRPCTimeout.encode(nanoseconds: timeoutNanos))) }
-        calls[streamID] = Call(reader: MessageReader(maxMessageSize: maxReceiveMessageSize))
-        http2.sendHeaders(streamID: streamID, fields: fields, endStream: false)
-        http2.sendData(streamID: streamID, bytes: MessageFraming.frame(message), endStream: true)
-        return streamID
+        return fields
     }
 
     public func receive(_ bytes: ArraySlice<UInt8>) -> [GRPCClientEvent] {
         var out: [GRPCClientEvent] = []
         for event in http2.receive(bytes) {
             switch event {
+            // The call's state is changed in place (the map's `_modify`), never copied out and written back.
             case let .headers(streamID, fields, endStream):
-                guard var call = calls[streamID] else { continue }
-                if !call.sawHeaders {
-                    call.sawHeaders = true
+                guard let sawHeaders = calls[streamID]?.sawHeaders else { continue }
+                if !sawHeaders {
+                    calls[streamID]?.sawHeaders = true
                     let status = fields.first { $0.name == ":status" }?.value
                     if status != "200" {
                         complete(streamID, GRPCResponse(status: GRPCStatus(.internalError, "HTTP status \(status ?? "missing")"), message: nil), into: &out)
                         continue
                     }
                 }
-                if endStream {
-                    complete(streamID, Self.result(trailers: fields, reader: call.reader), into: &out)
-                } else {
-                    calls[streamID] = call
+                if endStream, let call = calls.removeValue(forKey: streamID) {
+                    out.append(.response(streamID: streamID, Self.result(trailers: fields, reader: call.reader)))
                 }
             case let .data(streamID, bytes, endStream):
-                guard var call = calls[streamID] else { continue }
+                guard calls.contains(streamID) else { continue }
                 do {
-                    try call.reader.append(bytes)
+                    try calls[streamID]?.reader.append(bytes)
                 } catch {
                     http2.resetStream(streamID: streamID, code: .cancel)
                     complete(streamID, GRPCResponse(status: GRPCStatus(.resourceExhausted, "response message rejected: \(error)"), message: nil), into: &out)
                     continue
                 }
-                calls[streamID] = call
                 if endStream {
                     complete(streamID, GRPCResponse(status: GRPCStatus(.internalError, "stream ended without trailers"), message: nil), into: &out)
                 }
@@ -91,7 +103,7 @@ public final class GRPCClientConnection {
             case let .connectionError(_, reason):
                 out.append(.connectionError(reason: reason))
             case let .goAwayReceived(lastStreamID, _):
-                for id in calls.keys where id > lastStreamID {
+                for id in calls.ids.sorted() where id > lastStreamID {
                     complete(id, GRPCResponse(status: GRPCStatus(.unavailable, "server is shutting down"), message: nil), into: &out)
                 }
             default:

@@ -51,10 +51,12 @@ struct AdmissionStage: Sendable {
 }
 
 /// After the work, where the outcome was produced (the connection's thread, or the pool thread that did the work):
-/// may replace the outcome (a passed deadline, an audit record that could not be written in fail-closed mode).
+/// may replace the outcome (a passed deadline, an audit record that could not be written in fail-closed mode). A
+/// record that cannot veto goes into `deferred`, which the caller hands to the audit log after answering.
 struct FinishingStage: Sendable {
     let name: String
-    let apply: @Sendable (_ call: CallArrival, _ outcome: inout CallOutcome, _ who: CallParty, _ finished: UInt64) -> Void
+    let apply: @Sendable (_ call: CallArrival, _ outcome: inout CallOutcome, _ who: CallParty, _ finished: UInt64,
+                          _ deferred: inout AuditBatch) -> Void
 }
 
 /// Who made a call, for the audit record.
@@ -104,8 +106,14 @@ struct CallPipeline: Sendable {
         }
     }
 
-    func finish(_ call: CallArrival, _ outcome: inout CallOutcome, who: CallParty, finished: UInt64) {
-        for stage in finishing { stage.apply(call, &outcome, who, finished) }
+    /// Best-effort audit records go into `deferred`: give it to `recordDeferred` once the answers are written.
+    func finish(_ call: CallArrival, _ outcome: inout CallOutcome, who: CallParty, finished: UInt64,
+                deferred: inout AuditBatch) {
+        for stage in finishing { stage.apply(call, &outcome, who, finished, &deferred) }
+    }
+
+    func recordDeferred(_ batch: inout AuditBatch) {
+        if !batch.isEmpty { audit?.record(&batch) }
     }
 
     /// Metrics of a call that reached the pipeline, after its answer was queued (or found its stream gone).
@@ -132,18 +140,23 @@ struct CallPipeline: Sendable {
     }
 
     /// A call that finished after its client's deadline is DEADLINE_EXCEEDED: the client has stopped waiting.
-    static let deadlineAfterWork = FinishingStage(name: "deadline") { call, outcome, _, finished in
+    static let deadlineAfterWork = FinishingStage(name: "deadline") { call, outcome, _, finished, _ in
         guard let timeout = call.request.timeoutNanos, finished &- call.arrived > timeout, outcome.status.code == .ok else { return }
         outcome.status = GRPCStatus(.deadlineExceeded, "deadline of \(timeout / 1000) µs passed before the call finished")
         outcome.response = nil
     }
 
-    /// Every call is recorded; in fail-closed mode a result that could not be recorded is never released.
+    /// Every call is recorded; in fail-closed mode a result that could not be recorded is never released. A
+    /// best-effort record cannot change the answer, so it waits in `deferred` until the answer is on its way.
     static func auditRecord(_ audit: AuditLog, backendName: String, vetoes: Bool) -> FinishingStage {
-        FinishingStage(name: "audit") { call, outcome, who, finished in
-            let recorded = audit.record(auditEvent(call.auditOp, outcome, who: who, streamID: call.request.streamID,
-                                                   arrived: call.arrived, finished: finished, backendName: backendName))
-            if !recorded, vetoes {
+        FinishingStage(name: "audit") { call, outcome, who, finished, deferred in
+            let event = auditEvent(call.auditOp, outcome, who: who, streamID: call.request.streamID,
+                                   arrived: call.arrived, finished: finished, backendName: backendName)
+            guard vetoes else {
+                deferred.append(event)
+                return
+            }
+            if !audit.record(event) {
                 outcome.status = GRPCStatus(.unavailable, "audit log unavailable; call refused (fail-closed)")
                 outcome.response = nil
             }

@@ -2,6 +2,7 @@
 // debug builds): it reads the socket, runs calls through the pipeline, answers and writes. Other threads talk to it
 // through its mailbox only: a pool thread posts a finished call, the server posts shutdown commands, and a write to
 // an eventfd polled beside the socket wakes the owner. A call answered inline touches neither.
+import Audit
 import FoundationEssentials
 import Glibc
 import GRPC
@@ -28,6 +29,8 @@ final class ServerConnection: @unchecked Sendable {
     /// Calls on the worker pool, by stream: a RST_STREAM or the connection's end cancels them.
     private var poolCalls: [UInt32: CallCancellation] = [:]
     private var writeFailed = false
+    /// Best-effort audit records of the calls answered this turn, enqueued after the turn's write.
+    private var auditBatch = AuditBatch()
 
     // Shared with other threads.
     private let mailbox = LockedValue<[Message]>([])
@@ -136,6 +139,7 @@ final class ServerConnection: @unchecked Sendable {
             }
             requestDeadline = grpc.nextRequestDeadline
             flush()
+            pipeline.recordDeferred(&auditBatch)
             callsInProgress.store(poolCalls.count + grpc.inFlightCount, ordering: .releasing)
             if close || writeFailed { break }
         }
@@ -274,7 +278,9 @@ final class ServerConnection: @unchecked Sendable {
             }
             let finished = Posix.monotonicNanos()
             // Here, not on the owner: a fail-closed audit record waits for its fsync.
-            pipeline.finish(call, &outcome, who: party, finished: finished)
+            var audited = AuditBatch()
+            pipeline.finish(call, &outcome, who: party, finished: finished, deferred: &audited)
+            pipeline.recordDeferred(&audited)
             server.releaseBackendSlot()
             post(.completed(call, outcome, finished: finished))
         }
@@ -283,7 +289,7 @@ final class ServerConnection: @unchecked Sendable {
     /// Finishes a call answered on this thread.
     private func complete(_ call: CallArrival, _ outcome: consuming CallOutcome) {
         let finished = Posix.monotonicNanos()
-        pipeline.finish(call, &outcome, who: party, finished: finished)
+        pipeline.finish(call, &outcome, who: party, finished: finished, deferred: &auditBatch)
         answer(call, outcome, finished: finished)
     }
 

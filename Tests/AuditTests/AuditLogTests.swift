@@ -50,6 +50,74 @@ import Glibc
         #expect(fileMode(path) == 0o600)
     }
 
+    @Test(arguments: [AuditMode.bestEffort, .failClosed])
+    func batchesFromManyThreadsAreWrittenOnceEachAndChained(mode: AuditMode) throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let path = dir + "/audit.log"
+        let log = try AuditLog(configuration: configuration(path, mode: mode), log: quietLog)
+        let threads = 8, batches = 50, perBatch = 7
+        onThreads(threads) { t in
+            var batch = AuditBatch()
+            for b in 0..<batches {
+                for k in 0..<perBatch { batch.append(sampleEvent(t * 100_000 + b * 100 + k)) }
+                log.record(&batch)
+                precondition(batch.isEmpty)
+            }
+        }
+        log.close()
+        let total = threads * batches * perBatch
+        #expect(log.stats.written == total && log.stats.dropped == 0 && log.stats.failed == 0)
+        let lines = readLines(path)
+        #expect(lines.count == total)
+        var seen = Set<String>()
+        for line in lines {
+            let object = try #require(jsonObject(line))
+            seen.insert("\(object["connection"] ?? "")/\(object["stream"] ?? "")")
+        }
+        #expect(seen.count == total, "every record exactly once")
+        let report = AuditVerifier.verify(path: path, hmacKey: testKey)
+        #expect(report.ok && report.records == total, "\(report.summary)")
+    }
+
+    @Test func aBatchLargerThanTheRoomLeftDropsOnlyTheExcessAndCountsIt() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let fifo = dir + "/audit.fifo"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = open(fifo, O_RDONLY | O_NONBLOCK)
+        defer { close(reader) }
+        let log = try AuditLog(configuration: configuration(fifo, queueCapacity: 16), log: quietLog)
+        // Nobody reads the FIFO: once the pipe is full the writer blocks and the queue fills up to 16.
+        let emptied = Shared(true)
+        let quick = finishes(within: 20) {
+            var batch = AuditBatch()
+            for i in 0..<4000 {
+                batch.append(sampleEvent(i))
+                if batch.count == 25 {
+                    log.record(&batch)
+                    if !batch.isEmpty { emptied.store(false) }
+                }
+            }
+        }
+        #expect(quick, "record(batch) blocked in best-effort mode")
+        #expect(emptied.load())
+        #expect(log.stats.dropped > 0 && log.stats.queueDepth <= 16, "\(log.stats)")
+        // Whatever was not dropped is queued or written: nothing vanishes uncounted.
+        let stop = Shared(false)
+        let drainer = Thread {
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while !stop.load() {
+                if buffer.withUnsafeMutableBytes({ read(reader, $0.baseAddress, $0.count) }) <= 0 { usleep(1000) }
+            }
+        }
+        drainer.start()
+        #expect(finishes(within: 20) { log.close() })
+        stop.store(true)
+        usleep(100_000)
+        #expect(log.stats.written + log.stats.dropped == 4000, "\(log.stats)")
+    }
+
     @Test func rotationBySizeKeepsTheChainVerifiableAcrossFiles() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }

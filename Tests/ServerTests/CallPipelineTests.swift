@@ -69,12 +69,14 @@ private func arrival(_ method: KMSMethod?, timeoutNanos: UInt64? = nil, arrived:
     #expect(p.admit(call, peer: root, now: 1_499) == nil)
     #expect(p.admit(call, peer: root, now: 1_500)?.status.code == .deadlineExceeded)
     var ok = CallOutcome(method: .decrypt, status: .ok, response: [1])
-    p.finish(call, &ok, who: party, finished: 1_400)
+    var batch = AuditBatch()
+    p.finish(call, &ok, who: party, finished: 1_400, deferred: &batch)
     #expect(ok.status.code == .ok && ok.response == [1])
-    p.finish(call, &ok, who: party, finished: 1_600)
+    p.finish(call, &ok, who: party, finished: 1_600, deferred: &batch)
     #expect(ok.status.code == .deadlineExceeded && ok.response == nil, "a late answer is not released")
     var failed = CallOutcome(method: .decrypt, status: GRPCStatus(.invalidArgument, "bad"))
-    p.finish(call, &failed, who: party, finished: 1_600)
+    p.finish(call, &failed, who: party, finished: 1_600, deferred: &batch)
+    #expect(batch.isEmpty, "no audit log, no records")
     #expect(failed.status.code == .invalidArgument, "an error keeps its own code")
 }
 
@@ -87,12 +89,39 @@ func anAuditRecordThatCannotBeWrittenVetoesTheAnswerOnlyWhenFailClosed(failClose
     let p = pipeline({ $0.auditBlocksCalls = failClosed }, audit: audit)
     #expect(p.execution == (failClosed ? .pool : .askBackend), "a fail-closed audit log sends every call to the pool")
     var outcome = CallOutcome(method: .encrypt, status: .ok, response: [1])
-    p.finish(arrival(.encrypt), &outcome, who: party, finished: 1_000_000_100)
+    var batch = AuditBatch()
+    p.finish(arrival(.encrypt), &outcome, who: party, finished: 1_000_000_100, deferred: &batch)
     if failClosed {
         #expect(outcome.status.code == .unavailable && outcome.response == nil)
+        #expect(batch.isEmpty, "a record that may veto is written before the answer")
     } else {
         #expect(outcome.status.code == .ok && outcome.response == [1])
+        #expect(batch.count == 1, "a best-effort record waits for the answer to be written")
     }
+}
+
+@Test func bestEffortRecordsAreWrittenWhenTheConnectionHandsThemOver() throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kekd-pipeline-\(UUID().uuidString.prefix(8))").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let key = [UInt8](repeating: 7, count: 32)
+    let audit = try AuditLog(configuration: AuditConfiguration(path: dir + "/audit.log", mode: .bestEffort, hmacKey: key),
+                             log: Logger(minimumLevel: .error))
+    let p = pipeline(audit: audit)
+    var batch = AuditBatch()
+    for (index, method) in [KMSMethod.status, .encrypt, .decrypt].enumerated() {
+        var outcome = CallOutcome(method: method, status: .ok, response: [1])
+        p.finish(arrival(method, arrived: 1_000 + UInt64(index)), &outcome, who: party, finished: 2_000, deferred: &batch)
+    }
+    #expect(batch.count == 3)
+    p.recordDeferred(&batch)
+    #expect(batch.isEmpty)
+    audit.close()
+    #expect(audit.stats.written == 3 && audit.stats.dropped == 0)
+    let ops = try String(contentsOfFile: dir + "/audit.log", encoding: .utf8).split(separator: "\n").map {
+        try #require(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])["op"] as? String
+    }
+    #expect(ops == ["Status", "Encrypt", "Decrypt"])
 }
 
 @Test func metricsCountEveryCallByMethodAndCode() {
