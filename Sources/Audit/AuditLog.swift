@@ -206,9 +206,18 @@ public final class AuditLog: Sendable {
         }
         q.wakeWriterIfIdle()
         q.lock.unlock()
-        batch.records.removeAll(keepingCapacity: true)
+        // A swap may have handed this batch the queue's reserved or a burst's array: a connection keeps only a
+        // turn's worth of capacity, not that.
+        if batch.records.capacity > Self.batchCapacityKept {
+            batch.records = []
+        } else {
+            batch.records.removeAll(keepingCapacity: true)
+        }
         if dropped > 0 { counters.dropped.add(dropped, ordering: .relaxed) }
     }
+
+    /// More records than a connection answers in one turn at full load.
+    static let batchCapacityKept = 256
 
     private func refuse(reason: String) {
         counters.failed.add(1, ordering: .relaxed)

@@ -62,6 +62,20 @@ import Glibc
         #expect(fileMode(path) == 0o600)
     }
 
+    @Test func aConnectionsBatchDoesNotKeepTheQueuesReservedArray() throws {
+        let dir = makeTempDirectory()
+        defer { removeTree(dir) }
+        let log = try AuditLog(configuration: configuration(dir + "/audit.log", queueCapacity: 4096), log: quietLog)
+        var batch = AuditBatch()
+        for round in 0..<50 {
+            batch.append(sampleEvent(round))
+            log.record(&batch)  // an empty queue swaps arrays with the batch
+            #expect(batch.isEmpty && batch.records.capacity <= AuditLog.batchCapacityKept)
+        }
+        log.close()
+        #expect(log.stats.written == 50)
+    }
+
     @Test func rotationBySizeKeepsTheChainVerifiableAcrossFiles() throws {
         let dir = makeTempDirectory()
         defer { removeTree(dir) }
