@@ -51,6 +51,15 @@ final class AuditQueue: @unchecked Sendable {
     var droppedSinceLastBatch = 0
     var droppedUsage: [String: KeyUsageRecord] = [:]
 
+    /// A best-effort record refused for want of room: counted for the writer's loss report, and its key usage kept
+    /// when there is a usage file (`keepingUsage`). The caller holds `lock`.
+    func noteDropped(_ event: borrowing AuditEvent, keepingUsage: Bool) {
+        droppedSinceLastBatch += 1
+        if keepingUsage, let (keyID, usage) = KeyUsageTracker.usage(of: event) {
+            droppedUsage[keyID, default: KeyUsageRecord()].merge(usage)
+        }
+    }
+
     /// The caller holds `lock`.
     func wakeWriterIfIdle() {
         if writerIdle {
@@ -136,10 +145,7 @@ public final class AuditLog: Sendable {
         q.lock.lock()
         if configuration.mode == .bestEffort {
             if q.closing || q.pending.count >= configuration.queueCapacity {
-                q.droppedSinceLastBatch += 1
-                if configuration.usageFilePath != nil, let (keyID, usage) = KeyUsageTracker.usage(of: event) {
-                    q.droppedUsage[keyID, default: KeyUsageRecord()].merge(usage)
-                }
+                q.noteDropped(event, keepingUsage: configuration.usageFilePath != nil)
                 q.wakeWriterIfIdle()
                 q.lock.unlock()
                 counters.dropped.add(1, ordering: .relaxed)
@@ -189,13 +195,8 @@ public final class AuditLog: Sendable {
         let room = q.closing ? 0 : max(0, configuration.queueCapacity - q.pending.count)
         let dropped = max(0, batch.records.count - room)
         if dropped > 0 {
-            q.droppedSinceLastBatch += dropped
-            if configuration.usageFilePath != nil {
-                for index in (batch.records.count - dropped)..<batch.records.count {
-                    if let (keyID, usage) = KeyUsageTracker.usage(of: batch.records[index].event) {
-                        q.droppedUsage[keyID, default: KeyUsageRecord()].merge(usage)
-                    }
-                }
+            for index in (batch.records.count - dropped)..<batch.records.count {
+                q.noteDropped(batch.records[index].event, keepingUsage: configuration.usageFilePath != nil)
             }
             batch.records.removeLast(dropped)
         }

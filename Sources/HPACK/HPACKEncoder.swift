@@ -108,17 +108,17 @@ public struct HPACKEncoder: Sendable {
             buffer.append(contentsOf: headers.block)
             return
         }
-        if let slot = memoSlot(headers.id) {
-            if preEncodedMemos[slot].generation == tableGeneration {
-                buffer.append(contentsOf: preEncodedMemos[slot].indices)
-                return
-            }
-            if let indices = indices(of: preEncodedMemos[slot].references) {
-                preEncodedMemos[slot].indices = indices
-                preEncodedMemos[slot].generation = tableGeneration
-                buffer.append(contentsOf: indices)
-                return
-            }
+        if let block = readyBlock(for: headers) {  // the size update, if one was owed, is written above
+            buffer.append(contentsOf: block)
+            return
+        }
+        // The table changed since: the same entries may still be live at new indices.
+        let slot = memoSlot(headers.id)
+        if let slot, let indices = indices(of: preEncodedMemos[slot].references) {
+            preEncodedMemos[slot].indices = indices
+            preEncodedMemos[slot].generation = tableGeneration
+            buffer.append(contentsOf: indices)
+            return
         }
         // First use, or an entry has been evicted since: encode as usual, which (re)inserts what is missing.
         var references: [Reference] = []
@@ -127,7 +127,7 @@ public struct HPACKEncoder: Sendable {
         let indices = indices(of: references)
         let memo = PreEncodedMemo(id: headers.id, references: references, indices: indices ?? [],
                                   generation: indices == nil ? -1 : tableGeneration)
-        if let slot = memoSlot(headers.id) {
+        if let slot {
             preEncodedMemos[slot] = memo
         } else {
             if preEncodedMemos.count == 8 { preEncodedMemos.removeFirst() }
