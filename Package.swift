@@ -92,6 +92,7 @@ let package = Package(
         .executableTarget(name: "kekctl", dependencies: ["CommandLineFlags", "GRPCCodes", "KMS", "KMSProto", "KMSRPC", "Audit", "Crypto", "YAML", "Locking", "Census", "Etcd", "JSON", "HTTPClient", "Kubernetes", "Rotation", "Vault", "PKCS11"], linkerSettings: compactRelocations),
 
         .testTarget(name: "LockingTests", dependencies: ["Locking"]),
+        .testTarget(name: "TransportTests", dependencies: ["Transport"]),
         .testTarget(name: "CommandLineFlagsTests", dependencies: ["CommandLineFlags"]),
         .testTarget(name: "kekdTests", dependencies: ["kekd", "CommandLineFlags"]),
         .testTarget(name: "KMSRPCTests", dependencies: ["KMSRPC", "KMSProto"]),

@@ -38,6 +38,8 @@ public struct ServerConfiguration: Sendable {
     /// Calls waiting on a blocking backend at once; beyond it, RESOURCE_EXHAUSTED.
     public var maxInFlightBackendCalls = 256
     public var shutdownGrace: Double = 5
+    /// How long a connection may poll its socket before sleeping, at most (adaptive: see `SpinBeforeSleep`); 0 never.
+    public var spinBeforeSleepNanos = SpinBeforeSleep.defaultLimitNanos
     /// True with a fail-closed audit log: each call then waits for its record, so calls go to the pool where
     /// their fsyncs can be batched instead of serialising the connection, and a call it could not record is refused.
     public var auditBlocksCalls = false

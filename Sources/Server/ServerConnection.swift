@@ -107,11 +107,12 @@ final class ServerConnection: @unchecked Sendable {
         var lastActivity = started
         var requestDeadline: UInt64?  // the oldest incomplete request's
         var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+        var spin = SpinBeforeSleep(limitNanos: config.spinBeforeSleepNanos)
         loop: while true {
             // Wait with a timeout so a silent peer cannot hold the connection forever.
             fds[0].revents = 0
             fds[1].revents = 0
-            let ready = poll(&fds, 2, Self.pollTimeoutMillis(until: requestDeadline))
+            let ready = spin.poll(&fds, timeoutMillis: Self.pollTimeoutMillis(until: requestDeadline))
             if ready < 0 && errno != EINTR { break }
             let now = Posix.monotonicNanos()
             var close = false

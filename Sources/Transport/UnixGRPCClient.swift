@@ -14,9 +14,15 @@ public final class UnixGRPCClient {
     private let connection = GRPCClientConnection()
     private let ioTimeoutMillis: Int32
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+    private var pollFDs: [pollfd]
+    private var spin: SpinBeforeSleep
 
-    public init(socketPath: String, ioTimeoutSeconds: Double = 5) throws {
+    /// `spinBeforeSleepNanos`: how long a wait for kekd may poll before sleeping, at most (see `SpinBeforeSleep`).
+    public init(socketPath: String, ioTimeoutSeconds: Double = 5,
+                spinBeforeSleepNanos: UInt64 = SpinBeforeSleep.defaultLimitNanos) throws {
         do { fd = try Posix.connectUnix(socketPath) } catch { throw ClientError("cannot connect to \(socketPath): \(error)") }
+        pollFDs = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        spin = SpinBeforeSleep(limitNanos: spinBeforeSleepNanos)
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: ioTimeoutSeconds)
         // Whole milliseconds for poll, at least one (0 would not wait at all).
         ioTimeoutMillis = Int32(clamping: max(1, Int64((min(ioTimeoutSeconds, 1e6) * 1000).rounded(.up))))
@@ -78,9 +84,11 @@ public final class UnixGRPCClient {
         // Wait in poll, not in a blocking read: a reader blocked in read(2) on a unix stream socket is also woken
         // when kekd consumes our request (the kernel signals write space on the same wait queue), a wasted wake-up
         // and context switch per call; poll's waiter asks for POLLIN only and sleeps through it.
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         var ready: Int32
-        repeat { ready = poll(&pfd, 1, ioTimeoutMillis) } while ready < 0 && errno == EINTR
+        repeat {
+            pollFDs[0].revents = 0
+            ready = spin.poll(&pollFDs, timeoutMillis: ioTimeoutMillis)
+        } while ready < 0 && errno == EINTR
         guard ready > 0 else { throw ClientError(ready == 0 ? "timed out waiting for kekd" : "poll failed: \(SystemError("poll"))") }
         var n: Int
         repeat {

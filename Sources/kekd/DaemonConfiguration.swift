@@ -68,7 +68,7 @@ struct DaemonConfiguration {
         "audit-hmac-key-file", "max-message-size", "max-connections", "max-concurrent-streams", "max-header-list-size",
         "max-queued-output", "max-inflight-backend-calls", "preface-timeout", "idle-timeout", "shutdown-grace",
         "log-level", "max-buffered-request-bytes-per-connection", "max-buffered-request-bytes",
-        "request-timeout"]).union(BackendKind.allFlagNames)
+        "request-timeout", "spin-before-sleep-us"]).union(BackendKind.allFlagNames)
     static let switchFlags: Set<String> = ["dev", "fips", "help", "audit-new-chain"]
 
     /// `userID` is kekd's own uid (`--dev` admits it as a caller); `environment` supplies $NOTIFY_SOCKET.
@@ -125,6 +125,9 @@ struct DaemonConfiguration {
         server.prefaceTimeout = try flags.seconds("preface-timeout", default: 10)
         server.idleTimeout = try flags.seconds("idle-timeout", default: 600)
         server.shutdownGrace = try flags.seconds("shutdown-grace", default: 5)
+        let spinMicros = try flags.int("spin-before-sleep-us", default: Int(server.spinBeforeSleepNanos / 1000))
+        guard spinMicros <= 1000 else { throw UsageError(message: "--spin-before-sleep-us: at most 1000") }
+        server.spinBeforeSleepNanos = UInt64(spinMicros) * 1000
         let statusVersion = flags.string("status-version", default: "v2")
         guard statusVersion == "v2" || statusVersion == "v2beta1" else { throw UsageError(message: "--status-version must be v2 or v2beta1") }
         let health = try parseHostPort(flags.string("health-addr", default: "127.0.0.1:8787"))
@@ -212,6 +215,7 @@ usage: kekd serve [flags]
   --preface-timeout DURATION   time allowed for the HTTP/2 preface (default 10s)
   --idle-timeout DURATION      close connections idle this long, 0 = never (default 10m)
   --shutdown-grace DURATION    time in-flight calls get on SIGTERM (default 5s)
+  --spin-before-sleep-us N     a busy connection polls up to N µs before sleeping, adaptive, 0 = never (default 50)
   --log-level LEVEL            debug, info, warn, error (default info)
   --fips                       require OpenSSL's FIPS provider; refuse to start without it
 

@@ -32,6 +32,7 @@ private func usageError(_ args: [String], environment: [String: String] = [:]) -
     #expect(c.server.grpc.requestTimeoutNanos == 30_000_000_000)
     #expect(c.server.maxConnections == 64 && c.server.maxInFlightBackendCalls == 256)
     #expect(c.server.prefaceTimeout == 10 && c.server.idleTimeout == 600 && c.server.shutdownGrace == 5)
+    #expect(c.server.spinBeforeSleepNanos == 50_000)
     #expect(!c.server.auditBlocksCalls)
     #expect(c.statusVersion == "v2")
     #expect(c.health == DaemonConfiguration.HealthAddress(host: "127.0.0.1", port: 8787))
@@ -59,7 +60,7 @@ private func usageError(_ args: [String], environment: [String: String] = [:]) -
         "--max-message-size", "64Ki", "--max-concurrent-streams", "8", "--max-header-list-size", "2Ki",
         "--max-buffered-request-bytes-per-connection", "1Mi", "--max-queued-output", "128Ki", "--max-buffered-request-bytes", "2Mi",
         "--request-timeout", "0", "--max-connections", "3", "--max-inflight-backend-calls", "9", "--preface-timeout", "500ms",
-        "--idle-timeout", "1m", "--shutdown-grace", "2s", "--status-version", "v2beta1", "--health-addr", "[::1]:9000",
+        "--idle-timeout", "1m", "--shutdown-grace", "2s", "--spin-before-sleep-us", "0", "--status-version", "v2beta1", "--health-addr", "[::1]:9000",
         "--backend", "vault", "--vault-addr", "https://v:8200", "--key-file", "/k.json", "--audit-log", "-",
         "--audit-mode", "fail-closed", "--audit-max-size", "8Ki", "--audit-max-files", "2", "--audit-hmac-key-file", "/h",
         "--audit-new-chain", "--fips",
@@ -72,6 +73,7 @@ private func usageError(_ args: [String], environment: [String: String] = [:]) -
     #expect(c.server.maxBufferedRequestBytes == 2 << 20 && c.server.grpc.requestTimeoutNanos == 0)
     #expect(c.server.maxConnections == 3 && c.server.maxInFlightBackendCalls == 9)
     #expect(c.server.prefaceTimeout == 0.5 && c.server.idleTimeout == 60 && c.server.shutdownGrace == 2)
+    #expect(c.server.spinBeforeSleepNanos == 0)
     #expect(c.statusVersion == "v2beta1" && c.health == DaemonConfiguration.HealthAddress(host: "::1", port: 9000))
     // Only the encrypting kind's own flags reach it.
     #expect(c.backends.encrypting.name == "vault" && c.backends.flags == ["vault-addr": "https://v:8200"])
@@ -117,6 +119,7 @@ private func usageError(_ args: [String], environment: [String: String] = [:]) -
     #expect(usageError(["--max-buffered-request-bytes-per-connection", "2Gi"]) == "--max-buffered-request-bytes-per-connection: at most 1Gi")
     #expect(usageError(["--max-buffered-request-bytes", "1Ki"]) == "--max-buffered-request-bytes: expected a number ≥ \((4 << 20) + 5), got 1Ki")
     #expect(usageError(["--request-timeout", "25h"]) == "--request-timeout: at most 24h")
+    #expect(usageError(["--spin-before-sleep-us", "1001"]) == "--spin-before-sleep-us: at most 1000")
     #expect(usageError(["--idle-timeout", "soon"]) == "--idle-timeout: expected a duration like 5s, 10m, 720h, got soon")
     #expect(usageError(["--status-version", "v1"]) == "--status-version must be v2 or v2beta1")
     #expect(usageError(["--health-addr", "localhost"]) == "--health-addr must be HOST:PORT or off, got localhost")
