@@ -1,8 +1,8 @@
 // Waiting for a socket by polling it for a few microseconds before sleeping in poll(2).
 //
 // Why: a thread woken from poll(2) pays for its CPU's trip through idle and back. Where that trip is slow (a VM guest
-// that halts without polling first: cpuidle's haltpoll off, as on many clouds) one wake-up costs the thread about
-// 10 µs of CPU and the round trip 30-60 µs of latency, more than a whole KMS call, while a peer that answers within
+// that halts without polling first, as the one kekd's benchmarks ran on) one wake-up costs the thread about 10 µs of
+// CPU and the round trip 30-60 µs of latency, more than a whole KMS call, while a peer that answers within
 // microseconds (kekctl's client and kekd, for each other, under load) would find the other side still awake. The
 // window adapts as the kernel's haltpoll governor's does: it grows while waits end within the limit and shrinks to
 // nothing while they are longer, so a connection called now and then (kube-apiserver's Status once a minute) never
