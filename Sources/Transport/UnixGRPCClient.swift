@@ -15,14 +15,12 @@ public final class UnixGRPCClient {
     private let ioTimeoutMillis: Int32
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
     private var pollFDs: [pollfd]
-    private var spin: SpinBeforeSleep
+    /// A wait for kekd's answer polls before it sleeps (see `SpinBeforeSleep`).
+    private var spin = SpinBeforeSleep()
 
-    /// `spinBeforeSleepNanos`: how long a wait for kekd may poll before sleeping, at most (see `SpinBeforeSleep`).
-    public init(socketPath: String, ioTimeoutSeconds: Double = 5,
-                spinBeforeSleepNanos: UInt64 = SpinBeforeSleep.defaultLimitNanos) throws {
+    public init(socketPath: String, ioTimeoutSeconds: Double = 5) throws {
         do { fd = try Posix.connectUnix(socketPath) } catch { throw ClientError("cannot connect to \(socketPath): \(error)") }
         pollFDs = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
-        spin = SpinBeforeSleep(limitNanos: spinBeforeSleepNanos)
         Posix.setTimeout(fd, option: SO_SNDTIMEO, seconds: ioTimeoutSeconds)
         // Whole milliseconds for poll, at least one (0 would not wait at all).
         ioTimeoutMillis = Int32(clamping: max(1, Int64((min(ioTimeoutSeconds, 1e6) * 1000).rounded(.up))))
